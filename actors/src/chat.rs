@@ -1,0 +1,890 @@
+//! The chat actor: the single writer of one chat's tree and active-branch pointer.
+//!
+//! Every handler runs synchronously against in-memory state: validate, reserve a write-behind
+//! slot, mutate, hand the rows to the writer, reply with the view and a [`CommitTicket`]. Waiting
+//! for the commit happens *outside* the actor (in [`crate::Chats`]), so an actor never blocks on
+//! I/O and a slow store never stalls reads.
+//!
+//! Supervision: a panic inside a handler is caught, that request fails with `Internal`, and the
+//! actor restarts itself from stored state (after the writer has flushed what it had queued)
+//! while its mailbox waits. actix's `Supervisor` is not used because it restarts an actor
+//! whenever any address to it is alive, which would undo deliberate eviction.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actix::prelude::*;
+use chrono::Utc;
+use tokio::sync::oneshot;
+
+use crate::error::ChatError;
+use crate::model::{Branch, BranchId, ChatId, ChatMeta, Message, MessageId, Role, UserId};
+use crate::ports::{CompletionRequest, LlmProvider, MessageStore, MetadataStore, Turn};
+use crate::tree::Tree;
+use crate::views::{
+    BranchDeletedView, BranchView, ChatView, EditView, MessagePage, MessageView, SendView,
+    TreeNodeView, TreeView,
+};
+use crate::writer::{committed, ChatWrite, CommitTicket, Slot, WriteFailed, WriteOp, WriterHandle};
+
+/// What every chat actor shares: the writer and the ports.
+pub struct ChatRuntime {
+    pub writer: WriterHandle,
+    pub metadata: Arc<dyn MetadataStore>,
+    pub messages: Arc<dyn MessageStore>,
+    pub llm: Arc<dyn LlmProvider>,
+}
+
+/// A change applied in memory, with the ticket for its commit.
+pub struct Applied<T> {
+    pub value: T,
+    pub commit: CommitTicket,
+}
+
+impl<T> Applied<T> {
+    fn new(value: T, commit: CommitTicket) -> Self {
+        Self { value, commit }
+    }
+}
+
+/// Live numbers about one actor, shared with its handle (read without asking the actor).
+#[derive(Debug)]
+pub struct ChatActivity {
+    /// Requests sent to the actor and not yet answered: its mailbox depth.
+    pub depth: AtomicUsize,
+    /// Milliseconds since `resident_since` at the last request.
+    last_active_ms: AtomicU64,
+    pub resident_since: Instant,
+}
+
+impl ChatActivity {
+    pub(crate) fn new() -> Self {
+        Self {
+            depth: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(0),
+            resident_since: Instant::now(),
+        }
+    }
+
+    pub fn touch(&self) {
+        let ms = self.resident_since.elapsed().as_millis() as u64;
+        self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn last_active(&self) -> Instant {
+        self.resident_since
+            + std::time::Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// A send that asked for a reply: what to generate, on which branch, after which message.
+#[derive(Debug, Clone)]
+pub struct GenerationJob {
+    pub branch: BranchId,
+    pub parent: MessageId,
+    pub request: CompletionRequest,
+    pub idempotency_key: Option<Arc<str>>,
+}
+
+/// A recorded idempotent send.
+#[derive(Clone)]
+struct IdemEntry {
+    content: Arc<str>,
+    branch: BranchId,
+    messages: Vec<MessageId>,
+    commit: CommitTicket,
+    /// A reply for this send is still being generated.
+    awaiting_reply: bool,
+}
+
+/// A chat's in-memory state.
+pub struct ChatState {
+    pub meta: ChatMeta,
+    pub tree: Tree,
+    idem: HashMap<Arc<str>, IdemEntry>,
+    generating: HashSet<BranchId>,
+}
+
+impl ChatState {
+    /// A new chat with an empty `main` branch, and the rows that create it.
+    pub fn create(id: ChatId, owner: UserId, title: Option<String>) -> (Self, Vec<WriteOp>) {
+        let now = Utc::now();
+        let main = Branch {
+            id: BranchId::new(),
+            chat_id: id,
+            name: "main".into(),
+            head: None,
+            forked_from: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let meta = ChatMeta {
+            id,
+            owner,
+            title,
+            system_prompt: None,
+            active_branch: main.id,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        let ops = vec![
+            WriteOp::UpsertChat(meta.clone()),
+            WriteOp::UpsertBranch(main.clone(), 1),
+        ];
+        let state = Self {
+            meta,
+            tree: Tree::new(main),
+            idem: HashMap::new(),
+            generating: HashSet::new(),
+        };
+        (state, ops)
+    }
+
+    /// Rebuilds a chat from its stored rows.
+    pub fn restore(
+        meta: ChatMeta,
+        branches: Vec<Branch>,
+        messages: Vec<Message>,
+    ) -> Result<Self, ChatError> {
+        let restored = Tree::restore(branches, meta.active_branch, messages)
+            .map_err(|e| ChatError::Internal(format!("chat {} cannot be restored: {e}", meta.id)))?;
+        if !restored.pruned.is_empty() || !restored.reset_branches.is_empty() {
+            tracing::warn!(
+                chat = %meta.id,
+                pruned = restored.pruned.len(),
+                reset_branches = restored.reset_branches.len(),
+                "repaired a chat's tree on activation"
+            );
+        }
+        let tree = restored.tree;
+        let mut idem: HashMap<Arc<str>, IdemEntry> = HashMap::new();
+        let mut keyed: Vec<&Message> = tree
+            .nodes()
+            .map(|n| &n.message)
+            .filter(|m| m.idempotency_key.is_some())
+            .collect();
+        keyed.sort_by_key(|m| m.id);
+        for m in keyed {
+            let Some(key) = m.idempotency_key.clone() else {
+                continue;
+            };
+            idem.entry(key)
+                .and_modify(|e| e.messages.push(m.id))
+                .or_insert_with(|| IdemEntry {
+                    content: m.content.clone(),
+                    branch: tree.active(),
+                    messages: vec![m.id],
+                    commit: committed(),
+                    awaiting_reply: false,
+                });
+        }
+        Ok(Self {
+            meta,
+            tree,
+            idem,
+            generating: HashSet::new(),
+        })
+    }
+}
+
+/// Loads a chat from the stores: one metadata query and one message query.
+pub async fn load_chat(rt: &ChatRuntime, id: ChatId) -> Result<Option<ChatState>, ChatError> {
+    let Some((meta, branches)) = rt.metadata.load_chat(id).await.map_err(storage_error)? else {
+        return Ok(None);
+    };
+    let messages = rt.messages.load_chat(id).await.map_err(storage_error)?;
+    ChatState::restore(meta, branches, messages).map(Some)
+}
+
+fn storage_error(e: crate::ports::StoreError) -> ChatError {
+    tracing::error!(error = %e, "store read failed");
+    ChatError::StorageUnavailable
+}
+
+pub struct ChatActor {
+    core: ChatCore,
+    activity: Arc<ChatActivity>,
+    /// Registry entry of live actors: removed (and waiters released) when this actor is gone.
+    alive: AliveToken,
+}
+
+/// Removes the actor from the registry's live set when dropped, releasing activations that wait
+/// for this actor's final flush.
+pub(crate) struct AliveToken {
+    pub(crate) chat: ChatId,
+    pub(crate) instance: u64,
+    pub(crate) live: Arc<Mutex<HashMap<ChatId, (u64, crate::registry::GoneSignal)>>>,
+    pub(crate) done: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for AliveToken {
+    fn drop(&mut self) {
+        if let Ok(mut live) = self.live.lock() {
+            if live.get(&self.chat).is_some_and(|(i, _)| *i == self.instance) {
+                live.remove(&self.chat);
+            }
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl ChatActor {
+    pub(crate) fn new(
+        state: ChatState,
+        rt: Arc<ChatRuntime>,
+        activity: Arc<ChatActivity>,
+        alive: AliveToken,
+    ) -> Self {
+        Self {
+            core: ChatCore {
+                state,
+                rt,
+                generation: 0,
+                deleted: false,
+                me: None,
+            },
+            activity,
+            alive,
+        }
+    }
+
+    /// Runs one operation for `user`: ownership check, panic isolation, restart on panic.
+    fn guarded<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        user: UserId,
+        op: impl FnOnce(&mut ChatCore) -> Result<R, ChatError>,
+    ) -> Result<R, ChatError> {
+        self.activity.touch();
+        if self.core.deleted || self.core.state.meta.owner != user {
+            return Err(ChatError::ChatNotFound);
+        }
+        match panic::catch_unwind(AssertUnwindSafe(|| op(&mut self.core))) {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::error!(chat = %self.alive.chat, "chat actor panicked; restarting it from stored state");
+                self.core.generation += 1;
+                self.reload(ctx);
+                Err(ChatError::Internal("chat actor panicked".into()))
+            }
+        }
+    }
+
+    /// Replaces the in-memory state with the stored one, once everything queued is flushed.
+    /// The mailbox waits meanwhile.
+    fn reload(&mut self, ctx: &mut Context<Self>) {
+        let rt = self.core.rt.clone();
+        let id = self.alive.chat;
+        let fut = async move {
+            rt.writer.barrier().await;
+            load_chat(&rt, id).await
+        };
+        ctx.wait(fut.into_actor(self).map(|loaded, act, ctx| match loaded {
+            Ok(Some(state)) => act.core.state = state,
+            Ok(None) => {
+                act.core.deleted = true;
+                ctx.stop();
+            }
+            Err(error) => {
+                tracing::error!(chat = %act.alive.chat, %error, "chat reload failed; stopping the actor");
+                ctx.stop();
+            }
+        }));
+    }
+}
+
+impl Actor for ChatActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.core.me = Some(ctx.address().recipient());
+    }
+}
+
+/// The state and the operations; separate from the actor so handlers borrow it whole.
+pub struct ChatCore {
+    state: ChatState,
+    rt: Arc<ChatRuntime>,
+    /// Bumped on every reload; the writer refuses queued writes of a failed generation.
+    generation: u64,
+    deleted: bool,
+    me: Option<Recipient<WriteFailed>>,
+}
+
+fn reserve(rt: &ChatRuntime) -> Result<Slot, ChatError> {
+    rt.writer.reserve().ok_or(ChatError::Overloaded)
+}
+
+impl ChatCore {
+    fn write(&self, slot: Slot, ops: Vec<WriteOp>) -> CommitTicket {
+        slot.send(ChatWrite {
+            chat: self.state.meta.id,
+            generation: self.generation,
+            ops,
+            on_fail: self.me.clone(),
+        })
+    }
+
+    /// Bumps the chat version and returns the chat row to write with a change.
+    fn touch_meta(&mut self) -> WriteOp {
+        let meta = &mut self.state.meta;
+        meta.version += 1;
+        meta.updated_at = Utc::now();
+        meta.active_branch = self.state.tree.active();
+        WriteOp::UpsertChat(meta.clone())
+    }
+
+    fn branch_row(&self, id: BranchId) -> Result<WriteOp, ChatError> {
+        let branch = self.state.tree.branch(id)?.clone();
+        Ok(WriteOp::UpsertBranch(branch, self.state.meta.version))
+    }
+
+    fn resolve_branch(&self, branch: Option<BranchId>) -> Result<BranchId, ChatError> {
+        let id = branch.unwrap_or_else(|| self.state.tree.active());
+        self.state.tree.branch(id)?;
+        Ok(id)
+    }
+
+    fn message_view(&self, id: MessageId) -> Result<MessageView, ChatError> {
+        let tree = &self.state.tree;
+        Ok(MessageView::of(tree, tree.node(id)?))
+    }
+
+    fn branch_view(&self, id: BranchId) -> Result<BranchView, ChatError> {
+        let tree = &self.state.tree;
+        Ok(BranchView::of(tree, tree.branch(id)?))
+    }
+
+    fn chat_view(&self) -> ChatView {
+        ChatView::of(&self.state.meta, &self.state.tree)
+    }
+
+    fn new_message(
+        &self,
+        parent: Option<MessageId>,
+        role: Role,
+        content: Arc<str>,
+        model: Option<Arc<str>>,
+        key: Option<Arc<str>>,
+    ) -> Message {
+        Message {
+            id: MessageId::new(),
+            chat_id: self.state.meta.id,
+            parent_id: parent,
+            role,
+            content,
+            created_at: Utc::now(),
+            model,
+            metadata: None,
+            idempotency_key: key,
+        }
+    }
+
+    fn new_branch(&self, name: Option<String>, prefix: &str) -> Branch {
+        let now = Utc::now();
+        Branch {
+            id: BranchId::new(),
+            chat_id: self.state.meta.id,
+            name: name.unwrap_or_else(|| {
+                format!("{prefix}-{}", self.state.tree.branches().len() + 1)
+            }),
+            head: None,
+            forked_from: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The context for a reply: the system prompt, then the branch path up to `head`.
+    fn context(&self, branch: BranchId, model: Option<Arc<str>>) -> Result<CompletionRequest, ChatError> {
+        let mut turns = Vec::new();
+        if let Some(prompt) = &self.state.meta.system_prompt {
+            turns.push(Turn {
+                role: Role::System,
+                content: Arc::from(prompt.as_str()),
+            });
+        }
+        for m in self.state.tree.path(branch)? {
+            turns.push(Turn {
+                role: m.role,
+                content: m.content.clone(),
+            });
+        }
+        Ok(CompletionRequest {
+            turns,
+            model: model.map(|m| m.to_string()),
+        })
+    }
+
+    fn get_chat(&mut self, _: GetChat) -> Result<ChatView, ChatError> {
+        Ok(self.chat_view())
+    }
+
+    fn update_chat(&mut self, msg: UpdateChat) -> Result<Applied<ChatView>, ChatError> {
+        let slot = reserve(&self.rt)?;
+        if let Some(title) = msg.title {
+            self.state.meta.title = title;
+        }
+        if let Some(prompt) = msg.system_prompt {
+            self.state.meta.system_prompt = prompt;
+        }
+        let row = self.touch_meta();
+        let commit = self.write(slot, vec![row]);
+        Ok(Applied::new(self.chat_view(), commit))
+    }
+
+    fn delete_chat(&mut self, _: DeleteChat) -> Result<Applied<()>, ChatError> {
+        let slot = reserve(&self.rt)?;
+        self.deleted = true;
+        let commit = self.write(slot, vec![WriteOp::DeleteChat(self.state.meta.id)]);
+        Ok(Applied::new((), commit))
+    }
+
+    fn add_messages(&mut self, msg: AddMessages) -> Result<Applied<SendOutcome>, ChatError> {
+        let branch = self.resolve_branch(msg.branch)?;
+        if let Some(key) = &msg.idempotency_key {
+            if let Some(entry) = self.state.idem.get(key) {
+                return self.replay(entry.clone(), &msg.content);
+            }
+        }
+        if self.state.generating.contains(&branch) {
+            return Err(ChatError::GenerationInProgress);
+        }
+        let slot = reserve(&self.rt)?;
+        let key = msg.idempotency_key.clone();
+        let head = self.state.tree.head(branch)?;
+        let mut first =
+            self.new_message(head, msg.role, msg.content.clone(), None, key.clone());
+        first.metadata = msg.metadata.clone();
+        let first_id = first.id;
+        let mut ops = vec![WriteOp::InsertMessage(first.clone())];
+        self.state.tree.append(branch, first)?;
+        let mut ids = vec![first_id];
+        if let Some(response) = msg.response {
+            let answer = self.new_message(
+                Some(first_id),
+                Role::Assistant,
+                response,
+                msg.model.clone(),
+                key.clone(),
+            );
+            ids.push(answer.id);
+            ops.push(WriteOp::InsertMessage(answer.clone()));
+            self.state.tree.append(branch, answer)?;
+        }
+        let generation = if msg.reply {
+            self.state.generating.insert(branch);
+            Some(GenerationJob {
+                branch,
+                parent: first_id,
+                request: self.context(branch, msg.model.clone())?,
+                idempotency_key: key.clone(),
+            })
+        } else {
+            None
+        };
+        ops.push(self.touch_meta());
+        ops.push(self.branch_row(branch)?);
+        let commit = self.write(slot, ops);
+        if let Some(key) = key {
+            self.state.idem.insert(
+                key,
+                IdemEntry {
+                    content: msg.content,
+                    branch,
+                    messages: ids.clone(),
+                    commit: commit.clone(),
+                    awaiting_reply: msg.reply,
+                },
+            );
+        }
+        let messages = ids
+            .iter()
+            .map(|id| self.message_view(*id))
+            .collect::<Result<_, _>>()?;
+        let view = SendView {
+            chat_id: self.state.meta.id,
+            branch_id: branch,
+            messages,
+        };
+        Ok(Applied::new(SendOutcome { view, generation }, commit))
+    }
+
+    /// Answers a retried send with what the original created, adding nothing.
+    fn replay(&self, entry: IdemEntry, content: &str) -> Result<Applied<SendOutcome>, ChatError> {
+        if &*entry.content != content {
+            return Err(ChatError::IdempotencyMismatch);
+        }
+        if entry.awaiting_reply {
+            return Err(ChatError::GenerationInProgress);
+        }
+        let messages = entry
+            .messages
+            .iter()
+            .filter_map(|id| self.message_view(*id).ok())
+            .collect();
+        let view = SendView {
+            chat_id: self.state.meta.id,
+            branch_id: entry.branch,
+            messages,
+        };
+        Ok(Applied::new(
+            SendOutcome {
+                view,
+                generation: None,
+            },
+            entry.commit,
+        ))
+    }
+
+    fn complete_generation(
+        &mut self,
+        msg: CompleteGeneration,
+    ) -> Result<Applied<MessageView>, ChatError> {
+        self.state.generating.remove(&msg.branch);
+        if let Some(entry) = msg.idempotency_key.as_ref().and_then(|k| self.state.idem.get_mut(k)) {
+            entry.awaiting_reply = false;
+        }
+        // The branch may have been deleted while the reply was generated: then the reply has
+        // nowhere to live.
+        let head = self.state.tree.head(msg.branch)?;
+        if head != Some(msg.parent) {
+            return Err(ChatError::Internal("branch moved during generation".into()));
+        }
+        let slot = reserve(&self.rt)?;
+        let reply = self.new_message(
+            Some(msg.parent),
+            Role::Assistant,
+            msg.content,
+            Some(msg.model),
+            msg.idempotency_key.clone(),
+        );
+        let id = reply.id;
+        let mut ops = vec![WriteOp::InsertMessage(reply.clone())];
+        self.state.tree.append(msg.branch, reply)?;
+        ops.push(self.touch_meta());
+        ops.push(self.branch_row(msg.branch)?);
+        let commit = self.write(slot, ops);
+        if let Some(entry) = msg.idempotency_key.as_ref().and_then(|k| self.state.idem.get_mut(k)) {
+            entry.messages.push(id);
+            entry.commit = commit.clone();
+        }
+        Ok(Applied::new(self.message_view(id)?, commit))
+    }
+
+    fn abort_generation(&mut self, msg: AbortGeneration) -> Result<(), ChatError> {
+        self.state.generating.remove(&msg.branch);
+        if let Some(entry) = msg.idempotency_key.as_ref().and_then(|k| self.state.idem.get_mut(k)) {
+            entry.awaiting_reply = false;
+        }
+        Ok(())
+    }
+
+    fn list_messages(&mut self, msg: ListMessages) -> Result<MessagePage, ChatError> {
+        let branch = self.resolve_branch(msg.branch)?;
+        let tree = &self.state.tree;
+        let page = tree.page(branch, msg.limit, msg.before)?;
+        let next_before = if page.has_more {
+            page.nodes.first().map(|n| n.message.id)
+        } else {
+            None
+        };
+        Ok(MessagePage {
+            chat_id: self.state.meta.id,
+            branch_id: branch,
+            messages: page.nodes.iter().map(|n| MessageView::of(tree, n)).collect(),
+            has_more: page.has_more,
+            next_before,
+            total: page.path_len,
+        })
+    }
+
+    fn get_message(&mut self, msg: GetMessage) -> Result<MessageView, ChatError> {
+        self.message_view(msg.id)
+    }
+
+    fn get_tree(&mut self, _: GetTree) -> Result<TreeView, ChatError> {
+        let tree = &self.state.tree;
+        let mut nodes: Vec<TreeNodeView> = tree
+            .nodes()
+            .map(|n| TreeNodeView {
+                message: MessageView::of(tree, n),
+                children: n.children.clone(),
+            })
+            .collect();
+        nodes.sort_by_key(|n| n.message.id);
+        let root_ids = nodes
+            .iter()
+            .filter(|n| n.message.parent_id.is_none())
+            .map(|n| n.message.id)
+            .collect();
+        Ok(TreeView {
+            chat_id: self.state.meta.id,
+            active_branch_id: tree.active(),
+            root_ids,
+            nodes,
+            branches: tree.branches().iter().map(|b| BranchView::of(tree, b)).collect(),
+        })
+    }
+
+    fn fork(&mut self, msg: Fork) -> Result<Applied<BranchView>, ChatError> {
+        let head = match msg.from {
+            ForkPoint::Message(id) => {
+                self.state.tree.node(id)?;
+                id
+            }
+            ForkPoint::Index { branch, index } => {
+                let branch = self.resolve_branch(branch)?;
+                self.state.tree.at_index(branch, index)?
+            }
+        };
+        let slot = reserve(&self.rt)?;
+        let mut branch = self.new_branch(msg.name, "branch");
+        branch.head = Some(head);
+        branch.forked_from = Some(head);
+        let id = branch.id;
+        self.state.tree.add_branch(branch)?;
+        if msg.activate {
+            self.state.tree.set_active(id)?;
+        }
+        let ops = vec![self.touch_meta(), self.branch_row(id)?];
+        let commit = self.write(slot, ops);
+        Ok(Applied::new(self.branch_view(id)?, commit))
+    }
+
+    fn edit(&mut self, msg: Edit) -> Result<Applied<EditOutcome>, ChatError> {
+        let target = self.state.tree.node(msg.message)?.message.clone();
+        if msg.reply && target.role != Role::User {
+            return Err(ChatError::Invalid(
+                "only a user message can be edited with `reply: true`".into(),
+            ));
+        }
+        let slot = reserve(&self.rt)?;
+        let replacement =
+            self.new_message(target.parent_id, target.role, msg.content, target.model.clone(), None);
+        let replacement_id = replacement.id;
+        let branch = self.new_branch(msg.name, "edit");
+        let branch_id = branch.id;
+        let mut ops = vec![WriteOp::InsertMessage(replacement.clone())];
+        self.state.tree.edit(target.id, replacement, branch)?;
+        if msg.activate {
+            self.state.tree.set_active(branch_id)?;
+        }
+        let generation = if msg.reply {
+            self.state.generating.insert(branch_id);
+            Some(GenerationJob {
+                branch: branch_id,
+                parent: replacement_id,
+                request: self.context(branch_id, msg.model)?,
+                idempotency_key: None,
+            })
+        } else {
+            None
+        };
+        ops.push(self.touch_meta());
+        ops.push(self.branch_row(branch_id)?);
+        let commit = self.write(slot, ops);
+        let view = EditView {
+            message: self.message_view(replacement_id)?,
+            branch: self.branch_view(branch_id)?,
+            reply: None,
+        };
+        Ok(Applied::new(EditOutcome { view, generation }, commit))
+    }
+
+    fn list_branches(&mut self, _: ListBranches) -> Result<Vec<BranchView>, ChatError> {
+        let tree = &self.state.tree;
+        Ok(tree.branches().iter().map(|b| BranchView::of(tree, b)).collect())
+    }
+
+    fn get_branch(&mut self, msg: GetBranch) -> Result<BranchView, ChatError> {
+        self.branch_view(msg.id)
+    }
+
+    fn rename_branch(&mut self, msg: RenameBranch) -> Result<Applied<BranchView>, ChatError> {
+        self.state.tree.branch(msg.id)?;
+        let slot = reserve(&self.rt)?;
+        self.state.tree.rename_branch(msg.id, msg.name, Utc::now())?;
+        let ops = vec![self.touch_meta(), self.branch_row(msg.id)?];
+        let commit = self.write(slot, ops);
+        Ok(Applied::new(self.branch_view(msg.id)?, commit))
+    }
+
+    fn delete_branch(&mut self, msg: DeleteBranch) -> Result<Applied<BranchDeletedView>, ChatError> {
+        self.state.tree.branch(msg.id)?;
+        if self.state.generating.contains(&msg.id) {
+            return Err(ChatError::GenerationInProgress);
+        }
+        let slot = reserve(&self.rt)?;
+        let removed = self.state.tree.delete_branch(msg.id)?;
+        let count = removed.len();
+        let mut ops = vec![self.touch_meta(), WriteOp::DeleteBranch(msg.id)];
+        if !removed.is_empty() {
+            ops.push(WriteOp::DeleteMessages(removed));
+        }
+        let commit = self.write(slot, ops);
+        let view = BranchDeletedView {
+            deleted_branch_id: msg.id,
+            deleted_message_count: count,
+            active_branch_id: self.state.tree.active(),
+        };
+        Ok(Applied::new(view, commit))
+    }
+
+    fn set_active(&mut self, msg: SetActive) -> Result<Applied<ChatView>, ChatError> {
+        self.state.tree.branch(msg.id)?;
+        let slot = reserve(&self.rt)?;
+        self.state.tree.set_active(msg.id)?;
+        let row = self.touch_meta();
+        let commit = self.write(slot, vec![row]);
+        Ok(Applied::new(self.chat_view(), commit))
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn inject_panic(&mut self, _: InjectPanic) -> Result<(), ChatError> {
+        // Half-apply a change first, as a real bug would, to show the restart discards it.
+        self.state.meta.title = Some("corrupted by a panic".into());
+        panic!("injected fault");
+    }
+}
+
+/// Where a fork starts.
+#[derive(Debug, Clone, Copy)]
+pub enum ForkPoint {
+    Message(MessageId),
+    /// A 0-based index into a branch's path (the active branch when `None`).
+    Index {
+        branch: Option<BranchId>,
+        index: usize,
+    },
+}
+
+pub struct SendOutcome {
+    pub view: SendView,
+    /// Present when the send asked for a reply.
+    pub generation: Option<GenerationJob>,
+}
+
+pub struct EditOutcome {
+    pub view: EditView,
+    pub generation: Option<GenerationJob>,
+}
+
+macro_rules! chat_messages {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident { $($field:ident : $ty:ty),* $(,)? } -> $result:ty => $method:ident;
+    )*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            pub user: UserId,
+            $(pub $field: $ty,)*
+        }
+
+        impl actix::Message for $name {
+            type Result = Result<$result, ChatError>;
+        }
+
+        impl Handler<$name> for ChatActor {
+            type Result = Result<$result, ChatError>;
+
+            fn handle(&mut self, msg: $name, ctx: &mut Self::Context) -> Self::Result {
+                self.guarded(ctx, msg.user, move |core| core.$method(msg))
+            }
+        }
+    )*};
+}
+
+chat_messages! {
+    /// The chat with its branches.
+    GetChat {} -> ChatView => get_chat;
+    /// Sets the title and/or system prompt (`Some(None)` clears one).
+    UpdateChat { title: Option<Option<String>>, system_prompt: Option<Option<String>> }
+        -> Applied<ChatView> => update_chat;
+    /// Deletes the chat, its branches and messages.
+    DeleteChat {} -> Applied<()> => delete_chat;
+    /// Adds a message to a branch (the active one by default), optionally followed by a
+    /// client-supplied answer, or asking for a generated reply.
+    AddMessages {
+        branch: Option<BranchId>,
+        role: Role,
+        content: Arc<str>,
+        response: Option<Arc<str>>,
+        model: Option<Arc<str>>,
+        metadata: Option<Arc<serde_json::Value>>,
+        reply: bool,
+        idempotency_key: Option<Arc<str>>,
+    } -> Applied<SendOutcome> => add_messages;
+    /// Stores a generated reply as the child of the message it answers.
+    CompleteGeneration {
+        branch: BranchId,
+        parent: MessageId,
+        content: Arc<str>,
+        model: Arc<str>,
+        idempotency_key: Option<Arc<str>>,
+    } -> Applied<MessageView> => complete_generation;
+    /// Releases a branch whose reply failed.
+    AbortGeneration { branch: BranchId, idempotency_key: Option<Arc<str>> } -> () => abort_generation;
+    /// A page of a branch's path, from the head backwards.
+    ListMessages { branch: Option<BranchId>, limit: usize, before: Option<MessageId> }
+        -> MessagePage => list_messages;
+    GetMessage { id: MessageId } -> MessageView => get_message;
+    GetTree {} -> TreeView => get_tree;
+    /// Creates a branch whose head is an existing message.
+    Fork { from: ForkPoint, name: Option<String>, activate: bool } -> Applied<BranchView> => fork;
+    /// Creates a sibling of a message with new content, on a new branch.
+    Edit {
+        message: MessageId,
+        content: Arc<str>,
+        name: Option<String>,
+        activate: bool,
+        reply: bool,
+        model: Option<Arc<str>>,
+    } -> Applied<EditOutcome> => edit;
+    ListBranches {} -> Vec<BranchView> => list_branches;
+    GetBranch { id: BranchId } -> BranchView => get_branch;
+    RenameBranch { id: BranchId, name: String } -> Applied<BranchView> => rename_branch;
+    /// Deletes a branch and the messages only it reached.
+    DeleteBranch { id: BranchId } -> Applied<BranchDeletedView> => delete_branch;
+    SetActive { id: BranchId } -> Applied<ChatView> => set_active;
+}
+
+#[cfg(feature = "fault-injection")]
+chat_messages! {
+    /// Makes the actor panic mid-change (tests of supervision only).
+    InjectPanic {} -> () => inject_panic;
+}
+
+/// Flush everything this chat queued, then stop. Sent by the registry on eviction.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Evict;
+
+impl Handler<Evict> for ChatActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Evict, ctx: &mut Self::Context) {
+        let barrier = self.core.rt.writer.barrier();
+        ctx.wait(barrier.into_actor(self).map(|_, _, ctx| ctx.stop()));
+    }
+}
+
+impl Handler<WriteFailed> for ChatActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WriteFailed, ctx: &mut Self::Context) {
+        if msg.generation < self.core.generation {
+            return; // Already reloaded past that failure.
+        }
+        tracing::warn!(chat = %self.alive.chat, "a write of this chat failed; reloading it from the store");
+        self.core.generation = msg.generation + 1;
+        self.reload(ctx);
+    }
+}

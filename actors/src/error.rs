@@ -1,0 +1,62 @@
+//! Errors a chat operation can end with. The server maps each variant to one HTTP status and one
+//! stable error code.
+
+use crate::model::{BranchId, MessageId};
+use crate::ports::LlmError;
+use crate::tree::TreeError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChatError {
+    /// Unknown chat, or a chat the caller does not own (indistinguishable on purpose).
+    #[error("chat not found")]
+    ChatNotFound,
+    #[error("message {0} not found in this chat")]
+    MessageNotFound(MessageId),
+    #[error("branch {0} not found in this chat")]
+    BranchNotFound(BranchId),
+    #[error("message index {index} is out of range for a path of {len} messages")]
+    IndexOutOfRange { index: usize, len: usize },
+    #[error("the `before` cursor is not on this branch's path")]
+    CursorNotOnPath,
+    #[error("a chat must keep at least one branch")]
+    LastBranch,
+    #[error("a reply is already being generated on this branch")]
+    GenerationInProgress,
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyMismatch,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the chat is overloaded; retry later")]
+    Overloaded,
+    #[error("storage is unavailable")]
+    StorageUnavailable,
+    #[error("the model is unknown: {0}")]
+    UnknownModel(String),
+    #[error("the model provider failed")]
+    Upstream(String),
+    /// Details are for the log, never for the client.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<TreeError> for ChatError {
+    fn from(e: TreeError) -> Self {
+        match e {
+            TreeError::MessageNotFound(id) => ChatError::MessageNotFound(id),
+            TreeError::BranchNotFound(id) => ChatError::BranchNotFound(id),
+            TreeError::IndexOutOfRange { index, len } => ChatError::IndexOutOfRange { index, len },
+            TreeError::CursorNotOnPath => ChatError::CursorNotOnPath,
+            TreeError::LastBranch => ChatError::LastBranch,
+            other => ChatError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<LlmError> for ChatError {
+    fn from(e: LlmError) -> Self {
+        match e {
+            LlmError::UnknownModel(m) => ChatError::UnknownModel(m),
+            LlmError::Upstream(m) => ChatError::Upstream(m),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Arbor's core, free of HTTP and database drivers.
+//!
+//! - [`tree`]: the branching conversation model — plain data, pure functions.
+//! - [`chat`]: the chat actor, single writer of one chat's tree; its messages.
+//! - [`registry`]: [`Chats`], which activates, bounds, evicts and routes to chat actors.
+//! - [`writer`]: the write-behind writer that batches every chat's changes into group commits.
+//! - [`ports`]: the traits storage and model providers implement (in the server crate).
+//! - [`views`]: the read models handlers serialize.
+//!
+//! A request flows: handler → [`Chats`] → chat actor (validate, apply in memory, queue rows) →
+//! writer (batch, commit) → the handler's response, after the commit in `durable` mode.
+
+pub mod chat;
+pub mod error;
+pub mod model;
+pub mod ports;
+pub mod registry;
+pub mod tree;
+pub mod views;
+pub mod writer;
+
+pub use error::ChatError;
+pub use registry::{Chats, EditRequest, RegistryConfig, SendRequest};

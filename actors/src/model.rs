@@ -1,0 +1,172 @@
+//! Plain records shared by the tree, the actors and the storage ports.
+//!
+//! Ids are UUIDv7 so that sorting by id sorts by creation time; this is what keeps sibling order,
+//! chat listings and message loading cheap (no extra sort keys).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        #[serde(transparent)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// A fresh, time-ordered id.
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+
+            pub const fn from_uuid(uuid: Uuid) -> Self {
+                Self(uuid)
+            }
+
+            pub const fn as_uuid(&self) -> &Uuid {
+                &self.0
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map(Self)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// Identifies a user account.
+    UserId
+);
+id_type!(
+    /// Identifies a chat (one actor, one tree).
+    ChatId
+);
+id_type!(
+    /// Identifies an immutable message node.
+    MessageId
+);
+id_type!(
+    /// Identifies a branch: a named pointer to a head message.
+    BranchId
+);
+
+/// Who wrote a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+    System,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::System => "system",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "user" => Ok(Role::User),
+            "assistant" => Ok(Role::Assistant),
+            "system" => Ok(Role::System),
+            _ => Err(UnknownRole),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown role")]
+pub struct UnknownRole;
+
+/// An immutable message node. Text is behind `Arc` so reads hand out clones without copying.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub id: MessageId,
+    pub chat_id: ChatId,
+    pub parent_id: Option<MessageId>,
+    pub role: Role,
+    pub content: Arc<str>,
+    pub created_at: DateTime<Utc>,
+    /// The model that produced an assistant message (or the client's label for it).
+    pub model: Option<Arc<str>>,
+    /// Free-form client metadata (a JSON object).
+    pub metadata: Option<Arc<serde_json::Value>>,
+    /// The `Idempotency-Key` of the send that created this message; lets a restarted actor keep
+    /// answering retries of sends it acknowledged before.
+    pub idempotency_key: Option<Arc<str>>,
+}
+
+/// A named pointer to a head message; its conversation is the path from the root to the head.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Branch {
+    pub id: BranchId,
+    pub chat_id: ChatId,
+    pub name: String,
+    /// `None` only for a branch that has no messages yet (a new chat's `main`).
+    pub head: Option<MessageId>,
+    /// The message this branch was forked or edited from, for display.
+    pub forked_from: Option<MessageId>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A chat's own row: everything but its tree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatMeta {
+    pub id: ChatId,
+    pub owner: UserId,
+    pub title: Option<String>,
+    pub system_prompt: Option<String>,
+    pub active_branch: BranchId,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Bumped by every change to the chat's metadata; stores refuse to overwrite a newer version.
+    pub version: i64,
+}
+
+/// A user account as the metadata store keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub email: String,
+    pub username: Option<String>,
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub is_admin: bool,
+}

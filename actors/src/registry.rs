@@ -1,0 +1,575 @@
+//! The registry of resident chat actors, and the operations callers use ([`Chats`]).
+//!
+//! Resident actors live in a moka cache bounded by count and idle time. Removal from the cache, for
+//! any reason, sends the actor [`Evict`]: it flushes what it queued and stops. moka processes
+//! expirations lazily, so a sweeper task drives them every `sweep_interval`.
+//!
+//! Activation and eviction never overlap for one chat: every live actor has an entry in `live`
+//! until it is dropped (after its final flush), and activating a chat first waits for the previous
+//! actor's entry to go. A request that reached an actor just as it stopped gets `Closed` from its
+//! mailbox and is retried on a fresh activation; a request the actor accepted is always answered.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::{FutureExt, Shared};
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
+use tokio::sync::oneshot;
+
+use crate::chat::*;
+use crate::error::ChatError;
+use crate::model::{BranchId, ChatId, MessageId, Role, UserId};
+use crate::views::*;
+use crate::writer::{AckMode, WriteError};
+
+pub(crate) type GoneSignal = Shared<oneshot::Receiver<()>>;
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Resident chat actors at most.
+    pub max_resident: u64,
+    /// Evict an actor after this long without a request.
+    pub idle_timeout: Duration,
+    /// How often pending evictions are driven.
+    pub sweep_interval: Duration,
+    /// Requests queued for one chat before new ones get `Overloaded`.
+    pub mailbox_capacity: usize,
+    /// Threads (actix arbiters) the chat actors are spread over.
+    pub arbiters: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            max_resident: 100_000,
+            idle_timeout: Duration::from_secs(600),
+            sweep_interval: Duration::from_secs(1),
+            mailbox_capacity: 256,
+            arbiters: 2,
+        }
+    }
+}
+
+/// A caller's reference to one chat actor. Never exposes the `Addr`.
+#[derive(Clone)]
+pub struct ChatHandle {
+    addr: Addr<ChatActor>,
+    activity: Arc<ChatActivity>,
+    instance: u64,
+    capacity: usize,
+}
+
+enum AskError {
+    Overloaded,
+    Closed,
+}
+
+impl ChatHandle {
+    async fn ask<M>(&self, msg: M) -> Result<M::Result, AskError>
+    where
+        M: actix::Message + Send + 'static,
+        M::Result: Send,
+        ChatActor: Handler<M>,
+    {
+        let depth = &self.activity.depth;
+        let _queued = DepthGuard(depth);
+        if depth.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            return Err(AskError::Overloaded);
+        }
+        self.addr.send(msg).await.map_err(|e| match e {
+            MailboxError::Closed => AskError::Closed,
+            MailboxError::Timeout => AskError::Overloaded,
+        })
+    }
+
+    pub fn activity(&self) -> &ChatActivity {
+        &self.activity
+    }
+}
+
+struct DepthGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for DepthGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counters for the operator surface.
+#[derive(Debug, Default)]
+pub struct RegistryStats {
+    pub activations: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+struct Inner {
+    cache: Cache<ChatId, ChatHandle>,
+    rt: Arc<ChatRuntime>,
+    live: Arc<Mutex<HashMap<ChatId, (u64, GoneSignal)>>>,
+    arbiters: Vec<ArbiterHandle>,
+    config: RegistryConfig,
+    next_instance: AtomicU64,
+    stats: Arc<RegistryStats>,
+}
+
+/// Every chat operation, routed to the chat's actor. Cheap to clone.
+#[derive(Clone)]
+pub struct Chats {
+    inner: Arc<Inner>,
+}
+
+/// How a send asked for its assistant answer to be produced.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub branch: Option<BranchId>,
+    pub role: Role,
+    pub content: Arc<str>,
+    pub response: Option<Arc<str>>,
+    pub model: Option<Arc<str>>,
+    pub metadata: Option<Arc<serde_json::Value>>,
+    pub reply: bool,
+    pub idempotency_key: Option<Arc<str>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EditRequest {
+    pub content: Arc<str>,
+    pub name: Option<String>,
+    pub activate: bool,
+    pub reply: bool,
+    pub model: Option<Arc<str>>,
+}
+
+impl Chats {
+    /// Starts the registry: its arbiters and its eviction sweeper. Call inside an actix system.
+    pub fn start(rt: ChatRuntime, config: RegistryConfig) -> Self {
+        let stats = Arc::new(RegistryStats::default());
+        let evictions = stats.clone();
+        let cache = Cache::builder()
+            .max_capacity(config.max_resident)
+            .time_to_idle(config.idle_timeout)
+            .eviction_listener(move |_id, handle: ChatHandle, cause| {
+                if cause != RemovalCause::Replaced {
+                    evictions.evictions.fetch_add(1, Ordering::Relaxed);
+                    handle.addr.do_send(Evict);
+                }
+            })
+            .build();
+        let arbiters = (0..config.arbiters.max(1))
+            .map(|_| Arbiter::new().handle())
+            .collect();
+        let inner = Arc::new(Inner {
+            cache,
+            rt: Arc::new(rt),
+            live: Arc::default(),
+            arbiters,
+            config,
+            next_instance: AtomicU64::new(1),
+            stats,
+        });
+        let sweeper = Arc::downgrade(&inner);
+        let interval = inner.config.sweep_interval;
+        actix::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(inner) = sweeper.upgrade() else {
+                    break;
+                };
+                inner.cache.run_pending_tasks().await;
+            }
+        });
+        Self { inner }
+    }
+
+    pub fn stats(&self) -> &RegistryStats {
+        &self.inner.stats
+    }
+
+    pub fn runtime(&self) -> &ChatRuntime {
+        &self.inner.rt
+    }
+
+    /// Resident chat actors right now.
+    pub fn resident(&self) -> u64 {
+        self.inner.cache.entry_count()
+    }
+
+    /// Creates a chat owned by `owner`; its actor starts resident.
+    pub async fn create(&self, owner: UserId, title: Option<String>) -> Result<ChatView, ChatError> {
+        let id = ChatId::new();
+        let (state, ops) = ChatState::create(id, owner, title);
+        let view = ChatView::of(&state.meta, &state.tree);
+        let slot = self.inner.rt.writer.reserve().ok_or(ChatError::Overloaded)?;
+        let handle = self.spawn(id, state);
+        let commit = slot.send(crate::writer::ChatWrite {
+            chat: id,
+            generation: 0,
+            ops,
+            on_fail: Some(handle.addr.clone().recipient()),
+        });
+        self.inner.cache.insert(id, handle).await;
+        self.settle(Applied { value: view, commit }).await
+    }
+
+    pub async fn get(&self, user: UserId, chat: ChatId) -> Result<ChatView, ChatError> {
+        self.call(chat, GetChat { user }).await
+    }
+
+    pub async fn update(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        title: Option<Option<String>>,
+        system_prompt: Option<Option<String>>,
+    ) -> Result<ChatView, ChatError> {
+        let msg = UpdateChat {
+            user,
+            title,
+            system_prompt,
+        };
+        let applied = self.call(chat, msg).await?;
+        self.settle(applied).await
+    }
+
+    pub async fn delete(&self, user: UserId, chat: ChatId) -> Result<(), ChatError> {
+        let applied = self.call(chat, DeleteChat { user }).await?;
+        let result = self.settle(applied).await;
+        // Drop the tombstoned actor either way: after a failure it reloads, after success the
+        // chat is gone from the store.
+        self.inner.cache.invalidate(&chat).await;
+        result
+    }
+
+    /// Adds a message (and an answer, or a generated reply) to a branch.
+    pub async fn send(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        req: SendRequest,
+    ) -> Result<SendView, ChatError> {
+        let msg = AddMessages {
+            user,
+            branch: req.branch,
+            role: req.role,
+            content: req.content,
+            response: req.response,
+            model: req.model,
+            metadata: req.metadata,
+            reply: req.reply,
+            idempotency_key: req.idempotency_key,
+        };
+        let applied = self.call(chat, msg).await?;
+        let outcome = self.settle(applied).await?;
+        let mut view = outcome.view;
+        if let Some(job) = outcome.generation {
+            view.messages.push(self.generate(user, chat, job).await?);
+        }
+        Ok(view)
+    }
+
+    pub async fn list_messages(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        branch: Option<BranchId>,
+        limit: usize,
+        before: Option<MessageId>,
+    ) -> Result<MessagePage, ChatError> {
+        let msg = ListMessages {
+            user,
+            branch,
+            limit,
+            before,
+        };
+        self.call(chat, msg).await
+    }
+
+    pub async fn get_message(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        id: MessageId,
+    ) -> Result<MessageView, ChatError> {
+        self.call(chat, GetMessage { user, id }).await
+    }
+
+    pub async fn tree(&self, user: UserId, chat: ChatId) -> Result<TreeView, ChatError> {
+        self.call(chat, GetTree { user }).await
+    }
+
+    pub async fn fork(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        from: ForkPoint,
+        name: Option<String>,
+        activate: bool,
+    ) -> Result<BranchView, ChatError> {
+        let msg = Fork {
+            user,
+            from,
+            name,
+            activate,
+        };
+        let applied = self.call(chat, msg).await?;
+        self.settle(applied).await
+    }
+
+    pub async fn edit(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        message: MessageId,
+        req: EditRequest,
+    ) -> Result<EditView, ChatError> {
+        let msg = Edit {
+            user,
+            message,
+            content: req.content,
+            name: req.name,
+            activate: req.activate,
+            reply: req.reply,
+            model: req.model,
+        };
+        let applied = self.call(chat, msg).await?;
+        let outcome = self.settle(applied).await?;
+        let mut view = outcome.view;
+        if let Some(job) = outcome.generation {
+            let reply = self.generate(user, chat, job).await?;
+            view.branch.head_message_id = Some(reply.id);
+            view.branch.message_count += 1;
+            view.reply = Some(reply);
+        }
+        Ok(view)
+    }
+
+    pub async fn branches(&self, user: UserId, chat: ChatId) -> Result<Vec<BranchView>, ChatError> {
+        self.call(chat, ListBranches { user }).await
+    }
+
+    pub async fn branch(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        id: BranchId,
+    ) -> Result<BranchView, ChatError> {
+        self.call(chat, GetBranch { user, id }).await
+    }
+
+    pub async fn rename_branch(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        id: BranchId,
+        name: String,
+    ) -> Result<BranchView, ChatError> {
+        let applied = self.call(chat, RenameBranch { user, id, name }).await?;
+        self.settle(applied).await
+    }
+
+    pub async fn delete_branch(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        id: BranchId,
+    ) -> Result<BranchDeletedView, ChatError> {
+        let applied = self.call(chat, DeleteBranch { user, id }).await?;
+        self.settle(applied).await
+    }
+
+    pub async fn set_active(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        id: BranchId,
+    ) -> Result<ChatView, ChatError> {
+        let applied = self.call(chat, SetActive { user, id }).await?;
+        self.settle(applied).await
+    }
+
+    /// Sends any message to a chat's actor (tests and operators use this for the rest).
+    pub async fn call<M, R>(&self, chat: ChatId, msg: M) -> Result<R, ChatError>
+    where
+        M: actix::Message<Result = Result<R, ChatError>> + Clone + Send + 'static,
+        R: Send + 'static,
+        ChatActor: Handler<M>,
+    {
+        for _ in 0..4 {
+            let handle = self.handle(chat).await?;
+            match handle.ask(msg.clone()).await {
+                Ok(result) => return result,
+                Err(AskError::Overloaded) => return Err(ChatError::Overloaded),
+                Err(AskError::Closed) => self.forget(chat, handle.instance).await,
+            }
+        }
+        Err(ChatError::Internal(format!("chat {chat} kept stopping")))
+    }
+
+    /// Evicts a chat now (flush, then stop). Returns whether it was resident.
+    pub async fn evict(&self, chat: ChatId) -> bool {
+        let resident = self.inner.cache.remove(&chat).await.is_some();
+        self.wait_gone(chat).await;
+        resident
+    }
+
+    /// Evicts every resident chat and waits until all have flushed. For graceful shutdown.
+    pub async fn shutdown(&self) {
+        self.inner.cache.invalidate_all();
+        self.inner.cache.run_pending_tasks().await;
+        let pending: Vec<GoneSignal> = match self.inner.live.lock() {
+            Ok(live) => live.values().map(|(_, gone)| gone.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
+        futures_util::future::join_all(pending).await;
+        self.inner.rt.writer.barrier().await;
+        for arbiter in &self.inner.arbiters {
+            arbiter.stop();
+        }
+    }
+
+    /// Runs a reply on its own task (so a panicking provider or a disconnected client cannot
+    /// abandon the branch's generation lock), then stores it.
+    async fn generate(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        job: GenerationJob,
+    ) -> Result<MessageView, ChatError> {
+        let llm = self.inner.rt.llm.clone();
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let branch = job.branch;
+            let key = job.idempotency_key.clone();
+            let outcome = tokio::spawn(async move { llm.complete(job.request).await }).await;
+            match outcome {
+                Ok(Ok(completion)) => {
+                    let msg = CompleteGeneration {
+                        user,
+                        branch,
+                        parent: job.parent,
+                        content: Arc::from(completion.content),
+                        model: Arc::from(completion.model),
+                        idempotency_key: key,
+                    };
+                    let applied = this.call(chat, msg).await?;
+                    this.settle(applied).await
+                }
+                failed => {
+                    let abort = AbortGeneration {
+                        user,
+                        branch,
+                        idempotency_key: key,
+                    };
+                    let _ = this.call(chat, abort).await;
+                    Err(match failed {
+                        Ok(Err(e)) => e.into(),
+                        _ => ChatError::Internal("the model provider task panicked".into()),
+                    })
+                }
+            }
+        });
+        task.await
+            .unwrap_or_else(|_| Err(ChatError::Internal("generation task failed".into())))
+    }
+
+    /// Waits for a change's commit in durable mode; returns at once in buffered mode.
+    async fn settle<T>(&self, applied: Applied<T>) -> Result<T, ChatError> {
+        if self.inner.rt.writer.ack_mode == AckMode::Durable {
+            applied.commit.await.map_err(|e| match e {
+                WriteError::StorageUnavailable | WriteError::Fenced | WriteError::Stopped => {
+                    ChatError::StorageUnavailable
+                }
+            })?;
+        }
+        Ok(applied.value)
+    }
+
+    /// The resident actor of a chat, activated from the stores if needed.
+    async fn handle(&self, chat: ChatId) -> Result<ChatHandle, ChatError> {
+        if let Some(handle) = self.inner.cache.get(&chat).await {
+            return Ok(handle);
+        }
+        let this = self.clone();
+        self.inner
+            .cache
+            .try_get_with(chat, async move { this.activate(chat).await })
+            .await
+            .map_err(|e: Arc<ChatError>| (*e).clone())
+    }
+
+    async fn activate(&self, chat: ChatId) -> Result<ChatHandle, ChatError> {
+        self.wait_gone(chat).await;
+        let state = load_chat(&self.inner.rt, chat)
+            .await?
+            .ok_or(ChatError::ChatNotFound)?;
+        self.inner.stats.activations.fetch_add(1, Ordering::Relaxed);
+        Ok(self.spawn(chat, state))
+    }
+
+    /// Waits until no actor of this chat is alive (the previous one has flushed and stopped).
+    async fn wait_gone(&self, chat: ChatId) {
+        let previous = match self.inner.live.lock() {
+            Ok(live) => live.get(&chat).map(|(_, gone)| gone.clone()),
+            Err(_) => None,
+        };
+        if let Some(gone) = previous {
+            let _ = gone.await;
+        }
+    }
+
+    /// Removes a stopped actor's handle (unless a newer actor already replaced it).
+    async fn forget(&self, chat: ChatId, instance: u64) {
+        self.inner
+            .cache
+            .entry(chat)
+            .and_compute_with(|entry| async move {
+                match entry {
+                    Some(e) if e.value().instance == instance => Op::Remove,
+                    _ => Op::Nop,
+                }
+            })
+            .await;
+    }
+
+    fn spawn(&self, chat: ChatId, state: ChatState) -> ChatHandle {
+        let instance = self.inner.next_instance.fetch_add(1, Ordering::Relaxed);
+        let (done, gone) = oneshot::channel();
+        if let Ok(mut live) = self.inner.live.lock() {
+            live.insert(chat, (instance, gone.shared()));
+        }
+        let token = AliveToken {
+            chat,
+            instance,
+            live: self.inner.live.clone(),
+            done: Some(done),
+        };
+        let activity = Arc::new(ChatActivity::new());
+        let rt = self.inner.rt.clone();
+        let actor_activity = activity.clone();
+        let arbiter = &self.inner.arbiters[arbiter_for(chat, self.inner.arbiters.len())];
+        let addr = ChatActor::start_in_arbiter(arbiter, move |ctx| {
+            // The registry bounds each mailbox itself (see `ChatHandle::ask`); actix's own
+            // bound parks senders instead of refusing, so it is lifted.
+            ctx.set_mailbox_capacity(usize::MAX);
+            ChatActor::new(state, rt, actor_activity, token)
+        });
+        ChatHandle {
+            addr,
+            activity,
+            instance,
+            capacity: self.inner.config.mailbox_capacity,
+        }
+    }
+}
+
+fn arbiter_for(chat: ChatId, n: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    chat.hash(&mut h);
+    (h.finish() % n as u64) as usize
+}

@@ -1,0 +1,759 @@
+//! The branching conversation model: plain data and pure functions, no I/O.
+//!
+//! A chat is a forest of immutable messages linked by parent ids, plus branches (named pointers to
+//! a head message, like git refs) and one active branch. A branch's conversation is the path from
+//! its root to its head. Invariants kept by every operation here:
+//!
+//! - every message's parent is in the tree (or it is a root);
+//! - every message is on the path of at least one branch (deleting a branch prunes what only it
+//!   reached), so the tree never leaks unreachable nodes;
+//! - children and roots are kept in id order, which for UUIDv7 is creation order, so a message's
+//!   sibling index is stable;
+//! - there is always at least one branch, and the active branch is one of them.
+//!
+//! Forking is O(1) in the conversation's length: a branch is a pointer, nothing is copied.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use crate::model::{Branch, BranchId, Message, MessageId};
+
+/// A message in the tree with its links.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub message: Message,
+    /// Child ids in creation order.
+    pub children: Vec<MessageId>,
+    /// Distance from the root: the message's 0-based index in any path through it.
+    pub depth: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TreeError {
+    #[error("message {0} is not in this chat")]
+    MessageNotFound(MessageId),
+    #[error("branch {0} is not in this chat")]
+    BranchNotFound(BranchId),
+    #[error("index {index} is outside the branch's path of {len} messages")]
+    IndexOutOfRange { index: usize, len: usize },
+    #[error("the cursor message is not on this branch's path")]
+    CursorNotOnPath,
+    #[error("a chat must keep at least one branch")]
+    LastBranch,
+    #[error("the message's parent does not match the branch head")]
+    NotAtHead,
+    #[error("id already present")]
+    Duplicate,
+    #[error("a chat needs at least one branch")]
+    NoBranches,
+}
+
+/// One page of a branch's path, read from the head backwards.
+#[derive(Debug)]
+pub struct Page<'a> {
+    /// Oldest first.
+    pub nodes: Vec<&'a Node>,
+    /// Older messages exist before the first one returned.
+    pub has_more: bool,
+    /// The branch's whole path length.
+    pub path_len: usize,
+}
+
+/// A chat's tree rebuilt from storage, with what could not be placed.
+#[derive(Debug)]
+pub struct Restored {
+    pub tree: Tree,
+    /// Messages that were dropped: orphans or unreachable from every branch.
+    pub pruned: Vec<MessageId>,
+    /// Branches whose head was missing and were reset to empty.
+    pub reset_branches: Vec<BranchId>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tree {
+    nodes: HashMap<MessageId, Node>,
+    roots: Vec<MessageId>,
+    branches: Vec<Branch>,
+    active: BranchId,
+}
+
+impl Tree {
+    /// A new chat: one empty branch, active.
+    pub fn new(main: Branch) -> Self {
+        let active = main.id;
+        Self {
+            nodes: HashMap::new(),
+            roots: Vec::new(),
+            branches: vec![main],
+            active,
+        }
+    }
+
+    /// Rebuilds a tree from stored rows, repairing what a crash between the two stores may have
+    /// left behind (messages no branch reaches, heads whose message never landed).
+    pub fn restore(
+        mut branches: Vec<Branch>,
+        active: BranchId,
+        mut messages: Vec<Message>,
+    ) -> Result<Restored, TreeError> {
+        if branches.is_empty() {
+            return Err(TreeError::NoBranches);
+        }
+        branches.sort_by_key(|b| b.id);
+        let active = if branches.iter().any(|b| b.id == active) {
+            active
+        } else {
+            branches[0].id
+        };
+        let mut tree = Self {
+            nodes: HashMap::with_capacity(messages.len()),
+            roots: Vec::new(),
+            branches,
+            active,
+        };
+        messages.sort_by_key(|m| m.id);
+        let mut pending = messages;
+        loop {
+            let before = pending.len();
+            let mut deferred = Vec::new();
+            for message in pending {
+                match message.parent_id {
+                    Some(p) if !tree.nodes.contains_key(&p) => deferred.push(message),
+                    _ => tree.link(message),
+                }
+            }
+            pending = deferred;
+            if pending.is_empty() || pending.len() == before {
+                break;
+            }
+        }
+        let mut pruned: Vec<MessageId> = pending.into_iter().map(|m| m.id).collect();
+        if !pruned.is_empty() {
+            // Children were linked in arrival order; a deferred pass may have broken id order.
+            tree.sort_links();
+        }
+        let mut reset_branches = Vec::new();
+        for branch in &mut tree.branches {
+            if let Some(head) = branch.head {
+                if !tree.nodes.contains_key(&head) {
+                    branch.head = None;
+                    reset_branches.push(branch.id);
+                }
+            }
+        }
+        pruned.extend(tree.prune_unreachable());
+        Ok(Restored {
+            tree,
+            pruned,
+            reset_branches,
+        })
+    }
+
+    pub fn active(&self) -> BranchId {
+        self.active
+    }
+
+    pub fn branches(&self) -> &[Branch] {
+        &self.branches
+    }
+
+    pub fn branch(&self, id: BranchId) -> Result<&Branch, TreeError> {
+        self.branches
+            .iter()
+            .find(|b| b.id == id)
+            .ok_or(TreeError::BranchNotFound(id))
+    }
+
+    pub fn node(&self, id: MessageId) -> Result<&Node, TreeError> {
+        self.nodes.get(&id).ok_or(TreeError::MessageNotFound(id))
+    }
+
+    pub fn message_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// All nodes, in no particular order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    /// Number of messages on a branch's path.
+    pub fn path_len(&self, branch: BranchId) -> Result<usize, TreeError> {
+        let head = self.branch(branch)?.head;
+        Ok(head.map_or(0, |h| self.nodes[&h].depth as usize + 1))
+    }
+
+    /// The messages a new message on `branch` would follow: its parent is the head.
+    pub fn head(&self, branch: BranchId) -> Result<Option<MessageId>, TreeError> {
+        Ok(self.branch(branch)?.head)
+    }
+
+    /// Adds `message` to `branch`: it must be a child of the branch head; the head moves to it.
+    pub fn append(&mut self, branch: BranchId, message: Message) -> Result<(), TreeError> {
+        let idx = self.branch_index(branch)?;
+        if message.parent_id != self.branches[idx].head {
+            return Err(TreeError::NotAtHead);
+        }
+        let (id, at) = (message.id, message.created_at);
+        self.attach(message)?;
+        let b = &mut self.branches[idx];
+        b.head = Some(id);
+        b.updated_at = at;
+        Ok(())
+    }
+
+    /// Adds `message` under its parent without moving any branch. The caller must point a branch
+    /// at it (or at a descendant) in the same step, or the invariant breaks.
+    pub fn attach(&mut self, message: Message) -> Result<(), TreeError> {
+        if self.nodes.contains_key(&message.id) {
+            return Err(TreeError::Duplicate);
+        }
+        if let Some(parent) = message.parent_id {
+            if !self.nodes.contains_key(&parent) {
+                return Err(TreeError::MessageNotFound(parent));
+            }
+        }
+        self.link(message);
+        Ok(())
+    }
+
+    /// Moves a branch head to an existing message.
+    pub fn set_head(
+        &mut self,
+        branch: BranchId,
+        head: MessageId,
+        at: DateTime<Utc>,
+    ) -> Result<(), TreeError> {
+        self.node(head)?;
+        let idx = self.branch_index(branch)?;
+        let b = &mut self.branches[idx];
+        b.head = Some(head);
+        b.updated_at = at;
+        Ok(())
+    }
+
+    /// Adds a branch (a fork): its head, if any, must already be in the tree.
+    pub fn add_branch(&mut self, branch: Branch) -> Result<(), TreeError> {
+        if let Some(head) = branch.head {
+            self.node(head)?;
+        }
+        if self.branches.iter().any(|b| b.id == branch.id) {
+            return Err(TreeError::Duplicate);
+        }
+        self.branches.push(branch);
+        Ok(())
+    }
+
+    /// Edits `target`: `replacement` becomes its sibling (same parent, same role) and the head of
+    /// the new branch `branch`.
+    pub fn edit(
+        &mut self,
+        target: MessageId,
+        replacement: Message,
+        mut branch: Branch,
+    ) -> Result<(), TreeError> {
+        let original = self.node(target)?;
+        if replacement.parent_id != original.message.parent_id {
+            return Err(TreeError::NotAtHead);
+        }
+        branch.head = Some(replacement.id);
+        branch.forked_from = Some(target);
+        self.attach(replacement)?;
+        self.branches.push(branch);
+        Ok(())
+    }
+
+    /// The id of the message at 0-based `index` on a branch's path.
+    pub fn at_index(&self, branch: BranchId, index: usize) -> Result<MessageId, TreeError> {
+        let len = self.path_len(branch)?;
+        if index >= len {
+            return Err(TreeError::IndexOutOfRange { index, len });
+        }
+        let mut id = self.branch(branch)?.head.ok_or(TreeError::NoBranches)?;
+        for _ in index..len - 1 {
+            id = self.nodes[&id]
+                .message
+                .parent_id
+                .ok_or(TreeError::MessageNotFound(id))?;
+        }
+        Ok(id)
+    }
+
+    pub fn set_active(&mut self, branch: BranchId) -> Result<(), TreeError> {
+        self.branch(branch)?;
+        self.active = branch;
+        Ok(())
+    }
+
+    pub fn rename_branch(
+        &mut self,
+        branch: BranchId,
+        name: String,
+        at: DateTime<Utc>,
+    ) -> Result<(), TreeError> {
+        let idx = self.branch_index(branch)?;
+        self.branches[idx].name = name;
+        self.branches[idx].updated_at = at;
+        Ok(())
+    }
+
+    /// Removes a branch and every message no remaining branch reaches; returns those messages.
+    /// If the active branch goes, the most recently updated remaining branch becomes active.
+    pub fn delete_branch(&mut self, branch: BranchId) -> Result<Vec<MessageId>, TreeError> {
+        let idx = self.branch_index(branch)?;
+        if self.branches.len() == 1 {
+            return Err(TreeError::LastBranch);
+        }
+        self.branches.remove(idx);
+        if self.active == branch {
+            if let Some(next) = self.branches.iter().max_by_key(|b| (b.updated_at, b.id)) {
+                self.active = next.id;
+            }
+        }
+        Ok(self.prune_unreachable())
+    }
+
+    /// A page of the branch's path: up to `limit` messages ending just before `before` (or at
+    /// the head), oldest first.
+    pub fn page(
+        &self,
+        branch: BranchId,
+        limit: usize,
+        before: Option<MessageId>,
+    ) -> Result<Page<'_>, TreeError> {
+        let head = self.branch(branch)?.head;
+        let path_len = self.path_len(branch)?;
+        let start = match before {
+            None => head,
+            Some(cursor) => {
+                let node = self.node(cursor)?;
+                if !self.is_on_path(head, node) {
+                    return Err(TreeError::CursorNotOnPath);
+                }
+                node.message.parent_id
+            }
+        };
+        let mut nodes = Vec::with_capacity(limit.min(path_len));
+        let mut next = start;
+        while let Some(id) = next {
+            if nodes.len() == limit {
+                break;
+            }
+            let node = &self.nodes[&id];
+            nodes.push(node);
+            next = node.message.parent_id;
+        }
+        nodes.reverse();
+        Ok(Page {
+            nodes,
+            has_more: next.is_some(),
+            path_len,
+        })
+    }
+
+    /// The whole path of a branch, root first.
+    pub fn path(&self, branch: BranchId) -> Result<Vec<&Message>, TreeError> {
+        let page = self.page(branch, usize::MAX, None)?;
+        Ok(page.nodes.into_iter().map(|n| &n.message).collect())
+    }
+
+    /// `(index, count)` of a message among its siblings (messages with the same parent).
+    pub fn sibling_position(&self, id: MessageId) -> Result<(usize, usize), TreeError> {
+        let node = self.node(id)?;
+        let siblings = match node.message.parent_id {
+            Some(p) => &self.nodes[&p].children,
+            None => &self.roots,
+        };
+        let index = siblings.binary_search(&id).unwrap_or(0);
+        Ok((index, siblings.len()))
+    }
+
+    /// Whether `node` is on the path ending at `head`. Uses depths to stop early.
+    fn is_on_path(&self, head: Option<MessageId>, node: &Node) -> bool {
+        let mut cursor = head;
+        while let Some(id) = cursor {
+            let current = &self.nodes[&id];
+            if current.depth < node.depth {
+                return false;
+            }
+            if id == node.message.id {
+                return true;
+            }
+            cursor = current.message.parent_id;
+        }
+        false
+    }
+
+    fn branch_index(&self, id: BranchId) -> Result<usize, TreeError> {
+        self.branches
+            .iter()
+            .position(|b| b.id == id)
+            .ok_or(TreeError::BranchNotFound(id))
+    }
+
+    /// Inserts a node whose parent (if any) is present, keeping sibling lists in id order.
+    fn link(&mut self, message: Message) {
+        let id = message.id;
+        let depth = match message.parent_id {
+            Some(p) => {
+                let parent = self
+                    .nodes
+                    .get_mut(&p)
+                    .expect("link is only called with a present parent");
+                insert_sorted(&mut parent.children, id);
+                parent.depth + 1
+            }
+            None => {
+                insert_sorted(&mut self.roots, id);
+                0
+            }
+        };
+        self.nodes.insert(
+            id,
+            Node {
+                message,
+                children: Vec::new(),
+                depth,
+            },
+        );
+    }
+
+    fn sort_links(&mut self) {
+        self.roots.sort();
+        for node in self.nodes.values_mut() {
+            node.children.sort();
+        }
+    }
+
+    /// Drops every message that no branch head reaches; returns their ids.
+    fn prune_unreachable(&mut self) -> Vec<MessageId> {
+        let mut reachable: HashSet<MessageId> = HashSet::with_capacity(self.nodes.len());
+        for branch in &self.branches {
+            let mut cursor = branch.head;
+            while let Some(id) = cursor {
+                if !reachable.insert(id) {
+                    break;
+                }
+                cursor = self.nodes[&id].message.parent_id;
+            }
+        }
+        if reachable.len() == self.nodes.len() {
+            return Vec::new();
+        }
+        let doomed: Vec<MessageId> = self
+            .nodes
+            .keys()
+            .filter(|id| !reachable.contains(id))
+            .copied()
+            .collect();
+        for id in &doomed {
+            if let Some(node) = self.nodes.remove(id) {
+                let siblings = match node.message.parent_id {
+                    Some(p) => self.nodes.get_mut(&p).map(|n| &mut n.children),
+                    None => Some(&mut self.roots),
+                };
+                if let Some(list) = siblings {
+                    list.retain(|c| c != id);
+                }
+            }
+        }
+        doomed
+    }
+}
+
+fn insert_sorted(list: &mut Vec<MessageId>, id: MessageId) {
+    // New ids are almost always the largest (UUIDv7), so this is usually a push.
+    match list.last() {
+        Some(last) if *last > id => {
+            let pos = list.binary_search(&id).unwrap_or_else(|p| p);
+            list.insert(pos, id);
+        }
+        _ => list.push(id),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::{ChatId, Role};
+    use std::sync::Arc;
+
+    struct Fixture {
+        chat: ChatId,
+        tree: Tree,
+        main: BranchId,
+    }
+
+    fn branch(chat: ChatId, name: &str, head: Option<MessageId>) -> Branch {
+        Branch {
+            id: BranchId::new(),
+            chat_id: chat,
+            name: name.into(),
+            head,
+            forked_from: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn msg(chat: ChatId, parent: Option<MessageId>, text: &str) -> Message {
+        Message {
+            id: MessageId::new(),
+            chat_id: chat,
+            parent_id: parent,
+            role: Role::User,
+            content: Arc::from(text),
+            created_at: Utc::now(),
+            model: None,
+            metadata: None,
+            idempotency_key: None,
+        }
+    }
+
+    fn fixture() -> Fixture {
+        let chat = ChatId::new();
+        let main = branch(chat, "main", None);
+        let id = main.id;
+        Fixture {
+            chat,
+            tree: Tree::new(main),
+            main: id,
+        }
+    }
+
+    impl Fixture {
+        fn push(&mut self, branch: BranchId, text: &str) -> MessageId {
+            let head = self.tree.head(branch).unwrap();
+            let m = msg(self.chat, head, text);
+            let id = m.id;
+            self.tree.append(branch, m).unwrap();
+            id
+        }
+
+        fn texts(&self, branch: BranchId) -> Vec<String> {
+            self.tree
+                .path(branch)
+                .unwrap()
+                .iter()
+                .map(|m| m.content.to_string())
+                .collect()
+        }
+
+        fn fork_at(&mut self, head: MessageId) -> BranchId {
+            let b = branch(self.chat, "fork", Some(head));
+            let id = b.id;
+            self.tree.add_branch(b).unwrap();
+            id
+        }
+    }
+
+    #[test]
+    fn new_chat_has_one_empty_active_branch() {
+        let f = fixture();
+        assert_eq!(f.tree.active(), f.main);
+        assert_eq!(f.tree.branches().len(), 1);
+        assert_eq!(f.tree.path_len(f.main).unwrap(), 0);
+        assert!(f.tree.path(f.main).unwrap().is_empty());
+    }
+
+    #[test]
+    fn append_moves_head_and_builds_path() {
+        let mut f = fixture();
+        let a = f.push(f.main, "a");
+        let b = f.push(f.main, "b");
+        assert_eq!(f.tree.head(f.main).unwrap(), Some(b));
+        assert_eq!(f.tree.node(b).unwrap().message.parent_id, Some(a));
+        assert_eq!(f.texts(f.main), ["a", "b"]);
+        assert_eq!(f.tree.node(b).unwrap().depth, 1);
+    }
+
+    #[test]
+    fn append_refuses_a_message_not_at_head() {
+        let mut f = fixture();
+        let a = f.push(f.main, "a");
+        f.push(f.main, "b");
+        let stale = msg(f.chat, Some(a), "stale");
+        assert_eq!(f.tree.append(f.main, stale), Err(TreeError::NotAtHead));
+        assert_eq!(f.tree.message_count(), 2);
+    }
+
+    #[test]
+    fn fork_shares_history_without_copying() {
+        let mut f = fixture();
+        let a = f.push(f.main, "a");
+        f.push(f.main, "b");
+        let fork = f.fork_at(a);
+        f.push(fork, "c");
+        assert_eq!(f.texts(f.main), ["a", "b"]);
+        assert_eq!(f.texts(fork), ["a", "c"]);
+        assert_eq!(f.tree.message_count(), 3);
+        // b and c are siblings under a.
+        let c = f.tree.head(fork).unwrap().unwrap();
+        assert_eq!(f.tree.sibling_position(c).unwrap(), (1, 2));
+    }
+
+    #[test]
+    fn fork_by_index_resolves_path_positions() {
+        let mut f = fixture();
+        let ids: Vec<_> = (0..5).map(|i| f.push(f.main, &i.to_string())).collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(f.tree.at_index(f.main, i).unwrap(), *id);
+        }
+        assert_eq!(
+            f.tree.at_index(f.main, 5),
+            Err(TreeError::IndexOutOfRange { index: 5, len: 5 })
+        );
+    }
+
+    #[test]
+    fn fork_of_unknown_message_is_refused() {
+        let mut f = fixture();
+        let b = branch(f.chat, "x", Some(MessageId::new()));
+        assert!(matches!(
+            f.tree.add_branch(b),
+            Err(TreeError::MessageNotFound(_))
+        ));
+        assert_eq!(f.tree.branches().len(), 1);
+    }
+
+    #[test]
+    fn edit_makes_a_sibling_on_a_new_branch() {
+        let mut f = fixture();
+        let a = f.push(f.main, "a");
+        let b = f.push(f.main, "b");
+        let replacement = msg(f.chat, Some(a), "b2");
+        let rid = replacement.id;
+        let nb = branch(f.chat, "edit", None);
+        let nbid = nb.id;
+        f.tree.edit(b, replacement, nb).unwrap();
+        assert_eq!(f.texts(nbid), ["a", "b2"]);
+        assert_eq!(f.texts(f.main), ["a", "b"]);
+        assert_eq!(f.tree.sibling_position(b).unwrap(), (0, 2));
+        assert_eq!(f.tree.sibling_position(rid).unwrap(), (1, 2));
+        assert_eq!(f.tree.branch(nbid).unwrap().forked_from, Some(b));
+    }
+
+    #[test]
+    fn editing_a_root_makes_a_second_root() {
+        let mut f = fixture();
+        let a = f.push(f.main, "a");
+        let nb = branch(f.chat, "edit", None);
+        f.tree.edit(a, msg(f.chat, None, "a2"), nb).unwrap();
+        assert_eq!(f.tree.sibling_position(a).unwrap(), (0, 2));
+    }
+
+    #[test]
+    fn delete_branch_prunes_only_what_it_alone_reached() {
+        let mut f = fixture();
+        let a = f.push(f.main, "a");
+        let b = f.push(f.main, "b");
+        let fork = f.fork_at(a);
+        let c = f.push(fork, "c");
+        let d = f.push(fork, "d");
+        let mut removed = f.tree.delete_branch(fork).unwrap();
+        removed.sort();
+        let mut expected = vec![c, d];
+        expected.sort();
+        assert_eq!(removed, expected);
+        assert_eq!(f.tree.message_count(), 2);
+        assert_eq!(f.tree.node(a).unwrap().children, vec![b]);
+        assert_eq!(f.texts(f.main), ["a", "b"]);
+    }
+
+    #[test]
+    fn delete_branch_keeps_shared_messages() {
+        let mut f = fixture();
+        let a = f.push(f.main, "a");
+        let fork = f.fork_at(a);
+        assert!(f.tree.delete_branch(fork).unwrap().is_empty());
+        assert_eq!(f.tree.message_count(), 1);
+    }
+
+    #[test]
+    fn deleting_the_last_branch_is_refused() {
+        let mut f = fixture();
+        f.push(f.main, "a");
+        assert_eq!(f.tree.delete_branch(f.main), Err(TreeError::LastBranch));
+        assert_eq!(f.tree.message_count(), 1);
+    }
+
+    #[test]
+    fn deleting_the_active_branch_activates_another() {
+        let mut f = fixture();
+        let a = f.push(f.main, "a");
+        let fork = f.fork_at(a);
+        f.tree.set_active(fork).unwrap();
+        f.tree.delete_branch(fork).unwrap();
+        assert_eq!(f.tree.active(), f.main);
+    }
+
+    #[test]
+    fn pages_walk_back_from_the_head() {
+        let mut f = fixture();
+        let ids: Vec<_> = (0..7).map(|i| f.push(f.main, &i.to_string())).collect();
+        let p1 = f.tree.page(f.main, 3, None).unwrap();
+        let got: Vec<_> = p1.nodes.iter().map(|n| n.message.id).collect();
+        assert_eq!(got, ids[4..7]);
+        assert!(p1.has_more);
+        assert_eq!(p1.path_len, 7);
+        let p2 = f.tree.page(f.main, 3, Some(ids[4])).unwrap();
+        let got: Vec<_> = p2.nodes.iter().map(|n| n.message.id).collect();
+        assert_eq!(got, ids[1..4]);
+        let p3 = f.tree.page(f.main, 3, Some(ids[1])).unwrap();
+        assert_eq!(p3.nodes.len(), 1);
+        assert!(!p3.has_more);
+    }
+
+    #[test]
+    fn a_cursor_from_another_branch_is_refused() {
+        let mut f = fixture();
+        let a = f.push(f.main, "a");
+        f.push(f.main, "b");
+        let fork = f.fork_at(a);
+        let c = f.push(fork, "c");
+        assert!(matches!(
+            f.tree.page(f.main, 10, Some(c)),
+            Err(TreeError::CursorNotOnPath)
+        ));
+    }
+
+    #[test]
+    fn restore_rebuilds_the_same_tree_and_repairs_damage() {
+        let mut f = fixture();
+        let a = f.push(f.main, "a");
+        f.push(f.main, "b");
+        let fork = f.fork_at(a);
+        f.push(fork, "c");
+        f.tree.set_active(fork).unwrap();
+
+        let mut messages: Vec<Message> = f.tree.nodes().map(|n| n.message.clone()).collect();
+        // A message no branch reaches (a crash after the message store, before the metadata).
+        messages.push(msg(f.chat, Some(a), "stray"));
+        // An orphan whose parent never landed.
+        messages.push(msg(f.chat, Some(MessageId::new()), "orphan"));
+        messages.reverse();
+        let restored =
+            Tree::restore(f.tree.branches().to_vec(), f.tree.active(), messages).unwrap();
+        assert_eq!(restored.pruned.len(), 2);
+        let t = restored.tree;
+        assert_eq!(t.active(), fork);
+        assert_eq!(t.message_count(), 3);
+        for b in [f.main, fork] {
+            let want: Vec<_> = f.tree.path(b).unwrap().into_iter().cloned().collect();
+            let got: Vec<_> = t.path(b).unwrap().into_iter().cloned().collect();
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn restore_resets_a_head_whose_message_is_missing() {
+        let f = fixture();
+        let mut b = f.tree.branches()[0].clone();
+        b.head = Some(MessageId::new());
+        let restored = Tree::restore(vec![b], f.main, Vec::new()).unwrap();
+        assert_eq!(restored.reset_branches, vec![f.main]);
+        assert_eq!(restored.tree.head(f.main).unwrap(), None);
+    }
+}

@@ -1,0 +1,203 @@
+//! Read models a chat actor answers with. They serialize straight to the REST API's JSON, so the
+//! HTTP layer maps nothing by hand (and, with the `openapi` feature, documents them).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::model::{Branch, BranchId, ChatId, ChatMeta, MessageId, Role};
+use crate::tree::{Node, Tree};
+
+#[cfg(feature = "openapi")]
+use utoipa::ToSchema;
+
+/// A message as clients see it, with its place among its siblings (for `< 2/3 >` controls).
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct MessageView {
+    pub id: MessageId,
+    pub chat_id: ChatId,
+    pub parent_id: Option<MessageId>,
+    pub role: Role,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub content: Arc<str>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub model: Option<Arc<str>>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub metadata: Option<Arc<serde_json::Value>>,
+    pub created_at: DateTime<Utc>,
+    /// 0-based position among messages with the same parent, in creation order.
+    pub sibling_index: usize,
+    pub sibling_count: usize,
+    pub children_count: usize,
+}
+
+impl MessageView {
+    pub fn of(tree: &Tree, node: &Node) -> Self {
+        let (sibling_index, sibling_count) = tree
+            .sibling_position(node.message.id)
+            .unwrap_or((0, 1));
+        let m = &node.message;
+        Self {
+            id: m.id,
+            chat_id: m.chat_id,
+            parent_id: m.parent_id,
+            role: m.role,
+            content: m.content.clone(),
+            model: m.model.clone(),
+            metadata: m.metadata.clone(),
+            created_at: m.created_at,
+            sibling_index,
+            sibling_count,
+            children_count: node.children.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct BranchView {
+    pub id: BranchId,
+    pub chat_id: ChatId,
+    pub name: String,
+    /// `null` for a branch with no messages yet.
+    pub head_message_id: Option<MessageId>,
+    /// The message this branch was forked or edited from.
+    pub forked_from_message_id: Option<MessageId>,
+    /// Messages on the branch's path (root to head).
+    pub message_count: usize,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl BranchView {
+    pub fn of(tree: &Tree, branch: &Branch) -> Self {
+        Self {
+            id: branch.id,
+            chat_id: branch.chat_id,
+            name: branch.name.clone(),
+            head_message_id: branch.head,
+            forked_from_message_id: branch.forked_from,
+            message_count: tree.path_len(branch.id).unwrap_or(0),
+            is_active: tree.active() == branch.id,
+            created_at: branch.created_at,
+            updated_at: branch.updated_at,
+        }
+    }
+}
+
+/// A chat with its branches.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ChatView {
+    pub id: ChatId,
+    pub title: Option<String>,
+    pub system_prompt: Option<String>,
+    pub active_branch_id: BranchId,
+    pub message_count: usize,
+    pub branches: Vec<BranchView>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ChatView {
+    pub fn of(meta: &ChatMeta, tree: &Tree) -> Self {
+        Self {
+            id: meta.id,
+            title: meta.title.clone(),
+            system_prompt: meta.system_prompt.clone(),
+            active_branch_id: tree.active(),
+            message_count: tree.message_count(),
+            branches: tree.branches().iter().map(|b| BranchView::of(tree, b)).collect(),
+            created_at: meta.created_at,
+            updated_at: meta.updated_at,
+        }
+    }
+}
+
+/// One entry of a chat listing (read from the metadata store, not from actors).
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ChatSummary {
+    pub id: ChatId,
+    pub title: Option<String>,
+    pub active_branch_id: BranchId,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&ChatMeta> for ChatSummary {
+    fn from(meta: &ChatMeta) -> Self {
+        Self {
+            id: meta.id,
+            title: meta.title.clone(),
+            active_branch_id: meta.active_branch,
+            created_at: meta.created_at,
+            updated_at: meta.updated_at,
+        }
+    }
+}
+
+/// A page of a branch's path, oldest first.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct MessagePage {
+    pub chat_id: ChatId,
+    pub branch_id: BranchId,
+    pub messages: Vec<MessageView>,
+    /// Older messages exist; pass `next_before` as `before` to get them.
+    pub has_more: bool,
+    pub next_before: Option<MessageId>,
+    /// Length of the branch's whole path.
+    pub total: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TreeNodeView {
+    #[serde(flatten)]
+    pub message: MessageView,
+    pub children: Vec<MessageId>,
+}
+
+/// The whole tree: every node with its links, and every branch.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TreeView {
+    pub chat_id: ChatId,
+    pub active_branch_id: BranchId,
+    pub root_ids: Vec<MessageId>,
+    /// In creation order.
+    pub nodes: Vec<TreeNodeView>,
+    pub branches: Vec<BranchView>,
+}
+
+/// What a send created: the user message, then the assistant answer if one was given or asked for.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SendView {
+    pub chat_id: ChatId,
+    pub branch_id: BranchId,
+    pub messages: Vec<MessageView>,
+}
+
+/// What an edit created.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct EditView {
+    pub message: MessageView,
+    pub branch: BranchView,
+    /// The assistant reply, when the edit asked for one.
+    pub reply: Option<MessageView>,
+}
+
+/// What deleting a branch did.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct BranchDeletedView {
+    pub deleted_branch_id: BranchId,
+    pub deleted_message_count: usize,
+    pub active_branch_id: BranchId,
+}

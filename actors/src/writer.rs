@@ -1,0 +1,408 @@
+//! The write-behind writer: one task that batches the changes of every chat actor and commits
+//! them to the stores, in as few transactions as the load allows (group commit).
+//!
+//! A chat actor applies a change in memory, reserves a slot in the writer's bounded queue *before*
+//! doing so (a full queue refuses the change with `Overloaded` rather than queueing unboundedly),
+//! and sends the change's rows as one [`ChatWrite`]. It gets back a [`CommitTicket`] that resolves
+//! when the batch holding the change has committed; in `durable` mode the HTTP response waits for
+//! it, in `buffered` mode it does not.
+//!
+//! Each batch is committed in three steps, each one transaction in its store: message inserts
+//! first, then metadata (so metadata never points at a message that is not stored), then message
+//! deletions (so nothing stored points at a deleted message). Every step is idempotent (inserts by
+//! id, versioned upserts, deletes), so a failed batch is retried whole.
+//!
+//! If a batch fails for good, every chat in it is *fenced*: its later queued writes are refused
+//! too (they may build on the failed ones), and its actor is told to reload from the store, so a
+//! refused write never stays visible.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::model::{Branch, BranchId, ChatId, ChatMeta, Message, MessageId};
+use crate::ports::{MessageDeletes, MessageStore, MetaBatch, MetadataStore, StoreError};
+
+/// When the client's response is sent relative to the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// After the batch holding the change has committed.
+    Durable,
+    /// After the in-memory apply; a crash can lose at most the unflushed batches.
+    Buffered,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub ack_mode: AckMode,
+    /// Flush when a batch holds this many rows.
+    pub max_batch_ops: usize,
+    /// How long to wait for more changes after the first one before flushing.
+    pub linger: Duration,
+    /// Queued chat writes before new changes are refused with `Overloaded`.
+    pub queue_capacity: usize,
+    /// In durable mode, how long a failing batch is retried before its clients get an error.
+    /// Buffered batches are retried until they commit: they were acknowledged.
+    pub durable_retry_window: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            ack_mode: AckMode::Durable,
+            max_batch_ops: 1024,
+            linger: Duration::from_millis(2),
+            queue_capacity: 16_384,
+            durable_retry_window: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One row-level change.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    UpsertChat(ChatMeta),
+    /// A branch and the chat version that produced it.
+    UpsertBranch(Branch, i64),
+    DeleteBranch(BranchId),
+    DeleteChat(ChatId),
+    InsertMessage(Message),
+    DeleteMessages(Vec<MessageId>),
+}
+
+impl WriteOp {
+    fn rows(&self) -> usize {
+        match self {
+            WriteOp::DeleteMessages(ids) => ids.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// Why a write did not commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("the store refused or could not take the write")]
+    StorageUnavailable,
+    #[error("an earlier write of this chat failed; this one was dropped with it")]
+    Fenced,
+    #[error("the writer stopped")]
+    Stopped,
+}
+
+/// Told to a chat actor whose writes failed: reload from the store.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct WriteFailed {
+    pub generation: u64,
+}
+
+/// Resolves when a write has committed (or failed). Cloneable, so a retried idempotent request
+/// can wait on the original's commit.
+pub type CommitTicket = Shared<BoxFuture<'static, Result<(), WriteError>>>;
+
+/// A ticket that is already resolved (for operations that wrote nothing).
+pub fn committed() -> CommitTicket {
+    futures_util::future::ready(Ok(())).boxed().shared()
+}
+
+/// All rows of one change of one chat, committed atomically with its batch.
+pub struct ChatWrite {
+    pub chat: ChatId,
+    /// The actor's generation: bumped when it reloads after a failure; older writes are fenced.
+    pub generation: u64,
+    pub ops: Vec<WriteOp>,
+    pub on_fail: Option<Recipient<WriteFailed>>,
+}
+
+enum Command {
+    Write(ChatWrite, oneshot::Sender<Result<(), WriteError>>),
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Counters the operator surface reads.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub batches: AtomicU64,
+    pub rows: AtomicU64,
+    pub failed_batches: AtomicU64,
+    pub retries: AtomicU64,
+    pub last_batch_rows: AtomicU64,
+    pub last_flush_micros: AtomicU64,
+}
+
+/// A cheap, cloneable handle to the writer task.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Command>,
+    pub stats: Arc<WriterStats>,
+    pub ack_mode: AckMode,
+}
+
+/// A reserved slot in the writer's queue: taking it cannot fail, so a chat can apply a change in
+/// memory knowing the change will reach the writer.
+pub struct Slot(mpsc::OwnedPermit<Command>);
+
+impl Slot {
+    pub fn send(self, write: ChatWrite) -> CommitTicket {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(Command::Write(write, tx));
+        rx.map(|r| r.unwrap_or(Err(WriteError::Stopped)))
+            .boxed()
+            .shared()
+    }
+}
+
+impl WriterHandle {
+    /// Spawns the writer on the current Tokio runtime.
+    pub fn spawn(
+        metadata: Arc<dyn MetadataStore>,
+        messages: Arc<dyn MessageStore>,
+        config: WriterConfig,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let stats = Arc::new(WriterStats::default());
+        let handle = Self {
+            tx,
+            stats: stats.clone(),
+            ack_mode: config.ack_mode,
+        };
+        let writer = Writer {
+            rx,
+            metadata,
+            messages,
+            config,
+            stats,
+            fences: HashMap::new(),
+        };
+        tokio::spawn(writer.run());
+        handle
+    }
+
+    /// Reserves a queue slot, or `None` when the queue is full (or the writer stopped).
+    pub fn reserve(&self) -> Option<Slot> {
+        self.tx.clone().try_reserve_owned().ok().map(Slot)
+    }
+
+    /// Resolves once everything queued before it has committed (or failed for good).
+    pub fn barrier(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let tx = self.tx.clone();
+        async move {
+            let (done, wait) = oneshot::channel();
+            if tx.send(Command::Barrier(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        }
+    }
+
+    /// Chat writes waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+struct Writer {
+    rx: mpsc::Receiver<Command>,
+    metadata: Arc<dyn MetadataStore>,
+    messages: Arc<dyn MessageStore>,
+    config: WriterConfig,
+    stats: Arc<WriterStats>,
+    /// Chats whose writes below this generation are refused.
+    fences: HashMap<ChatId, u64>,
+}
+
+struct Coalesced {
+    inserts: Vec<Message>,
+    meta: MetaBatch,
+    deletes: MessageDeletes,
+    rows: usize,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        while let Some(first) = self.rx.recv().await {
+            let mut commands = vec![first];
+            let mut rows = rows_of(&commands[0]);
+            let deadline = Instant::now() + self.config.linger;
+            while rows < self.config.max_batch_ops {
+                let next = match self.rx.try_recv() {
+                    Ok(c) => c,
+                    Err(mpsc::error::TryRecvError::Empty) if !self.config.linger.is_zero() => {
+                        match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                            Ok(Some(c)) => c,
+                            _ => break,
+                        }
+                    }
+                    Err(_) => break,
+                };
+                rows += rows_of(&next);
+                commands.push(next);
+            }
+            self.process(commands).await;
+        }
+    }
+
+    async fn process(&mut self, commands: Vec<Command>) {
+        let mut writes = Vec::with_capacity(commands.len());
+        let mut barriers = Vec::new();
+        for command in commands {
+            match command {
+                Command::Write(w, ack) => match self.fences.get(&w.chat) {
+                    Some(&fence) if w.generation < fence => {
+                        let _ = ack.send(Err(WriteError::Fenced));
+                    }
+                    Some(_) => {
+                        self.fences.remove(&w.chat);
+                        writes.push((w, ack));
+                    }
+                    None => writes.push((w, ack)),
+                },
+                Command::Barrier(done) => barriers.push(done),
+            }
+        }
+        if !writes.is_empty() {
+            let batch = coalesce(writes.iter().map(|(w, _)| w));
+            let started = std::time::Instant::now();
+            let result = self.commit(&batch).await;
+            self.stats
+                .last_flush_micros
+                .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            match result {
+                Ok(()) => {
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .rows
+                        .fetch_add(batch.rows as u64, Ordering::Relaxed);
+                    self.stats
+                        .last_batch_rows
+                        .store(batch.rows as u64, Ordering::Relaxed);
+                    for (_, ack) in writes {
+                        let _ = ack.send(Ok(()));
+                    }
+                }
+                Err(error) => {
+                    self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%error, rows = batch.rows, "write-behind batch failed; fencing its chats");
+                    for (w, ack) in writes {
+                        let fence = self.fences.entry(w.chat).or_insert(0);
+                        *fence = (*fence).max(w.generation + 1);
+                        if let Some(actor) = &w.on_fail {
+                            actor.do_send(WriteFailed {
+                                generation: w.generation,
+                            });
+                        }
+                        let _ = ack.send(Err(WriteError::StorageUnavailable));
+                    }
+                }
+            }
+        }
+        for done in barriers {
+            let _ = done.send(());
+        }
+    }
+
+    /// Commits one batch, retrying transient failures: in durable mode within the retry window,
+    /// in buffered mode until it succeeds (those writes were acknowledged).
+    async fn commit(&self, batch: &Coalesced) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.commit_once(batch).await {
+                Ok(()) => return Ok(()),
+                Err(e @ StoreError::Unavailable(_)) => {
+                    let give_up = self.config.ack_mode == AckMode::Durable
+                        && started.elapsed() + backoff > self.config.durable_retry_window;
+                    if give_up {
+                        return Err(e);
+                    }
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, ?backoff, "store unavailable; retrying batch");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn commit_once(&self, batch: &Coalesced) -> Result<(), StoreError> {
+        if !batch.inserts.is_empty() {
+            self.messages.insert(&batch.inserts).await?;
+        }
+        if !batch.meta.is_empty() {
+            self.metadata.apply(&batch.meta).await?;
+        }
+        if !batch.deletes.is_empty() {
+            self.messages.delete(&batch.deletes).await?;
+        }
+        Ok(())
+    }
+}
+
+fn rows_of(command: &Command) -> usize {
+    match command {
+        Command::Write(w, _) => w.ops.iter().map(WriteOp::rows).sum(),
+        Command::Barrier(_) => 0,
+    }
+}
+
+/// Folds a batch's writes into one set of rows per store: the newest version of each chat and
+/// branch row, and nothing for rows deleted within the same batch.
+fn coalesce<'a>(writes: impl Iterator<Item = &'a ChatWrite>) -> Coalesced {
+    let mut inserts: Vec<Message> = Vec::new();
+    let mut chats: HashMap<ChatId, ChatMeta> = HashMap::new();
+    let mut branches: HashMap<BranchId, (Branch, i64)> = HashMap::new();
+    let mut meta = MetaBatch::default();
+    let mut deletes = MessageDeletes::default();
+    let mut rows = 0;
+    for write in writes {
+        for op in &write.ops {
+            rows += op.rows();
+            match op {
+                WriteOp::InsertMessage(m) => inserts.push(m.clone()),
+                WriteOp::UpsertChat(c) => match chats.get(&c.id) {
+                    Some(existing) if existing.version >= c.version => {}
+                    _ => {
+                        chats.insert(c.id, c.clone());
+                    }
+                },
+                WriteOp::UpsertBranch(b, version) => match branches.get(&b.id) {
+                    Some((_, existing)) if existing > version => {}
+                    _ => {
+                        branches.insert(b.id, (b.clone(), *version));
+                    }
+                },
+                WriteOp::DeleteBranch(id) => {
+                    branches.remove(id);
+                    meta.deleted_branches.push(*id);
+                }
+                WriteOp::DeleteChat(id) => {
+                    chats.remove(id);
+                    branches.retain(|_, (b, _)| b.chat_id != *id);
+                    inserts.retain(|m| m.chat_id != *id);
+                    meta.deleted_chats.push(*id);
+                    deletes.chats.push(*id);
+                }
+                WriteOp::DeleteMessages(ids) => deletes.messages.extend_from_slice(ids),
+            }
+        }
+    }
+    if !deletes.messages.is_empty() && !inserts.is_empty() {
+        let gone: std::collections::HashSet<_> = deletes.messages.iter().copied().collect();
+        inserts.retain(|m| !gone.contains(&m.id));
+    }
+    meta.chats = chats.into_values().collect();
+    meta.branches = branches.into_values().collect();
+    Coalesced {
+        inserts,
+        meta,
+        deletes,
+        rows,
+    }
+}
