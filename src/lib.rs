@@ -1,1 +1,19 @@
+//! The Arbor server: HTTP API, configuration, telemetry, authentication, storage adapters and
+//! model providers. The conversation model and the actors live in the `arbor-actors` crate.
+//!
+//! - [`startup`]: wires stores, writer, chat registry and HTTP server into an [`Application`].
+//! - [`api`]: one handler per endpoint, the error type, OpenAPI docs.
+//! - [`storage`]: implementations of the store ports (SQLite).
+//! - [`auth`]: accounts, bcrypt, JWT and the `AuthUser` extractor.
+//! - [`config`], [`telemetry`], [`domain`] (input newtypes), [`llm`] (providers).
 
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod llm;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;
+
+pub use startup::Application;

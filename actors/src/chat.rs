@@ -150,8 +150,9 @@ impl ChatState {
         branches: Vec<Branch>,
         messages: Vec<Message>,
     ) -> Result<Self, ChatError> {
-        let restored = Tree::restore(branches, meta.active_branch, messages)
-            .map_err(|e| ChatError::Internal(format!("chat {} cannot be restored: {e}", meta.id)))?;
+        let restored = Tree::restore(branches, meta.active_branch, messages).map_err(|e| {
+            ChatError::Internal(format!("chat {} cannot be restored: {e}", meta.id))
+        })?;
         if !restored.pruned.is_empty() || !restored.reset_branches.is_empty() {
             tracing::warn!(
                 chat = %meta.id,
@@ -224,7 +225,10 @@ pub(crate) struct AliveToken {
 impl Drop for AliveToken {
     fn drop(&mut self) {
         if let Ok(mut live) = self.live.lock() {
-            if live.get(&self.chat).is_some_and(|(i, _)| *i == self.instance) {
+            if live
+                .get(&self.chat)
+                .is_some_and(|(i, _)| *i == self.instance)
+            {
                 live.remove(&self.chat);
             }
         }
@@ -391,9 +395,8 @@ impl ChatCore {
         Branch {
             id: BranchId::new(),
             chat_id: self.state.meta.id,
-            name: name.unwrap_or_else(|| {
-                format!("{prefix}-{}", self.state.tree.branches().len() + 1)
-            }),
+            name: name
+                .unwrap_or_else(|| format!("{prefix}-{}", self.state.tree.branches().len() + 1)),
             head: None,
             forked_from: None,
             created_at: now,
@@ -402,7 +405,11 @@ impl ChatCore {
     }
 
     /// The context for a reply: the system prompt, then the branch path up to `head`.
-    fn context(&self, branch: BranchId, model: Option<Arc<str>>) -> Result<CompletionRequest, ChatError> {
+    fn context(
+        &self,
+        branch: BranchId,
+        model: Option<Arc<str>>,
+    ) -> Result<CompletionRequest, ChatError> {
         let mut turns = Vec::new();
         if let Some(prompt) = &self.state.meta.system_prompt {
             turns.push(Turn {
@@ -459,8 +466,7 @@ impl ChatCore {
         let slot = reserve(&self.rt)?;
         let key = msg.idempotency_key.clone();
         let head = self.state.tree.head(branch)?;
-        let mut first =
-            self.new_message(head, msg.role, msg.content.clone(), None, key.clone());
+        let mut first = self.new_message(head, msg.role, msg.content.clone(), None, key.clone());
         first.metadata = msg.metadata.clone();
         let first_id = first.id;
         let mut ops = vec![WriteOp::InsertMessage(first.clone())];
@@ -548,7 +554,11 @@ impl ChatCore {
         msg: CompleteGeneration,
     ) -> Result<Applied<MessageView>, ChatError> {
         self.state.generating.remove(&msg.branch);
-        if let Some(entry) = msg.idempotency_key.as_ref().and_then(|k| self.state.idem.get_mut(k)) {
+        if let Some(entry) = msg
+            .idempotency_key
+            .as_ref()
+            .and_then(|k| self.state.idem.get_mut(k))
+        {
             entry.awaiting_reply = false;
         }
         // The branch may have been deleted while the reply was generated: then the reply has
@@ -571,7 +581,11 @@ impl ChatCore {
         ops.push(self.touch_meta());
         ops.push(self.branch_row(msg.branch)?);
         let commit = self.write(slot, ops);
-        if let Some(entry) = msg.idempotency_key.as_ref().and_then(|k| self.state.idem.get_mut(k)) {
+        if let Some(entry) = msg
+            .idempotency_key
+            .as_ref()
+            .and_then(|k| self.state.idem.get_mut(k))
+        {
             entry.messages.push(id);
             entry.commit = commit.clone();
         }
@@ -580,7 +594,11 @@ impl ChatCore {
 
     fn abort_generation(&mut self, msg: AbortGeneration) -> Result<(), ChatError> {
         self.state.generating.remove(&msg.branch);
-        if let Some(entry) = msg.idempotency_key.as_ref().and_then(|k| self.state.idem.get_mut(k)) {
+        if let Some(entry) = msg
+            .idempotency_key
+            .as_ref()
+            .and_then(|k| self.state.idem.get_mut(k))
+        {
             entry.awaiting_reply = false;
         }
         Ok(())
@@ -598,7 +616,11 @@ impl ChatCore {
         Ok(MessagePage {
             chat_id: self.state.meta.id,
             branch_id: branch,
-            messages: page.nodes.iter().map(|n| MessageView::of(tree, n)).collect(),
+            messages: page
+                .nodes
+                .iter()
+                .map(|n| MessageView::of(tree, n))
+                .collect(),
             has_more: page.has_more,
             next_before,
             total: page.path_len,
@@ -629,7 +651,11 @@ impl ChatCore {
             active_branch_id: tree.active(),
             root_ids,
             nodes,
-            branches: tree.branches().iter().map(|b| BranchView::of(tree, b)).collect(),
+            branches: tree
+                .branches()
+                .iter()
+                .map(|b| BranchView::of(tree, b))
+                .collect(),
         })
     }
 
@@ -666,8 +692,13 @@ impl ChatCore {
             ));
         }
         let slot = reserve(&self.rt)?;
-        let replacement =
-            self.new_message(target.parent_id, target.role, msg.content, target.model.clone(), None);
+        let replacement = self.new_message(
+            target.parent_id,
+            target.role,
+            msg.content,
+            target.model.clone(),
+            None,
+        );
         let replacement_id = replacement.id;
         let branch = self.new_branch(msg.name, "edit");
         let branch_id = branch.id;
@@ -700,7 +731,11 @@ impl ChatCore {
 
     fn list_branches(&mut self, _: ListBranches) -> Result<Vec<BranchView>, ChatError> {
         let tree = &self.state.tree;
-        Ok(tree.branches().iter().map(|b| BranchView::of(tree, b)).collect())
+        Ok(tree
+            .branches()
+            .iter()
+            .map(|b| BranchView::of(tree, b))
+            .collect())
     }
 
     fn get_branch(&mut self, msg: GetBranch) -> Result<BranchView, ChatError> {
@@ -710,13 +745,18 @@ impl ChatCore {
     fn rename_branch(&mut self, msg: RenameBranch) -> Result<Applied<BranchView>, ChatError> {
         self.state.tree.branch(msg.id)?;
         let slot = reserve(&self.rt)?;
-        self.state.tree.rename_branch(msg.id, msg.name, Utc::now())?;
+        self.state
+            .tree
+            .rename_branch(msg.id, msg.name, Utc::now())?;
         let ops = vec![self.touch_meta(), self.branch_row(msg.id)?];
         let commit = self.write(slot, ops);
         Ok(Applied::new(self.branch_view(msg.id)?, commit))
     }
 
-    fn delete_branch(&mut self, msg: DeleteBranch) -> Result<Applied<BranchDeletedView>, ChatError> {
+    fn delete_branch(
+        &mut self,
+        msg: DeleteBranch,
+    ) -> Result<Applied<BranchDeletedView>, ChatError> {
         self.state.tree.branch(msg.id)?;
         if self.state.generating.contains(&msg.id) {
             return Err(ChatError::GenerationInProgress);

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::model::{Branch, BranchId, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord};
+use crate::model::{
+    Branch, BranchId, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord,
+};
 
 /// What a store can say went wrong. `Unavailable` is retried by the writer; `Conflict` names the
 /// unique field that clashed.

@@ -201,11 +201,20 @@ impl Chats {
     }
 
     /// Creates a chat owned by `owner`; its actor starts resident.
-    pub async fn create(&self, owner: UserId, title: Option<String>) -> Result<ChatView, ChatError> {
+    pub async fn create(
+        &self,
+        owner: UserId,
+        title: Option<String>,
+    ) -> Result<ChatView, ChatError> {
         let id = ChatId::new();
         let (state, ops) = ChatState::create(id, owner, title);
         let view = ChatView::of(&state.meta, &state.tree);
-        let slot = self.inner.rt.writer.reserve().ok_or(ChatError::Overloaded)?;
+        let slot = self
+            .inner
+            .rt
+            .writer
+            .reserve()
+            .ok_or(ChatError::Overloaded)?;
         let handle = self.spawn(id, state);
         let commit = slot.send(crate::writer::ChatWrite {
             chat: id,
@@ -214,7 +223,11 @@ impl Chats {
             on_fail: Some(handle.addr.clone().recipient()),
         });
         self.inner.cache.insert(id, handle).await;
-        self.settle(Applied { value: view, commit }).await
+        self.settle(Applied {
+            value: view,
+            commit,
+        })
+        .await
     }
 
     pub async fn get(&self, user: UserId, chat: ChatId) -> Result<ChatView, ChatError> {
@@ -555,8 +568,8 @@ impl Chats {
         let arbiter = &self.inner.arbiters[arbiter_for(chat, self.inner.arbiters.len())];
         let addr = ChatActor::start_in_arbiter(arbiter, move |ctx| {
             // The registry bounds each mailbox itself (see `ChatHandle::ask`); actix's own
-            // bound parks senders instead of refusing, so it is lifted.
-            ctx.set_mailbox_capacity(usize::MAX);
+            // bound parks senders instead of refusing, so it is lifted (0 = never park).
+            ctx.set_mailbox_capacity(0);
             ChatActor::new(state, rt, actor_activity, token)
         });
         ChatHandle {

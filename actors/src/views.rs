@@ -35,9 +35,8 @@ pub struct MessageView {
 
 impl MessageView {
     pub fn of(tree: &Tree, node: &Node) -> Self {
-        let (sibling_index, sibling_count) = tree
-            .sibling_position(node.message.id)
-            .unwrap_or((0, 1));
+        let (sibling_index, sibling_count) =
+            tree.sibling_position(node.message.id).unwrap_or((0, 1));
         let m = &node.message;
         Self {
             id: m.id,
@@ -110,7 +109,11 @@ impl ChatView {
             system_prompt: meta.system_prompt.clone(),
             active_branch_id: tree.active(),
             message_count: tree.message_count(),
-            branches: tree.branches().iter().map(|b| BranchView::of(tree, b)).collect(),
+            branches: tree
+                .branches()
+                .iter()
+                .map(|b| BranchView::of(tree, b))
+                .collect(),
             created_at: meta.created_at,
             updated_at: meta.updated_at,
         }

@@ -1,0 +1,124 @@
+//! `/api/v1/auth/*`: register, login (JSON), token (OAuth2 password form), me.
+
+use actix_web::{web, HttpResponse};
+use arbor_actors::model::UserRecord;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use crate::auth::{Accounts, AuthUser, Session};
+use crate::domain::{Email, Password, Username};
+
+#[derive(Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    pub email: String,
+    pub password: String,
+    pub username: Option<String>,
+}
+
+/// Log in with `email` or `username` (either field accepts either).
+#[derive(Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub password: String,
+}
+
+/// The OAuth2 password grant form (`username` may hold the email).
+#[derive(Deserialize, ToSchema)]
+pub struct TokenForm {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserView {
+    pub id: uuid::Uuid,
+    pub email: String,
+    pub username: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&UserRecord> for UserView {
+    fn from(u: &UserRecord) -> Self {
+        Self {
+            id: *u.id.as_uuid(),
+            email: u.email.clone(),
+            username: u.username.clone(),
+            created_at: u.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    /// Always `bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the token expires.
+    pub expires_in: i64,
+    pub user: UserView,
+}
+
+impl From<Session> for TokenResponse {
+    fn from(s: Session) -> Self {
+        Self {
+            access_token: s.access_token,
+            token_type: "bearer",
+            expires_in: s.expires_in,
+            user: UserView::from(&s.user),
+        }
+    }
+}
+
+/// Create an account; answers with a token so the client is logged in at once.
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses((status = 201, body = TokenResponse), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn register(
+    accounts: web::Data<Accounts>,
+    body: web::Json<RegisterRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let email = Email::parse(&body.email)?;
+    let username = body.username.as_deref().map(Username::parse).transpose()?;
+    let password = Password::parse(body.password)?;
+    let session = accounts.register(email, username, password).await?;
+    Ok(HttpResponse::Created().json(TokenResponse::from(session)))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
+pub async fn login(
+    accounts: web::Data<Accounts>,
+    body: web::Json<LoginRequest>,
+) -> Result<web::Json<TokenResponse>, ApiError> {
+    let login = body
+        .email
+        .as_deref()
+        .or(body.username.as_deref())
+        .ok_or_else(|| ApiError::validation("validation_failed", "give `email` or `username`"))?;
+    let session = accounts.login(login, &body.password).await?;
+    Ok(web::Json(session.into()))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
+pub async fn token(
+    accounts: web::Data<Accounts>,
+    form: web::Form<TokenForm>,
+) -> Result<web::Json<TokenResponse>, ApiError> {
+    let session = accounts.login(&form.username, &form.password).await?;
+    Ok(web::Json(session.into()))
+}
+
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = UserView), (status = 401, body = ErrorBody)))]
+pub async fn me(
+    accounts: web::Data<Accounts>,
+    user: AuthUser,
+) -> Result<web::Json<UserView>, ApiError> {
+    let record = accounts.user(user.0).await?;
+    Ok(web::Json(UserView::from(&record)))
+}

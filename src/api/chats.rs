@@ -1,0 +1,137 @@
+//! `/api/v1/chats`: create, list, get, update, delete.
+
+use actix_web::{web, HttpResponse};
+use arbor_actors::model::ChatId;
+use arbor_actors::views::{ChatSummary, ChatView};
+use arbor_actors::Chats;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ErrorBody};
+use super::{double_option, page_limit};
+use crate::auth::AuthUser;
+use crate::config::LimitSettings;
+use crate::domain;
+use crate::storage::Stores;
+
+#[derive(Deserialize, ToSchema, Default)]
+pub struct CreateChat {
+    pub title: Option<String>,
+}
+
+/// Absent fields are left alone; `null` clears.
+#[derive(Deserialize, ToSchema)]
+pub struct UpdateChat {
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub title: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub system_prompt: Option<Option<String>>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ListChatsQuery {
+    /// Page size (default and maximum are configured).
+    pub limit: Option<usize>,
+    /// Return chats older than this chat id (the previous page's `next_before`).
+    pub before: Option<ChatId>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ChatList {
+    pub chats: Vec<ChatSummary>,
+    pub has_more: bool,
+    pub next_before: Option<ChatId>,
+}
+
+#[utoipa::path(post, path = "/api/v1/chats", tag = "chats", security(("bearer" = [])),
+    request_body = CreateChat, responses((status = 201, body = ChatView), (status = 422, body = ErrorBody)))]
+pub async fn create(
+    chats: web::Data<Chats>,
+    limits: web::Data<LimitSettings>,
+    user: AuthUser,
+    body: Option<web::Json<CreateChat>>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.map(web::Json::into_inner).unwrap_or_default();
+    let title = domain::title(body.title.as_deref(), limits.max_title_chars)?;
+    let chat = chats.create(user.0, title).await?;
+    Ok(HttpResponse::Created().json(chat))
+}
+
+/// The caller's chats, newest first. In `buffered` mode a change may take one flush interval to
+/// show here.
+#[utoipa::path(get, path = "/api/v1/chats", tag = "chats", security(("bearer" = [])),
+    params(ListChatsQuery), responses((status = 200, body = ChatList)))]
+pub async fn list(
+    stores: web::Data<Stores>,
+    limits: web::Data<LimitSettings>,
+    user: AuthUser,
+    query: web::Query<ListChatsQuery>,
+) -> Result<web::Json<ChatList>, ApiError> {
+    let limit = page_limit(query.limit, &limits)?;
+    let mut rows = stores
+        .metadata
+        .list_chats(user.0, limit as u32 + 1, query.before)
+        .await?;
+    let has_more = rows.len() > limit;
+    rows.truncate(limit);
+    let chats: Vec<ChatSummary> = rows.iter().map(ChatSummary::from).collect();
+    let next_before = if has_more {
+        chats.last().map(|c| c.id)
+    } else {
+        None
+    };
+    Ok(web::Json(ChatList {
+        chats,
+        has_more,
+        next_before,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/chats/{chat_id}", tag = "chats", security(("bearer" = [])),
+    params(("chat_id" = ChatId, Path)), responses((status = 200, body = ChatView), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    chats: web::Data<Chats>,
+    user: AuthUser,
+    path: web::Path<ChatId>,
+) -> Result<web::Json<ChatView>, ApiError> {
+    Ok(web::Json(chats.get(user.0, path.into_inner()).await?))
+}
+
+#[utoipa::path(patch, path = "/api/v1/chats/{chat_id}", tag = "chats", security(("bearer" = [])),
+    params(("chat_id" = ChatId, Path)), request_body = UpdateChat,
+    responses((status = 200, body = ChatView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update(
+    chats: web::Data<Chats>,
+    limits: web::Data<LimitSettings>,
+    user: AuthUser,
+    path: web::Path<ChatId>,
+    body: web::Json<UpdateChat>,
+) -> Result<web::Json<ChatView>, ApiError> {
+    let title = body
+        .title
+        .as_ref()
+        .map(|t| domain::title(t.as_deref(), limits.max_title_chars))
+        .transpose()?;
+    let prompt = body
+        .system_prompt
+        .as_ref()
+        .map(|p| domain::system_prompt(p.as_deref(), limits.max_system_prompt_chars))
+        .transpose()?;
+    let chat = chats
+        .update(user.0, path.into_inner(), title, prompt)
+        .await?;
+    Ok(web::Json(chat))
+}
+
+#[utoipa::path(delete, path = "/api/v1/chats/{chat_id}", tag = "chats", security(("bearer" = [])),
+    params(("chat_id" = ChatId, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    chats: web::Data<Chats>,
+    user: AuthUser,
+    path: web::Path<ChatId>,
+) -> Result<HttpResponse, ApiError> {
+    chats.delete(user.0, path.into_inner()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,221 @@
+//! The one API error type: every failure becomes `{"error": {"code", "message"}}` with a stable
+//! snake_case code. 5xx details go to the log, never to the client.
+
+use std::fmt;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use arbor_actors::ports::StoreError;
+use arbor_actors::ChatError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+/// The error body every endpoint uses.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: clients branch on this.
+    pub code: String,
+    /// Human-readable; may change.
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn validation(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    }
+
+    pub fn internal(detail: impl fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "an internal error occurred; it has been logged",
+        )
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            res.insert_header((header::RETRY_AFTER, "1"));
+        }
+        res.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
+            },
+        })
+    }
+}
+
+impl From<ChatError> for ApiError {
+    fn from(e: ChatError) -> Self {
+        use StatusCode as S;
+        let (status, code) = match &e {
+            ChatError::ChatNotFound => (S::NOT_FOUND, "chat_not_found"),
+            ChatError::MessageNotFound(_) => (S::NOT_FOUND, "message_not_found"),
+            ChatError::BranchNotFound(_) => (S::NOT_FOUND, "branch_not_found"),
+            ChatError::IndexOutOfRange { .. } => {
+                (S::UNPROCESSABLE_ENTITY, "message_index_out_of_range")
+            }
+            ChatError::CursorNotOnPath => (S::UNPROCESSABLE_ENTITY, "invalid_cursor"),
+            ChatError::LastBranch => (S::CONFLICT, "last_branch"),
+            ChatError::GenerationInProgress => (S::CONFLICT, "generation_in_progress"),
+            ChatError::IdempotencyMismatch => (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            ChatError::Invalid(_) => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ChatError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
+            ChatError::StorageUnavailable => (S::SERVICE_UNAVAILABLE, "storage_unavailable"),
+            ChatError::UnknownModel(_) => (S::UNPROCESSABLE_ENTITY, "unknown_model"),
+            ChatError::Upstream(detail) => {
+                tracing::warn!(%detail, "model provider failed");
+                return Self::new(
+                    S::BAD_GATEWAY,
+                    "upstream_error",
+                    "the model provider failed",
+                );
+            }
+            ChatError::Internal(detail) => return Self::internal(detail),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(field) => Self::new(
+                StatusCode::CONFLICT,
+                if field == "username" {
+                    "username_taken"
+                } else {
+                    "email_taken"
+                },
+                format!("that {field} is already registered"),
+            ),
+            StoreError::Unavailable(detail) => {
+                tracing::error!(%detail, "store unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "storage is unavailable",
+                )
+            }
+            StoreError::Corrupt(detail) => Self::internal(detail),
+        }
+    }
+}
+
+/// Maps actix-web's extractor errors (bad JSON, wrong types, too large, bad path or query) into
+/// the API error shape.
+pub mod extractors {
+    use super::*;
+    use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError, UrlencodedError};
+
+    pub fn json(err: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+        match err {
+            JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is too large",
+                )
+            }
+            JsonPayloadError::ContentType => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as application/json",
+            ),
+            JsonPayloadError::Deserialize(e) if e.is_data() => {
+                ApiError::validation("validation_failed", e.to_string())
+            }
+            JsonPayloadError::Deserialize(e) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("malformed JSON: {e}"),
+            ),
+            other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", other.to_string()),
+        }
+        .into()
+    }
+
+    pub fn form(err: UrlencodedError, _: &HttpRequest) -> actix_web::Error {
+        match err {
+            UrlencodedError::Overflow { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is too large",
+            ),
+            UrlencodedError::ContentType => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as application/x-www-form-urlencoded",
+            ),
+            other => ApiError::validation("validation_failed", other.to_string()),
+        }
+        .into()
+    }
+
+    pub fn path(err: PathError, _: &HttpRequest) -> actix_web::Error {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("malformed path parameter: {err}"),
+        )
+        .into()
+    }
+
+    pub fn query(err: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("malformed query string: {err}"),
+        )
+        .into()
+    }
+}

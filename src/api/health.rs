@@ -1,0 +1,29 @@
+//! Liveness and readiness.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::storage::Stores;
+
+/// The process is up.
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200)))]
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Both stores answer.
+#[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200), (status = 503)))]
+pub async fn ready(stores: web::Data<Stores>) -> HttpResponse {
+    let metadata = stores.metadata.ping().await.is_ok();
+    let messages = stores.messages.ping().await.is_ok();
+    let body = json!({
+        "status": if metadata && messages { "ready" } else { "unavailable" },
+        "metadata_store": metadata,
+        "message_store": messages,
+    });
+    if metadata && messages {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

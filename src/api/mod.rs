@@ -1,0 +1,106 @@
+//! The HTTP surface: one small handler per endpoint (extract, call one operation, map the reply).
+
+pub mod auth;
+pub mod branches;
+pub mod chats;
+pub mod docs;
+pub mod error;
+pub mod health;
+pub mod messages;
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Deserializer};
+
+use crate::config::LimitSettings;
+use error::ApiError;
+
+/// Registers every route under `/api/v1`, plus health, readiness and docs.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health::health))
+        .route("/ready", web::get().to(health::ready))
+        .service(
+            web::scope("/api/v1")
+                .service(resource("/auth/register").route(web::post().to(auth::register)))
+                .service(resource("/auth/login").route(web::post().to(auth::login)))
+                .service(resource("/auth/token").route(web::post().to(auth::token)))
+                .service(resource("/auth/me").route(web::get().to(auth::me)))
+                .service(
+                    resource("/chats")
+                        .route(web::post().to(chats::create))
+                        .route(web::get().to(chats::list)),
+                )
+                .service(
+                    resource("/chats/{chat_id}")
+                        .route(web::get().to(chats::get))
+                        .route(web::patch().to(chats::update))
+                        .route(web::delete().to(chats::delete)),
+                )
+                .service(
+                    resource("/chats/{chat_id}/messages")
+                        .route(web::post().to(messages::send))
+                        .route(web::get().to(messages::list)),
+                )
+                .service(
+                    resource("/chats/{chat_id}/messages/{message_id}")
+                        .route(web::get().to(messages::get)),
+                )
+                .service(
+                    resource("/chats/{chat_id}/messages/{message_id}/edit")
+                        .route(web::post().to(messages::edit)),
+                )
+                .service(resource("/chats/{chat_id}/tree").route(web::get().to(messages::tree)))
+                .service(
+                    resource("/chats/{chat_id}/branches")
+                        .route(web::post().to(branches::create))
+                        .route(web::get().to(branches::list)),
+                )
+                .service(
+                    resource("/chats/{chat_id}/branches/{branch_id}")
+                        .route(web::get().to(branches::get))
+                        .route(web::patch().to(branches::rename))
+                        .route(web::delete().to(branches::delete)),
+                )
+                .service(
+                    resource("/chats/{chat_id}/active-branch")
+                        .route(web::put().to(branches::set_active)),
+                ),
+        );
+}
+
+/// A resource that answers unsupported methods with a JSON 405.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|| async {
+        HttpResponse::MethodNotAllowed().json(error::ErrorBody {
+            error: error::ErrorDetail {
+                code: "method_not_allowed".into(),
+                message: "this endpoint does not support that method".into(),
+            },
+        })
+    }))
+}
+
+/// Unknown paths.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found())
+}
+
+/// Page size: the configured default when absent, 1 to the configured maximum otherwise.
+pub fn page_limit(requested: Option<usize>, limits: &LimitSettings) -> Result<usize, ApiError> {
+    match requested {
+        None => Ok(limits.default_page_size),
+        Some(n) if (1..=limits.max_page_size).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::validation(
+            "invalid_limit",
+            format!("limit must be between 1 and {}", limits.max_page_size),
+        )),
+    }
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+pub fn double_option<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
+}

@@ -1,0 +1,245 @@
+//! Accounts and tokens: bcrypt password hashes (computed off the async threads) and HS256 JWTs.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use actix_web::dev::Payload;
+use actix_web::{http::header, web, FromRequest, HttpRequest};
+use anyhow::Context;
+use arbor_actors::model::{UserId, UserRecord};
+use arbor_actors::ports::MetadataStore;
+use chrono::Utc;
+use futures_util::future::{ready, Ready};
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::api::error::ApiError;
+use crate::config::AuthSettings;
+use crate::domain::{Email, Password, Username};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// Issues and checks access tokens.
+pub struct Tokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl_minutes: i64,
+}
+
+impl Tokens {
+    pub fn new(secret: &[u8], ttl_minutes: i64) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            ttl_minutes,
+        }
+    }
+
+    pub fn ttl_seconds(&self) -> i64 {
+        self.ttl_minutes * 60
+    }
+
+    pub fn issue(&self, user: UserId) -> Result<String, ApiError> {
+        let now = Utc::now().timestamp();
+        let claims = Claims {
+            sub: user.to_string(),
+            iat: now,
+            exp: now + self.ttl_seconds(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(ApiError::internal)
+    }
+
+    /// Only HS256 is accepted: `alg: none` and other algorithms fail validation.
+    pub fn verify(&self, token: &str) -> Result<UserId, ApiError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => {
+                    ApiError::unauthorized("token_expired", "the access token has expired")
+                }
+                _ => ApiError::unauthorized("invalid_token", "the access token is invalid"),
+            })?;
+        data.claims
+            .sub
+            .parse()
+            .map_err(|_| ApiError::unauthorized("invalid_token", "the access token is invalid"))
+    }
+}
+
+/// The configured JWT secret, or one generated on first start and kept in the data directory.
+pub fn load_or_create_secret(settings: &AuthSettings, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    if !settings.jwt_secret.expose().is_empty() {
+        return Ok(settings.jwt_secret.expose().as_bytes().to_vec());
+    }
+    let path = data_dir.join("jwt_secret");
+    if path.exists() {
+        let secret = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        if secret.len() >= 32 {
+            return Ok(secret);
+        }
+        anyhow::bail!(
+            "{} is shorter than 32 bytes; remove it to regenerate",
+            path.display()
+        );
+    }
+    fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(secret.as_bytes())?;
+    tracing::warn!(
+        path = %path.display(),
+        "no auth.jwt_secret configured: generated one and stored it (mode 0600); tokens stay valid across restarts while it is kept"
+    );
+    Ok(secret.into_bytes())
+}
+
+/// Account operations.
+pub struct Accounts {
+    store: Arc<dyn MetadataStore>,
+    tokens: Tokens,
+    bcrypt_cost: u32,
+    /// Verified against when the login is unknown, so timing does not reveal which logins exist.
+    dummy_hash: String,
+}
+
+/// A freshly issued token.
+pub struct Session {
+    pub user: UserRecord,
+    pub access_token: String,
+    pub expires_in: i64,
+}
+
+impl Accounts {
+    pub fn new(
+        store: Arc<dyn MetadataStore>,
+        tokens: Tokens,
+        bcrypt_cost: u32,
+    ) -> anyhow::Result<Self> {
+        let dummy_hash = bcrypt::hash("arbor-dummy-password", bcrypt_cost)?;
+        Ok(Self {
+            store,
+            tokens,
+            bcrypt_cost,
+            dummy_hash,
+        })
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    pub async fn register(
+        &self,
+        email: Email,
+        username: Option<Username>,
+        password: Password,
+    ) -> Result<Session, ApiError> {
+        let cost = self.bcrypt_cost;
+        let plain = password.expose().to_owned();
+        let hash = web::block(move || bcrypt::hash(plain, cost))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        let user = UserRecord {
+            id: UserId::new(),
+            email: email.into_inner(),
+            username: username.map(Username::into_inner),
+            password_hash: hash,
+            created_at: Utc::now(),
+            is_admin: false,
+        };
+        self.store.create_user(&user).await?;
+        self.session(user)
+    }
+
+    pub async fn login(&self, login: &str, password: &str) -> Result<Session, ApiError> {
+        let user = self.store.user_by_login(login.trim()).await?;
+        let hash = user
+            .as_ref()
+            .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
+        let plain = password.to_owned();
+        let ok = web::block(move || bcrypt::verify(plain, &hash).unwrap_or(false))
+            .await
+            .map_err(ApiError::internal)?;
+        match user {
+            Some(user) if ok => self.session(user),
+            _ => Err(ApiError::unauthorized(
+                "invalid_credentials",
+                "wrong login or password",
+            )),
+        }
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<UserRecord, ApiError> {
+        self.store.user_by_id(id).await?.ok_or_else(|| {
+            ApiError::unauthorized("invalid_token", "the token's user no longer exists")
+        })
+    }
+
+    fn session(&self, user: UserRecord) -> Result<Session, ApiError> {
+        Ok(Session {
+            access_token: self.tokens.issue(user.id)?,
+            expires_in: self.tokens.ttl_seconds(),
+            user,
+        })
+    }
+}
+
+/// The authenticated caller, from `Authorization: Bearer <token>`.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthUser(pub UserId);
+
+impl FromRequest for AuthUser {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req))
+    }
+}
+
+fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
+    let accounts = req
+        .app_data::<web::Data<Accounts>>()
+        .ok_or_else(|| ApiError::internal("accounts not configured"))?;
+    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthorized("missing_token", "send Authorization: Bearer <token>")
+    })?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::unauthorized("missing_token", "send Authorization: Bearer <token>")
+        })?;
+    accounts.tokens.verify(token).map(AuthUser)
+}

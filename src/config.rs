@@ -1,0 +1,249 @@
+//! Settings: `config.toml` defaults, overridden by `ARBOR_*` environment variables.
+//!
+//! A key `section.key` is overridden by `ARBOR_SECTION__KEY` (double underscore between levels),
+//! e.g. `ARBOR_SERVER__PORT=9000`, `ARBOR_STORAGE__ACK_MODE=buffered`. Unknown keys are errors, so
+//! a typo never silently falls back to a default.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A secret string: `Debug` never shows it.
+#[derive(Clone, Default, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<unset>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub storage: StorageSettings,
+    pub actors: ActorSettings,
+    pub limits: LimitSettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_grace_secs: u64,
+    /// Origins allowed by CORS; empty disables CORS, `["*"]` allows any.
+    pub cors_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    Durable,
+    Buffered,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// Holds the SQLite database and the generated JWT secret.
+    pub data_dir: PathBuf,
+    /// SQLite file; relative paths are inside `data_dir`.
+    pub sqlite_file: PathBuf,
+    pub sqlite_synchronous: SqliteSync,
+    pub ack_mode: AckMode,
+    /// Write-behind: wait at most this long for more changes before committing a batch.
+    pub flush_interval_ms: u64,
+    /// Write-behind: commit once a batch holds this many rows.
+    pub flush_max_rows: usize,
+    /// Write-behind: queued changes before new writes get 503 `overloaded`.
+    pub queue_capacity: usize,
+    /// Durable mode: how long a failing batch is retried before clients get 503.
+    pub durable_retry_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActorSettings {
+    /// Resident chat actors at most (least recently used are evicted first).
+    pub max_resident: u64,
+    /// Evict a chat actor after this many seconds without a request.
+    pub idle_timeout_secs: u64,
+    /// Requests queued for one chat before new ones get 503 `overloaded`.
+    pub mailbox_capacity: usize,
+    /// Threads hosting chat actors; 0 means one per core.
+    pub arbiters: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    pub max_body_bytes: usize,
+    pub max_message_chars: usize,
+    pub max_title_chars: usize,
+    pub max_branch_name_chars: usize,
+    pub max_system_prompt_chars: usize,
+    pub default_page_size: usize,
+    pub max_page_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// HS256 signing secret. Empty: generated on first start and kept in
+    /// `<data_dir>/jwt_secret` (mode 0600).
+    pub jwt_secret: Secret,
+    pub token_ttl_minutes: i64,
+    pub bcrypt_cost: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `arbor=debug,info`; `RUST_LOG` wins if set.
+    pub level: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings {
+                host: "127.0.0.1".into(),
+                port: 8000,
+                workers: 0,
+                shutdown_grace_secs: 30,
+                cors_origins: Vec::new(),
+            },
+            storage: StorageSettings {
+                data_dir: "./data".into(),
+                sqlite_file: "arbor.db".into(),
+                sqlite_synchronous: SqliteSync::Full,
+                ack_mode: AckMode::Durable,
+                flush_interval_ms: 2,
+                flush_max_rows: 1024,
+                queue_capacity: 16_384,
+                durable_retry_ms: 5_000,
+            },
+            actors: ActorSettings {
+                max_resident: 100_000,
+                idle_timeout_secs: 600,
+                mailbox_capacity: 256,
+                arbiters: 0,
+            },
+            limits: LimitSettings {
+                max_body_bytes: 256 * 1024,
+                max_message_chars: 32_000,
+                max_title_chars: 200,
+                max_branch_name_chars: 100,
+                max_system_prompt_chars: 8_000,
+                default_page_size: 50,
+                max_page_size: 200,
+            },
+            auth: AuthSettings {
+                jwt_secret: Secret::default(),
+                token_ttl_minutes: 24 * 60,
+                bcrypt_cost: 12,
+            },
+            log: LogSettings {
+                format: LogFormat::Pretty,
+                level: "info".into(),
+            },
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Settings::default().server
+    }
+}
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Settings::default().storage
+    }
+}
+impl Default for ActorSettings {
+    fn default() -> Self {
+        Settings::default().actors
+    }
+}
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Settings::default().limits
+    }
+}
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Settings::default().auth
+    }
+}
+impl Default for LogSettings {
+    fn default() -> Self {
+        Settings::default().log
+    }
+}
+
+impl Settings {
+    /// Built-in defaults, then the TOML file (if it exists), then `ARBOR_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match file {
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None => figment = figment.merge(Toml::file("config.toml")),
+        }
+        figment
+            .merge(Env::prefixed("ARBOR_").split("__"))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.storage.data_dir.join(&self.storage.sqlite_file)
+    }
+
+    pub fn cores() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+}
+
+impl StorageSettings {
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+}

@@ -1,0 +1,164 @@
+//! Parse, don't validate: inputs become these types at the edge, or a 422 with a stable code.
+
+use std::sync::Arc;
+
+use crate::api::error::ApiError;
+
+/// A normalized (trimmed, lower-cased) email address.
+#[derive(Debug, Clone)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        let email = raw.trim().to_lowercase();
+        let valid = (3..=254).contains(&email.len())
+            && !email.chars().any(char::is_whitespace)
+            && matches!(email.split_once('@'), Some((local, domain))
+                if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
+        if valid {
+            Ok(Self(email))
+        } else {
+            Err(ApiError::validation(
+                "invalid_email",
+                "not a valid email address",
+            ))
+        }
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// 3 to 32 characters of letters, digits, `_`, `.` and `-`.
+#[derive(Debug, Clone)]
+pub struct Username(String);
+
+impl Username {
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        let name = raw.trim();
+        let valid = (3..=32).contains(&name.chars().count())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if valid {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(ApiError::validation(
+                "invalid_username",
+                "a username is 3 to 32 letters, digits, '_', '.' or '-'",
+            ))
+        }
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// 8 to 72 bytes (bcrypt ignores anything past 72, so longer is refused rather than truncated).
+pub struct Password(String);
+
+impl Password {
+    pub fn parse(raw: String) -> Result<Self, ApiError> {
+        if raw.chars().count() < 8 || raw.len() > 72 {
+            return Err(ApiError::validation(
+                "invalid_password",
+                "a password is 8 to 72 bytes long",
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Message text: not blank, at most `max` characters.
+pub fn content(raw: &str, max: usize) -> Result<Arc<str>, ApiError> {
+    if raw.trim().is_empty() {
+        return Err(ApiError::validation(
+            "empty_content",
+            "content must not be empty",
+        ));
+    }
+    if raw.chars().count() > max {
+        return Err(ApiError::validation(
+            "content_too_long",
+            format!("content is limited to {max} characters"),
+        ));
+    }
+    Ok(Arc::from(raw))
+}
+
+/// An optional label (chat title): trimmed, blank means none, at most `max` characters.
+pub fn title(raw: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
+    let Some(t) = raw.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if t.chars().count() > max {
+        return Err(ApiError::validation(
+            "invalid_title",
+            format!("a title is limited to {max} characters"),
+        ));
+    }
+    Ok(Some(t.to_owned()))
+}
+
+/// A branch name: trimmed, 1 to `max` characters.
+pub fn branch_name(raw: &str, max: usize) -> Result<String, ApiError> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > max {
+        return Err(ApiError::validation(
+            "invalid_branch_name",
+            format!("a branch name is 1 to {max} characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// A system prompt: blank means none, at most `max` characters.
+pub fn system_prompt(raw: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
+    let Some(p) = raw.filter(|p| !p.trim().is_empty()) else {
+        return Ok(None);
+    };
+    if p.chars().count() > max {
+        return Err(ApiError::validation(
+            "invalid_system_prompt",
+            format!("a system prompt is limited to {max} characters"),
+        ));
+    }
+    Ok(Some(p.to_owned()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalized_and_checked() {
+        assert_eq!(
+            Email::parse("  Bob@Example.COM ").unwrap().into_inner(),
+            "bob@example.com"
+        );
+        for bad in ["", "bob", "@x", "bob@", "a b@c.d", "a@b@c"] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn content_limits_count_characters() {
+        assert!(content("   ", 10).is_err());
+        assert!(content("ééééé", 5).is_ok());
+        assert_eq!(content("ééééé!", 5).unwrap_err().code(), "content_too_long");
+    }
+
+    #[test]
+    fn passwords_refuse_silent_truncation() {
+        assert!(Password::parse("short".into()).is_err());
+        assert!(Password::parse("x".repeat(73)).is_err());
+        assert!(Password::parse("password123".into()).is_ok());
+    }
+}

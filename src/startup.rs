@@ -1,0 +1,195 @@
+//! Builds the application: stores, writer, chat registry, accounts and the HTTP server.
+//! `build()` binds the listener so tests can start the real app on port 0 and ask `port()`.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_cors::Cors;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use arbor_actors::chat::ChatRuntime;
+use arbor_actors::ports::LlmProvider;
+use arbor_actors::writer::{AckMode, WriterConfig, WriterHandle};
+use arbor_actors::{Chats, RegistryConfig};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::api::{self, docs::ApiDoc, error::extractors};
+use crate::auth::{load_or_create_secret, Accounts, Tokens};
+use crate::config::{self, Settings};
+use crate::llm::EchoProvider;
+use crate::storage::{sqlite::SqliteStore, Stores};
+use crate::telemetry;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    chats: Chats,
+    sqlite: SqliteStore,
+}
+
+impl Application {
+    /// Opens the stores, starts the actors and binds `server.host:server.port`. Must run inside
+    /// an actix system.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let sqlite =
+            SqliteStore::open(&settings.sqlite_path(), settings.storage.sqlite_synchronous).await?;
+        let shared = sqlite.clone().shared();
+        let stores = Stores {
+            metadata: shared.clone(),
+            messages: shared,
+        };
+        let secret = load_or_create_secret(&settings.auth, &settings.storage.data_dir)?;
+        let tokens = Tokens::new(&secret, settings.auth.token_ttl_minutes);
+        let accounts = Accounts::new(stores.metadata.clone(), tokens, settings.auth.bcrypt_cost)?;
+        let llm: Arc<dyn LlmProvider> = Arc::new(EchoProvider);
+        let chats = start_chats(&settings, &stores, llm);
+
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .with_context(|| {
+                format!("binding {}:{}", settings.server.host, settings.server.port)
+            })?;
+        let port = listener.local_addr()?.port();
+        let server = serve(listener, &settings, stores, accounts, chats.clone())?;
+        tracing::info!(
+            address = %format!("http://{}:{port}", settings.server.host),
+            ack_mode = ?settings.storage.ack_mode,
+            database = %settings.sqlite_path().display(),
+            "arbor is listening"
+        );
+        Ok(Self {
+            port,
+            server,
+            chats,
+            sqlite,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server (gracefully with `stop(true)`), from tests or a signal.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGTERM/SIGINT (or `handle().stop()`), lets in-flight requests finish within
+    /// the grace period, then flushes every chat and every queued write before returning.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await.context("HTTP server failed")?;
+        tracing::info!("HTTP stopped; flushing chats");
+        self.chats.shutdown().await;
+        self.sqlite.close().await;
+        tracing::info!("all writes flushed; bye");
+        Ok(())
+    }
+}
+
+fn start_chats(settings: &Settings, stores: &Stores, llm: Arc<dyn LlmProvider>) -> Chats {
+    let storage = &settings.storage;
+    let writer = WriterHandle::spawn(
+        stores.metadata.clone(),
+        stores.messages.clone(),
+        WriterConfig {
+            ack_mode: match storage.ack_mode {
+                config::AckMode::Durable => AckMode::Durable,
+                config::AckMode::Buffered => AckMode::Buffered,
+            },
+            max_batch_ops: storage.flush_max_rows.max(1),
+            linger: storage.flush_interval(),
+            queue_capacity: storage.queue_capacity.max(1),
+            durable_retry_window: Duration::from_millis(storage.durable_retry_ms),
+        },
+    );
+    let actors = &settings.actors;
+    Chats::start(
+        ChatRuntime {
+            writer,
+            metadata: stores.metadata.clone(),
+            messages: stores.messages.clone(),
+            llm,
+        },
+        RegistryConfig {
+            max_resident: actors.max_resident.max(1),
+            idle_timeout: Duration::from_secs(actors.idle_timeout_secs.max(1)),
+            sweep_interval: Duration::from_secs(1),
+            mailbox_capacity: actors.mailbox_capacity.max(1),
+            arbiters: if actors.arbiters == 0 {
+                Settings::cores()
+            } else {
+                actors.arbiters
+            },
+        },
+    )
+}
+
+fn serve(
+    listener: TcpListener,
+    settings: &Settings,
+    stores: Stores,
+    accounts: Accounts,
+    chats: Chats,
+) -> anyhow::Result<Server> {
+    let limits = web::Data::new(settings.limits.clone());
+    let stores = web::Data::new(stores);
+    let accounts = web::Data::new(accounts);
+    let chats = web::Data::new(chats);
+    let origins = settings.server.cors_origins.clone();
+    let body_limit = settings.limits.max_body_bytes;
+    let openapi = ApiDoc::openapi();
+    let workers = match settings.server.workers {
+        0 => Settings::cores(),
+        n => n,
+    };
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(cors(&origins))
+            .wrap(from_fn(telemetry::request_span))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(body_limit)
+                    .error_handler(extractors::json),
+            )
+            .app_data(
+                web::FormConfig::default()
+                    .limit(body_limit)
+                    .error_handler(extractors::form),
+            )
+            .app_data(web::PathConfig::default().error_handler(extractors::path))
+            .app_data(web::QueryConfig::default().error_handler(extractors::query))
+            .app_data(web::PayloadConfig::default().limit(body_limit))
+            .app_data(limits.clone())
+            .app_data(stores.clone())
+            .app_data(accounts.clone())
+            .app_data(chats.clone())
+            .configure(api::routes)
+            .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
+            .default_service(web::to(api::not_found))
+    })
+    .workers(workers)
+    .shutdown_timeout(settings.server.shutdown_grace_secs)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+fn cors(origins: &[String]) -> Cors {
+    if origins.iter().any(|o| o == "*") {
+        return Cors::default()
+            .allow_any_origin()
+            .allow_any_method()
+            .allow_any_header()
+            .max_age(3600);
+    }
+    origins.iter().fold(
+        Cors::default()
+            .allow_any_method()
+            .allow_any_header()
+            .max_age(3600),
+        |cors, origin| cors.allowed_origin(origin),
+    )
+}

@@ -1,0 +1,387 @@
+//! The embedded default: metadata and messages in one SQLite file (WAL mode), via sqlx.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arbor_actors::model::{Branch, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord};
+use arbor_actors::ports::{MessageDeletes, MessageStore, MetaBatch, MetadataStore, StoreError};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::parse_id;
+use crate::config::SqliteSync;
+
+/// Rows per multi-row statement (SQLite allows 32,766 bound parameters).
+const CHUNK: usize = 500;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies the migrations.
+    pub async fn open(path: &Path, sync: SqliteSync) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating data directory {}", dir.display()))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match sync {
+                SqliteSync::Full => SqliteSynchronous::Full,
+                SqliteSync::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening SQLite database {}", path.display()))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .context("applying SQLite migrations")?;
+        Ok(Self { pool })
+    }
+
+    pub fn shared(self) -> Arc<Self> {
+        Arc::new(self)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn store_error(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        if db.is_unique_violation() {
+            let field = if db.message().contains("username") {
+                "username"
+            } else {
+                "email"
+            };
+            return StoreError::Conflict(field);
+        }
+    }
+    StoreError::Unavailable(e.to_string())
+}
+
+fn time(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, StoreError> {
+    row.try_get(column)
+        .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+fn text(row: &SqliteRow, column: &str) -> Result<String, StoreError> {
+    row.try_get(column)
+        .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+fn opt_text(row: &SqliteRow, column: &str) -> Result<Option<String>, StoreError> {
+    row.try_get(column)
+        .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+fn opt_id<T: FromStr>(row: &SqliteRow, column: &str) -> Result<Option<T>, StoreError> {
+    opt_text(row, column)?
+        .map(|v| parse_id(column, &v))
+        .transpose()
+}
+
+fn user_from(row: &SqliteRow) -> Result<UserRecord, StoreError> {
+    Ok(UserRecord {
+        id: parse_id("users.id", &text(row, "id")?)?,
+        email: text(row, "email")?,
+        username: opt_text(row, "username")?,
+        password_hash: text(row, "password_hash")?,
+        created_at: time(row, "created_at")?,
+        is_admin: row.try_get::<bool, _>("is_admin").unwrap_or(false),
+    })
+}
+
+fn chat_from(row: &SqliteRow) -> Result<ChatMeta, StoreError> {
+    Ok(ChatMeta {
+        id: parse_id("chats.id", &text(row, "id")?)?,
+        owner: parse_id("chats.owner_id", &text(row, "owner_id")?)?,
+        title: opt_text(row, "title")?,
+        system_prompt: opt_text(row, "system_prompt")?,
+        active_branch: parse_id("chats.active_branch_id", &text(row, "active_branch_id")?)?,
+        created_at: time(row, "created_at")?,
+        updated_at: time(row, "updated_at")?,
+        version: row
+            .try_get("version")
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+    })
+}
+
+fn branch_from(row: &SqliteRow) -> Result<Branch, StoreError> {
+    Ok(Branch {
+        id: parse_id("branches.id", &text(row, "b_id")?)?,
+        chat_id: parse_id("branches.chat_id", &text(row, "b_chat_id")?)?,
+        name: text(row, "b_name")?,
+        head: opt_id(row, "b_head_id")?,
+        forked_from: opt_id(row, "b_forked_from_id")?,
+        created_at: time(row, "b_created_at")?,
+        updated_at: time(row, "b_updated_at")?,
+    })
+}
+
+fn message_from(row: &SqliteRow) -> Result<Message, StoreError> {
+    let role = text(row, "role")?;
+    let metadata = opt_text(row, "metadata")?
+        .map(|m| serde_json::from_str(&m).map(Arc::new))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("messages.metadata: {e}")))?;
+    Ok(Message {
+        id: parse_id("messages.id", &text(row, "id")?)?,
+        chat_id: parse_id("messages.chat_id", &text(row, "chat_id")?)?,
+        parent_id: opt_id(row, "parent_id")?,
+        role: Role::from_str(&role).map_err(|_| StoreError::Corrupt(format!("role {role:?}")))?,
+        content: Arc::from(text(row, "content")?),
+        created_at: time(row, "created_at")?,
+        model: opt_text(row, "model")?.map(Arc::from),
+        metadata,
+        idempotency_key: opt_text(row, "idempotency_key")?.map(Arc::from),
+    })
+}
+
+const CHAT_COLUMNS: &str =
+    "id, owner_id, title, system_prompt, active_branch_id, created_at, updated_at, version";
+
+#[async_trait]
+impl MetadataStore for SqliteStore {
+    async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (id, email, username, password_hash, is_admin, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(user.id.to_string())
+        .bind(&user.email)
+        .bind(&user.username)
+        .bind(&user.password_hash)
+        .bind(user.is_admin)
+        .bind(user.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM users WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn user_by_login(&self, login: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT * FROM users WHERE email = lower(?1) OR lower(username) = lower(?1) LIMIT 1",
+        )
+        .bind(login)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn load_chat(&self, id: ChatId) -> Result<Option<(ChatMeta, Vec<Branch>)>, StoreError> {
+        // One query: the chat row repeated on each of its branches.
+        let rows = sqlx::query(
+            "SELECT c.id, c.owner_id, c.title, c.system_prompt, c.active_branch_id, c.created_at,
+                    c.updated_at, c.version,
+                    b.id AS b_id, b.chat_id AS b_chat_id, b.name AS b_name, b.head_id AS b_head_id,
+                    b.forked_from_id AS b_forked_from_id, b.created_at AS b_created_at,
+                    b.updated_at AS b_updated_at
+             FROM chats c LEFT JOIN branches b ON b.chat_id = c.id
+             WHERE c.id = ? ORDER BY b.id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let meta = chat_from(first)?;
+        let mut branches = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if opt_text(row, "b_id")?.is_some() {
+                branches.push(branch_from(row)?);
+            }
+        }
+        Ok(Some((meta, branches)))
+    }
+
+    async fn list_chats(
+        &self,
+        owner: UserId,
+        limit: u32,
+        before: Option<ChatId>,
+    ) -> Result<Vec<ChatMeta>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CHAT_COLUMNS} FROM chats
+             WHERE owner_id = ?1 AND (?2 IS NULL OR id < ?2)
+             ORDER BY id DESC LIMIT ?3"
+        ))
+        .bind(owner.to_string())
+        .bind(before.map(|b| b.to_string()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(chat_from).collect()
+    }
+
+    async fn apply(&self, batch: &MetaBatch) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        for chunk in batch.chats.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("INSERT INTO chats ({CHAT_COLUMNS}) "));
+            q.push_values(chunk, |mut b, c| {
+                b.push_bind(c.id.to_string())
+                    .push_bind(c.owner.to_string())
+                    .push_bind(c.title.clone())
+                    .push_bind(c.system_prompt.clone())
+                    .push_bind(c.active_branch.to_string())
+                    .push_bind(c.created_at)
+                    .push_bind(c.updated_at)
+                    .push_bind(c.version);
+            });
+            q.push(
+                " ON CONFLICT (id) DO UPDATE SET title = excluded.title,
+                  system_prompt = excluded.system_prompt,
+                  active_branch_id = excluded.active_branch_id,
+                  updated_at = excluded.updated_at, version = excluded.version
+                  WHERE excluded.version > chats.version",
+            );
+            q.build().execute(&mut *tx).await.map_err(store_error)?;
+        }
+        for chunk in batch.branches.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO branches (id, chat_id, name, head_id, forked_from_id, created_at,
+                 updated_at, version) ",
+            );
+            q.push_values(chunk, |mut b, (br, version)| {
+                b.push_bind(br.id.to_string())
+                    .push_bind(br.chat_id.to_string())
+                    .push_bind(br.name.clone())
+                    .push_bind(br.head.map(|h| h.to_string()))
+                    .push_bind(br.forked_from.map(|h| h.to_string()))
+                    .push_bind(br.created_at)
+                    .push_bind(br.updated_at)
+                    .push_bind(*version);
+            });
+            q.push(
+                " ON CONFLICT (id) DO UPDATE SET name = excluded.name, head_id = excluded.head_id,
+                  updated_at = excluded.updated_at, version = excluded.version
+                  WHERE excluded.version >= branches.version",
+            );
+            q.build().execute(&mut *tx).await.map_err(store_error)?;
+        }
+        for chunk in batch.deleted_branches.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("DELETE FROM branches WHERE id IN (");
+            push_ids(&mut q, chunk);
+            q.build().execute(&mut *tx).await.map_err(store_error)?;
+        }
+        for chunk in batch.deleted_chats.chunks(CHUNK) {
+            for table in [
+                "DELETE FROM branches WHERE chat_id IN (",
+                "DELETE FROM chats WHERE id IN (",
+            ] {
+                let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(table);
+                push_ids(&mut q, chunk);
+                q.build().execute(&mut *tx).await.map_err(store_error)?;
+            }
+        }
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+}
+
+fn push_ids<T: ToString>(q: &mut QueryBuilder<'_, Sqlite>, ids: &[T]) {
+    let mut list = q.separated(", ");
+    for id in ids {
+        list.push_bind(id.to_string());
+    }
+    list.push_unseparated(")");
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn insert(&self, messages: &[Message]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        for chunk in messages.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO messages (id, chat_id, parent_id, role, content, model, metadata,
+                 idempotency_key, created_at) ",
+            );
+            q.push_values(chunk, |mut b, m| {
+                b.push_bind(m.id.to_string())
+                    .push_bind(m.chat_id.to_string())
+                    .push_bind(m.parent_id.map(|p| p.to_string()))
+                    .push_bind(m.role.as_str())
+                    .push_bind(m.content.to_string())
+                    .push_bind(m.model.as_deref().map(str::to_owned))
+                    .push_bind(m.metadata.as_ref().map(|v| v.to_string()))
+                    .push_bind(m.idempotency_key.as_deref().map(str::to_owned))
+                    .push_bind(m.created_at);
+            });
+            q.push(" ON CONFLICT (id) DO NOTHING");
+            q.build().execute(&mut *tx).await.map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn delete(&self, deletes: &MessageDeletes) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        for chunk in deletes.messages.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("DELETE FROM messages WHERE id IN (");
+            push_ids::<MessageId>(&mut q, chunk);
+            q.build().execute(&mut *tx).await.map_err(store_error)?;
+        }
+        for chunk in deletes.chats.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("DELETE FROM messages WHERE chat_id IN (");
+            push_ids::<ChatId>(&mut q, chunk);
+            q.build().execute(&mut *tx).await.map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn load_chat(&self, chat: ChatId) -> Result<Vec<Message>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM messages WHERE chat_id = ? ORDER BY id")
+            .bind(chat.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(message_from).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        MetadataStore::ping(self).await
+    }
+}
