@@ -72,6 +72,11 @@ impl Application {
         self.port
     }
 
+    /// The chat registry (for tests and operator tooling in-process).
+    pub fn chats(&self) -> &Chats {
+        &self.chats
+    }
+
     /// Stops the server (gracefully with `stop(true)`), from tests or a signal.
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()

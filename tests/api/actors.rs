@@ -1,0 +1,99 @@
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use arbor_actors::chat::InjectPanic;
+use arbor_actors::model::{ChatId, UserId};
+use arbor_actors::ChatError;
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+/// Chats evicted by the size bound come back identical, and the bound holds.
+#[actix_web::test]
+async fn eviction_then_reactivation_gives_identical_state() {
+    let app = spawn_with(|s| s.actors.max_resident = 3).await;
+    let u = app.register("u@example.com").await;
+    let mut chats = Vec::new();
+    for i in 0..8 {
+        let chat = id(&app.create_chat(&u, &format!("c{i}")).await);
+        for j in 0..3 {
+            app.say(&u, &chat, &format!("c{i} m{j}")).await;
+        }
+        app.post(
+            &u,
+            &format!("/api/v1/chats/{chat}/branches"),
+            serde_json::json!({"message_index": 1, "activate": true}),
+        )
+        .await;
+        chats.push((chat.clone(), app.tree(&u, &chat).await));
+    }
+    // Let the sweeper drive moka's pending evictions.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        app.chats.resident() <= 3,
+        "resident: {}",
+        app.chats.resident()
+    );
+    assert!(
+        app.chats
+            .stats()
+            .evictions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 5
+    );
+    for (chat, tree) in &chats {
+        assert_eq!(&app.tree(&u, chat).await, tree);
+    }
+}
+
+/// Idle actors are evicted after the idle timeout, flushed first.
+#[actix_web::test]
+async fn idle_chats_are_evicted_and_reactivate() {
+    let app = spawn_with(|s| {
+        s.actors.idle_timeout_secs = 1;
+        s.storage.ack_mode = arbor::config::AckMode::Buffered;
+    })
+    .await;
+    let u = app.register("u@example.com").await;
+    let chat = id(&app.create_chat(&u, "c").await);
+    app.say(&u, &chat, "hello").await;
+    let tree = app.tree(&u, &chat).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(app.chats.resident(), 0);
+    assert_eq!(app.tree(&u, &chat).await, tree);
+}
+
+/// A panic in one chat's actor fails that request with 500, leaves other chats alone, and the
+/// actor restarts from stored state (the half-applied change is gone).
+#[actix_web::test]
+async fn a_panic_in_one_chat_leaves_the_others_working() {
+    let app = spawn_app().await;
+    let u = app.register("u@example.com").await;
+    let a = id(&app.create_chat(&u, "a").await);
+    let b = id(&app.create_chat(&u, "b").await);
+    app.say(&u, &a, "a1").await;
+    app.say(&u, &b, "b1").await;
+    let user: UserId = u.id.parse().unwrap();
+    let a_id: ChatId = a.parse().unwrap();
+
+    let result = app.chats.call(a_id, InjectPanic { user }).await;
+    assert!(matches!(result, Err(ChatError::Internal(_))));
+
+    app.say(&u, &b, "b2").await;
+    assert_eq!(app.path(&u, &b, None).await, ["b1", "b2"]);
+    let chat: serde_json::Value = app
+        .get(&u, &format!("/api/v1/chats/{a}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        chat["title"], "a",
+        "the panicking change survived the restart"
+    );
+    app.say(&u, &a, "a2").await;
+    assert_eq!(app.path(&u, &a, None).await, ["a1", "a2"]);
+    let res = app.get(&u, &format!("/api/v1/chats/{a}/tree")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+}

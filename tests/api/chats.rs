@@ -1,0 +1,134 @@
+#![allow(clippy::unwrap_used)]
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[actix_web::test]
+async fn chat_crud_and_paged_listing() {
+    let app = spawn_app().await;
+    let u = app.register("u@example.com").await;
+    let chat = app.create_chat(&u, "first").await;
+    assert_eq!(chat["title"], "first");
+    assert_eq!(chat["branches"][0]["name"], "main");
+    assert_eq!(chat["active_branch_id"], chat["branches"][0]["id"]);
+    assert!(chat["branches"][0]["head_message_id"].is_null());
+
+    let mut ids = vec![id(&chat)];
+    for i in 0..4 {
+        ids.push(id(&app.create_chat(&u, &format!("chat {i}")).await));
+    }
+    // Newest first, two per page.
+    let page: Value = app
+        .get(&u, "/api/v1/chats?limit=2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["chats"][0]["id"], ids[4].as_str());
+    assert_eq!(page["has_more"], true);
+    let next = page["next_before"].as_str().unwrap();
+    let page2: Value = app
+        .get(&u, &format!("/api/v1/chats?limit=2&before={next}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page2["chats"][0]["id"], ids[2].as_str());
+    let page3: Value = app
+        .get(
+            &u,
+            &format!(
+                "/api/v1/chats?limit=2&before={}",
+                page2["next_before"].as_str().unwrap()
+            ),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page3["chats"].as_array().unwrap().len(), 1);
+    assert_eq!(page3["has_more"], false);
+
+    let c = &ids[0];
+    let res = app
+        .patch(
+            &u,
+            &format!("/api/v1/chats/{c}"),
+            json!({"title": "renamed", "system_prompt": "Be brief."}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let got: Value = app
+        .get(&u, &format!("/api/v1/chats/{c}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["title"], "renamed");
+    assert_eq!(got["system_prompt"], "Be brief.");
+    // `null` clears, absence keeps.
+    let res = app
+        .patch(&u, &format!("/api/v1/chats/{c}"), json!({"title": null}))
+        .await;
+    let got: Value = res.json().await.unwrap();
+    assert!(got["title"].is_null());
+    assert_eq!(got["system_prompt"], "Be brief.");
+
+    app.say(&u, c, "hello").await;
+    assert_eq!(
+        app.delete(&u, &format!("/api/v1/chats/{c}")).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_error(
+        app.get(&u, &format!("/api/v1/chats/{c}")).await,
+        StatusCode::NOT_FOUND,
+        "chat_not_found",
+    )
+    .await;
+    assert_error(
+        app.delete(&u, &format!("/api/v1/chats/{c}")).await,
+        StatusCode::NOT_FOUND,
+        "chat_not_found",
+    )
+    .await;
+    let all: Value = app
+        .get(&u, "/api/v1/chats?limit=50")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["chats"].as_array().unwrap().len(), 4);
+}
+
+#[actix_web::test]
+async fn health_ready_docs_and_request_ids() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .get(app.url("/health"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["x-request-id"], "abc-123");
+    let res = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().contains_key("x-request-id"));
+    let spec: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["paths"]["/api/v1/chats/{chat_id}/branches"].is_object());
+    assert!(spec["components"]["securitySchemes"]["oauth2"].is_object());
+    let docs = app.client.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(docs.text().await.unwrap().contains("swagger"));
+}

@@ -1,0 +1,337 @@
+#![allow(clippy::unwrap_used)]
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[actix_web::test]
+async fn bad_input_gets_a_stable_4xx_and_changes_nothing() {
+    let app = spawn_with(|s| {
+        s.limits.max_message_chars = 100;
+        s.limits.max_body_bytes = 4096;
+    })
+    .await;
+    let u = app.register("u@example.com").await;
+    let chat = id(&app.create_chat(&u, "c").await);
+    let first = app.say(&u, &chat, "q").await;
+    let msg_id = first["messages"][0]["id"].as_str().unwrap().to_owned();
+    let before = app.tree(&u, &chat).await;
+    let msgs = format!("/api/v1/chats/{chat}/messages");
+    let unknown = uuid::Uuid::now_v7();
+    let raw = |body: &'static str, ctype: &'static str| {
+        app.client
+            .post(app.url(&msgs))
+            .bearer_auth(&u.token)
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+    };
+
+    assert_error(
+        raw("{\"content\": ", "application/json").await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    )
+    .await;
+    assert_error(
+        raw("{\"content\": 5}", "application/json").await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_error(
+        raw(
+            "{\"content\": \"x\", \"role\": \"wizard\"}",
+            "application/json",
+        )
+        .await
+        .unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_error(
+        raw("content=x", "text/plain").await.unwrap(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    assert_error(
+        app.post(&u, &msgs, json!({"content": "   "})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "empty_content",
+    )
+    .await;
+    assert_error(
+        app.post(&u, &msgs, json!({"content": "x".repeat(101)}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "content_too_long",
+    )
+    .await;
+    assert_error(
+        app.post(&u, &msgs, json!({"content": "x".repeat(5000)}))
+            .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    assert_error(
+        app.post(
+            &u,
+            &msgs,
+            json!({"content": "x", "response": "y", "reply": true}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_error(
+        app.post(&u, &msgs, json!({"content": "x", "metadata": [1]}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_error(
+        app.post(&u, &msgs, json!({"content": "x", "branch_id": unknown}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "branch_not_found",
+    )
+    .await;
+    assert_error(
+        app.post(
+            &u,
+            &format!("/api/v1/chats/{unknown}/messages"),
+            json!({"content": "x"}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "chat_not_found",
+    )
+    .await;
+    assert_error(
+        app.get(&u, "/api/v1/chats/not-a-uuid").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_id",
+    )
+    .await;
+    assert_error(
+        app.get(&u, &format!("{msgs}/{unknown}")).await,
+        StatusCode::NOT_FOUND,
+        "message_not_found",
+    )
+    .await;
+    assert_error(
+        app.get(&u, &format!("{msgs}?limit=0")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_limit",
+    )
+    .await;
+    assert_error(
+        app.get(&u, &format!("{msgs}?limit=abc")).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+    )
+    .await;
+    assert_error(
+        app.get(&u, &format!("{msgs}?before={unknown}")).await,
+        StatusCode::NOT_FOUND,
+        "message_not_found",
+    )
+    .await;
+    assert_error(
+        app.post(
+            &u,
+            &format!("{msgs}/{unknown}/edit"),
+            json!({"content": "x"}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "message_not_found",
+    )
+    .await;
+
+    let branches = format!("/api/v1/chats/{chat}/branches");
+    assert_error(
+        app.post(&u, &branches, json!({"message_index": 1})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "message_index_out_of_range",
+    )
+    .await;
+    assert_error(
+        app.post(&u, &branches, json!({"message_index": -1})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_error(
+        app.post(&u, &branches, json!({})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "missing_fork_point",
+    )
+    .await;
+    assert_error(
+        app.post(&u, &branches, json!({"from_message_id": unknown}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "message_not_found",
+    )
+    .await;
+    assert_error(
+        app.post(
+            &u,
+            &branches,
+            json!({"from_message_id": msg_id, "name": ""}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_branch_name",
+    )
+    .await;
+    assert_error(
+        app.put(
+            &u,
+            &format!("/api/v1/chats/{chat}/active-branch"),
+            json!({"branch_id": unknown}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "branch_not_found",
+    )
+    .await;
+    assert_error(
+        app.patch(
+            &u,
+            &format!("/api/v1/chats/{chat}"),
+            json!({"title": "t".repeat(500)}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_title",
+    )
+    .await;
+    assert_error(
+        app.client.get(app.url("/nowhere")).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        app.client
+            .put(app.url("/api/v1/chats"))
+            .bearer_auth(&u.token)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
+
+    assert_eq!(
+        app.tree(&u, &chat).await,
+        before,
+        "failed requests changed the chat"
+    );
+}
+
+#[derive(serde::Serialize)]
+struct Claims {
+    sub: String,
+    iat: i64,
+    exp: i64,
+}
+
+#[actix_web::test]
+async fn bad_tokens_get_401() {
+    let app = spawn_app().await;
+    let u = app.register("u@example.com").await;
+    let now = chrono::Utc::now().timestamp();
+    let sign = |exp: i64, secret: &str| {
+        encode(
+            &Header::default(),
+            &Claims {
+                sub: u.id.clone(),
+                iat: now - 7200,
+                exp,
+            },
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let expired = sign(now - 3600, JWT_SECRET);
+    let forged = sign(now + 3600, "some-other-secret-some-other-secret");
+    let valid = sign(now + 3600, JWT_SECRET);
+    let mut tampered = valid.clone();
+    tampered.insert(tampered.len() - 3, 'A');
+    let (header, rest) = valid.split_once('.').unwrap();
+    let _ = header;
+    let payload = rest.split('.').next().unwrap();
+    let alg_none = format!(
+        "{}.{}.",
+        base64url(br#"{"alg":"none","typ":"JWT"}"#),
+        payload
+    );
+
+    let me = |token: String| {
+        app.client
+            .get(app.url("/api/v1/auth/me"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(me(valid).await.unwrap().status(), StatusCode::OK);
+    assert_error(
+        me(expired).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "token_expired",
+    )
+    .await;
+    assert_error(
+        me(forged).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    assert_error(
+        me(tampered).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    assert_error(
+        me(alg_none).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    assert_error(
+        app.client
+            .get(app.url("/api/v1/chats"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "missing_token",
+    )
+    .await;
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}

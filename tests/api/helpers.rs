@@ -1,0 +1,218 @@
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use actix_web::dev::ServerHandle;
+use arbor::config::{AckMode, Settings};
+use arbor::Application;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// A running server and a client for it.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub handle: ServerHandle,
+    pub settings: Settings,
+    pub chats: arbor_actors::Chats,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn settings(data_dir: PathBuf) -> Settings {
+    let mut s = Settings::default();
+    s.server.port = 0;
+    s.server.workers = 2;
+    s.server.shutdown_grace_secs = 5;
+    s.storage.data_dir = data_dir;
+    s.storage.sqlite_synchronous = arbor::config::SqliteSync::Normal;
+    s.storage.durable_retry_ms = 300;
+    s.auth.bcrypt_cost = 4;
+    s.auth.jwt_secret = serde_json::from_value(json!(JWT_SECRET)).unwrap();
+    s.actors.arbiters = 2;
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path().to_path_buf());
+    tweak(&mut s);
+    let mut app = start(s).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// Starts a server on existing settings (e.g. the same data directory again).
+pub async fn start(settings: Settings) -> TestApp {
+    let app = Application::build(settings.clone()).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    let chats = app.chats().clone();
+    let task = actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        handle,
+        settings,
+        chats,
+        task: Some(task),
+        _dir: None,
+    }
+}
+
+impl TestApp {
+    /// Graceful stop: waits until every write is flushed. Keeps the data directory.
+    pub async fn stop(mut self) -> (Settings, Option<tempfile::TempDir>) {
+        self.handle.stop(true).await;
+        self.task.take().unwrap().await.unwrap().unwrap();
+        (self.settings.clone(), self._dir.take())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn register(&self, email: &str) -> User {
+        let res = self
+            .client
+            .post(self.url("/api/v1/auth/register"))
+            .json(&json!({"email": email, "password": "password123"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.unwrap();
+        User {
+            token: body["access_token"].as_str().unwrap().to_owned(),
+            id: body["user"]["id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn get(&self, user: &User, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, user: &User, path: &str, body: Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(&user.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn patch(&self, user: &User, path: &str, body: Value) -> Response {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(&user.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn put(&self, user: &User, path: &str, body: Value) -> Response {
+        self.client
+            .put(self.url(path))
+            .bearer_auth(&user.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, user: &User, path: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a chat and returns its JSON.
+    pub async fn create_chat(&self, user: &User, title: &str) -> Value {
+        let res = self
+            .post(user, "/api/v1/chats", json!({ "title": title }))
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        res.json().await.unwrap()
+    }
+
+    /// Sends a user message (optionally with a response) to the active branch.
+    pub async fn say(&self, user: &User, chat: &str, content: &str) -> Value {
+        let res = self
+            .post(
+                user,
+                &format!("/api/v1/chats/{chat}/messages"),
+                json!({ "content": content }),
+            )
+            .await;
+        assert_eq!(
+            res.status(),
+            StatusCode::CREATED,
+            "{}",
+            res.text().await.unwrap()
+        );
+        res.json().await.unwrap()
+    }
+
+    /// The whole tree of a chat.
+    pub async fn tree(&self, user: &User, chat: &str) -> Value {
+        let res = self.get(user, &format!("/api/v1/chats/{chat}/tree")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.unwrap()
+    }
+
+    /// Contents along a branch's path (the active one when `branch` is None).
+    pub async fn path(&self, user: &User, chat: &str, branch: Option<&str>) -> Vec<String> {
+        let q = branch
+            .map(|b| format!("&branch_id={b}"))
+            .unwrap_or_default();
+        let res = self
+            .get(user, &format!("/api/v1/chats/{chat}/messages?limit=200{q}"))
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+#[derive(Clone)]
+pub struct User {
+    pub token: String,
+    pub id: String,
+}
+
+/// Asserts an error response's status and stable code.
+pub async fn assert_error(res: Response, status: StatusCode, code: &str) {
+    assert_eq!(res.status(), status, "expected {code}");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].is_string());
+}
+
+pub fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+pub fn set_mode(s: &mut Settings, mode: AckMode) {
+    s.storage.ack_mode = mode;
+}
