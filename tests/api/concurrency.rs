@@ -76,3 +76,51 @@ async fn sixty_four_concurrent_writers_on_one_chat() {
     app.chats.evict(chat_id).await;
     assert_eq!(app.tree(&u, &chat).await, tree);
 }
+
+/// A chat's mailbox is bounded: past it, clients get 503 `overloaded` at once (never a hang),
+/// and a refused send leaves no trace.
+#[actix_web::test]
+async fn a_full_mailbox_answers_503_and_adds_nothing() {
+    let app = spawn_with(|s| s.actors.mailbox_capacity = 1).await;
+    let u = app.register("u@example.com").await;
+    let chat = id(&app.create_chat(&u, "narrow").await);
+    let mut tasks = Vec::new();
+    for c in 0..64 {
+        let client = app.client.clone();
+        let url = app.url(&format!("/api/v1/chats/{chat}/messages"));
+        let token = u.token.clone();
+        tasks.push(actix_web::rt::spawn(async move {
+            let res = client
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&json!({ "content": format!("m{c}") }))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status();
+            let body: Value = res.json().await.unwrap();
+            (c, status, body)
+        }));
+    }
+    let mut accepted = HashSet::new();
+    let mut refused = 0;
+    for t in tasks {
+        let (c, status, body) = t.await.unwrap();
+        match status {
+            StatusCode::CREATED => {
+                accepted.insert(format!("m{c}"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["error"]["code"], "overloaded");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "64 concurrent sends never overflowed a mailbox of 1"
+    );
+    let stored: HashSet<String> = app.path(&u, &chat, None).await.into_iter().collect();
+    assert_eq!(stored, accepted);
+}
