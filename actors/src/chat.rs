@@ -553,14 +553,7 @@ impl ChatCore {
         &mut self,
         msg: CompleteGeneration,
     ) -> Result<Applied<MessageView>, ChatError> {
-        self.state.generating.remove(&msg.branch);
-        if let Some(entry) = msg
-            .idempotency_key
-            .as_ref()
-            .and_then(|k| self.state.idem.get_mut(k))
-        {
-            entry.awaiting_reply = false;
-        }
+        self.release_generation(msg.branch, msg.idempotency_key.as_ref());
         // The branch may have been deleted while the reply was generated: then the reply has
         // nowhere to live.
         let head = self.state.tree.head(msg.branch)?;
@@ -592,15 +585,17 @@ impl ChatCore {
         Ok(Applied::new(self.message_view(id)?, commit))
     }
 
-    fn abort_generation(&mut self, msg: AbortGeneration) -> Result<(), ChatError> {
-        self.state.generating.remove(&msg.branch);
-        if let Some(entry) = msg
-            .idempotency_key
-            .as_ref()
-            .and_then(|k| self.state.idem.get_mut(k))
-        {
+    /// Ends a branch's generation: the branch takes sends again, and a retried idempotent send
+    /// is answered instead of told to wait.
+    fn release_generation(&mut self, branch: BranchId, key: Option<&Arc<str>>) {
+        self.state.generating.remove(&branch);
+        if let Some(entry) = key.and_then(|k| self.state.idem.get_mut(k)) {
             entry.awaiting_reply = false;
         }
+    }
+
+    fn abort_generation(&mut self, msg: AbortGeneration) -> Result<(), ChatError> {
+        self.release_generation(msg.branch, msg.idempotency_key.as_ref());
         Ok(())
     }
 
