@@ -29,209 +29,187 @@ async fn bad_input_gets_a_stable_4xx_and_changes_nothing() {
             .send()
     };
 
-    assert_error(
-        raw("{\"content\": ", "application/json").await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_json",
-    )
-    .await;
-    assert_error(
-        raw("{\"content\": 5}", "application/json").await.unwrap(),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    assert_error(
-        raw(
-            "{\"content\": \"x\", \"role\": \"wizard\"}",
-            "application/json",
-        )
-        .await
-        .unwrap(),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    assert_error(
-        raw("content=x", "text/plain").await.unwrap(),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    )
-    .await;
-    assert_error(
-        app.post(&u, &msgs, json!({"content": "   "})).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "empty_content",
-    )
-    .await;
-    assert_error(
-        app.post(&u, &msgs, json!({"content": "x".repeat(101)}))
-            .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "content_too_long",
-    )
-    .await;
-    assert_error(
-        app.post(&u, &msgs, json!({"content": "x".repeat(5000)}))
-            .await,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-    )
-    .await;
-    assert_error(
-        app.post(
-            &u,
-            &msgs,
-            json!({"content": "x", "response": "y", "reply": true}),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    assert_error(
-        app.post(&u, &msgs, json!({"content": "x", "metadata": [1]}))
-            .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    assert_error(
-        app.post(&u, &msgs, json!({"content": "x", "branch_id": unknown}))
-            .await,
-        StatusCode::NOT_FOUND,
-        "branch_not_found",
-    )
-    .await;
-    assert_error(
-        app.post(
-            &u,
-            &format!("/api/v1/chats/{unknown}/messages"),
-            json!({"content": "x"}),
-        )
-        .await,
-        StatusCode::NOT_FOUND,
-        "chat_not_found",
-    )
-    .await;
-    assert_error(
-        app.get(&u, "/api/v1/chats/not-a-uuid").await,
-        StatusCode::BAD_REQUEST,
-        "invalid_id",
-    )
-    .await;
-    assert_error(
-        app.get(&u, &format!("{msgs}/{unknown}")).await,
-        StatusCode::NOT_FOUND,
-        "message_not_found",
-    )
-    .await;
-    assert_error(
-        app.get(&u, &format!("{msgs}?limit=0")).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_limit",
-    )
-    .await;
-    assert_error(
-        app.get(&u, &format!("{msgs}?limit=abc")).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_query",
-    )
-    .await;
-    assert_error(
-        app.get(&u, &format!("{msgs}?before={unknown}")).await,
-        StatusCode::NOT_FOUND,
-        "message_not_found",
-    )
-    .await;
-    assert_error(
-        app.post(
-            &u,
-            &format!("{msgs}/{unknown}/edit"),
-            json!({"content": "x"}),
-        )
-        .await,
-        StatusCode::NOT_FOUND,
-        "message_not_found",
-    )
-    .await;
-
     let branches = format!("/api/v1/chats/{chat}/branches");
-    assert_error(
-        app.post(&u, &branches, json!({"message_index": 1})).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "message_index_out_of_range",
-    )
-    .await;
-    assert_error(
-        app.post(&u, &branches, json!({"message_index": -1})).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    assert_error(
-        app.post(&u, &branches, json!({})).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "missing_fork_point",
-    )
-    .await;
-    assert_error(
-        app.post(&u, &branches, json!({"from_message_id": unknown}))
-            .await,
-        StatusCode::NOT_FOUND,
-        "message_not_found",
-    )
-    .await;
-    assert_error(
-        app.post(
-            &u,
-            &branches,
-            json!({"from_message_id": msg_id, "name": ""}),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_branch_name",
-    )
-    .await;
-    assert_error(
-        app.put(
-            &u,
-            &format!("/api/v1/chats/{chat}/active-branch"),
-            json!({"branch_id": unknown}),
-        )
-        .await,
-        StatusCode::NOT_FOUND,
-        "branch_not_found",
-    )
-    .await;
-    assert_error(
-        app.patch(
-            &u,
-            &format!("/api/v1/chats/{chat}"),
-            json!({"title": "t".repeat(500)}),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_title",
-    )
-    .await;
-    assert_error(
-        app.client.get(app.url("/nowhere")).send().await.unwrap(),
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
-    assert_error(
-        app.client
-            .put(app.url("/api/v1/chats"))
-            .bearer_auth(&u.token)
-            .send()
+    let cases = vec![
+        (
+            raw("{\"content\": ", "application/json").await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            raw("{\"content\": 5}", "application/json").await.unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            raw(
+                "{\"content\": \"x\", \"role\": \"wizard\"}",
+                "application/json",
+            )
             .await
             .unwrap(),
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-    )
-    .await;
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            raw("content=x", "text/plain").await.unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            app.post(&u, &msgs, json!({"content": "   "})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "empty_content",
+        ),
+        (
+            app.post(&u, &msgs, json!({"content": "x".repeat(101)}))
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "content_too_long",
+        ),
+        (
+            app.post(&u, &msgs, json!({"content": "x".repeat(5000)}))
+                .await,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            app.post(
+                &u,
+                &msgs,
+                json!({"content": "x", "response": "y", "reply": true}),
+            )
+            .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            app.post(&u, &msgs, json!({"content": "x", "metadata": [1]}))
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            app.post(&u, &msgs, json!({"content": "x", "branch_id": unknown}))
+                .await,
+            StatusCode::NOT_FOUND,
+            "branch_not_found",
+        ),
+        (
+            app.post(
+                &u,
+                &format!("/api/v1/chats/{unknown}/messages"),
+                json!({"content": "x"}),
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+            "chat_not_found",
+        ),
+        (
+            app.get(&u, "/api/v1/chats/not-a-uuid").await,
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+        ),
+        (
+            app.get(&u, &format!("{msgs}/{unknown}")).await,
+            StatusCode::NOT_FOUND,
+            "message_not_found",
+        ),
+        (
+            app.get(&u, &format!("{msgs}?limit=0")).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_limit",
+        ),
+        (
+            app.get(&u, &format!("{msgs}?limit=abc")).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            app.get(&u, &format!("{msgs}?before={unknown}")).await,
+            StatusCode::NOT_FOUND,
+            "message_not_found",
+        ),
+        (
+            app.post(
+                &u,
+                &format!("{msgs}/{unknown}/edit"),
+                json!({"content": "x"}),
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+            "message_not_found",
+        ),
+        (
+            app.post(&u, &branches, json!({"message_index": 1})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "message_index_out_of_range",
+        ),
+        (
+            app.post(&u, &branches, json!({"message_index": -1})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            app.post(&u, &branches, json!({})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_fork_point",
+        ),
+        (
+            app.post(&u, &branches, json!({"from_message_id": unknown}))
+                .await,
+            StatusCode::NOT_FOUND,
+            "message_not_found",
+        ),
+        (
+            app.post(
+                &u,
+                &branches,
+                json!({"from_message_id": msg_id, "name": ""}),
+            )
+            .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_branch_name",
+        ),
+        (
+            app.put(
+                &u,
+                &format!("/api/v1/chats/{chat}/active-branch"),
+                json!({"branch_id": unknown}),
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+            "branch_not_found",
+        ),
+        (
+            app.patch(
+                &u,
+                &format!("/api/v1/chats/{chat}"),
+                json!({"title": "t".repeat(500)}),
+            )
+            .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_title",
+        ),
+        (
+            app.client.get(app.url("/nowhere")).send().await.unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            app.client
+                .put(app.url("/api/v1/chats"))
+                .bearer_auth(&u.token)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ];
+    for (res, status, code) in cases {
+        assert_error(res, status, code).await;
+    }
 
     assert_eq!(
         app.tree(&u, &chat).await,
