@@ -230,6 +230,40 @@ impl Chats {
         .await
     }
 
+    /// A user's chats, newest first, from the metadata store. In buffered mode a change can take
+    /// one flush interval to show here.
+    pub async fn list(
+        &self,
+        owner: UserId,
+        limit: usize,
+        before: Option<ChatId>,
+    ) -> Result<ChatList, ChatError> {
+        let fetch = u32::try_from(limit).unwrap_or(u32::MAX - 1) + 1;
+        let mut rows = self
+            .inner
+            .rt
+            .metadata
+            .list_chats(owner, fetch, before)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "listing chats failed");
+                ChatError::StorageUnavailable
+            })?;
+        let has_more = rows.len() > limit;
+        rows.truncate(limit);
+        let chats: Vec<ChatSummary> = rows.iter().map(ChatSummary::from).collect();
+        let next_before = if has_more {
+            chats.last().map(|c| c.id)
+        } else {
+            None
+        };
+        Ok(ChatList {
+            chats,
+            has_more,
+            next_before,
+        })
+    }
+
     pub async fn get(&self, user: UserId, chat: ChatId) -> Result<ChatView, ChatError> {
         self.call(chat, GetChat { user }).await
     }

@@ -143,6 +143,16 @@ impl From<&ChatMeta> for ChatSummary {
     }
 }
 
+/// A page of a user's chats, newest first.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ChatList {
+    pub chats: Vec<ChatSummary>,
+    /// Older chats exist; pass `next_before` as `before` to get them.
+    pub has_more: bool,
+    pub next_before: Option<ChatId>,
+}
+
 /// A page of a branch's path, oldest first.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]

@@ -2,9 +2,9 @@
 
 use actix_web::{web, HttpResponse};
 use arbor_actors::model::ChatId;
-use arbor_actors::views::{ChatSummary, ChatView};
+use arbor_actors::views::{ChatList, ChatView};
 use arbor_actors::Chats;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
@@ -12,7 +12,6 @@ use super::{double_option, page_limit};
 use crate::auth::AuthUser;
 use crate::config::LimitSettings;
 use crate::domain;
-use crate::storage::Stores;
 
 #[derive(Deserialize, ToSchema, Default)]
 pub struct CreateChat {
@@ -38,13 +37,6 @@ pub struct ListChatsQuery {
     pub before: Option<ChatId>,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct ChatList {
-    pub chats: Vec<ChatSummary>,
-    pub has_more: bool,
-    pub next_before: Option<ChatId>,
-}
-
 #[utoipa::path(post, path = "/api/v1/chats", tag = "chats", security(("bearer" = [])),
     request_body = CreateChat, responses((status = 201, body = ChatView), (status = 422, body = ErrorBody)))]
 pub async fn create(
@@ -64,29 +56,13 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/chats", tag = "chats", security(("bearer" = [])),
     params(ListChatsQuery), responses((status = 200, body = ChatList)))]
 pub async fn list(
-    stores: web::Data<Stores>,
+    chats: web::Data<Chats>,
     limits: web::Data<LimitSettings>,
     user: AuthUser,
     query: web::Query<ListChatsQuery>,
 ) -> Result<web::Json<ChatList>, ApiError> {
     let limit = page_limit(query.limit, &limits)?;
-    let mut rows = stores
-        .metadata
-        .list_chats(user.0, limit as u32 + 1, query.before)
-        .await?;
-    let has_more = rows.len() > limit;
-    rows.truncate(limit);
-    let chats: Vec<ChatSummary> = rows.iter().map(ChatSummary::from).collect();
-    let next_before = if has_more {
-        chats.last().map(|c| c.id)
-    } else {
-        None
-    };
-    Ok(web::Json(ChatList {
-        chats,
-        has_more,
-        next_before,
-    }))
+    Ok(web::Json(chats.list(user.0, limit, query.before).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/chats/{chat_id}", tag = "chats", security(("bearer" = [])),
