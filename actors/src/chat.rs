@@ -12,9 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use actix::prelude::*;
 use chrono::Utc;
@@ -47,36 +45,6 @@ pub struct Applied<T> {
 impl<T> Applied<T> {
     fn new(value: T, commit: CommitTicket) -> Self {
         Self { value, commit }
-    }
-}
-
-/// Live numbers about one actor, shared with its handle (read without asking the actor).
-#[derive(Debug)]
-pub struct ChatActivity {
-    /// Requests sent to the actor and not yet answered: its mailbox depth.
-    pub depth: AtomicUsize,
-    /// Milliseconds since `resident_since` at the last request.
-    last_active_ms: AtomicU64,
-    pub resident_since: Instant,
-}
-
-impl ChatActivity {
-    pub(crate) fn new() -> Self {
-        Self {
-            depth: AtomicUsize::new(0),
-            last_active_ms: AtomicU64::new(0),
-            resident_since: Instant::now(),
-        }
-    }
-
-    pub fn touch(&self) {
-        let ms = self.resident_since.elapsed().as_millis() as u64;
-        self.last_active_ms.store(ms, Ordering::Relaxed);
-    }
-
-    pub fn last_active(&self) -> Instant {
-        self.resident_since
-            + std::time::Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed))
     }
 }
 
@@ -208,7 +176,6 @@ fn storage_error(e: crate::ports::StoreError) -> ChatError {
 
 pub struct ChatActor {
     core: ChatCore,
-    activity: Arc<ChatActivity>,
     /// Registry entry of live actors: removed (and waiters released) when this actor is gone.
     alive: AliveToken,
 }
@@ -239,12 +206,7 @@ impl Drop for AliveToken {
 }
 
 impl ChatActor {
-    pub(crate) fn new(
-        state: ChatState,
-        rt: Arc<ChatRuntime>,
-        activity: Arc<ChatActivity>,
-        alive: AliveToken,
-    ) -> Self {
+    pub(crate) fn new(state: ChatState, rt: Arc<ChatRuntime>, alive: AliveToken) -> Self {
         Self {
             core: ChatCore {
                 state,
@@ -253,7 +215,6 @@ impl ChatActor {
                 deleted: false,
                 me: None,
             },
-            activity,
             alive,
         }
     }
@@ -265,7 +226,6 @@ impl ChatActor {
         user: UserId,
         op: impl FnOnce(&mut ChatCore) -> Result<R, ChatError>,
     ) -> Result<R, ChatError> {
-        self.activity.touch();
         if self.core.deleted || self.core.state.meta.owner != user {
             return Err(ChatError::ChatNotFound);
         }

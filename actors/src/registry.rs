@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,7 +60,8 @@ impl Default for RegistryConfig {
 #[derive(Clone)]
 pub struct ChatHandle {
     addr: Addr<ChatActor>,
-    activity: Arc<ChatActivity>,
+    /// Requests sent to the actor and not yet answered: its mailbox depth.
+    depth: Arc<AtomicUsize>,
     instance: u64,
     capacity: usize,
 }
@@ -77,7 +78,7 @@ impl ChatHandle {
         M::Result: Send,
         ChatActor: Handler<M>,
     {
-        let depth = &self.activity.depth;
+        let depth = &*self.depth;
         let _queued = DepthGuard(depth);
         if depth.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             return Err(AskError::Overloaded);
@@ -87,13 +88,9 @@ impl ChatHandle {
             MailboxError::Timeout => AskError::Overloaded,
         })
     }
-
-    pub fn activity(&self) -> &ChatActivity {
-        &self.activity
-    }
 }
 
-struct DepthGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+struct DepthGuard<'a>(&'a AtomicUsize);
 
 impl Drop for DepthGuard<'_> {
     fn drop(&mut self) {
@@ -596,19 +593,17 @@ impl Chats {
             live: self.inner.live.clone(),
             done: Some(done),
         };
-        let activity = Arc::new(ChatActivity::new());
         let rt = self.inner.rt.clone();
-        let actor_activity = activity.clone();
         let arbiter = &self.inner.arbiters[arbiter_for(chat, self.inner.arbiters.len())];
         let addr = ChatActor::start_in_arbiter(arbiter, move |ctx| {
             // The registry bounds each mailbox itself (see `ChatHandle::ask`); actix's own
             // bound parks senders instead of refusing, so it is lifted (0 = never park).
             ctx.set_mailbox_capacity(0);
-            ChatActor::new(state, rt, actor_activity, token)
+            ChatActor::new(state, rt, token)
         });
         ChatHandle {
             addr,
-            activity,
+            depth: Arc::default(),
             instance,
             capacity: self.inner.config.mailbox_capacity,
         }
