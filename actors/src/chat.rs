@@ -61,7 +61,6 @@ pub struct GenerationJob {
 #[derive(Clone)]
 struct IdemEntry {
     content: Arc<str>,
-    branch: BranchId,
     messages: Vec<MessageId>,
     commit: CommitTicket,
     /// A reply for this send is still being generated.
@@ -145,7 +144,6 @@ impl ChatState {
                 .and_modify(|e| e.messages.push(m.id))
                 .or_insert_with(|| IdemEntry {
                     content: m.content.clone(),
-                    branch: tree.active(),
                     messages: vec![m.id],
                     commit: committed(),
                     awaiting_reply: false,
@@ -463,7 +461,6 @@ impl ChatCore {
                 key,
                 IdemEntry {
                     content: msg.content,
-                    branch,
                     messages: ids.clone(),
                     commit: commit.clone(),
                     awaiting_reply: msg.reply,
@@ -495,9 +492,17 @@ impl ChatCore {
             .iter()
             .filter_map(|id| self.message_view(*id).ok())
             .collect();
+        let tree = &self.state.tree;
+        let branch_id = entry
+            .messages
+            .first()
+            .and_then(|id| tree.first_branch_through(*id))
+            .ok_or(ChatError::Internal(
+                "idempotent send lost its branch".into(),
+            ))?;
         let view = SendView {
             chat_id: self.state.meta.id,
-            branch_id: entry.branch,
+            branch_id,
             messages,
         };
         Ok(Applied::new(
@@ -719,6 +724,13 @@ impl ChatCore {
         let slot = reserve(&self.rt)?;
         let removed = self.state.tree.delete_branch(msg.id)?;
         let count = removed.len();
+        if !removed.is_empty() {
+            // As a reload would: keys of sends whose messages are gone are forgotten.
+            let tree = &self.state.tree;
+            self.state
+                .idem
+                .retain(|_, e| e.messages.iter().all(|m| tree.node(*m).is_ok()));
+        }
         let mut ops = vec![self.touch_meta(), WriteOp::DeleteBranch(msg.id)];
         if !removed.is_empty() {
             ops.push(WriteOp::DeleteMessages(removed));

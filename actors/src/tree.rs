@@ -358,6 +358,16 @@ impl Tree {
         Ok(page.nodes.into_iter().map(|n| &n.message).collect())
     }
 
+    /// The oldest branch whose path contains `id`: the branch the message was added to (a
+    /// message is its branch's head when added; any branch reaching it later was forked since).
+    pub fn first_branch_through(&self, id: MessageId) -> Option<BranchId> {
+        let node = self.nodes.get(&id)?;
+        self.branches
+            .iter()
+            .find(|b| self.is_on_path(b.head, node))
+            .map(|b| b.id)
+    }
+
     /// `(index, count)` of a message among its siblings (messages with the same parent).
     pub fn sibling_position(&self, id: MessageId) -> Result<(usize, usize), TreeError> {
         let node = self.node(id)?;
@@ -745,6 +755,19 @@ mod tests {
             let got: Vec<_> = t.path(b).unwrap().into_iter().cloned().collect();
             assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn first_branch_through_finds_where_a_message_was_added() {
+        let mut f = fixture();
+        let a = f.push(f.main, "a");
+        let side = f.fork_at(a);
+        let s1 = f.push(side, "s1");
+        let later = f.fork_at(s1);
+        f.tree.set_active(later).unwrap();
+        assert_eq!(f.tree.first_branch_through(a), Some(f.main));
+        assert_eq!(f.tree.first_branch_through(s1), Some(side));
+        assert_eq!(f.tree.first_branch_through(MessageId::new()), None);
     }
 
     #[test]

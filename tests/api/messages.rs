@@ -209,4 +209,30 @@ async fn idempotency_key_replays_without_adding() {
     assert_eq!(replay["messages"][0]["id"], first["messages"][0]["id"]);
     assert_eq!(replay["messages"][1]["id"], first["messages"][1]["id"]);
     assert_eq!(app.path(&u, &chat, None).await.len(), 2);
+
+    // A keyed send to a branch that is not active replays with that branch, also after a reload.
+    let side: Value = app
+        .post(
+            &u,
+            &format!("/api/v1/chats/{chat}/branches"),
+            json!({"message_index": 0, "name": "side"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let to_side = || {
+        app.client
+            .post(app.url(&format!("/api/v1/chats/{chat}/messages")))
+            .bearer_auth(&u.token)
+            .header("Idempotency-Key", "key-2")
+            .json(&json!({"content": "aside", "branch_id": side["id"]}))
+            .send()
+    };
+    let sent: Value = to_side().await.unwrap().json().await.unwrap();
+    assert_eq!(sent["branch_id"], side["id"]);
+    assert!(app.chats.evict(chat_id).await);
+    let replayed: Value = to_side().await.unwrap().json().await.unwrap();
+    assert_eq!(replayed["branch_id"], side["id"]);
+    assert_eq!(replayed["messages"][0]["id"], sent["messages"][0]["id"]);
 }
