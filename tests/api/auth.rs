@@ -63,29 +63,34 @@ async fn register_login_token_and_me() {
 async fn bad_credentials_and_duplicates_are_refused() {
     let app = spawn_app().await;
     app.register("bob@example.com").await;
-    let res = app
-        .client
-        .post(app.url("/api/v1/auth/login"))
-        .json(&json!({"email": "bob@example.com", "password": "wrong-password"}))
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
-    let res = app
-        .client
-        .post(app.url("/api/v1/auth/login"))
-        .json(&json!({"email": "nobody@example.com", "password": "password123"}))
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
-    let res = app
-        .client
-        .post(app.url("/api/v1/auth/register"))
-        .json(&json!({"email": "BOB@example.com", "password": "password123"}))
-        .send()
-        .await
-        .unwrap();
+    let post = |path: &'static str, body: serde_json::Value| {
+        app.client.post(app.url(path)).json(&body).send()
+    };
+    let res = post(
+        "/api/v1/auth/login",
+        json!({"email": "bob@example.com", "password": "wrong-password"}),
+    );
+    assert_error(
+        res.await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    )
+    .await;
+    let res = post(
+        "/api/v1/auth/login",
+        json!({"email": "nobody@example.com", "password": "password123"}),
+    );
+    assert_error(
+        res.await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    )
+    .await;
+    let res = post(
+        "/api/v1/auth/register",
+        json!({"email": "BOB@example.com", "password": "password123"}),
+    );
+    let res = res.await.unwrap();
     assert_error(res, StatusCode::CONFLICT, "email_taken").await;
     for (body, code) in [
         (
@@ -101,13 +106,7 @@ async fn bad_credentials_and_duplicates_are_refused() {
             "invalid_username",
         ),
     ] {
-        let res = app
-            .client
-            .post(app.url("/api/v1/auth/register"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let res = post("/api/v1/auth/register", body).await.unwrap();
         assert_error(res, StatusCode::UNPROCESSABLE_ENTITY, code).await;
     }
 }

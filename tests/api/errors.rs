@@ -263,30 +263,14 @@ async fn bad_tokens_get_401() {
             .send()
     };
     assert_eq!(me(valid).await.unwrap().status(), StatusCode::OK);
-    assert_error(
-        me(expired).await.unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "token_expired",
-    )
-    .await;
-    assert_error(
-        me(forged).await.unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-    )
-    .await;
-    assert_error(
-        me(tampered).await.unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-    )
-    .await;
-    assert_error(
-        me(alg_none).await.unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-    )
-    .await;
+    for (token, code) in [
+        (expired, "token_expired"),
+        (forged, "invalid_token"),
+        (tampered, "invalid_token"),
+        (alg_none, "invalid_token"),
+    ] {
+        assert_error(me(token).await.unwrap(), StatusCode::UNAUTHORIZED, code).await;
+    }
     assert_error(
         app.client
             .get(app.url("/api/v1/chats"))
