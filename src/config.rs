@@ -4,6 +4,7 @@
 //! e.g. `ARBOR_SERVER__PORT=9000`, `ARBOR_STORAGE__ACK_MODE=buffered`. Unknown keys are errors, so
 //! a typo never silently falls back to a default.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,6 +19,10 @@ use serde::{Deserialize, Serialize};
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -41,6 +46,7 @@ pub struct Settings {
     pub actors: ActorSettings,
     pub limits: LimitSettings,
     pub auth: AuthSettings,
+    pub llm: LlmSettings,
     pub log: LogSettings,
 }
 
@@ -125,6 +131,88 @@ pub struct AuthSettings {
     pub bcrypt_cost: u32,
 }
 
+/// Model providers and how replies are generated.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmSettings {
+    /// The model a reply uses when the request names none: an alias, `provider/model` or a
+    /// provider. Empty: the first configured provider's default model (`echo` if none).
+    pub default_model: String,
+    /// Characters of conversation sent with a reply request (newest messages first; the system
+    /// prompt always). A provider's `context_chars` overrides it.
+    pub context_chars: usize,
+    /// How long a finished generation's events stay available for resuming.
+    pub event_retention_secs: u64,
+    /// Seconds between SSE keep-alive comments while a reply is quiet.
+    pub keepalive_secs: u64,
+    /// Threads the LLM worker actors run on; 0 means one per core.
+    pub threads: usize,
+    /// Short names for `provider/model`, e.g. `fast = "groq/llama-3.1-8b-instant"`.
+    pub aliases: BTreeMap<String, String>,
+    /// OpenAI-protocol providers by name (`echo` is built in and reserved).
+    pub providers: BTreeMap<String, ProviderSettings>,
+}
+
+/// One OpenAI Chat Completions-compatible provider.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderSettings {
+    /// The API root, e.g. `https://api.openai.com/v1` (`/chat/completions` is appended).
+    pub base_url: String,
+    /// The environment variable holding the API key (the key itself never goes in a file or a
+    /// log). Empty: no key is sent (Ollama, llama.cpp).
+    pub api_key_env: String,
+    pub default_model: String,
+    /// If not empty, the only models requests may name for this provider.
+    pub models: Vec<String>,
+    /// Longest wait for the response to start, and between two streamed chunks.
+    pub timeout_secs: u64,
+    pub connect_timeout_secs: u64,
+    /// Requests in flight at most (worker actors).
+    pub max_concurrent: usize,
+    /// Replies waiting for a worker before new ones get 503 `llm_overloaded`.
+    pub queue_capacity: usize,
+    /// Retries of a failed attempt (429, 5xx, connection error, timeout) before any token.
+    pub max_retries: u32,
+    pub retry_backoff_ms: u64,
+    /// Longest wait before a retry; a longer `Retry-After` fails the reply instead.
+    pub retry_backoff_max_ms: u64,
+    /// Consecutive outage failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one probe request is let through.
+    pub breaker_cooldown_secs: u64,
+    /// Overrides `llm.context_chars` for this provider (0: inherit).
+    pub context_chars: usize,
+    /// `max_tokens` sent with each request (0: not sent).
+    pub max_tokens: u32,
+    /// Ask for token usage in the stream (`stream_options.include_usage`); turn off for servers
+    /// that reject the option.
+    pub stream_usage: bool,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            api_key_env: String::new(),
+            default_model: String::new(),
+            models: Vec::new(),
+            timeout_secs: 60,
+            connect_timeout_secs: 10,
+            max_concurrent: 16,
+            queue_capacity: 256,
+            max_retries: 2,
+            retry_backoff_ms: 500,
+            retry_backoff_max_ms: 10_000,
+            breaker_failures: 5,
+            breaker_cooldown_secs: 30,
+            context_chars: 0,
+            max_tokens: 0,
+            stream_usage: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -180,6 +268,15 @@ impl Default for Settings {
                 token_ttl_minutes: 24 * 60,
                 bcrypt_cost: 12,
             },
+            llm: LlmSettings {
+                default_model: String::new(),
+                context_chars: 48_000,
+                event_retention_secs: 600,
+                keepalive_secs: 15,
+                threads: 0,
+                aliases: BTreeMap::new(),
+                providers: BTreeMap::new(),
+            },
             log: LogSettings {
                 format: LogFormat::Pretty,
                 level: "info".into(),
@@ -211,6 +308,11 @@ impl Default for LimitSettings {
 impl Default for AuthSettings {
     fn default() -> Self {
         Settings::default().auth
+    }
+}
+impl Default for LlmSettings {
+    fn default() -> Self {
+        Settings::default().llm
     }
 }
 impl Default for LogSettings {

@@ -11,7 +11,8 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use arbor_actors::chat::ChatRuntime;
-use arbor_actors::ports::LlmProvider;
+use arbor_actors::generation::Generations;
+use arbor_actors::llm::LlmPool;
 use arbor_actors::writer::{AckMode, WriterConfig, WriterHandle};
 use arbor_actors::{Chats, RegistryConfig};
 use utoipa::OpenApi;
@@ -20,7 +21,6 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::api::{self, docs::ApiDoc, error::extractors};
 use crate::auth::{load_or_create_secret, Accounts, Tokens};
 use crate::config::{self, Settings};
-use crate::llm::EchoProvider;
 use crate::storage::{sqlite::SqliteStore, Stores};
 use crate::telemetry;
 
@@ -45,7 +45,7 @@ impl Application {
         let secret = load_or_create_secret(&settings.auth, &settings.storage.data_dir)?;
         let tokens = Tokens::new(&secret, settings.auth.token_ttl_minutes);
         let accounts = Accounts::new(stores.metadata.clone(), tokens, settings.auth.bcrypt_cost)?;
-        let llm: Arc<dyn LlmProvider> = Arc::new(EchoProvider);
+        let llm = Arc::new(crate::llm::start_pool(&settings.llm)?);
         let chats = start_chats(&settings, &stores, llm);
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
@@ -94,7 +94,7 @@ impl Application {
     }
 }
 
-fn start_chats(settings: &Settings, stores: &Stores, llm: Arc<dyn LlmProvider>) -> Chats {
+fn start_chats(settings: &Settings, stores: &Stores, llm: Arc<LlmPool>) -> Chats {
     let storage = &settings.storage;
     let writer = WriterHandle::spawn(
         stores.metadata.clone(),
@@ -116,7 +116,9 @@ fn start_chats(settings: &Settings, stores: &Stores, llm: Arc<dyn LlmProvider>) 
             writer,
             metadata: stores.metadata.clone(),
             messages: stores.messages.clone(),
-            llm,
+            generations: Arc::new(Generations::new(Duration::from_secs(
+                settings.llm.event_retention_secs,
+            ))),
         },
         RegistryConfig {
             max_resident: actors.max_resident.max(1),
@@ -129,6 +131,7 @@ fn start_chats(settings: &Settings, stores: &Stores, llm: Arc<dyn LlmProvider>) 
                 actors.arbiters
             },
         },
+        llm,
     )
 }
 
@@ -140,6 +143,9 @@ fn serve(
     chats: Chats,
 ) -> anyhow::Result<Server> {
     let limits = web::Data::new(settings.limits.clone());
+    let streams = web::Data::new(api::sse::StreamSettings {
+        keepalive: Duration::from_secs(settings.llm.keepalive_secs.max(1)),
+    });
     let stores = web::Data::new(stores);
     let accounts = web::Data::new(accounts);
     let chats = web::Data::new(chats);
@@ -168,6 +174,7 @@ fn serve(
             .app_data(web::QueryConfig::default().error_handler(extractors::query))
             .app_data(web::PayloadConfig::default().limit(body_limit))
             .app_data(limits.clone())
+            .app_data(streams.clone())
             .app_data(stores.clone())
             .app_data(accounts.clone())
             .app_data(chats.clone())

@@ -10,7 +10,7 @@
 //! while its mailbox waits. actix's `Supervisor` is not used because it restarts an actor
 //! whenever any address to it is alive, which would undo deliberate eviction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
@@ -19,21 +19,24 @@ use chrono::Utc;
 use tokio::sync::oneshot;
 
 use crate::error::ChatError;
-use crate::model::{Branch, BranchId, ChatId, ChatMeta, Message, MessageId, Role, UserId};
-use crate::ports::{CompletionRequest, LlmProvider, MessageStore, MetadataStore, Turn};
+use crate::generation::{Generation, Generations};
+use crate::model::{
+    Branch, BranchId, ChatId, ChatMeta, GenerationId, Message, MessageId, Role, UserId,
+};
+use crate::ports::{MessageStore, MetadataStore, Turn};
 use crate::tree::Tree;
 use crate::views::{
-    BranchDeletedView, BranchView, ChatView, EditView, MessagePage, MessageView, SendView,
-    TreeNodeView, TreeView,
+    BranchDeletedView, BranchView, ChatView, EditView, MessagePage, MessageView, RegenerateView,
+    SendView, TreeNodeView, TreeView,
 };
 use crate::writer::{committed, ChatWrite, CommitTicket, Slot, WriteFailed, WriteOp, WriterHandle};
 
-/// What every chat actor shares: the writer and the ports.
+/// What every chat actor shares: the writer, the stores and the generation table.
 pub struct ChatRuntime {
     pub writer: WriterHandle,
     pub metadata: Arc<dyn MetadataStore>,
     pub messages: Arc<dyn MessageStore>,
-    pub llm: Arc<dyn LlmProvider>,
+    pub generations: Arc<Generations>,
 }
 
 /// A change applied in memory, with the ticket for its commit.
@@ -48,12 +51,22 @@ impl<T> Applied<T> {
     }
 }
 
-/// A send that asked for a reply: what to generate, on which branch, after which message.
+/// How to start a reply: the model it is for and its context budget.
 #[derive(Debug, Clone)]
+pub struct ReplySpec {
+    /// `provider/model`, recorded on the generation.
+    pub model: Arc<str>,
+    /// Characters of conversation to send (the newest messages; the system prompt always).
+    pub context_chars: usize,
+}
+
+/// A started reply: its generation (which holds the branch's lock) and its context.
+#[derive(Clone)]
 pub struct GenerationJob {
-    pub branch: BranchId,
-    pub parent: MessageId,
-    pub request: CompletionRequest,
+    pub generation: Arc<Generation>,
+    /// The message being answered, as clients see it.
+    pub reply_to: MessageView,
+    pub turns: Vec<Turn>,
     pub idempotency_key: Option<Arc<str>>,
 }
 
@@ -72,7 +85,6 @@ pub struct ChatState {
     pub meta: ChatMeta,
     pub tree: Tree,
     idem: HashMap<Arc<str>, IdemEntry>,
-    generating: HashSet<BranchId>,
 }
 
 impl ChatState {
@@ -106,7 +118,6 @@ impl ChatState {
             meta,
             tree: Tree::new(main),
             idem: HashMap::new(),
-            generating: HashSet::new(),
         };
         (state, ops)
     }
@@ -149,12 +160,7 @@ impl ChatState {
                     awaiting_reply: false,
                 });
         }
-        Ok(Self {
-            meta,
-            tree,
-            idem,
-            generating: HashSet::new(),
-        })
+        Ok(Self { meta, tree, idem })
     }
 }
 
@@ -363,28 +369,46 @@ impl ChatCore {
     }
 
     /// The context for a reply: the system prompt, then the branch path up to `head`.
-    fn context(
+    /// Starts a reply to `reply_to` on `branch`: takes the branch's generation lock and builds
+    /// the context (system prompt + the newest messages of the path, within budget).
+    fn begin_generation(
         &self,
         branch: BranchId,
-        model: Option<Arc<str>>,
-    ) -> Result<CompletionRequest, ChatError> {
-        let mut turns = Vec::new();
-        if let Some(prompt) = &self.state.meta.system_prompt {
+        reply_to: MessageId,
+        spec: &ReplySpec,
+        idempotency_key: Option<Arc<str>>,
+    ) -> Result<GenerationJob, ChatError> {
+        let meta = &self.state.meta;
+        let prompt = meta.system_prompt.as_deref();
+        let budget = spec
+            .context_chars
+            .saturating_sub(prompt.map_or(0, |p| p.chars().count()));
+        let path = self.state.tree.recent_path(reply_to, budget)?;
+        let mut turns = Vec::with_capacity(path.len() + 1);
+        if let Some(prompt) = prompt {
             turns.push(Turn {
                 role: Role::System,
-                content: Arc::from(prompt.as_str()),
+                content: Arc::from(prompt),
             });
         }
-        for m in self.state.tree.path(branch)? {
-            turns.push(Turn {
-                role: m.role,
-                content: m.content.clone(),
-            });
-        }
-        Ok(CompletionRequest {
+        turns.extend(path.into_iter().map(|m| Turn {
+            role: m.role,
+            content: m.content.clone(),
+        }));
+        let generation =
+            self.rt
+                .generations
+                .begin(meta.id, meta.owner, branch, reply_to, spec.model.clone())?;
+        Ok(GenerationJob {
+            generation,
+            reply_to: self.message_view(reply_to)?,
             turns,
-            model: model.map(|m| m.to_string()),
+            idempotency_key,
         })
+    }
+
+    fn busy(&self, branch: BranchId) -> bool {
+        self.rt.generations.busy(self.state.meta.id, branch)
     }
 
     fn get_chat(&mut self, _: GetChat) -> Result<ChatView, ChatError> {
@@ -418,7 +442,7 @@ impl ChatCore {
                 return self.replay(entry.clone(), &msg.content);
             }
         }
-        if self.state.generating.contains(&branch) {
+        if self.busy(branch) {
             return Err(ChatError::GenerationInProgress);
         }
         let slot = reserve(&self.rt)?;
@@ -442,17 +466,11 @@ impl ChatCore {
             ops.push(WriteOp::InsertMessage(answer.clone()));
             self.state.tree.append(branch, answer)?;
         }
-        let generation = if msg.reply {
-            self.state.generating.insert(branch);
-            Some(GenerationJob {
-                branch,
-                parent: first_id,
-                request: self.context(branch, msg.model.clone())?,
-                idempotency_key: key.clone(),
-            })
-        } else {
-            None
-        };
+        let generation = msg
+            .reply
+            .as_ref()
+            .map(|spec| self.begin_generation(branch, first_id, spec, key.clone()))
+            .transpose()?;
         ops.push(self.touch_meta());
         ops.push(self.branch_row(branch)?);
         let commit = self.write(slot, ops);
@@ -463,7 +481,7 @@ impl ChatCore {
                     content: msg.content,
                     messages: ids.clone(),
                     commit: commit.clone(),
-                    awaiting_reply: msg.reply,
+                    awaiting_reply: generation.is_some(),
                 },
             );
         }
@@ -475,6 +493,7 @@ impl ChatCore {
             chat_id: self.state.meta.id,
             branch_id: branch,
             messages,
+            generation_id: generation.as_ref().map(|g| g.generation.id),
         };
         Ok(Applied::new(SendOutcome { view, generation }, commit))
     }
@@ -504,6 +523,7 @@ impl ChatCore {
             chat_id: self.state.meta.id,
             branch_id,
             messages,
+            generation_id: None,
         };
         Ok(Applied::new(
             SendOutcome {
@@ -518,21 +538,22 @@ impl ChatCore {
         &mut self,
         msg: CompleteGeneration,
     ) -> Result<Applied<MessageView>, ChatError> {
-        self.release_generation(msg.branch, msg.idempotency_key.as_ref());
-        // The branch may have been deleted while the reply was generated: then the reply has
-        // nowhere to live.
+        self.release_generation(msg.generation, msg.branch, msg.idempotency_key.as_ref());
+        // The chat may have been deleted, or the branch moved, while the reply was generated:
+        // then the reply has nowhere to live.
         let head = self.state.tree.head(msg.branch)?;
         if head != Some(msg.parent) {
             return Err(ChatError::Internal("branch moved during generation".into()));
         }
         let slot = reserve(&self.rt)?;
-        let reply = self.new_message(
+        let mut reply = self.new_message(
             Some(msg.parent),
             Role::Assistant,
             msg.content,
             Some(msg.model),
             msg.idempotency_key.clone(),
         );
+        reply.metadata = Some(msg.metadata);
         let id = reply.id;
         let mut ops = vec![WriteOp::InsertMessage(reply.clone())];
         self.state.tree.append(msg.branch, reply)?;
@@ -552,16 +573,61 @@ impl ChatCore {
 
     /// Ends a branch's generation: the branch takes sends again, and a retried idempotent send
     /// is answered instead of told to wait.
-    fn release_generation(&mut self, branch: BranchId, key: Option<&Arc<str>>) {
-        self.state.generating.remove(&branch);
+    fn release_generation(
+        &mut self,
+        generation: GenerationId,
+        branch: BranchId,
+        key: Option<&Arc<str>>,
+    ) {
+        self.rt
+            .generations
+            .release(generation, self.state.meta.id, branch);
         if let Some(entry) = key.and_then(|k| self.state.idem.get_mut(k)) {
             entry.awaiting_reply = false;
         }
     }
 
     fn abort_generation(&mut self, msg: AbortGeneration) -> Result<(), ChatError> {
-        self.release_generation(msg.branch, msg.idempotency_key.as_ref());
+        self.release_generation(msg.generation, msg.branch, msg.idempotency_key.as_ref());
         Ok(())
+    }
+
+    /// A new reply to a message (or to the message an assistant reply answered), on a new branch
+    /// from that message, made active; existing replies stay where they are.
+    fn regenerate(&mut self, msg: Regenerate) -> Result<Applied<RegenerateOutcome>, ChatError> {
+        let target = &self.state.tree.node(msg.message)?.message;
+        let reply_to = match target.role {
+            Role::User => target.id,
+            Role::Assistant => target.parent_id.ok_or(ChatError::Invalid(
+                "this assistant message answers nothing".into(),
+            ))?,
+            Role::System => {
+                return Err(ChatError::Invalid(
+                    "a system message cannot be regenerated".into(),
+                ))
+            }
+        };
+        if self.state.tree.node(reply_to)?.message.role != Role::User {
+            return Err(ChatError::Invalid(
+                "only replies to user messages can be regenerated".into(),
+            ));
+        }
+        let slot = reserve(&self.rt)?;
+        let mut branch = self.new_branch(msg.name, "regenerate");
+        branch.head = Some(reply_to);
+        branch.forked_from = Some(reply_to);
+        let id = branch.id;
+        self.state.tree.add_branch(branch)?;
+        self.state.tree.set_active(id)?;
+        let job = self.begin_generation(id, reply_to, &msg.reply, None)?;
+        let ops = vec![self.touch_meta(), self.branch_row(id)?];
+        let commit = self.write(slot, ops);
+        let view = RegenerateView {
+            branch: self.branch_view(id)?,
+            reply: None,
+            generation_id: job.generation.id,
+        };
+        Ok(Applied::new(RegenerateOutcome { view, job }, commit))
     }
 
     fn list_messages(&mut self, msg: ListMessages) -> Result<MessagePage, ChatError> {
@@ -646,7 +712,7 @@ impl ChatCore {
 
     fn edit(&mut self, msg: Edit) -> Result<Applied<EditOutcome>, ChatError> {
         let target = self.state.tree.node(msg.message)?.message.clone();
-        if msg.reply && target.role != Role::User {
+        if msg.reply.is_some() && target.role != Role::User {
             return Err(ChatError::Invalid(
                 "only a user message can be edited with `reply: true`".into(),
             ));
@@ -667,17 +733,11 @@ impl ChatCore {
         if msg.activate {
             self.state.tree.set_active(branch_id)?;
         }
-        let generation = if msg.reply {
-            self.state.generating.insert(branch_id);
-            Some(GenerationJob {
-                branch: branch_id,
-                parent: replacement_id,
-                request: self.context(branch_id, msg.model)?,
-                idempotency_key: None,
-            })
-        } else {
-            None
-        };
+        let generation = msg
+            .reply
+            .as_ref()
+            .map(|spec| self.begin_generation(branch_id, replacement_id, spec, None))
+            .transpose()?;
         ops.push(self.touch_meta());
         ops.push(self.branch_row(branch_id)?);
         let commit = self.write(slot, ops);
@@ -685,6 +745,7 @@ impl ChatCore {
             message: self.message_view(replacement_id)?,
             branch: self.branch_view(branch_id)?,
             reply: None,
+            generation_id: generation.as_ref().map(|g| g.generation.id),
         };
         Ok(Applied::new(EditOutcome { view, generation }, commit))
     }
@@ -718,7 +779,7 @@ impl ChatCore {
         msg: DeleteBranch,
     ) -> Result<Applied<BranchDeletedView>, ChatError> {
         self.state.tree.branch(msg.id)?;
-        if self.state.generating.contains(&msg.id) {
+        if self.busy(msg.id) {
             return Err(ChatError::GenerationInProgress);
         }
         let slot = reserve(&self.rt)?;
@@ -783,6 +844,11 @@ pub struct EditOutcome {
     pub generation: Option<GenerationJob>,
 }
 
+pub struct RegenerateOutcome {
+    pub view: RegenerateView,
+    pub job: GenerationJob,
+}
+
 macro_rules! chat_messages {
     ($(
         $(#[$doc:meta])*
@@ -826,19 +892,28 @@ chat_messages! {
         response: Option<Arc<str>>,
         model: Option<Arc<str>>,
         metadata: Option<Arc<serde_json::Value>>,
-        reply: bool,
+        reply: Option<ReplySpec>,
         idempotency_key: Option<Arc<str>>,
     } -> Applied<SendOutcome> => add_messages;
     /// Stores a generated reply as the child of the message it answers.
     CompleteGeneration {
+        generation: GenerationId,
         branch: BranchId,
         parent: MessageId,
         content: Arc<str>,
         model: Arc<str>,
+        metadata: Arc<serde_json::Value>,
         idempotency_key: Option<Arc<str>>,
     } -> Applied<MessageView> => complete_generation;
     /// Releases a branch whose reply failed.
-    AbortGeneration { branch: BranchId, idempotency_key: Option<Arc<str>> } -> () => abort_generation;
+    AbortGeneration {
+        generation: GenerationId,
+        branch: BranchId,
+        idempotency_key: Option<Arc<str>>,
+    } -> () => abort_generation;
+    /// A new reply to a message, on a new active branch.
+    Regenerate { message: MessageId, name: Option<String>, reply: ReplySpec }
+        -> Applied<RegenerateOutcome> => regenerate;
     /// A page of a branch's path, from the head backwards.
     ListMessages { branch: Option<BranchId>, limit: usize, before: Option<MessageId> }
         -> MessagePage => list_messages;
@@ -852,8 +927,7 @@ chat_messages! {
         content: Arc<str>,
         name: Option<String>,
         activate: bool,
-        reply: bool,
-        model: Option<Arc<str>>,
+        reply: Option<ReplySpec>,
     } -> Applied<EditOutcome> => edit;
     ListBranches {} -> Vec<BranchView> => list_branches;
     GetBranch { id: BranchId } -> BranchView => get_branch;

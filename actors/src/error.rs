@@ -32,8 +32,17 @@ pub enum ChatError {
     StorageUnavailable,
     #[error("the model is unknown: {0}")]
     UnknownModel(String),
-    #[error("the model provider failed")]
-    Upstream(String),
+    #[error("the model provider's queue is full; retry later")]
+    LlmOverloaded,
+    #[error("the model provider is unavailable; retry later")]
+    LlmUnavailable,
+    /// The provider answered with an error status (`status`) or could not be reached (`None`).
+    #[error("the model provider failed{}", status.map(|s| format!(" with HTTP {s}")).unwrap_or_default())]
+    Upstream { status: Option<u16>, detail: String },
+    #[error("the model provider timed out")]
+    UpstreamTimeout,
+    #[error("generation not found")]
+    GenerationNotFound,
     /// Details are for the log, never for the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -56,7 +65,15 @@ impl From<LlmError> for ChatError {
     fn from(e: LlmError) -> Self {
         match e {
             LlmError::UnknownModel(m) => ChatError::UnknownModel(m),
-            LlmError::Upstream(m) => ChatError::Upstream(m),
+            LlmError::Overloaded => ChatError::LlmOverloaded,
+            LlmError::Unavailable => ChatError::LlmUnavailable,
+            LlmError::Upstream {
+                status, message, ..
+            } => ChatError::Upstream {
+                status,
+                detail: message,
+            },
+            LlmError::Timeout => ChatError::UpstreamTimeout,
         }
     }
 }

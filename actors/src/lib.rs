@@ -4,6 +4,8 @@
 //! - [`chat`]: the chat actor, single writer of one chat's tree; its messages.
 //! - [`registry`]: [`Chats`], which activates, bounds, evicts and routes to chat actors.
 //! - [`writer`]: the write-behind writer that batches every chat's changes into group commits.
+//! - [`llm`]: the pool of LLM worker actors per provider (queue, retries, circuit breaker).
+//! - [`generation`]: replies in progress, their event logs (stream, resume) and branch locks.
 //! - [`ports`]: the traits storage and model providers implement (in the server crate).
 //! - [`views`]: the read models handlers serialize.
 //!
@@ -12,6 +14,8 @@
 
 pub mod chat;
 pub mod error;
+pub mod generation;
+pub mod llm;
 pub mod model;
 pub mod ports;
 pub mod registry;
@@ -20,4 +24,4 @@ pub mod views;
 pub mod writer;
 
 pub use error::ChatError;
-pub use registry::{Chats, EditRequest, RegistryConfig, SendRequest};
+pub use registry::{Chats, EditRequest, Edited, Regenerated, RegistryConfig, SendRequest, Sent};

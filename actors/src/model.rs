@@ -77,6 +77,11 @@ id_type!(
     /// Identifies a branch: a named pointer to a head message.
     BranchId
 );
+id_type!(
+    /// Identifies one generated reply, from request to stored message (for streaming, resume
+    /// and cancel).
+    GenerationId
+);
 
 /// Who wrote a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

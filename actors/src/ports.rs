@@ -2,6 +2,7 @@
 //! (SQLite, PostgreSQL, MongoDB, OpenAI-protocol HTTP); this crate only sees the traits.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -94,31 +95,99 @@ pub struct Turn {
     pub content: Arc<str>,
 }
 
+/// What a provider is asked to complete.
 #[derive(Debug, Clone)]
 pub struct CompletionRequest {
     /// Oldest first; the system prompt, if any, first.
     pub turns: Vec<Turn>,
-    /// The model the client asked for, if any.
-    pub model: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Completion {
-    pub content: String,
-    /// The model name to record on the assistant message.
+    /// The provider's own model name.
     pub model: String,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
+/// Token counts, when the provider reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// A finished reply.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub content: String,
+    /// The model that answered, as the provider names it.
+    pub model: String,
+    /// Why the model stopped (`stop`, `length`, ...), when reported.
+    pub finish_reason: Option<String>,
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LlmError {
     #[error("unknown model {0}")]
     UnknownModel(String),
-    #[error("provider failed: {0}")]
-    Upstream(String),
+    /// The provider's queue is full.
+    #[error("the model provider's queue is full")]
+    Overloaded,
+    /// The provider's circuit breaker is open.
+    #[error("the model provider is unavailable")]
+    Unavailable,
+    /// The provider answered with an error status (`status`), or the connection failed (`None`).
+    #[error("the model provider failed{}: {message}", status.map(|s| format!(" with HTTP {s}")).unwrap_or_default())]
+    Upstream {
+        status: Option<u16>,
+        message: String,
+        /// The provider's `Retry-After`, if it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// No response, or no data for longer than the provider's timeout.
+    #[error("the model provider timed out")]
+    Timeout,
 }
 
-/// Produces assistant replies.
+impl LlmError {
+    pub fn upstream(status: Option<u16>, message: impl Into<String>) -> Self {
+        Self::Upstream {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Worth another attempt: rate limits, server errors, connection failures and timeouts.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Upstream { status, .. } => match status {
+                None => true,
+                Some(s) => *s == 429 || *s == 408 || *s >= 500,
+            },
+            Self::Timeout => true,
+            _ => false,
+        }
+    }
+
+    /// A sign the provider is down (counts towards its circuit breaker). A 429 is not: the
+    /// provider is up and pacing us.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Upstream { status, .. } => status.is_none_or(|s| s >= 500),
+            Self::Timeout => true,
+            _ => false,
+        }
+    }
+}
+
+/// Produces assistant replies, streamed.
 #[async_trait]
 pub trait LlmProvider: Send + Sync + 'static {
-    async fn complete(&self, request: CompletionRequest) -> Result<Completion, LlmError>;
+    /// Streams a reply to `request`, handing each content delta to `on_delta` as it arrives, and
+    /// returns the whole completion. Dropping the future abandons the upstream request.
+    async fn stream(
+        &self,
+        request: &CompletionRequest,
+        on_delta: &mut (dyn for<'d> FnMut(&'d str) + Send),
+    ) -> Result<Completion, LlmError>;
 }

@@ -24,7 +24,10 @@ use tokio::sync::oneshot;
 
 use crate::chat::*;
 use crate::error::ChatError;
-use crate::model::{BranchId, ChatId, MessageId, Role, UserId};
+use crate::generation::Generation;
+use crate::llm::{Admission, JobOutcome, LlmPool};
+use crate::model::{BranchId, ChatId, GenerationId, MessageId, Role, UserId};
+use crate::ports::{CompletionRequest, Usage};
 use crate::views::*;
 use crate::writer::{AckMode, WriteError};
 
@@ -113,6 +116,7 @@ struct Inner {
     config: RegistryConfig,
     next_instance: AtomicU64,
     stats: Arc<RegistryStats>,
+    llm: Arc<LlmPool>,
 }
 
 /// Every chat operation, routed to the chat's actor. Cheap to clone.
@@ -143,9 +147,62 @@ pub struct EditRequest {
     pub model: Option<Arc<str>>,
 }
 
+/// What a send created; `generation` is the reply still being generated, if one was asked for.
+pub struct Sent {
+    pub view: SendView,
+    pub generation: Option<Arc<Generation>>,
+}
+
+impl Sent {
+    /// Waits for the reply (if any) and adds it to the view.
+    pub async fn finish(self) -> Result<SendView, ChatError> {
+        let mut view = self.view;
+        if let Some(generation) = self.generation {
+            view.messages.push(generation.outcome().await?);
+        }
+        Ok(view)
+    }
+}
+
+/// What an edit created; `generation` as in [`Sent`].
+pub struct Edited {
+    pub view: EditView,
+    pub generation: Option<Arc<Generation>>,
+}
+
+impl Edited {
+    pub async fn finish(self) -> Result<EditView, ChatError> {
+        let mut view = self.view;
+        if let Some(generation) = self.generation {
+            let reply = generation.outcome().await?;
+            view.branch.head_message_id = Some(reply.id);
+            view.branch.message_count += 1;
+            view.reply = Some(reply);
+        }
+        Ok(view)
+    }
+}
+
+/// What a regeneration created.
+pub struct Regenerated {
+    pub view: RegenerateView,
+    pub generation: Arc<Generation>,
+}
+
+impl Regenerated {
+    pub async fn finish(self) -> Result<RegenerateView, ChatError> {
+        let mut view = self.view;
+        let reply = self.generation.outcome().await?;
+        view.branch.head_message_id = Some(reply.id);
+        view.branch.message_count += 1;
+        view.reply = Some(reply);
+        Ok(view)
+    }
+}
+
 impl Chats {
     /// Starts the registry: its arbiters and its eviction sweeper. Call inside an actix system.
-    pub fn start(rt: ChatRuntime, config: RegistryConfig) -> Self {
+    pub fn start(rt: ChatRuntime, config: RegistryConfig, llm: Arc<LlmPool>) -> Self {
         let stats = Arc::new(RegistryStats::default());
         let evictions = stats.clone();
         let cache = Cache::builder()
@@ -169,6 +226,7 @@ impl Chats {
             config,
             next_instance: AtomicU64::new(1),
             stats,
+            llm,
         });
         let sweeper = Arc::downgrade(&inner);
         let interval = inner.config.sweep_interval;
@@ -179,6 +237,7 @@ impl Chats {
                     break;
                 };
                 inner.cache.run_pending_tasks().await;
+                inner.rt.generations.sweep();
             }
         });
         Self { inner }
@@ -190,6 +249,10 @@ impl Chats {
 
     pub fn runtime(&self) -> &ChatRuntime {
         &self.inner.rt
+    }
+
+    pub fn llm(&self) -> &LlmPool {
+        &self.inner.llm
     }
 
     /// Resident chat actors right now.
@@ -290,31 +353,42 @@ impl Chats {
         result
     }
 
-    /// Adds a message (and an answer, or a generated reply) to a branch.
+    /// Adds a message (and an answer, or a generated reply) to a branch. A reply is admitted by
+    /// the model pool before anything is stored, and generated after the send is committed.
     pub async fn send(
         &self,
         user: UserId,
         chat: ChatId,
         req: SendRequest,
-    ) -> Result<SendView, ChatError> {
+    ) -> Result<Sent, ChatError> {
+        let admission = req
+            .reply
+            .then(|| self.admit(req.model.as_deref()))
+            .transpose()?;
         let msg = AddMessages {
             user,
             branch: req.branch,
             role: req.role,
             content: req.content,
             response: req.response,
-            model: req.model,
+            model: if req.reply { None } else { req.model },
             metadata: req.metadata,
-            reply: req.reply,
+            reply: admission.as_ref().map(reply_spec),
             idempotency_key: req.idempotency_key,
         };
         let applied = self.call(chat, msg).await?;
-        let outcome = self.settle(applied).await?;
-        let mut view = outcome.view;
-        if let Some(job) = outcome.generation {
-            view.messages.push(self.generate(user, chat, job).await?);
-        }
-        Ok(view)
+        let job = applied.value.generation.clone();
+        let outcome = self
+            .settle_or_abort(user, chat, applied, job.as_ref())
+            .await?;
+        let generation = match (admission, job) {
+            (Some(admission), Some(job)) => Some(self.drive(user, chat, admission, job)),
+            _ => None,
+        };
+        Ok(Sent {
+            view: outcome.view,
+            generation,
+        })
     }
 
     pub async fn list_messages(
@@ -371,26 +445,89 @@ impl Chats {
         chat: ChatId,
         message: MessageId,
         req: EditRequest,
-    ) -> Result<EditView, ChatError> {
+    ) -> Result<Edited, ChatError> {
+        let admission = req
+            .reply
+            .then(|| self.admit(req.model.as_deref()))
+            .transpose()?;
         let msg = Edit {
             user,
             message,
             content: req.content,
             name: req.name,
             activate: req.activate,
-            reply: req.reply,
-            model: req.model,
+            reply: admission.as_ref().map(reply_spec),
         };
         let applied = self.call(chat, msg).await?;
-        let outcome = self.settle(applied).await?;
-        let mut view = outcome.view;
-        if let Some(job) = outcome.generation {
-            let reply = self.generate(user, chat, job).await?;
-            view.branch.head_message_id = Some(reply.id);
-            view.branch.message_count += 1;
-            view.reply = Some(reply);
-        }
-        Ok(view)
+        let job = applied.value.generation.clone();
+        let outcome = self
+            .settle_or_abort(user, chat, applied, job.as_ref())
+            .await?;
+        let generation = match (admission, job) {
+            (Some(admission), Some(job)) => Some(self.drive(user, chat, admission, job)),
+            _ => None,
+        };
+        Ok(Edited {
+            view: outcome.view,
+            generation,
+        })
+    }
+
+    /// A new reply to `message` (a user message, or the one an assistant reply answered) on a
+    /// new active branch.
+    pub async fn regenerate(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        message: MessageId,
+        name: Option<String>,
+        model: Option<&str>,
+    ) -> Result<Regenerated, ChatError> {
+        let admission = self.admit(model)?;
+        let msg = Regenerate {
+            user,
+            message,
+            name,
+            reply: reply_spec(&admission),
+        };
+        let applied = self.call(chat, msg).await?;
+        let job = applied.value.job.clone();
+        let outcome = self
+            .settle_or_abort(user, chat, applied, Some(&job))
+            .await?;
+        Ok(Regenerated {
+            view: outcome.view,
+            generation: self.drive(user, chat, admission, job),
+        })
+    }
+
+    /// A generation of a chat the user owns.
+    pub fn generation(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        id: GenerationId,
+    ) -> Result<Arc<Generation>, ChatError> {
+        self.inner
+            .rt
+            .generations
+            .get(id)
+            .filter(|g| g.chat == chat && g.owner == user)
+            .ok_or(ChatError::GenerationNotFound)
+    }
+
+    /// Stops a generation; its partial reply is stored, marked incomplete. Returns once the
+    /// generation has ended (at once if it already had).
+    pub async fn cancel_generation(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        id: GenerationId,
+    ) -> Result<GenerationView, ChatError> {
+        let generation = self.generation(user, chat, id)?;
+        generation.cancel();
+        let _ = generation.outcome().await;
+        Ok(generation.view())
     }
 
     pub async fn branches(&self, user: UserId, chat: ChatId) -> Result<Vec<BranchView>, ChatError> {
@@ -462,8 +599,20 @@ impl Chats {
         resident
     }
 
-    /// Evicts every resident chat and waits until all have flushed. For graceful shutdown.
+    /// Cancels every running generation (their partial replies are stored), evicts every
+    /// resident chat and waits until all have flushed. For graceful shutdown.
     pub async fn shutdown(&self) {
+        let running = self.inner.rt.generations.running();
+        for generation in &running {
+            generation.cancel();
+        }
+        let ended = futures_util::future::join_all(running.iter().map(|g| g.outcome()));
+        if tokio::time::timeout(Duration::from_secs(10), ended)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some generations did not end within 10 s of shutdown");
+        }
         self.inner.cache.invalidate_all();
         self.inner.cache.run_pending_tasks().await;
         let pending: Vec<GoneSignal> = match self.inner.live.lock() {
@@ -477,49 +626,128 @@ impl Chats {
         }
     }
 
-    /// Runs a reply on its own task (so a panicking provider or a disconnected client cannot
-    /// abandon the branch's generation lock), then stores it.
-    async fn generate(
+    /// Resolves a model and reserves a place in its provider's queue.
+    fn admit(&self, model: Option<&str>) -> Result<Admission, ChatError> {
+        Ok(self.inner.llm.resolve(model)?.admit()?)
+    }
+
+    /// Settles a change; if it carried a generation and did not commit, releases its branch.
+    async fn settle_or_abort<T>(
         &self,
         user: UserId,
         chat: ChatId,
+        applied: Applied<T>,
+        job: Option<&GenerationJob>,
+    ) -> Result<T, ChatError> {
+        let result = self.settle(applied).await;
+        if let (Err(e), Some(job)) = (&result, job) {
+            self.abort(user, chat, job).await;
+            job.generation.finish(Err(e.clone()));
+        }
+        result
+    }
+
+    async fn abort(&self, user: UserId, chat: ChatId, job: &GenerationJob) {
+        let generation = &job.generation;
+        let msg = AbortGeneration {
+            user,
+            generation: generation.id,
+            branch: generation.branch,
+            idempotency_key: job.idempotency_key.clone(),
+        };
+        let _ = self.call(chat, msg).await;
+        self.inner
+            .rt
+            .generations
+            .release(generation.id, chat, generation.branch);
+    }
+
+    /// Queues a started reply with its provider and, on the chat's arbiter (which outlives the
+    /// HTTP workers during shutdown), stores the result when it arrives.
+    fn drive(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        admission: Admission,
         job: GenerationJob,
-    ) -> Result<MessageView, ChatError> {
-        let llm = self.inner.rt.llm.clone();
+    ) -> Arc<Generation> {
+        let generation = job.generation.clone();
+        generation.push(crate::generation::EventKind::UserMessage(
+            job.reply_to.clone(),
+        ));
+        let provider = admission.model.provider.config.name.clone();
+        let request = CompletionRequest {
+            turns: job.turns.clone(),
+            model: admission.model.model.clone(),
+        };
+        let outcome = admission.submit(request, generation.clone());
         let this = self.clone();
-        let task = tokio::spawn(async move {
-            let branch = job.branch;
-            let key = job.idempotency_key.clone();
-            let outcome = tokio::spawn(async move { llm.complete(job.request).await }).await;
-            match outcome {
-                Ok(Ok(completion)) => {
-                    let msg = CompleteGeneration {
-                        user,
-                        branch,
-                        parent: job.parent,
-                        content: Arc::from(completion.content),
-                        model: Arc::from(completion.model),
-                        idempotency_key: key,
-                    };
-                    let applied = this.call(chat, msg).await?;
-                    this.settle(applied).await
-                }
-                failed => {
-                    let abort = AbortGeneration {
-                        user,
-                        branch,
-                        idempotency_key: key,
-                    };
-                    let _ = this.call(chat, abort).await;
-                    Err(match failed {
-                        Ok(Err(e)) => e.into(),
-                        _ => ChatError::Internal("the model provider task panicked".into()),
-                    })
-                }
-            }
+        let arbiter = &self.inner.arbiters[arbiter_for(chat, self.inner.arbiters.len())];
+        arbiter.spawn(async move {
+            let outcome = outcome.await.unwrap_or_else(|_| {
+                JobOutcome::Failed(crate::ports::LlmError::upstream(
+                    None,
+                    "the model provider task panicked",
+                ))
+            });
+            let ended = this.store_reply(user, chat, &job, &provider, outcome).await;
+            job.generation.finish(ended);
         });
-        task.await
-            .unwrap_or_else(|_| Err(ChatError::Internal("generation task failed".into())))
+        generation
+    }
+
+    /// Stores a reply (complete, or partial and marked incomplete when cancelled); on failure,
+    /// frees the branch and stores nothing.
+    async fn store_reply(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        job: &GenerationJob,
+        provider: &str,
+        outcome: JobOutcome,
+    ) -> Result<(MessageView, Option<Usage>), ChatError> {
+        let generation = &job.generation;
+        let (content, model, finish_reason, usage, incomplete) = match outcome {
+            JobOutcome::Completed(c) => (c.content, c.model, c.finish_reason, c.usage, false),
+            JobOutcome::Cancelled { partial, model } => {
+                (partial, model, Some("cancelled".to_owned()), None, true)
+            }
+            JobOutcome::Failed(e) => {
+                self.abort(user, chat, job).await;
+                return Err(e.into());
+            }
+        };
+        let mut metadata = serde_json::json!({
+            "generation_id": generation.id,
+            "provider": provider,
+            "finish_reason": finish_reason,
+        });
+        if let Some(usage) = usage {
+            metadata["usage"] = serde_json::json!(usage);
+        }
+        if incomplete {
+            metadata["incomplete"] = serde_json::Value::Bool(true);
+        }
+        let msg = CompleteGeneration {
+            user,
+            generation: generation.id,
+            branch: generation.branch,
+            parent: generation.reply_to,
+            content: Arc::from(content),
+            model: Arc::from(model),
+            metadata: Arc::new(metadata),
+            idempotency_key: job.idempotency_key.clone(),
+        };
+        let stored = match self.call(chat, msg).await {
+            Ok(applied) => self.settle(applied).await,
+            Err(e) => Err(e),
+        };
+        // Normally released by the actor with the append; this covers a chat that is gone.
+        self.inner
+            .rt
+            .generations
+            .release(generation.id, chat, generation.branch);
+        Ok((stored?, usage))
     }
 
     /// Waits for a change's commit in durable mode; returns at once in buffered mode.
@@ -607,6 +835,13 @@ impl Chats {
             instance,
             capacity: self.inner.config.mailbox_capacity,
         }
+    }
+}
+
+fn reply_spec(admission: &Admission) -> ReplySpec {
+    ReplySpec {
+        model: Arc::from(admission.model.label()),
+        context_chars: admission.context_chars(),
     }
 }
 

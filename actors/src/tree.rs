@@ -358,6 +358,30 @@ impl Tree {
         Ok(page.nodes.into_iter().map(|n| &n.message).collect())
     }
 
+    /// The newest messages of the path ending at `last`, root side first, within `budget_chars`
+    /// characters of content. `last` itself is always kept, however long it is.
+    pub fn recent_path(
+        &self,
+        last: MessageId,
+        budget_chars: usize,
+    ) -> Result<Vec<&Message>, TreeError> {
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        let mut cursor = Some(last);
+        while let Some(id) = cursor {
+            let message = &self.node(id)?.message;
+            let chars = message.content.chars().count();
+            if !out.is_empty() && used + chars > budget_chars {
+                break;
+            }
+            used += chars;
+            out.push(message);
+            cursor = message.parent_id;
+        }
+        out.reverse();
+        Ok(out)
+    }
+
     /// The oldest branch whose path contains `id`: the branch the message was added to (a
     /// message is its branch's head when added; any branch reaching it later was forked since).
     pub fn first_branch_through(&self, id: MessageId) -> Option<BranchId> {
@@ -566,6 +590,31 @@ mod tests {
         assert_eq!(f.tree.branches().len(), 1);
         assert_eq!(f.tree.path_len(f.main).unwrap(), 0);
         assert!(f.tree.path(f.main).unwrap().is_empty());
+    }
+
+    #[test]
+    fn recent_path_keeps_the_newest_messages_within_budget() {
+        let mut f = fixture();
+        f.push(f.main, "aaaa");
+        let b = f.push(f.main, "bbbb");
+        let fork = f.fork_at(b);
+        f.push(f.main, "other branch");
+        let c = f.push(fork, "cc");
+        let d = f.push(fork, "dddddddddd");
+        let texts = |budget| {
+            f.tree
+                .recent_path(d, budget)
+                .unwrap()
+                .iter()
+                .map(|m| m.content.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(texts(usize::MAX), ["aaaa", "bbbb", "cc", "dddddddddd"]);
+        assert_eq!(texts(16), ["bbbb", "cc", "dddddddddd"]);
+        assert_eq!(texts(15), ["cc", "dddddddddd"]);
+        // The last message is kept even when it alone is over budget.
+        assert_eq!(texts(3), ["dddddddddd"]);
+        assert_eq!(f.tree.recent_path(c, 0).unwrap().len(), 1);
     }
 
     #[test]

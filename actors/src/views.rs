@@ -6,7 +6,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::model::{Branch, BranchId, ChatId, ChatMeta, MessageId, Role};
+use crate::generation::GenerationStatus;
+use crate::model::{Branch, BranchId, ChatId, ChatMeta, GenerationId, MessageId, Role};
 use crate::tree::{Node, Tree};
 
 #[cfg(feature = "openapi")]
@@ -194,6 +195,9 @@ pub struct SendView {
     pub chat_id: ChatId,
     pub branch_id: BranchId,
     pub messages: Vec<MessageView>,
+    /// The reply's generation, when the send asked for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation_id: Option<GenerationId>,
 }
 
 /// What an edit created.
@@ -204,6 +208,38 @@ pub struct EditView {
     pub branch: BranchView,
     /// The assistant reply, when the edit asked for one.
     pub reply: Option<MessageView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation_id: Option<GenerationId>,
+}
+
+/// What a regeneration created: a branch from the answered message, holding the new reply.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RegenerateView {
+    pub branch: BranchView,
+    /// The new reply (absent while it streams).
+    pub reply: Option<MessageView>,
+    pub generation_id: GenerationId,
+}
+
+/// A generation's state.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct GenerationView {
+    pub id: GenerationId,
+    pub chat_id: ChatId,
+    pub branch_id: BranchId,
+    /// The message being answered.
+    pub reply_to: MessageId,
+    /// `provider/model`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub model: Arc<str>,
+    pub status: GenerationStatus,
+    pub created_at: DateTime<Utc>,
+    /// Id of the latest event (resume with `Last-Event-ID` to get the ones after it).
+    pub last_event_id: u64,
+    /// The stored reply, once there is one.
+    pub message_id: Option<MessageId>,
 }
 
 /// What deleting a branch did.

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{
 };
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, branches, chats, error, health, messages};
+use super::{auth, branches, chats, error, generations, health, messages, models};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,7 +14,8 @@ use super::{auth, branches, chats, error, health, messages};
     paths(
         auth::register, auth::login, auth::token, auth::me,
         chats::create, chats::list, chats::get, chats::update, chats::delete,
-        messages::send, messages::list, messages::get, messages::edit, messages::tree,
+        messages::send, messages::list, messages::get, messages::edit, messages::regenerate,
+        messages::tree, generations::get, generations::events, generations::cancel, models::list,
         branches::create, branches::list, branches::get, branches::rename, branches::delete,
         branches::set_active,
         health::health, health::ready,
@@ -22,7 +23,8 @@ use super::{auth, branches, chats, error, health, messages};
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&Security),
     tags(
-        (name = "auth"), (name = "chats"), (name = "messages"), (name = "branches"), (name = "operations"),
+        (name = "auth"), (name = "chats"), (name = "messages"), (name = "branches"), (name = "generations"),
+        (name = "models"), (name = "operations"),
     )
 )]
 pub struct ApiDoc;

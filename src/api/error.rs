@@ -15,6 +15,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    upstream_status: Option<u16>,
 }
 
 /// The error body every endpoint uses.
@@ -29,6 +30,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable; may change.
     pub message: String,
+    /// With `upstream_error`: the HTTP status the model provider answered with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
 }
 
 impl ApiError {
@@ -37,6 +41,20 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            upstream_status: None,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The body's `error` object.
+    pub fn detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code.to_owned(),
+            message: self.message.clone(),
+            upstream_status: self.upstream_status,
         }
     }
 
@@ -86,10 +104,7 @@ impl ResponseError for ApiError {
             res.insert_header((header::RETRY_AFTER, "1"));
         }
         res.json(ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_owned(),
-                message: self.message.clone(),
-            },
+            error: self.detail(),
         })
     }
 }
@@ -112,13 +127,17 @@ impl From<ChatError> for ApiError {
             ChatError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
             ChatError::StorageUnavailable => (S::SERVICE_UNAVAILABLE, "storage_unavailable"),
             ChatError::UnknownModel(_) => (S::UNPROCESSABLE_ENTITY, "unknown_model"),
-            ChatError::Upstream(detail) => {
-                tracing::warn!(%detail, "model provider failed");
-                return Self::new(
-                    S::BAD_GATEWAY,
-                    "upstream_error",
-                    "the model provider failed",
-                );
+            ChatError::LlmOverloaded => (S::SERVICE_UNAVAILABLE, "llm_overloaded"),
+            ChatError::LlmUnavailable => (S::SERVICE_UNAVAILABLE, "llm_unavailable"),
+            ChatError::UpstreamTimeout => (S::GATEWAY_TIMEOUT, "upstream_timeout"),
+            ChatError::GenerationNotFound => (S::NOT_FOUND, "generation_not_found"),
+            ChatError::Upstream { status, detail } => {
+                // The provider's own message helps the client (a bad model name, a context
+                // too long); it holds no secrets of ours.
+                let mut error =
+                    Self::new(S::BAD_GATEWAY, "upstream_error", format!("{e}: {detail}"));
+                error.upstream_status = *status;
+                return error;
             }
             ChatError::Internal(detail) => return Self::internal(detail),
         };

@@ -5,8 +5,11 @@ pub mod branches;
 pub mod chats;
 pub mod docs;
 pub mod error;
+pub mod generations;
 pub mod health;
 pub mod messages;
+pub mod models;
+pub mod sse;
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Deserializer};
@@ -48,7 +51,24 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     resource("/chats/{chat_id}/messages/{message_id}/edit")
                         .route(web::post().to(messages::edit)),
                 )
+                .service(
+                    resource("/chats/{chat_id}/messages/{message_id}/regenerate")
+                        .route(web::post().to(messages::regenerate)),
+                )
                 .service(resource("/chats/{chat_id}/tree").route(web::get().to(messages::tree)))
+                .service(
+                    resource("/chats/{chat_id}/generations/{generation_id}")
+                        .route(web::get().to(generations::get)),
+                )
+                .service(
+                    resource("/chats/{chat_id}/generations/{generation_id}/events")
+                        .route(web::get().to(generations::events)),
+                )
+                .service(
+                    resource("/chats/{chat_id}/generations/{generation_id}/cancel")
+                        .route(web::post().to(generations::cancel)),
+                )
+                .service(resource("/models").route(web::get().to(models::list)))
                 .service(
                     resource("/chats/{chat_id}/branches")
                         .route(web::post().to(branches::create))
@@ -71,10 +91,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(|| async {
         HttpResponse::MethodNotAllowed().json(error::ErrorBody {
-            error: error::ErrorDetail {
-                code: "method_not_allowed".into(),
-                message: "this endpoint does not support that method".into(),
-            },
+            error: error::ApiError::new(
+                actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not support that method",
+            )
+            .detail(),
         })
     }))
 }
