@@ -8,5 +8,7 @@ mod concurrency;
 mod errors;
 mod helpers;
 mod isolation;
+mod llm;
 mod messages;
 mod persistence;
+mod provider;
