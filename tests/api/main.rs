@@ -9,6 +9,7 @@ mod errors;
 mod helpers;
 mod isolation;
 mod llm;
+mod local_model;
 mod messages;
 mod persistence;
 mod provider;
