@@ -143,6 +143,8 @@ pub struct LlmSettings {
     pub context_chars: usize,
     /// How long a finished generation's events stay available for resuming.
     pub event_retention_secs: u64,
+    /// Finished generations kept for resuming at most (the oldest go first).
+    pub max_retained_generations: usize,
     /// Seconds between SSE keep-alive comments while a reply is quiet.
     pub keepalive_secs: u64,
     /// Threads the LLM worker actors run on; 0 means one per core.
@@ -272,6 +274,7 @@ impl Default for Settings {
                 default_model: String::new(),
                 context_chars: 48_000,
                 event_retention_secs: 600,
+                max_retained_generations: 100_000,
                 keepalive_secs: 15,
                 threads: 0,
                 aliases: BTreeMap::new(),

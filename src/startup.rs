@@ -116,9 +116,10 @@ fn start_chats(settings: &Settings, stores: &Stores, llm: Arc<LlmPool>) -> Chats
             writer,
             metadata: stores.metadata.clone(),
             messages: stores.messages.clone(),
-            generations: Arc::new(Generations::new(Duration::from_secs(
-                settings.llm.event_retention_secs,
-            ))),
+            generations: Arc::new(Generations::new(
+                Duration::from_secs(settings.llm.event_retention_secs),
+                settings.llm.max_retained_generations.max(1),
+            )),
         },
         RegistryConfig {
             max_resident: actors.max_resident.max(1),

@@ -6,7 +6,7 @@
 //! [`Generations`] table also holds the one-reply-per-branch locks: it lives outside the chat
 //! actors, so a lock survives the eviction or restart of its chat's actor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -246,6 +246,8 @@ struct Table {
     all: HashMap<GenerationId, Arc<Generation>>,
     /// The running generation of each busy branch.
     busy: HashMap<(ChatId, BranchId), GenerationId>,
+    /// Ended generations, oldest end first.
+    ended: VecDeque<(Instant, GenerationId)>,
 }
 
 /// Every running and recently ended generation, and the per-branch locks.
@@ -253,13 +255,16 @@ pub struct Generations {
     table: Mutex<Table>,
     /// How long an ended generation's events stay available for resuming.
     retention: Duration,
+    /// Ended generations kept at most (the oldest go first), whatever their age.
+    max_retained: usize,
 }
 
 impl Generations {
-    pub fn new(retention: Duration) -> Self {
+    pub fn new(retention: Duration, max_retained: usize) -> Self {
         Self {
             table: Mutex::default(),
             retention,
+            max_retained,
         }
     }
 
@@ -338,14 +343,28 @@ impl Generations {
         self.len() == 0
     }
 
+    /// Records that a generation ended (after [`Generation::finish`]); beyond `max_retained`
+    /// ended generations, the oldest is forgotten.
+    pub fn ended(&self, id: GenerationId) {
+        let mut table = self.table();
+        table.ended.push_back((Instant::now(), id));
+        while table.ended.len() > self.max_retained {
+            if let Some((_, old)) = table.ended.pop_front() {
+                table.all.remove(&old);
+            }
+        }
+    }
+
     /// Forgets ended generations older than the retention period.
     pub fn sweep(&self) {
-        let retention = self.retention;
-        self.table().all.retain(|_, g| {
-            g.log()
-                .finished_at
-                .is_none_or(|at| at.elapsed() < retention)
-        });
+        let mut table = self.table();
+        while let Some(&(at, id)) = table.ended.front() {
+            if at.elapsed() < self.retention {
+                break;
+            }
+            table.ended.pop_front();
+            table.all.remove(&id);
+        }
     }
 }
 
@@ -368,7 +387,7 @@ mod tests {
 
     #[test]
     fn one_generation_per_branch_until_released() {
-        let table = Generations::new(Duration::from_secs(60));
+        let table = Generations::new(Duration::from_secs(60), 10);
         let (chat, a, b) = (ChatId::new(), BranchId::new(), BranchId::new());
         let first = begin(&table, chat, a);
         assert!(matches!(
@@ -384,7 +403,7 @@ mod tests {
 
     #[tokio::test]
     async fn followers_resume_after_any_event_and_see_the_end() {
-        let table = Generations::new(Duration::from_secs(60));
+        let table = Generations::new(Duration::from_secs(60), 10);
         let g = begin(&table, ChatId::new(), BranchId::new());
         g.push_delta("a");
         g.push_delta("b");
@@ -414,13 +433,26 @@ mod tests {
     }
 
     #[test]
-    fn sweep_keeps_running_and_recent_generations() {
-        let table = Generations::new(Duration::ZERO);
+    fn ended_generations_go_after_retention_or_beyond_the_cap() {
+        let table = Generations::new(Duration::from_millis(50), 2);
         let running = begin(&table, ChatId::new(), BranchId::new());
-        let ended = begin(&table, ChatId::new(), BranchId::new());
-        ended.finish(Err(ChatError::UpstreamTimeout));
+        let ended: Vec<_> = (0..3)
+            .map(|_| {
+                let g = begin(&table, ChatId::new(), BranchId::new());
+                g.finish(Err(ChatError::UpstreamTimeout));
+                table.ended(g.id);
+                g
+            })
+            .collect();
+        assert!(
+            table.get(ended[0].id).is_none(),
+            "over the cap: the oldest goes"
+        );
+        table.sweep();
+        assert!(table.get(ended[1].id).is_some(), "still within retention");
+        std::thread::sleep(Duration::from_millis(60));
         table.sweep();
         assert!(table.get(running.id).is_some());
-        assert!(table.get(ended.id).is_none());
+        assert!(ended.iter().all(|g| table.get(g.id).is_none()));
     }
 }

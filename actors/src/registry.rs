@@ -643,6 +643,7 @@ impl Chats {
         if let (Err(e), Some(job)) = (&result, job) {
             self.abort(user, chat, job).await;
             job.generation.finish(Err(e.clone()));
+            self.inner.rt.generations.ended(job.generation.id);
         }
         result
     }
@@ -692,6 +693,7 @@ impl Chats {
             });
             let ended = this.store_reply(user, chat, &job, &provider, outcome).await;
             job.generation.finish(ended);
+            this.inner.rt.generations.ended(job.generation.id);
         });
         generation
     }

@@ -20,8 +20,8 @@ use crate::llm::Events;
 #[actix_web::test]
 #[ignore = "needs a local model: scripts/local-llm.sh start"]
 async fn local_model_streams_and_stores_a_real_reply() {
-    let url = std::env::var("ARBOR_LOCAL_LLM_URL")
-        .unwrap_or_else(|_| "http://127.0.0.1:8089/v1".into());
+    let url =
+        std::env::var("ARBOR_LOCAL_LLM_URL").unwrap_or_else(|_| "http://127.0.0.1:8089/v1".into());
     let app = spawn_with(|s| {
         s.llm.default_model = "local".into();
         s.llm.providers.insert(
@@ -63,7 +63,11 @@ async fn local_model_streams_and_stores_a_real_reply() {
 
     // And non-streamed, on top of the first exchange.
     let res = app
-        .post(&u, &messages, json!({"content": "And another.", "reply": true}))
+        .post(
+            &u,
+            &messages,
+            json!({"content": "And another.", "reply": true}),
+        )
         .await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let sent: Value = res.json().await.unwrap();
