@@ -85,7 +85,19 @@ impl Application {
     /// Serves until SIGTERM/SIGINT (or `handle().stop()`), lets in-flight requests finish within
     /// the grace period, then flushes every chat and every queued write before returning.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.server.await.context("HTTP server failed")?;
+        let handle = self.server.handle();
+        let chats = self.chats.clone();
+        let signals = actix_web::rt::spawn(async move {
+            shutdown_signal().await;
+            // Replies end first (their partial content is stored), so open event streams close
+            // promptly instead of holding the HTTP drain for the whole grace period.
+            tracing::info!("shutdown signal: cancelling replies, draining HTTP");
+            chats.cancel_generations();
+            handle.stop(true).await;
+        });
+        let served = self.server.await;
+        signals.abort();
+        served.context("HTTP server failed")?;
         tracing::info!("HTTP stopped; flushing chats");
         self.chats.shutdown().await;
         self.sqlite.close().await;
@@ -185,9 +197,34 @@ fn serve(
     })
     .workers(workers)
     .shutdown_timeout(settings.server.shutdown_grace_secs)
+    .disable_signals()
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn cors(origins: &[String]) -> Cors {

@@ -599,6 +599,13 @@ impl Chats {
         resident
     }
 
+    /// Asks every running generation to stop; each stores its partial reply.
+    pub fn cancel_generations(&self) {
+        for generation in self.inner.rt.generations.running() {
+            generation.cancel();
+        }
+    }
+
     /// Cancels every running generation (their partial replies are stored), evicts every
     /// resident chat and waits until all have flushed. For graceful shutdown.
     pub async fn shutdown(&self) {

@@ -868,3 +868,38 @@ async fn models_lists_providers_and_aliases_without_secrets_and_resolves_names()
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[actix_web::test]
+async fn a_graceful_stop_stores_the_partial_reply_of_a_running_generation() {
+    let t = Setup::new().await;
+    let pieces: Vec<String> = (0..200).map(|i| format!("p{i} ")).collect();
+    let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    t.stub.push([Script::stream(&pieces, 50)]);
+    let mut events = t.stream("long story").await;
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        seen.push(events.next().await.unwrap());
+    }
+    drop(events);
+    let Setup { app, u, chat, stub } = t;
+    let (settings, dir) = app.stop().await;
+
+    let app = start(settings).await;
+    let page: Value = app
+        .get(&u, &format!("/api/v1/chats/{chat}/messages"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2);
+    let partial = &messages[1];
+    assert_eq!(partial["metadata"]["incomplete"], true);
+    assert!(partial["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("p0 p1 p2 "));
+    app.stop().await;
+    stub.stop().await;
+    drop(dir);
+}
