@@ -118,6 +118,11 @@ pub fn branch_name(raw: &str, max: usize) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
+/// An optional branch name (absent: the server names the branch).
+pub fn optional_branch_name(raw: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
+    raw.map(|n| branch_name(n, max)).transpose()
+}
+
 /// A system prompt: blank means none, at most `max` characters.
 pub fn system_prompt(raw: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
     let Some(p) = raw.filter(|p| !p.trim().is_empty()) else {

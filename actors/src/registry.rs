@@ -378,13 +378,7 @@ impl Chats {
         };
         let applied = self.call(chat, msg).await?;
         let job = applied.value.generation.clone();
-        let outcome = self
-            .settle_or_abort(user, chat, applied, job.as_ref())
-            .await?;
-        let generation = match (admission, job) {
-            (Some(admission), Some(job)) => Some(self.drive(user, chat, admission, job)),
-            _ => None,
-        };
+        let (outcome, generation) = self.launch(user, chat, admission, applied, job).await?;
         Ok(Sent {
             view: outcome.view,
             generation,
@@ -460,13 +454,7 @@ impl Chats {
         };
         let applied = self.call(chat, msg).await?;
         let job = applied.value.generation.clone();
-        let outcome = self
-            .settle_or_abort(user, chat, applied, job.as_ref())
-            .await?;
-        let generation = match (admission, job) {
-            (Some(admission), Some(job)) => Some(self.drive(user, chat, admission, job)),
-            _ => None,
-        };
+        let (outcome, generation) = self.launch(user, chat, admission, applied, job).await?;
         Ok(Edited {
             view: outcome.view,
             generation,
@@ -492,12 +480,12 @@ impl Chats {
         };
         let applied = self.call(chat, msg).await?;
         let job = applied.value.job.clone();
-        let outcome = self
-            .settle_or_abort(user, chat, applied, Some(&job))
+        let (outcome, generation) = self
+            .launch(user, chat, Some(admission), applied, Some(job))
             .await?;
         Ok(Regenerated {
             view: outcome.view,
-            generation: self.drive(user, chat, admission, job),
+            generation: generation.ok_or(ChatError::Internal("reply not started".into()))?,
         })
     }
 
@@ -636,6 +624,26 @@ impl Chats {
     /// Resolves a model and reserves a place in its provider's queue.
     fn admit(&self, model: Option<&str>) -> Result<Admission, ChatError> {
         Ok(self.inner.llm.resolve(model)?.admit()?)
+    }
+
+    /// Settles a change that may have started a reply; once it is committed, sets the reply
+    /// going with its provider.
+    async fn launch<T>(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        admission: Option<Admission>,
+        applied: Applied<T>,
+        job: Option<GenerationJob>,
+    ) -> Result<(T, Option<Arc<Generation>>), ChatError> {
+        let value = self
+            .settle_or_abort(user, chat, applied, job.as_ref())
+            .await?;
+        let generation = match (admission, job) {
+            (Some(admission), Some(job)) => Some(self.drive(user, chat, admission, job)),
+            _ => None,
+        };
+        Ok((value, generation))
     }
 
     /// Settles a change; if it carried a generation and did not commit, releases its branch.

@@ -65,11 +65,7 @@ pub async fn create(
     body: web::Json<CreateBranch>,
 ) -> Result<HttpResponse, ApiError> {
     let from = fork_point(&body)?;
-    let name = body
-        .name
-        .as_deref()
-        .map(|n| domain::branch_name(n, limits.max_branch_name_chars))
-        .transpose()?;
+    let name = domain::optional_branch_name(body.name.as_deref(), limits.max_branch_name_chars)?;
     let branch = chats
         .fork(user.0, path.into_inner(), from, name, body.activate)
         .await?;

@@ -222,11 +222,7 @@ pub async fn edit(
     let stream = body.reply && sse::wanted(&req, body.stream);
     let edit = EditRequest {
         content: domain::content(&body.content, limits.max_message_chars)?,
-        name: body
-            .name
-            .as_deref()
-            .map(|n| domain::branch_name(n, limits.max_branch_name_chars))
-            .transpose()?,
+        name: domain::optional_branch_name(body.name.as_deref(), limits.max_branch_name_chars)?,
         activate: body.activate.unwrap_or(true),
         reply: body.reply,
         model: body.model.as_deref().map(Arc::from),
@@ -273,11 +269,7 @@ pub async fn regenerate(
         })?
     };
     let stream = sse::wanted(&req, body.stream);
-    let name = body
-        .name
-        .as_deref()
-        .map(|n| domain::branch_name(n, limits.max_branch_name_chars))
-        .transpose()?;
+    let name = domain::optional_branch_name(body.name.as_deref(), limits.max_branch_name_chars)?;
     let regenerated = chats
         .regenerate(user.0, chat, message, name, body.model.as_deref())
         .await?;

@@ -82,6 +82,14 @@ fn deltas(events: &[Ev]) -> String {
         .collect()
 }
 
+/// A long reply streamed slowly: `{prefix}0 {prefix}1 ...`, 50 ms apart.
+fn slow_words(prefix: &str, n: usize) -> Script {
+    Script::Stream {
+        pieces: (0..n).map(|i| format!("{prefix}{i} ")).collect(),
+        delay: Duration::from_millis(50),
+    }
+}
+
 struct Setup {
     app: TestApp,
     stub: StubProvider,
@@ -129,6 +137,29 @@ impl Setup {
 
     fn generation(&self, id: &str) -> String {
         format!("/api/v1/chats/{}/generations/{id}", self.chat)
+    }
+
+    /// `POST .../cancel`; the generation's status.
+    async fn cancel(&self, generation: &str) -> Value {
+        let path = format!("{}/cancel", self.generation(generation));
+        let res = self.app.post(&self.u, &path, json!({})).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.unwrap()
+    }
+
+    /// `GET .../events` with a `Last-Event-ID` header.
+    async fn events_after(&self, generation: &str, last_event_id: &str) -> reqwest::Response {
+        self.app
+            .client
+            .get(
+                self.app
+                    .url(&format!("{}/events", self.generation(generation))),
+            )
+            .bearer_auth(&self.u.token)
+            .header("last-event-id", last_event_id)
+            .send()
+            .await
+            .unwrap()
     }
 }
 
@@ -301,15 +332,7 @@ async fn a_lost_stream_resumes_from_last_event_id_and_events_stay_after_the_end(
     let generation = first[0].data["generation_id"].as_str().unwrap().to_owned();
     drop(events); // the connection is lost mid-reply
 
-    let res = t
-        .app
-        .client
-        .get(t.app.url(&format!("{}/events", t.generation(&generation))))
-        .bearer_auth(&t.u.token)
-        .header("last-event-id", "3")
-        .send()
-        .await
-        .unwrap();
+    let res = t.events_after(&generation, "3").await;
     let rest = Events::new(res).rest().await;
     assert_eq!(
         rest.first().unwrap().id,
@@ -351,15 +374,7 @@ async fn a_lost_stream_resumes_from_last_event_id_and_events_stay_after_the_end(
     let other = t.app.register("other@example.com").await;
     let res = t.app.get(&other, &t.generation(&generation)).await;
     assert_error(res, StatusCode::NOT_FOUND, "generation_not_found").await;
-    let res = t
-        .app
-        .client
-        .get(t.app.url(&format!("{}/events", t.generation(&generation))))
-        .bearer_auth(&t.u.token)
-        .header("last-event-id", "soon")
-        .send()
-        .await
-        .unwrap();
+    let res = t.events_after(&generation, "soon").await;
     assert_error(
         res,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -376,9 +391,7 @@ async fn a_lost_stream_resumes_from_last_event_id_and_events_stay_after_the_end(
 #[actix_web::test]
 async fn cancel_stops_the_upstream_request_and_stores_the_partial_reply_as_incomplete() {
     let t = Setup::new().await;
-    let pieces: Vec<String> = (0..100).map(|i| format!("w{i} ")).collect();
-    let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
-    t.stub.push([Script::stream(&pieces, 50)]);
+    t.stub.push([slow_words("w", 100)]);
     let mut events = t.stream("tell me everything").await;
     let start = events.next().await.unwrap();
     let generation = start.data["generation_id"].as_str().unwrap().to_owned();
@@ -387,16 +400,7 @@ async fn cancel_stops_the_upstream_request_and_stores_the_partial_reply_as_incom
         seen.push(events.next().await.unwrap());
     }
 
-    let res = t
-        .app
-        .post(
-            &t.u,
-            &format!("{}/cancel", t.generation(&generation)),
-            json!({}),
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::OK);
-    let status: Value = res.json().await.unwrap();
+    let status = t.cancel(&generation).await;
     assert_eq!(status["status"], "cancelled");
 
     // The stream the client holds ends with the stored partial reply.
@@ -431,15 +435,7 @@ async fn cancel_stops_the_upstream_request_and_stores_the_partial_reply_as_incom
     t.reply("next").await;
 
     // Cancelling an ended generation changes nothing.
-    let res = t
-        .app
-        .post(
-            &t.u,
-            &format!("{}/cancel", t.generation(&generation)),
-            json!({}),
-        )
-        .await;
-    let again: Value = res.json().await.unwrap();
+    let again = t.cancel(&generation).await;
     assert_eq!(again["status"], "cancelled");
     assert_eq!(again["message_id"], status["message_id"]);
 }
@@ -872,9 +868,7 @@ async fn models_lists_providers_and_aliases_without_secrets_and_resolves_names()
 #[actix_web::test]
 async fn a_graceful_stop_stores_the_partial_reply_of_a_running_generation() {
     let t = Setup::new().await;
-    let pieces: Vec<String> = (0..200).map(|i| format!("p{i} ")).collect();
-    let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
-    t.stub.push([Script::stream(&pieces, 50)]);
+    t.stub.push([slow_words("p", 200)]);
     let mut events = t.stream("long story").await;
     let mut seen = Vec::new();
     while seen.len() < 4 {
