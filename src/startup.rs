@@ -196,6 +196,9 @@ fn serve(
             .default_service(web::to(api::not_found))
     })
     .workers(workers)
+    // Event streams write many small frames; Nagle's algorithm would hold each one back until
+    // the client's delayed ACK (~40 ms) on a kept-alive connection.
+    .tcp_nodelay(true)
     .shutdown_timeout(settings.server.shutdown_grace_secs)
     .disable_signals()
     .listen(listener)?
