@@ -55,6 +55,13 @@ pub enum GenerationStatus {
     Failed,
 }
 
+/// A stored reply: complete, or the partial content of a cancelled generation.
+pub struct StoredReply {
+    pub message: MessageView,
+    pub usage: Option<Usage>,
+    pub cancelled: bool,
+}
+
 /// How a generation ended, as the client waiting for it sees it.
 pub type Outcome = Result<MessageView, ChatError>;
 
@@ -115,15 +122,19 @@ impl Generation {
     }
 
     /// Ends the generation with its stored reply (or its error); the last event says which.
-    pub fn finish(&self, ended: Result<(MessageView, Option<Usage>), ChatError>) {
+    pub fn finish(&self, ended: Result<StoredReply, ChatError>) {
         {
             let mut log = self.log();
             if log.status != GenerationStatus::Running {
                 return;
             }
             let (status, kind, outcome) = match ended {
-                Ok((message, usage)) => {
-                    let status = if self.cancel.is_cancelled() {
+                Ok(StoredReply {
+                    message,
+                    usage,
+                    cancelled,
+                }) => {
+                    let status = if cancelled {
                         GenerationStatus::Cancelled
                     } else {
                         GenerationStatus::Completed

@@ -24,10 +24,10 @@ use tokio::sync::oneshot;
 
 use crate::chat::*;
 use crate::error::ChatError;
-use crate::generation::Generation;
+use crate::generation::{Generation, StoredReply};
 use crate::llm::{Admission, JobOutcome, LlmPool};
 use crate::model::{BranchId, ChatId, GenerationId, MessageId, Role, UserId};
-use crate::ports::{CompletionRequest, Usage};
+use crate::ports::CompletionRequest;
 use crate::views::*;
 use crate::writer::{AckMode, WriteError};
 
@@ -722,7 +722,7 @@ impl Chats {
         job: &GenerationJob,
         provider: &str,
         outcome: JobOutcome,
-    ) -> Result<(MessageView, Option<Usage>), ChatError> {
+    ) -> Result<StoredReply, ChatError> {
         let generation = &job.generation;
         let (content, model, finish_reason, usage, incomplete) = match outcome {
             JobOutcome::Completed(c) => (c.content, c.model, c.finish_reason, c.usage, false),
@@ -764,7 +764,11 @@ impl Chats {
             .rt
             .generations
             .release(generation.id, chat, generation.branch);
-        Ok((stored?, usage))
+        Ok(StoredReply {
+            message: stored?,
+            usage,
+            cancelled: incomplete,
+        })
     }
 
     /// Waits for a change's commit in durable mode; returns at once in buffered mode.
