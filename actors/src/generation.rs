@@ -160,10 +160,6 @@ impl Generation {
         self.notify();
     }
 
-    pub fn status(&self) -> GenerationStatus {
-        self.log().status
-    }
-
     /// Asks the generation to stop; its partial reply is stored, marked incomplete.
     pub fn cancel(&self) {
         self.cancel.cancel();
@@ -345,15 +341,6 @@ impl Generations {
             .collect()
     }
 
-    /// Generations (running or retained) in total.
-    pub fn len(&self) -> usize {
-        self.table().all.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Records that a generation ended (after [`Generation::finish`]); beyond `max_retained`
     /// ended generations, the oldest is forgotten.
     pub fn ended(&self, id: GenerationId) {
@@ -438,7 +425,7 @@ mod tests {
         g.push_delta("ignored after the end");
         assert_eq!(waiter.await.unwrap(), [1, 2, 3, 4]);
         assert!(matches!(g.outcome().await, Err(ChatError::UpstreamTimeout)));
-        assert_eq!(g.status(), GenerationStatus::Failed);
+        assert_eq!(g.view().status, GenerationStatus::Failed);
         assert!(late.next().await.is_some());
         assert!(late.next().await.is_none());
     }

@@ -410,10 +410,6 @@ impl LlmPool {
         }
     }
 
-    pub fn providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
-        self.providers.values()
-    }
-
     pub fn catalog(&self) -> ModelsView {
         ModelsView {
             default: format!("{}/{}", self.default.0, self.default.1),

@@ -45,10 +45,6 @@ impl ApiError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
     /// The body's `error` object.
     pub fn detail(&self) -> ErrorDetail {
         ErrorDetail {
