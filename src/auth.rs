@@ -169,7 +169,7 @@ impl Accounts {
             email: email.into_inner(),
             username: username.map(Username::into_inner),
             password_hash: hash,
-            created_at: Utc::now(),
+            created_at: arbor_actors::model::now(),
             is_admin: false,
         };
         self.store.create_user(&user).await?;

@@ -77,9 +77,37 @@ pub enum SqliteSync {
     Normal,
 }
 
+/// Where users, chats and branches live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataBackend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where message content lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageBackend {
+    Sqlite,
+    Mongodb,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
+    pub metadata: MetadataBackend,
+    pub messages: MessageBackend,
+    /// `postgres://user:password@host:port/database`; may carry libpq parameters such as
+    /// `sslmode` or `options=-c search_path=...`.
+    pub postgres_url: Secret,
+    pub postgres_max_connections: u32,
+    /// `mongodb://host:port/?...` (`mongodb+srv://` needs the `mongodb-srv` build feature).
+    pub mongodb_url: Secret,
+    pub mongodb_database: String,
+    /// Bound on one store call (connecting, server selection, the operation itself), so an
+    /// unreachable store fails fast instead of hanging requests and readiness checks.
+    pub store_timeout_ms: u64,
     /// Holds the SQLite database and the generated JWT secret.
     pub data_dir: PathBuf,
     /// SQLite file; relative paths are inside `data_dir`.
@@ -241,6 +269,13 @@ impl Default for Settings {
                 cors_origins: Vec::new(),
             },
             storage: StorageSettings {
+                metadata: MetadataBackend::Sqlite,
+                messages: MessageBackend::Sqlite,
+                postgres_url: Secret::default(),
+                postgres_max_connections: 8,
+                mongodb_url: Secret::default(),
+                mongodb_database: "arbor".into(),
+                store_timeout_ms: 2_000,
                 data_dir: "./data".into(),
                 sqlite_file: "arbor.db".into(),
                 sqlite_synchronous: SqliteSync::Full,
@@ -350,5 +385,9 @@ impl Settings {
 impl StorageSettings {
     pub fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
+    }
+
+    pub fn store_timeout(&self) -> Duration {
+        Duration::from_millis(self.store_timeout_ms.max(1))
     }
 }

@@ -12,7 +12,7 @@ impl Email {
     pub fn parse(raw: &str) -> Result<Self, ApiError> {
         let email = raw.trim().to_lowercase();
         let valid = (3..=254).contains(&email.len())
-            && !email.chars().any(char::is_whitespace)
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control())
             && matches!(email.split_once('@'), Some((local, domain))
                 if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
         if valid {
@@ -75,8 +75,20 @@ impl Password {
     }
 }
 
-/// Message text: not blank, at most `max` characters.
+/// NUL characters are refused in every stored text: PostgreSQL's `text` cannot hold them, and a
+/// value must be storable in every backend.
+fn has_nul(text: &str) -> bool {
+    text.contains('\0')
+}
+
+/// Message text: not blank, no NUL characters, at most `max` characters.
 pub fn content(raw: &str, max: usize) -> Result<Arc<str>, ApiError> {
+    if has_nul(raw) {
+        return Err(ApiError::validation(
+            "invalid_content",
+            "content must not contain NUL characters",
+        ));
+    }
     if raw.trim().is_empty() {
         return Err(ApiError::validation(
             "empty_content",
@@ -97,10 +109,10 @@ pub fn title(raw: Option<&str>, max: usize) -> Result<Option<String>, ApiError> 
     let Some(t) = raw.map(str::trim).filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
-    if t.chars().count() > max {
+    if t.chars().count() > max || has_nul(t) {
         return Err(ApiError::validation(
             "invalid_title",
-            format!("a title is limited to {max} characters"),
+            format!("a title is limited to {max} characters, without NUL characters"),
         ));
     }
     Ok(Some(t.to_owned()))
@@ -109,10 +121,10 @@ pub fn title(raw: Option<&str>, max: usize) -> Result<Option<String>, ApiError> 
 /// A branch name: trimmed, 1 to `max` characters.
 pub fn branch_name(raw: &str, max: usize) -> Result<String, ApiError> {
     let name = raw.trim();
-    if name.is_empty() || name.chars().count() > max {
+    if name.is_empty() || name.chars().count() > max || has_nul(name) {
         return Err(ApiError::validation(
             "invalid_branch_name",
-            format!("a branch name is 1 to {max} characters"),
+            format!("a branch name is 1 to {max} characters, without NUL characters"),
         ));
     }
     Ok(name.to_owned())
@@ -128,10 +140,10 @@ pub fn system_prompt(raw: Option<&str>, max: usize) -> Result<Option<String>, Ap
     let Some(p) = raw.filter(|p| !p.trim().is_empty()) else {
         return Ok(None);
     };
-    if p.chars().count() > max {
+    if p.chars().count() > max || has_nul(p) {
         return Err(ApiError::validation(
             "invalid_system_prompt",
-            format!("a system prompt is limited to {max} characters"),
+            format!("a system prompt is limited to {max} characters, without NUL characters"),
         ));
     }
     Ok(Some(p.to_owned()))
@@ -158,6 +170,15 @@ mod tests {
         assert!(content("   ", 10).is_err());
         assert!(content("ééééé", 5).is_ok());
         assert_eq!(content("ééééé!", 5).unwrap_err().code(), "content_too_long");
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_stored_text() {
+        assert_eq!(content("a\0b", 10).unwrap_err().code(), "invalid_content");
+        assert!(title(Some("a\0b"), 10).is_err());
+        assert!(branch_name("a\0b", 10).is_err());
+        assert!(system_prompt(Some("a\0b"), 10).is_err());
+        assert!(Email::parse("a\0@b.c").is_err());
     }
 
     #[test]

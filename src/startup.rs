@@ -21,27 +21,21 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::api::{self, docs::ApiDoc, error::extractors};
 use crate::auth::{load_or_create_secret, Accounts, Tokens};
 use crate::config::{self, Settings};
-use crate::storage::{sqlite::SqliteStore, Stores};
+use crate::storage::{self, Connections, Stores};
 use crate::telemetry;
 
 pub struct Application {
     port: u16,
     server: Server,
     chats: Chats,
-    sqlite: SqliteStore,
+    connections: Connections,
 }
 
 impl Application {
     /// Opens the stores, starts the actors and binds `server.host:server.port`. Must run inside
     /// an actix system.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let sqlite =
-            SqliteStore::open(&settings.sqlite_path(), settings.storage.sqlite_synchronous).await?;
-        let shared = sqlite.clone().shared();
-        let stores = Stores {
-            metadata: shared.clone(),
-            messages: shared,
-        };
+        let (stores, connections) = storage::open(&settings).await?;
         let secret = load_or_create_secret(&settings.auth, &settings.storage.data_dir)?;
         let tokens = Tokens::new(&secret, settings.auth.token_ttl_minutes);
         let accounts = Accounts::new(stores.metadata.clone(), tokens, settings.auth.bcrypt_cost)?;
@@ -57,14 +51,14 @@ impl Application {
         tracing::info!(
             address = %format!("http://{}:{port}", settings.server.host),
             ack_mode = ?settings.storage.ack_mode,
-            database = %settings.sqlite_path().display(),
+            stores = %storage::describe(&settings),
             "arbor is listening"
         );
         Ok(Self {
             port,
             server,
             chats,
-            sqlite,
+            connections,
         })
     }
 
@@ -100,7 +94,7 @@ impl Application {
         served.context("HTTP server failed")?;
         tracing::info!("HTTP stopped; flushing chats");
         self.chats.shutdown().await;
-        self.sqlite.close().await;
+        self.connections.close().await;
         tracing::info!("all writes flushed; bye");
         Ok(())
     }

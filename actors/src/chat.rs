@@ -15,7 +15,6 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
-use chrono::Utc;
 use tokio::sync::oneshot;
 
 use crate::error::ChatError;
@@ -90,7 +89,7 @@ pub struct ChatState {
 impl ChatState {
     /// A new chat with an empty `main` branch, and the rows that create it.
     pub fn create(id: ChatId, owner: UserId, title: Option<String>) -> (Self, Vec<WriteOp>) {
-        let now = Utc::now();
+        let now = crate::model::now();
         let main = Branch {
             id: BranchId::new(),
             chat_id: id,
@@ -303,7 +302,7 @@ impl ChatCore {
     fn touch_meta(&mut self) -> WriteOp {
         let meta = &mut self.state.meta;
         meta.version += 1;
-        meta.updated_at = Utc::now();
+        meta.updated_at = crate::model::now();
         meta.active_branch = self.state.tree.active();
         WriteOp::UpsertChat(meta.clone())
     }
@@ -347,7 +346,7 @@ impl ChatCore {
             parent_id: parent,
             role,
             content,
-            created_at: Utc::now(),
+            created_at: crate::model::now(),
             model,
             metadata: None,
             idempotency_key: key,
@@ -355,7 +354,7 @@ impl ChatCore {
     }
 
     fn new_branch(&self, name: Option<String>, prefix: &str) -> Branch {
-        let now = Utc::now();
+        let now = crate::model::now();
         Branch {
             id: BranchId::new(),
             chat_id: self.state.meta.id,
@@ -768,7 +767,7 @@ impl ChatCore {
         let slot = reserve(&self.rt)?;
         self.state
             .tree
-            .rename_branch(msg.id, msg.name, Utc::now())?;
+            .rename_branch(msg.id, msg.name, crate::model::now())?;
         let ops = vec![self.touch_meta(), self.branch_row(msg.id)?];
         let commit = self.write(slot, ops);
         Ok(Applied::new(self.branch_view(msg.id)?, commit))

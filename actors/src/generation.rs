@@ -299,7 +299,7 @@ impl Generations {
             branch,
             reply_to,
             model,
-            created_at: Utc::now(),
+            created_at: crate::model::now(),
             cancel: CancellationToken::new(),
             log: Mutex::new(Log {
                 events: Vec::new(),

@@ -83,6 +83,13 @@ id_type!(
     GenerationId
 );
 
+/// The current time at the precision every store keeps (milliseconds, as BSON dates do), so a
+/// chat reloaded from any store equals the one that was in memory.
+pub fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(3)
+}
+
 /// Who wrote a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -10,14 +10,17 @@ use crate::model::{
     Branch, BranchId, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord,
 };
 
-/// What a store can say went wrong. `Unavailable` is retried by the writer; `Conflict` names the
-/// unique field that clashed.
+/// What a store can say went wrong. Only `Unavailable` (connection lost, timeout, server down) is
+/// worth retrying; `Conflict` names the unique field that clashed; `Rejected` is the store refusing
+/// the data itself, which no retry can change.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("unique constraint on {0}")]
     Conflict(&'static str),
+    #[error("the store refused the data: {0}")]
+    Rejected(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }

@@ -527,8 +527,8 @@ mod tests {
             name: name.into(),
             head,
             forked_from: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
+            created_at: crate::model::now(),
+            updated_at: crate::model::now(),
         }
     }
 
@@ -539,7 +539,7 @@ mod tests {
             parent_id: parent,
             role: Role::User,
             content: Arc::from(text),
-            created_at: Utc::now(),
+            created_at: crate::model::now(),
             model: None,
             metadata: None,
             idempotency_key: None,

@@ -161,7 +161,7 @@ impl From<StoreError> for ApiError {
                     "storage is unavailable",
                 )
             }
-            StoreError::Corrupt(detail) => Self::internal(detail),
+            StoreError::Corrupt(detail) | StoreError::Rejected(detail) => Self::internal(detail),
         }
     }
 }

@@ -1,11 +1,16 @@
-//! Storage adapters: implementations of the `arbor_actors::ports` store traits.
-//! One module per backend; the contract tests in `tests/api/stores.rs` run against each.
+//! Storage adapters: implementations of the `arbor_actors::ports` store traits, one module per
+//! backend. The contract tests in `tests/api/stores.rs` run the same cases against each.
 
+pub mod mongodb;
+pub mod postgres;
 pub mod sqlite;
 
 use std::str::FromStr;
+use std::sync::Arc;
 
-use arbor_actors::ports::StoreError;
+use arbor_actors::ports::{MessageStore, MetadataStore, StoreError};
+
+use crate::config::{MessageBackend, MetadataBackend, Settings};
 
 /// Parses an id column; a bad one means the stored data is corrupt.
 pub(crate) fn parse_id<T: FromStr>(column: &str, value: &str) -> Result<T, StoreError> {
@@ -14,13 +19,98 @@ pub(crate) fn parse_id<T: FromStr>(column: &str, value: &str) -> Result<T, Store
         .map_err(|_| StoreError::Corrupt(format!("bad {column}: {value:?}")))
 }
 
-use std::sync::Arc;
-
-use arbor_actors::ports::{MessageStore, MetadataStore};
-
 /// The two stores the server runs on.
 #[derive(Clone)]
 pub struct Stores {
     pub metadata: Arc<dyn MetadataStore>,
     pub messages: Arc<dyn MessageStore>,
+}
+
+/// Connection pools to close in order at shutdown (the MongoDB client needs no closing).
+pub struct Connections {
+    sqlite: Option<sqlite::SqliteStore>,
+    postgres: Option<postgres::PostgresStore>,
+}
+
+impl Connections {
+    pub async fn close(&self) {
+        if let Some(s) = &self.sqlite {
+            s.close().await;
+        }
+        if let Some(p) = &self.postgres {
+            p.close().await;
+        }
+    }
+}
+
+/// Opens the configured backends and brings their schemas up to date (SQLite and PostgreSQL
+/// migrations, MongoDB indexes).
+pub async fn open(settings: &Settings) -> anyhow::Result<(Stores, Connections)> {
+    let storage = &settings.storage;
+    let uses_sqlite =
+        storage.metadata == MetadataBackend::Sqlite || storage.messages == MessageBackend::Sqlite;
+    let sqlite = match uses_sqlite {
+        true => Some(
+            sqlite::SqliteStore::open(&settings.sqlite_path(), storage.sqlite_synchronous).await?,
+        ),
+        false => None,
+    };
+    let mut postgres = None;
+    let embedded = || {
+        sqlite
+            .clone()
+            .map(sqlite::SqliteStore::shared)
+            .ok_or_else(|| anyhow::anyhow!("the SQLite store is not open"))
+    };
+    let metadata: Arc<dyn MetadataStore> = match storage.metadata {
+        MetadataBackend::Sqlite => embedded()?,
+        MetadataBackend::Postgres => {
+            let url = required(storage.postgres_url.expose(), "postgres_url")?;
+            let store = postgres::PostgresStore::open(
+                url,
+                storage.postgres_max_connections,
+                storage.store_timeout(),
+            )
+            .await?;
+            postgres = Some(store.clone());
+            store.shared()
+        }
+    };
+    let messages: Arc<dyn MessageStore> = match storage.messages {
+        MessageBackend::Sqlite => embedded()?,
+        MessageBackend::Mongodb => {
+            let url = required(storage.mongodb_url.expose(), "mongodb_url")?;
+            mongodb::MongoStore::open(url, &storage.mongodb_database, storage.store_timeout())
+                .await?
+                .shared()
+        }
+    };
+    Ok((
+        Stores { metadata, messages },
+        Connections { sqlite, postgres },
+    ))
+}
+
+fn required<'a>(value: &'a str, key: &str) -> anyhow::Result<&'a str> {
+    if value.is_empty() {
+        anyhow::bail!(
+            "storage.{key} must be set for this backend (or ARBOR_STORAGE__{})",
+            key.to_uppercase()
+        );
+    }
+    Ok(value)
+}
+
+/// Where the data lives, for the startup log (no credentials).
+pub fn describe(settings: &Settings) -> String {
+    let storage = &settings.storage;
+    let metadata = match storage.metadata {
+        MetadataBackend::Sqlite => format!("sqlite {}", settings.sqlite_path().display()),
+        MetadataBackend::Postgres => "postgres".to_owned(),
+    };
+    let messages = match storage.messages {
+        MessageBackend::Sqlite => format!("sqlite {}", settings.sqlite_path().display()),
+        MessageBackend::Mongodb => format!("mongodb database {}", storage.mongodb_database),
+    };
+    format!("metadata: {metadata}; messages: {messages}")
 }

@@ -1,0 +1,332 @@
+//! Metadata (users, chats, branches) in PostgreSQL, via sqlx.
+//!
+//! A write-behind batch is one statement: the chat and branch upserts come in as column arrays
+//! (`UNNEST`), the deletions as id arrays, all in data-modifying CTEs. One round trip, atomic on
+//! its own, and the same prepared statement whatever the batch holds.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arbor_actors::model::{Branch, BranchId, ChatId, ChatMeta, MessageId, UserId, UserRecord};
+use arbor_actors::ports::{MetaBatch, MetadataStore, StoreError};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+use uuid::Uuid;
+
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    timeout: Duration,
+}
+
+impl PostgresStore {
+    /// Connects (lazily: the server may come up after Arbor) and applies the migrations.
+    pub async fn open(url: &str, max_connections: u32, timeout: Duration) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let options: PgConnectOptions = url
+            .parse::<PgConnectOptions>()
+            .context("parsing storage.postgres_url")?
+            .application_name("arbor");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(timeout)
+            .connect_lazy_with(options);
+        let store = Self { pool, timeout };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations from `migrations/postgres` (an advisory lock keeps concurrent
+    /// starts apart).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&self.pool)
+            .await
+            .context("applying PostgreSQL migrations")
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Runs one store call within the configured bound.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(store_error),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "PostgreSQL did not answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+/// Sorts sqlx errors into the port's kinds: unique violations are conflicts, errors the server
+/// raised about the data itself are rejections, everything else (I/O, pool, protocol) is an
+/// outage worth retrying.
+fn store_error(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(match db.constraint() {
+                Some(c) if c.contains("username") => "username",
+                _ => "email",
+            })
+        }
+        sqlx::Error::Database(db) => match db.code() {
+            // Class 08 (connection), 40 (serialization, deadlock), 53 (resources), 57
+            // (operator intervention: shutdown) and 58 (system) are transient.
+            Some(code) if matches!(&code[..2], "08" | "40" | "53" | "57" | "58") => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Rejected(e.to_string()),
+        },
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    row.try_get(column)
+        .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+fn user_from(row: &PgRow) -> Result<UserRecord, StoreError> {
+    Ok(UserRecord {
+        id: UserId::from_uuid(get(row, "id")?),
+        email: get(row, "email")?,
+        username: get(row, "username")?,
+        password_hash: get(row, "password_hash")?,
+        created_at: get(row, "created_at")?,
+        is_admin: get(row, "is_admin")?,
+    })
+}
+
+fn chat_from(row: &PgRow) -> Result<ChatMeta, StoreError> {
+    Ok(ChatMeta {
+        id: ChatId::from_uuid(get(row, "id")?),
+        owner: UserId::from_uuid(get(row, "owner_id")?),
+        title: get(row, "title")?,
+        system_prompt: get(row, "system_prompt")?,
+        active_branch: BranchId::from_uuid(get(row, "active_branch_id")?),
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+        version: get(row, "version")?,
+    })
+}
+
+fn branch_from(row: &PgRow) -> Result<Branch, StoreError> {
+    Ok(Branch {
+        id: BranchId::from_uuid(get(row, "b_id")?),
+        chat_id: ChatId::from_uuid(get(row, "b_chat_id")?),
+        name: get(row, "b_name")?,
+        head: get::<Option<Uuid>>(row, "b_head_id")?.map(MessageId::from_uuid),
+        forked_from: get::<Option<Uuid>>(row, "b_forked_from_id")?.map(MessageId::from_uuid),
+        created_at: get(row, "b_created_at")?,
+        updated_at: get(row, "b_updated_at")?,
+    })
+}
+
+const CHAT_COLUMNS: &str =
+    "id, owner_id, title, system_prompt, active_branch_id, created_at, updated_at, version";
+
+/// The whole batch in one statement (see the module docs).
+const APPLY: &str = "
+WITH upsert_chats AS (
+    INSERT INTO chats (id, owner_id, title, system_prompt, active_branch_id, created_at,
+                       updated_at, version)
+    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[],
+                         $6::timestamptz[], $7::timestamptz[], $8::int8[])
+    ON CONFLICT (id) DO UPDATE SET title = excluded.title,
+        system_prompt = excluded.system_prompt, active_branch_id = excluded.active_branch_id,
+        updated_at = excluded.updated_at, version = excluded.version
+    WHERE excluded.version > chats.version
+), upsert_branches AS (
+    INSERT INTO branches (id, chat_id, name, head_id, forked_from_id, created_at, updated_at,
+                          version)
+    SELECT * FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::uuid[], $13::uuid[],
+                         $14::timestamptz[], $15::timestamptz[], $16::int8[])
+    ON CONFLICT (id) DO UPDATE SET name = excluded.name, head_id = excluded.head_id,
+        updated_at = excluded.updated_at, version = excluded.version
+    WHERE excluded.version >= branches.version
+), delete_branches AS (
+    DELETE FROM branches WHERE id = ANY($17::uuid[]) OR chat_id = ANY($18::uuid[])
+), delete_chats AS (
+    DELETE FROM chats WHERE id = ANY($18::uuid[])
+)
+SELECT 1";
+
+fn uuids<T>(items: &[T], id: impl Fn(&T) -> Uuid) -> Vec<Uuid> {
+    items.iter().map(id).collect()
+}
+
+#[async_trait]
+impl MetadataStore for PostgresStore {
+    async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        self.bounded(
+            sqlx::query(
+                "INSERT INTO users (id, email, username, password_hash, is_admin, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(user.id.as_uuid())
+            .bind(&user.email)
+            .bind(&user.username)
+            .bind(&user.password_hash)
+            .bind(user.is_admin)
+            .bind(user.created_at)
+            .execute(&self.pool),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        let row = self
+            .bounded(
+                sqlx::query("SELECT * FROM users WHERE id = $1")
+                    .bind(id.as_uuid())
+                    .fetch_optional(&self.pool),
+            )
+            .await?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn user_by_login(&self, login: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row = self
+            .bounded(
+                sqlx::query(
+                    "SELECT * FROM users WHERE email = lower($1) OR lower(username) = lower($1)
+                     LIMIT 1",
+                )
+                .bind(login)
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn load_chat(&self, id: ChatId) -> Result<Option<(ChatMeta, Vec<Branch>)>, StoreError> {
+        // One query: the chat row repeated on each of its branches.
+        let rows = self
+            .bounded(
+                sqlx::query(
+                    "SELECT c.id, c.owner_id, c.title, c.system_prompt, c.active_branch_id,
+                            c.created_at, c.updated_at, c.version,
+                            b.id AS b_id, b.chat_id AS b_chat_id, b.name AS b_name,
+                            b.head_id AS b_head_id, b.forked_from_id AS b_forked_from_id,
+                            b.created_at AS b_created_at, b.updated_at AS b_updated_at
+                     FROM chats c LEFT JOIN branches b ON b.chat_id = c.id
+                     WHERE c.id = $1 ORDER BY b.id",
+                )
+                .bind(id.as_uuid())
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let meta = chat_from(first)?;
+        let mut branches = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if get::<Option<Uuid>>(row, "b_id")?.is_some() {
+                branches.push(branch_from(row)?);
+            }
+        }
+        Ok(Some((meta, branches)))
+    }
+
+    async fn list_chats(
+        &self,
+        owner: UserId,
+        limit: u32,
+        before: Option<ChatId>,
+    ) -> Result<Vec<ChatMeta>, StoreError> {
+        let rows = self
+            .bounded(
+                sqlx::query(&format!(
+                    "SELECT {CHAT_COLUMNS} FROM chats
+                     WHERE owner_id = $1 AND ($2::uuid IS NULL OR id < $2)
+                     ORDER BY id DESC LIMIT $3"
+                ))
+                .bind(owner.as_uuid())
+                .bind(before.map(|b| *b.as_uuid()))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.iter().map(chat_from).collect()
+    }
+
+    async fn apply(&self, batch: &MetaBatch) -> Result<(), StoreError> {
+        let chats = &batch.chats;
+        let branches = &batch.branches;
+        let times = |f: fn(&ChatMeta) -> DateTime<Utc>| chats.iter().map(f).collect::<Vec<_>>();
+        let branch_times = |f: fn(&Branch) -> DateTime<Utc>| {
+            branches.iter().map(|(b, _)| f(b)).collect::<Vec<_>>()
+        };
+        let query = sqlx::query(APPLY)
+            .bind(uuids(chats, |c| *c.id.as_uuid()))
+            .bind(uuids(chats, |c| *c.owner.as_uuid()))
+            .bind(chats.iter().map(|c| c.title.clone()).collect::<Vec<_>>())
+            .bind(
+                chats
+                    .iter()
+                    .map(|c| c.system_prompt.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(uuids(chats, |c| *c.active_branch.as_uuid()))
+            .bind(times(|c| c.created_at))
+            .bind(times(|c| c.updated_at))
+            .bind(chats.iter().map(|c| c.version).collect::<Vec<_>>())
+            .bind(uuids(branches, |(b, _)| *b.id.as_uuid()))
+            .bind(uuids(branches, |(b, _)| *b.chat_id.as_uuid()))
+            .bind(
+                branches
+                    .iter()
+                    .map(|(b, _)| b.name.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                branches
+                    .iter()
+                    .map(|(b, _)| b.head.map(|h| *h.as_uuid()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                branches
+                    .iter()
+                    .map(|(b, _)| b.forked_from.map(|h| *h.as_uuid()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(branch_times(|b| b.created_at))
+            .bind(branch_times(|b| b.updated_at))
+            .bind(branches.iter().map(|(_, v)| *v).collect::<Vec<_>>())
+            .bind(uuids(&batch.deleted_branches, |b| *b.as_uuid()))
+            .bind(uuids(&batch.deleted_chats, |c| *c.as_uuid()));
+        self.bounded(query.execute(&self.pool)).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(sqlx::query("SELECT 1").execute(&self.pool))
+            .await?;
+        Ok(())
+    }
+}
+
+impl PostgresStore {
+    pub fn shared(self) -> Arc<Self> {
+        Arc::new(self)
+    }
+}
