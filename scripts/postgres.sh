@@ -60,6 +60,10 @@ start() {
     if [ -z "$port" ]; then
         if [ -f "$dir/port" ]; then port=$(cat "$dir/port"); else port=$(free_port); fi
     fi
+    if as_owner "$BIN/pg_ctl" --pgdata="$dir/data" status >/dev/null 2>&1; then
+        url "$dir"  # already running
+        return
+    fi
     as_owner sh -c "echo $port > '$dir/port'"
     # shellcheck disable=SC2086 # ARBOR_PG_SETTINGS is a list of server flags
     as_owner "$BIN/pg_ctl" --pgdata="$dir/data" --log="$dir/server.log" --wait --timeout=60 \

@@ -101,6 +101,9 @@ pub struct StorageSettings {
     /// `postgres://user:password@host:port/database`; may carry libpq parameters such as
     /// `sslmode` or `options=-c search_path=...`.
     pub postgres_url: Secret,
+    /// Schema for Arbor's tables (created if missing); empty: the server's default search path.
+    /// Lets several deployments share one database.
+    pub postgres_schema: String,
     pub postgres_max_connections: u32,
     /// `mongodb://host:port/?...` (`mongodb+srv://` needs the `mongodb-srv` build feature).
     pub mongodb_url: Secret,
@@ -272,6 +275,7 @@ impl Default for Settings {
                 metadata: MetadataBackend::Sqlite,
                 messages: MessageBackend::Sqlite,
                 postgres_url: Secret::default(),
+                postgres_schema: String::new(),
                 postgres_max_connections: 8,
                 mongodb_url: Secret::default(),
                 mongodb_database: "arbor".into(),

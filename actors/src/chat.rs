@@ -284,8 +284,15 @@ pub struct ChatCore {
     me: Option<Recipient<WriteFailed>>,
 }
 
+/// A slot in the writer's queue. A full queue is an overload, unless the queue is full because a
+/// store is down: then the write is refused as the outage it is.
 fn reserve(rt: &ChatRuntime) -> Result<Slot, ChatError> {
-    rt.writer.reserve().ok_or(ChatError::Overloaded)
+    rt.writer
+        .reserve()
+        .ok_or_else(|| match rt.writer.is_stalled() {
+            true => ChatError::StorageUnavailable,
+            false => ChatError::Overloaded,
+        })
 }
 
 impl ChatCore {

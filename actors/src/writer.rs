@@ -17,7 +17,7 @@
 //! refused write never stays visible.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,7 +122,8 @@ pub struct ChatWrite {
 }
 
 enum Command {
-    Write(ChatWrite, oneshot::Sender<Result<(), WriteError>>),
+    /// A chat's write, where to report its outcome, and when it was queued.
+    Write(ChatWrite, oneshot::Sender<Result<(), WriteError>>, Instant),
     Barrier(oneshot::Sender<()>),
 }
 
@@ -135,6 +136,8 @@ pub struct WriterStats {
     pub retries: AtomicU64,
     pub last_batch_rows: AtomicU64,
     pub last_flush_micros: AtomicU64,
+    /// A store is failing: the writer is retrying a batch that has not committed yet.
+    pub stalled: AtomicBool,
 }
 
 /// A cheap, cloneable handle to the writer task.
@@ -152,7 +155,7 @@ pub struct Slot(mpsc::OwnedPermit<Command>);
 impl Slot {
     pub fn send(self, write: ChatWrite) -> CommitTicket {
         let (tx, rx) = oneshot::channel();
-        self.0.send(Command::Write(write, tx));
+        self.0.send(Command::Write(write, tx, Instant::now()));
         rx.map(|r| r.unwrap_or(Err(WriteError::Stopped)))
             .boxed()
             .shared()
@@ -199,6 +202,11 @@ impl WriterHandle {
                 let _ = wait.await;
             }
         }
+    }
+
+    /// True while the writer's last attempt failed because a store is unavailable.
+    pub fn is_stalled(&self) -> bool {
+        self.stats.stalled.load(Ordering::Relaxed)
     }
 
     /// Chat writes waiting in the queue.
@@ -251,17 +259,22 @@ impl Writer {
     async fn process(&mut self, commands: Vec<Command>) {
         let mut writes = Vec::with_capacity(commands.len());
         let mut barriers = Vec::new();
+        let mut oldest: Option<Instant> = None;
         for command in commands {
             match command {
-                Command::Write(w, ack) => match self.fences.get(&w.chat) {
+                Command::Write(w, ack, queued) => match self.fences.get(&w.chat) {
                     Some(&fence) if w.generation < fence => {
                         let _ = ack.send(Err(WriteError::Fenced));
                     }
                     Some(_) => {
                         self.fences.remove(&w.chat);
+                        oldest = Some(oldest.map_or(queued, |o| o.min(queued)));
                         writes.push((w, ack));
                     }
-                    None => writes.push((w, ack)),
+                    None => {
+                        oldest = Some(oldest.map_or(queued, |o| o.min(queued)));
+                        writes.push((w, ack));
+                    }
                 },
                 Command::Barrier(done) => barriers.push(done),
             }
@@ -269,7 +282,9 @@ impl Writer {
         if !writes.is_empty() {
             let batch = coalesce(writes.iter().map(|(w, _)| w));
             let started = std::time::Instant::now();
-            let result = self.commit(&batch).await;
+            let result = self
+                .commit(&batch, oldest.unwrap_or_else(Instant::now))
+                .await;
             self.stats
                 .last_flush_micros
                 .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -307,17 +322,24 @@ impl Writer {
         }
     }
 
-    /// Commits one batch, retrying transient failures: in durable mode within the retry window,
-    /// in buffered mode until it succeeds (those writes were acknowledged).
-    async fn commit(&self, batch: &Coalesced) -> Result<(), StoreError> {
-        let started = Instant::now();
+    /// Commits one batch, retrying transient failures: in durable mode until the retry window
+    /// of its oldest write (`queued`) has passed, so no client waits much longer than the window
+    /// however long the queue; in buffered mode until it succeeds (those writes were
+    /// acknowledged).
+    async fn commit(&self, batch: &Coalesced, queued: Instant) -> Result<(), StoreError> {
+        let deadline = queued + self.config.durable_retry_window;
         let mut backoff = Duration::from_millis(20);
         loop {
-            match self.commit_once(batch).await {
+            let result = self.commit_once(batch).await;
+            self.stats.stalled.store(
+                matches!(result, Err(StoreError::Unavailable(_))),
+                Ordering::Relaxed,
+            );
+            match result {
                 Ok(()) => return Ok(()),
                 Err(e @ StoreError::Unavailable(_)) => {
                     let give_up = self.config.ack_mode == AckMode::Durable
-                        && started.elapsed() + backoff > self.config.durable_retry_window;
+                        && Instant::now() + backoff > deadline;
                     if give_up {
                         return Err(e);
                     }
@@ -347,7 +369,7 @@ impl Writer {
 
 fn rows_of(command: &Command) -> usize {
     match command {
-        Command::Write(w, _) => w.ops.iter().map(WriteOp::rows).sum(),
+        Command::Write(w, _, _) => w.ops.iter().map(WriteOp::rows).sum(),
         Command::Barrier(_) => 0,
     }
 }

@@ -68,6 +68,7 @@ pub async fn open(settings: &Settings) -> anyhow::Result<(Stores, Connections)> 
             let url = required(storage.postgres_url.expose(), "postgres_url")?;
             let store = postgres::PostgresStore::open(
                 url,
+                &storage.postgres_schema,
                 storage.postgres_max_connections,
                 storage.store_timeout(),
             )

@@ -13,7 +13,7 @@ use arbor_actors::ports::{MetaBatch, MetadataStore, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::Row;
+use sqlx::{Connection, Row};
 use uuid::Uuid;
 
 #[derive(Clone)]
@@ -23,13 +23,35 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects (lazily: the server may come up after Arbor) and applies the migrations.
-    pub async fn open(url: &str, max_connections: u32, timeout: Duration) -> anyhow::Result<Self> {
+    /// Connects, creates `schema` if one is given and missing, and applies the migrations.
+    pub async fn open(
+        url: &str,
+        schema: &str,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let options: PgConnectOptions = url
+        let mut options: PgConnectOptions = url
             .parse::<PgConnectOptions>()
             .context("parsing storage.postgres_url")?
             .application_name("arbor");
+        if !schema.is_empty() {
+            anyhow::ensure!(
+                valid_schema(schema),
+                "storage.postgres_schema must be lower-case letters, digits and '_', not starting with a digit"
+            );
+            let mut admin =
+                tokio::time::timeout(timeout, sqlx::PgConnection::connect_with(&options))
+                    .await
+                    .context("PostgreSQL did not answer in time")?
+                    .context("connecting to PostgreSQL")?;
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .execute(&mut admin)
+                .await
+                .with_context(|| format!("creating schema {schema}"))?;
+            admin.close().await.ok();
+            options = options.options([("search_path", schema)]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(timeout)
@@ -66,6 +88,15 @@ impl PostgresStore {
             ))),
         }
     }
+}
+
+/// A plain identifier, safe to splice into `CREATE SCHEMA` unquoted.
+fn valid_schema(name: &str) -> bool {
+    name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Sorts sqlx errors into the port's kinds: unique violations are conflicts, errors the server

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use actix_web::dev::ServerHandle;
-use arbor::config::{AckMode, Settings};
+use arbor::config::{AckMode, MessageBackend, MetadataBackend, Secret, Settings};
 use arbor::Application;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -21,6 +21,58 @@ pub struct TestApp {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// The stores the API suite runs on, chosen by `ARBOR_TEST_BACKEND` (`scripts/test.sh` runs the
+/// suite once per backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    PostgresMongo,
+}
+
+pub fn backend() -> Backend {
+    match std::env::var("ARBOR_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("" | "sqlite") => Backend::Sqlite,
+        Ok("postgres-mongodb") => Backend::PostgresMongo,
+        Ok(other) => panic!("ARBOR_TEST_BACKEND={other:?}: expected sqlite or postgres-mongodb"),
+    }
+}
+
+fn server_url(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests with scripts/test.sh, which starts PostgreSQL and SecantusDB")
+    })
+}
+
+/// The shared test PostgreSQL server (started by scripts/test.sh).
+pub fn postgres_url() -> String {
+    server_url("ARBOR_TEST_POSTGRES_URL")
+}
+
+/// The shared test MongoDB-wire server (started by scripts/test.sh).
+pub fn mongodb_url() -> String {
+    server_url("ARBOR_TEST_MONGODB_URL")
+}
+
+/// A name no other test uses: a PostgreSQL schema or a MongoDB database of its own.
+pub fn unique_name() -> String {
+    format!("t_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Points `s` at PostgreSQL (a fresh schema) for metadata.
+pub fn use_postgres(s: &mut Settings, url: &str) {
+    s.storage.metadata = MetadataBackend::Postgres;
+    s.storage.postgres_url = Secret::new(url.to_owned());
+    s.storage.postgres_schema = unique_name();
+    s.storage.postgres_max_connections = 4;
+}
+
+/// Points `s` at MongoDB (a fresh database) for messages.
+pub fn use_mongodb(s: &mut Settings, url: &str) {
+    s.storage.messages = MessageBackend::Mongodb;
+    s.storage.mongodb_url = Secret::new(url.to_owned());
+    s.storage.mongodb_database = unique_name();
+}
+
 pub fn settings(data_dir: PathBuf) -> Settings {
     let mut s = Settings::default();
     s.server.port = 0;
@@ -32,6 +84,10 @@ pub fn settings(data_dir: PathBuf) -> Settings {
     s.auth.bcrypt_cost = 4;
     s.auth.jwt_secret = serde_json::from_value(json!(JWT_SECRET)).unwrap();
     s.actors.arbiters = 2;
+    if backend() == Backend::PostgresMongo {
+        use_postgres(&mut s, &postgres_url());
+        use_mongodb(&mut s, &mongodb_url());
+    }
     s
 }
 

@@ -70,28 +70,63 @@ async fn graceful_restart_keeps_everything_buffered() {
     survives_restart(AckMode::Buffered).await;
 }
 
-/// The store refuses one write (a trigger aborts it): the client gets 503, the refused message is
-/// not visible afterwards, and the chat keeps working.
+/// Makes the store refuse the next write of `chat` (a trigger aborts it): the message insert in
+/// SQLite, the chat row's update in PostgreSQL (after MongoDB already stored the message, which
+/// then must not resurface as part of the tree).
+async fn refuse_next_write(app: &TestApp, chat: &str) {
+    match backend() {
+        Backend::Sqlite => {
+            let db = sqlx::SqlitePool::connect(&format!(
+                "sqlite://{}",
+                app.settings.sqlite_path().display()
+            ))
+            .await
+            .unwrap();
+            sqlx::query(
+                "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.content = 'poison'
+                 BEGIN SELECT RAISE(ABORT, 'refused by test'); END",
+            )
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+        Backend::PostgresMongo => {
+            let storage = &app.settings.storage;
+            let options: sqlx::postgres::PgConnectOptions =
+                storage.postgres_url.expose().parse().unwrap();
+            let db = sqlx::PgPool::connect_with(
+                options.options([("search_path", storage.postgres_schema.as_str())]),
+            )
+            .await
+            .unwrap();
+            // A sequence, not a flag: nextval survives the rollback of the refused statement,
+            // so exactly the first write is refused.
+            sqlx::raw_sql(&format!(
+                "CREATE SEQUENCE refuse_once;
+                 CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN
+                        IF nextval('refuse_once') = 1 THEN RAISE EXCEPTION 'refused by test'; END IF;
+                        RETURN NEW;
+                      END $$;
+                 CREATE TRIGGER refuse BEFORE UPDATE ON chats FOR EACH ROW
+                   WHEN (NEW.id = '{chat}') EXECUTE FUNCTION refuse();"
+            ))
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+/// The store refuses one write: the client gets 503, the refused message is not visible
+/// afterwards, and the chat keeps working.
 #[actix_web::test]
 async fn a_refused_write_does_not_stay_visible() {
     let app = spawn_app().await;
     let u = app.register("u@example.com").await;
     let chat = id(&app.create_chat(&u, "c").await);
     app.say(&u, &chat, "before").await;
-
-    let db = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        app.settings.sqlite_path().display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.content = 'poison'
-         BEGIN SELECT RAISE(ABORT, 'refused by test'); END",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    refuse_next_write(&app, &chat).await;
 
     let res = app
         .post(

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on real servers: starts a throwaway PostgreSQL cluster and a
+# MongoDB-wire server (SecantusDB; installed into a venv on first use), runs every test with the
+# embedded SQLite stores, then the API suite again with PostgreSQL metadata + MongoDB messages,
+# and stops both servers. Arguments are passed to both `cargo nextest run`s (e.g. a filter).
+#
+#   scripts/test.sh                     everything, both backends
+#   scripts/test.sh -E 'test(chats)'    a subset, both backends
+#
+# Needs: PostgreSQL binaries (Debian: postgresql), python3 with venv, cargo-nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/arbor-test.XXXXXX")
+cleanup() {
+    scripts/mongodb.sh stop "$WORK/mongodb" || true
+    scripts/postgres.sh stop "$WORK/postgres" || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+scripts/mongodb.sh setup
+# A throwaway cluster: durability of the test server itself is not under test.
+export ARBOR_PG_SETTINGS="-c fsync=off -c full_page_writes=off"
+ARBOR_TEST_POSTGRES_URL=$(scripts/postgres.sh start "$WORK/postgres")
+ARBOR_TEST_MONGODB_URL=$(scripts/mongodb.sh start "$WORK/mongodb")
+export ARBOR_TEST_POSTGRES_URL ARBOR_TEST_MONGODB_URL
+echo "test servers: $ARBOR_TEST_POSTGRES_URL, $ARBOR_TEST_MONGODB_URL"
+
+# Build once; both runs reuse the binaries.
+cargo nextest run --workspace --no-run
+
+echo "== every test; API suite on SQLite"
+ARBOR_TEST_BACKEND=sqlite cargo nextest run --workspace "$@"
+
+# The store contract and outage tests name their backends themselves: they ran above.
+echo "== API suite on PostgreSQL + MongoDB"
+ARBOR_TEST_BACKEND=postgres-mongodb cargo nextest run --package arbor --test api \
+    -E 'not (test(/^stores::/) | test(/^outage::/))' "$@"
