@@ -1,4 +1,6 @@
-//! Black-box tests: the real server on port 0, a fresh SQLite file per test, real HTTP.
+//! Black-box tests: the real server on port 0, real HTTP, fresh stores per test: a SQLite file,
+//! or (with `ARBOR_TEST_BACKEND=postgres-mongodb`, as scripts/test.sh runs it) a PostgreSQL schema
+//! and a MongoDB database of its own on the shared test servers.
 
 mod actors;
 mod auth;
@@ -13,3 +15,4 @@ mod local_model;
 mod messages;
 mod persistence;
 mod provider;
+mod stores;

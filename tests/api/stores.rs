@@ -1,0 +1,459 @@
+//! The store ports' contract, run against every backend on real servers: SQLite (a temp file),
+//! PostgreSQL and MongoDB (the servers scripts/test.sh starts; each test gets its own schema or
+//! database). Every case is one function over the port trait; the macros below instantiate it
+//! per backend, so a backend cannot pass by skipping a case.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arbor::config::SqliteSync;
+use arbor::storage::{mongodb::MongoStore, postgres::PostgresStore, sqlite::SqliteStore};
+use arbor_actors::model::{
+    now, Branch, BranchId, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord,
+};
+use arbor_actors::ports::{MessageDeletes, MessageStore, MetaBatch, MetadataStore, StoreError};
+use serde_json::json;
+
+use crate::helpers::{mongodb_url, postgres_url, unique_name};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A store, and the temp directory its SQLite file lives in (kept until the test ends).
+type Opened<S> = (Arc<S>, Option<tempfile::TempDir>);
+
+async fn sqlite() -> (SqliteStore, Option<tempfile::TempDir>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("t.db"), SqliteSync::Normal)
+        .await
+        .unwrap();
+    (store, Some(dir))
+}
+
+async fn sqlite_metadata() -> Opened<dyn MetadataStore> {
+    let (store, dir) = sqlite().await;
+    (store.shared(), dir)
+}
+
+async fn sqlite_messages() -> Opened<dyn MessageStore> {
+    let (store, dir) = sqlite().await;
+    (store.shared(), dir)
+}
+
+async fn postgres_metadata() -> Opened<dyn MetadataStore> {
+    let store = PostgresStore::open(&postgres_url(), &unique_name(), 4, TIMEOUT)
+        .await
+        .unwrap();
+    (store.shared(), None)
+}
+
+async fn mongodb_messages() -> Opened<dyn MessageStore> {
+    let store = MongoStore::open(&mongodb_url(), &unique_name(), TIMEOUT)
+        .await
+        .unwrap();
+    (store.shared(), None)
+}
+
+macro_rules! contract {
+    ($backend:ident => $open:ident; $($case:ident),+ $(,)?) => {
+        mod $backend {
+            $(
+                #[actix_web::test]
+                async fn $case() {
+                    let (store, _dir) = super::$open().await;
+                    super::$case(store).await;
+                }
+            )+
+        }
+    };
+}
+
+macro_rules! metadata_cases {
+    ($($backend:ident => $open:ident),+) => {
+        $(contract!($backend => $open;
+            users_are_unique_by_email_and_username,
+            chats_and_branches_round_trip,
+            an_older_version_never_overwrites_a_newer_one,
+            deletions_remove_rows,
+            a_batch_is_idempotent_and_spans_many_chats,
+            chats_are_listed_newest_first_per_owner,
+        );)+
+    };
+}
+
+macro_rules! message_cases {
+    ($($backend:ident => $open:ident),+) => {
+        $(contract!($backend => $open;
+            messages_round_trip_in_id_order,
+            inserts_are_idempotent_by_id,
+            deletes_by_id_and_by_chat,
+            large_batches_span_many_chats,
+            metadata_json_round_trips_exactly,
+        );)+
+    };
+}
+
+metadata_cases!(metadata_sqlite => sqlite_metadata, metadata_postgres => postgres_metadata);
+message_cases!(messages_sqlite => sqlite_messages, messages_mongodb => mongodb_messages);
+
+fn user(email: &str, username: Option<&str>) -> UserRecord {
+    UserRecord {
+        id: UserId::new(),
+        email: email.into(),
+        username: username.map(Into::into),
+        password_hash: "$2b$04$hash".into(),
+        created_at: now(),
+        is_admin: false,
+    }
+}
+
+fn chat(owner: UserId, version: i64) -> (ChatMeta, Branch) {
+    let id = ChatId::new();
+    let t = now();
+    let branch = Branch {
+        id: BranchId::new(),
+        chat_id: id,
+        name: "main".into(),
+        head: None,
+        forked_from: None,
+        created_at: t,
+        updated_at: t,
+    };
+    let meta = ChatMeta {
+        id,
+        owner,
+        title: Some("Ünïcödé title ✓".into()),
+        system_prompt: None,
+        active_branch: branch.id,
+        created_at: t,
+        updated_at: t,
+        version,
+    };
+    (meta, branch)
+}
+
+fn message(chat: ChatId, parent: Option<MessageId>, content: &str) -> Message {
+    Message {
+        id: MessageId::new(),
+        chat_id: chat,
+        parent_id: parent,
+        role: if parent.is_none() {
+            Role::User
+        } else {
+            Role::Assistant
+        },
+        content: Arc::from(content),
+        created_at: now(),
+        model: parent.map(|_| Arc::from("echo/echo")),
+        metadata: None,
+        idempotency_key: None,
+    }
+}
+
+fn batch(chats: &[(ChatMeta, Branch)]) -> MetaBatch {
+    MetaBatch {
+        chats: chats.iter().map(|(c, _)| c.clone()).collect(),
+        branches: chats.iter().map(|(c, b)| (b.clone(), c.version)).collect(),
+        ..MetaBatch::default()
+    }
+}
+
+async fn users_are_unique_by_email_and_username(store: Arc<dyn MetadataStore>) {
+    let alice = user("alice@example.com", Some("Alice"));
+    store.create_user(&alice).await.unwrap();
+    assert_eq!(
+        store.user_by_id(alice.id).await.unwrap(),
+        Some(alice.clone())
+    );
+    // Logins match the email, or the username in any case.
+    for login in ["alice@example.com", "ALICE@example.com", "alice", "ALICE"] {
+        assert_eq!(
+            store.user_by_login(login).await.unwrap().map(|u| u.id),
+            Some(alice.id),
+            "{login}"
+        );
+    }
+    assert_eq!(store.user_by_login("bob").await.unwrap(), None);
+    assert_eq!(store.user_by_id(UserId::new()).await.unwrap(), None);
+
+    let same_email = user("alice@example.com", None);
+    assert!(matches!(
+        store.create_user(&same_email).await,
+        Err(StoreError::Conflict("email"))
+    ));
+    let same_name = user("other@example.com", Some("aLiCe"));
+    assert!(matches!(
+        store.create_user(&same_name).await,
+        Err(StoreError::Conflict("username"))
+    ));
+    // Users without a username do not clash with each other.
+    store
+        .create_user(&user("x@example.com", None))
+        .await
+        .unwrap();
+    store
+        .create_user(&user("y@example.com", None))
+        .await
+        .unwrap();
+    store.ping().await.unwrap();
+}
+
+async fn chats_and_branches_round_trip(store: Arc<dyn MetadataStore>) {
+    let owner = UserId::new();
+    let (mut meta, main) = chat(owner, 1);
+    meta.system_prompt = Some("Be brief.\nReally.".into());
+    let head = MessageId::new();
+    let side = Branch {
+        id: BranchId::new(),
+        chat_id: meta.id,
+        name: "side ✂".into(),
+        head: Some(head),
+        forked_from: Some(head),
+        created_at: now(),
+        updated_at: now(),
+    };
+    store
+        .apply(&MetaBatch {
+            chats: vec![meta.clone()],
+            branches: vec![(main.clone(), 1), (side.clone(), 1)],
+            ..MetaBatch::default()
+        })
+        .await
+        .unwrap();
+    let (loaded, mut branches) = store.load_chat(meta.id).await.unwrap().unwrap();
+    assert_eq!(loaded, meta);
+    branches.sort_by_key(|b| b.id);
+    assert_eq!(branches, vec![main, side]);
+    assert!(store.load_chat(ChatId::new()).await.unwrap().is_none());
+}
+
+async fn an_older_version_never_overwrites_a_newer_one(store: Arc<dyn MetadataStore>) {
+    let (mut meta, mut main) = chat(UserId::new(), 1);
+    store
+        .apply(&batch(&[(meta.clone(), main.clone())]))
+        .await
+        .unwrap();
+
+    let mut newer = meta.clone();
+    newer.version = 3;
+    newer.title = Some("newer".into());
+    let mut newer_branch = main.clone();
+    newer_branch.head = Some(MessageId::new());
+    store
+        .apply(&MetaBatch {
+            chats: vec![newer.clone()],
+            branches: vec![(newer_branch.clone(), 3)],
+            ..MetaBatch::default()
+        })
+        .await
+        .unwrap();
+
+    // A stale writer replays version 2.
+    meta.version = 2;
+    meta.title = Some("stale".into());
+    main.head = Some(MessageId::new());
+    store
+        .apply(&MetaBatch {
+            chats: vec![meta.clone()],
+            branches: vec![(main, 2)],
+            ..MetaBatch::default()
+        })
+        .await
+        .unwrap();
+    let (loaded, branches) = store.load_chat(meta.id).await.unwrap().unwrap();
+    assert_eq!(loaded, newer);
+    assert_eq!(branches, vec![newer_branch]);
+}
+
+async fn deletions_remove_rows(store: Arc<dyn MetadataStore>) {
+    let owner = UserId::new();
+    let (meta, main) = chat(owner, 1);
+    let extra = Branch {
+        id: BranchId::new(),
+        name: "extra".into(),
+        ..main.clone()
+    };
+    let (other, other_main) = chat(owner, 1);
+    store
+        .apply(&MetaBatch {
+            chats: vec![meta.clone(), other.clone()],
+            branches: vec![
+                (main.clone(), 1),
+                (extra.clone(), 1),
+                (other_main.clone(), 1),
+            ],
+            ..MetaBatch::default()
+        })
+        .await
+        .unwrap();
+    store
+        .apply(&MetaBatch {
+            deleted_branches: vec![extra.id],
+            ..MetaBatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_chat(meta.id).await.unwrap().unwrap().1,
+        vec![main]
+    );
+    store
+        .apply(&MetaBatch {
+            deleted_chats: vec![meta.id],
+            ..MetaBatch::default()
+        })
+        .await
+        .unwrap();
+    assert!(store.load_chat(meta.id).await.unwrap().is_none());
+    // The other chat is untouched.
+    assert_eq!(
+        store.load_chat(other.id).await.unwrap(),
+        Some((other, vec![other_main]))
+    );
+    assert_eq!(store.list_chats(owner, 10, None).await.unwrap().len(), 1);
+}
+
+async fn a_batch_is_idempotent_and_spans_many_chats(store: Arc<dyn MetadataStore>) {
+    let owner = UserId::new();
+    let chats: Vec<_> = (0..1500).map(|_| chat(owner, 1)).collect();
+    let b = batch(&chats);
+    store.apply(&b).await.unwrap();
+    store.apply(&b).await.unwrap(); // a retried batch
+    for (meta, branch) in chats.iter().step_by(97) {
+        assert_eq!(
+            store.load_chat(meta.id).await.unwrap(),
+            Some((meta.clone(), vec![branch.clone()]))
+        );
+    }
+    let listed = store.list_chats(owner, 2000, None).await.unwrap();
+    assert_eq!(listed.len(), 1500);
+}
+
+async fn chats_are_listed_newest_first_per_owner(store: Arc<dyn MetadataStore>) {
+    let (alice, bob) = (UserId::new(), UserId::new());
+    let mine: Vec<_> = (0..5).map(|_| chat(alice, 1)).collect();
+    let theirs = chat(bob, 1);
+    let mut all = mine.clone();
+    all.push(theirs.clone());
+    store.apply(&batch(&all)).await.unwrap();
+
+    let first = store.list_chats(alice, 3, None).await.unwrap();
+    let ids: Vec<_> = first.iter().map(|c| c.id).collect();
+    let mut expected: Vec<_> = mine.iter().map(|(c, _)| c.id).collect();
+    expected.reverse();
+    assert_eq!(ids, expected[..3]);
+    let rest = store.list_chats(alice, 3, Some(ids[2])).await.unwrap();
+    assert_eq!(rest.iter().map(|c| c.id).collect::<Vec<_>>(), expected[3..]);
+    assert_eq!(
+        store.list_chats(bob, 10, None).await.unwrap(),
+        vec![theirs.0]
+    );
+}
+
+async fn messages_round_trip_in_id_order(store: Arc<dyn MessageStore>) {
+    let chat = ChatId::new();
+    let root = message(chat, None, "Hello ✓ — \"quoted\" \n\t line");
+    let mut reply = message(chat, Some(root.id), "Hi!");
+    reply.metadata = Some(Arc::new(
+        json!({"finish_reason": "stop", "usage": {"total_tokens": 7}}),
+    ));
+    reply.idempotency_key = Some(Arc::from("key-1"));
+    let sibling = message(chat, Some(root.id), &"long ".repeat(6000));
+    // Inserted out of order; loaded in id (creation) order.
+    store
+        .insert(&[sibling.clone(), root.clone(), reply.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_chat(chat).await.unwrap(),
+        vec![root, reply, sibling]
+    );
+    assert!(store.load_chat(ChatId::new()).await.unwrap().is_empty());
+    store.ping().await.unwrap();
+}
+
+async fn inserts_are_idempotent_by_id(store: Arc<dyn MessageStore>) {
+    let chat = ChatId::new();
+    let a = message(chat, None, "a");
+    let b = message(chat, Some(a.id), "b");
+    store.insert(&[a.clone(), b.clone()]).await.unwrap();
+    // A retried batch, partly stored before, with one new message.
+    let c = message(chat, Some(b.id), "c");
+    store
+        .insert(&[a.clone(), b.clone(), c.clone()])
+        .await
+        .unwrap();
+    store.insert(&[c.clone()]).await.unwrap();
+    assert_eq!(store.load_chat(chat).await.unwrap(), vec![a, b, c]);
+}
+
+async fn deletes_by_id_and_by_chat(store: Arc<dyn MessageStore>) {
+    let (one, two) = (ChatId::new(), ChatId::new());
+    let a = message(one, None, "a");
+    let b = message(one, Some(a.id), "b");
+    let c = message(two, None, "c");
+    store
+        .insert(&[a.clone(), b.clone(), c.clone()])
+        .await
+        .unwrap();
+    store
+        .delete(&MessageDeletes {
+            messages: vec![b.id],
+            chats: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.load_chat(one).await.unwrap(), vec![a]);
+    store
+        .delete(&MessageDeletes {
+            messages: vec![],
+            chats: vec![one],
+        })
+        .await
+        .unwrap();
+    assert!(store.load_chat(one).await.unwrap().is_empty());
+    assert_eq!(store.load_chat(two).await.unwrap(), vec![c]);
+    // Deleting what is gone is fine (a retried batch).
+    store
+        .delete(&MessageDeletes {
+            messages: vec![b.id],
+            chats: vec![one],
+        })
+        .await
+        .unwrap();
+}
+
+async fn large_batches_span_many_chats(store: Arc<dyn MessageStore>) {
+    let chats: Vec<ChatId> = (0..50).map(|_| ChatId::new()).collect();
+    let mut all = Vec::new();
+    for round in 0..40 {
+        for chat in &chats {
+            let parent = all
+                .iter()
+                .rev()
+                .find(|m: &&Message| m.chat_id == *chat)
+                .map(|m| m.id);
+            all.push(message(*chat, parent, &format!("{chat} {round}")));
+        }
+    }
+    store.insert(&all).await.unwrap();
+    for chat in chats.iter().step_by(7) {
+        let loaded = store.load_chat(*chat).await.unwrap();
+        let expected: Vec<_> = all.iter().filter(|m| m.chat_id == *chat).cloned().collect();
+        assert_eq!(loaded.len(), 40);
+        assert_eq!(loaded, expected);
+    }
+}
+
+async fn metadata_json_round_trips_exactly(store: Arc<dyn MessageStore>) {
+    let chat = ChatId::new();
+    let mut m = message(chat, None, "meta");
+    let value = json!({
+        "$dollar": 1, "a.b": [1, 2.5, "x", null, true], "big": u64::MAX, "neg": i64::MIN,
+        "nested": {"deep": {"é": "ü"}}, "empty": {}
+    });
+    m.metadata = Some(Arc::new(value.clone()));
+    store.insert(std::slice::from_ref(&m)).await.unwrap();
+    let loaded = store.load_chat(chat).await.unwrap();
+    assert_eq!(loaded[0].metadata.as_deref(), Some(&value));
+}
