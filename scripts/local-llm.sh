@@ -8,12 +8,12 @@
 #   scripts/local-llm.sh start    run it in the background, wait until it answers
 #   scripts/local-llm.sh stop     stop the background server (by its recorded PID)
 #
-# Environment: ARBOR_LLM_DIR (venv, pid and log; default .local-llm), ARBOR_LLM_PORT (8089).
+# Environment: LOCAL_LLM_DIR (venv, pid and log; default .local-llm), LOCAL_LLM_PORT (8089).
 # Point Arbor at it with the `local` provider shown in README.md.
 set -euo pipefail
 
-DIR=${ARBOR_LLM_DIR:-.local-llm}
-PORT=${ARBOR_LLM_PORT:-8089}
+DIR=${LOCAL_LLM_DIR:-.local-llm}
+PORT=${LOCAL_LLM_PORT:-8089}
 VENV="$DIR/venv"
 PIDFILE="$DIR/server.pid"
 LOG="$DIR/server.log"

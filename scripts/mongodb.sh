@@ -10,12 +10,12 @@
 #   scripts/mongodb.sh stop DIR            stop the server started from DIR (by its recorded PID)
 #   scripts/mongodb.sh url DIR             print the URL of the server running from DIR
 #
-# PORT defaults to a free one (or the one DIR used before). Environment: ARBOR_SECANTUS_VENV
+# PORT defaults to a free one (or the one DIR used before). Environment: SECANTUS_VENV
 # (default .test-servers/secantus-venv), SECANTUSD (a server binary to use instead).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-VENV=${ARBOR_SECANTUS_VENV:-$ROOT/.test-servers/secantus-venv}
+VENV=${SECANTUS_VENV:-$ROOT/.test-servers/secantus-venv}
 PACKAGE="SecantusDB==0.7.0b3"
 
 die() { echo "mongodb.sh: $*" >&2; exit 1; }

@@ -8,7 +8,7 @@
 #   scripts/postgres.sh url DIR            print the URL of the server running from DIR
 #
 # PORT defaults to a free one (or the one DIR used before). Extra server settings go in
-# ARBOR_PG_SETTINGS, e.g. "-c fsync=off" for throwaway test clusters. As root, the server runs
+# PG_SERVER_SETTINGS, e.g. "-c fsync=off" for throwaway test clusters. As root, the server runs
 # as the `postgres` user (initdb refuses root); DIR's parent must be traversable by it.
 # PG_BIN overrides where the binaries are (default: /usr/lib/postgresql/<newest>/bin, else PATH).
 set -euo pipefail
@@ -65,9 +65,9 @@ start() {
         return
     fi
     as_owner sh -c "echo $port > '$dir/port'"
-    # shellcheck disable=SC2086 # ARBOR_PG_SETTINGS is a list of server flags
+    # shellcheck disable=SC2086 # PG_SERVER_SETTINGS is a list of server flags
     as_owner "$BIN/pg_ctl" --pgdata="$dir/data" --log="$dir/server.log" --wait --timeout=60 \
-        -o "-h 127.0.0.1 -p $port -k $dir -c max_connections=300 ${ARBOR_PG_SETTINGS:-}" \
+        -o "-h 127.0.0.1 -p $port -k $dir -c max_connections=300 ${PG_SERVER_SETTINGS:-}" \
         start >/dev/null || { tail -n 20 "$dir/server.log" >&2; die "the server did not start"; }
     if ! as_owner "$BIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc \
         "SELECT 1 FROM pg_database WHERE datname = 'arbor'" | grep -q 1; then

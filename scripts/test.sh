@@ -21,19 +21,19 @@ trap cleanup EXIT
 
 scripts/mongodb.sh setup
 # A throwaway cluster: durability of the test server itself is not under test.
-export ARBOR_PG_SETTINGS="-c fsync=off -c full_page_writes=off"
-ARBOR_TEST_POSTGRES_URL=$(scripts/postgres.sh start "$WORK/postgres")
-ARBOR_TEST_MONGODB_URL=$(scripts/mongodb.sh start "$WORK/mongodb")
-export ARBOR_TEST_POSTGRES_URL ARBOR_TEST_MONGODB_URL
-echo "test servers: $ARBOR_TEST_POSTGRES_URL, $ARBOR_TEST_MONGODB_URL"
+export PG_SERVER_SETTINGS="-c fsync=off -c full_page_writes=off"
+TEST_POSTGRES_URL=$(scripts/postgres.sh start "$WORK/postgres")
+TEST_MONGODB_URL=$(scripts/mongodb.sh start "$WORK/mongodb")
+export TEST_POSTGRES_URL TEST_MONGODB_URL
+echo "test servers: $TEST_POSTGRES_URL, $TEST_MONGODB_URL"
 
 # Build once; both runs reuse the binaries.
 cargo nextest run --workspace --no-run
 
 echo "== every test; API suite on SQLite"
-ARBOR_TEST_BACKEND=sqlite cargo nextest run --workspace "$@"
+TEST_BACKEND=sqlite cargo nextest run --workspace "$@"
 
 # The store contract and outage tests name their backends themselves: they ran above.
 echo "== API suite on PostgreSQL + MongoDB"
-ARBOR_TEST_BACKEND=postgres-mongodb cargo nextest run --package arbor --test api \
+TEST_BACKEND=postgres-mongodb cargo nextest run --package arbor --test api \
     -E 'not (test(/^stores::/) | test(/^outage::/))' "$@"

@@ -21,7 +21,7 @@ pub struct TestApp {
     _dir: Option<tempfile::TempDir>,
 }
 
-/// The stores the API suite runs on, chosen by `ARBOR_TEST_BACKEND` (`scripts/test.sh` runs the
+/// The stores the API suite runs on, chosen by `TEST_BACKEND` (`scripts/test.sh` runs the
 /// suite once per backend).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -30,10 +30,10 @@ pub enum Backend {
 }
 
 pub fn backend() -> Backend {
-    match std::env::var("ARBOR_TEST_BACKEND").as_deref() {
+    match std::env::var("TEST_BACKEND").as_deref() {
         Err(_) | Ok("" | "sqlite") => Backend::Sqlite,
         Ok("postgres-mongodb") => Backend::PostgresMongo,
-        Ok(other) => panic!("ARBOR_TEST_BACKEND={other:?}: expected sqlite or postgres-mongodb"),
+        Ok(other) => panic!("TEST_BACKEND={other:?}: expected sqlite or postgres-mongodb"),
     }
 }
 
@@ -45,12 +45,12 @@ fn server_url(var: &str) -> String {
 
 /// The shared test PostgreSQL server (started by scripts/test.sh).
 pub fn postgres_url() -> String {
-    server_url("ARBOR_TEST_POSTGRES_URL")
+    server_url("TEST_POSTGRES_URL")
 }
 
 /// The shared test MongoDB-wire server (started by scripts/test.sh).
 pub fn mongodb_url() -> String {
-    server_url("ARBOR_TEST_MONGODB_URL")
+    server_url("TEST_MONGODB_URL")
 }
 
 /// A name no other test uses: a PostgreSQL schema or a MongoDB database of its own.

@@ -791,10 +791,10 @@ async fn a_full_provider_queue_answers_llm_overloaded() {
 
 #[actix_web::test]
 async fn models_lists_providers_and_aliases_without_secrets_and_resolves_names() {
-    std::env::set_var("ARBOR_TEST_STUB_KEY", "sk-very-secret-value");
+    std::env::set_var("TEST_STUB_KEY", "sk-very-secret-value");
     let t = Setup::with(|s, _| {
         if let Some(p) = s.llm.providers.get_mut("stub") {
-            p.api_key_env = "ARBOR_TEST_STUB_KEY".into();
+            p.api_key_env = "TEST_STUB_KEY".into();
             p.models = vec![STUB_MODEL.into(), "stub-large".into()];
         }
         s.llm

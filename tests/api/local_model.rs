@@ -6,7 +6,7 @@
 //! cargo nextest run --workspace --run-ignored only -E 'test(local_model)'
 //! ```
 //!
-//! `ARBOR_LOCAL_LLM_URL` overrides the API root (default `http://127.0.0.1:8089/v1`).
+//! `LOCAL_LLM_URL` overrides the API root (default `http://127.0.0.1:8089/v1`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,8 +20,7 @@ use crate::llm::Events;
 #[actix_web::test]
 #[ignore = "needs a local model: scripts/local-llm.sh start"]
 async fn local_model_streams_and_stores_a_real_reply() {
-    let url =
-        std::env::var("ARBOR_LOCAL_LLM_URL").unwrap_or_else(|_| "http://127.0.0.1:8089/v1".into());
+    let url = std::env::var("LOCAL_LLM_URL").unwrap_or_else(|_| "http://127.0.0.1:8089/v1".into());
     let app = spawn_with(|s| {
         s.llm.default_model = "local".into();
         s.llm.providers.insert(

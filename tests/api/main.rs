@@ -1,5 +1,5 @@
 //! Black-box tests: the real server on port 0, real HTTP, fresh stores per test: a SQLite file,
-//! or (with `ARBOR_TEST_BACKEND=postgres-mongodb`, as scripts/test.sh runs it) a PostgreSQL schema
+//! or (with `TEST_BACKEND=postgres-mongodb`, as scripts/test.sh runs it) a PostgreSQL schema
 //! and a MongoDB database of its own on the shared test servers.
 
 mod actors;
@@ -7,6 +7,7 @@ mod auth;
 mod branches;
 mod chats;
 mod concurrency;
+mod durability;
 mod errors;
 mod helpers;
 mod isolation;
