@@ -383,7 +383,7 @@ async fn inserts_are_idempotent_by_id(store: Arc<dyn MessageStore>) {
         .insert(&[a.clone(), b.clone(), c.clone()])
         .await
         .unwrap();
-    store.insert(&[c.clone()]).await.unwrap();
+    store.insert(std::slice::from_ref(&c)).await.unwrap();
     assert_eq!(store.load_chat(chat).await.unwrap(), vec![a, b, c]);
 }
 
