@@ -177,6 +177,13 @@ fn storage_error(e: crate::ports::StoreError) -> ChatError {
     ChatError::StorageUnavailable
 }
 
+/// Write generations come from one process-wide counter, so a chat's new actor (after a failed
+/// reload stopped the old one) starts above every fence the writer holds for that chat.
+fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 pub struct ChatActor {
     core: ChatCore,
     /// Registry entry of live actors: removed (and waiters released) when this actor is gone.
@@ -214,7 +221,7 @@ impl ChatActor {
             core: ChatCore {
                 state,
                 rt,
-                generation: 0,
+                generation: next_generation(),
                 deleted: false,
                 me: None,
             },
@@ -236,7 +243,7 @@ impl ChatActor {
             Ok(result) => result,
             Err(_) => {
                 tracing::error!(chat = %self.alive.chat, "chat actor panicked; restarting it from stored state");
-                self.core.generation += 1;
+                self.core.generation = next_generation();
                 self.reload(ctx);
                 Err(ChatError::Internal("chat actor panicked".into()))
             }
@@ -278,7 +285,8 @@ impl Actor for ChatActor {
 pub struct ChatCore {
     state: ChatState,
     rt: Arc<ChatRuntime>,
-    /// Bumped on every reload; the writer refuses queued writes of a failed generation.
+    /// From `next_generation` at start and on every reload; the writer refuses queued writes of
+    /// a failed generation.
     generation: u64,
     deleted: bool,
     me: Option<Recipient<WriteFailed>>,
@@ -971,7 +979,7 @@ impl Handler<WriteFailed> for ChatActor {
             return; // Already reloaded past that failure.
         }
         tracing::warn!(chat = %self.alive.chat, "a write of this chat failed; reloading it from the store");
-        self.core.generation = msg.generation + 1;
+        self.core.generation = next_generation();
         self.reload(ctx);
     }
 }

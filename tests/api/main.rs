@@ -14,6 +14,7 @@ mod isolation;
 mod llm;
 mod local_model;
 mod messages;
+mod outage;
 mod persistence;
 mod provider;
 mod stores;
