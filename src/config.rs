@@ -395,3 +395,23 @@ impl StorageSettings {
         Duration::from_millis(self.store_timeout_ms.max(1))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `config.toml` promises to be the built-in defaults, written out.
+    #[test]
+    fn config_toml_is_the_defaults_written_out() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let file: Settings = Figment::new()
+            .merge(Toml::file_exact(path))
+            .extract()
+            .map_err(Box::new)
+            .expect("config.toml parses on its own");
+        assert_eq!(
+            serde_json::to_value(file).expect("serializable"),
+            serde_json::to_value(Settings::default()).expect("serializable")
+        );
+    }
+}

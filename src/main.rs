@@ -20,6 +20,9 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve,
+    /// Bring the configured stores' schemas up to date (SQLite and PostgreSQL migrations,
+    /// MongoDB indexes) and exit. The server also does this at start.
+    Migrate,
 }
 
 #[actix_web::main]
@@ -33,6 +36,12 @@ async fn main() -> anyhow::Result<()> {
                 .await?
                 .run_until_stopped()
                 .await
+        }
+        Command::Migrate => {
+            let (_, connections) = arbor::storage::open(&settings).await?;
+            connections.close().await;
+            tracing::info!(stores = %arbor::storage::describe(&settings), "schemas are up to date");
+            Ok(())
         }
     }
 }
