@@ -8,6 +8,7 @@ pub mod sqlite;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use arbor_actors::model::{Branch, ChatMeta};
 use arbor_actors::ports::{MessageStore, MetadataStore, StoreError};
 
 use crate::config::{MessageBackend, MetadataBackend, Settings};
@@ -17,6 +18,23 @@ pub(crate) fn parse_id<T: FromStr>(column: &str, value: &str) -> Result<T, Store
     value
         .parse()
         .map_err(|_| StoreError::Corrupt(format!("bad {column}: {value:?}")))
+}
+
+/// Folds the rows of `chats LEFT JOIN branches` (one query) into the chat and its branches;
+/// `branch` gives `None` for the row of a chat without branches.
+pub(crate) fn fold_chat_rows<R>(
+    rows: &[R],
+    chat: impl Fn(&R) -> Result<ChatMeta, StoreError>,
+    branch: impl Fn(&R) -> Result<Option<Branch>, StoreError>,
+) -> Result<Option<(ChatMeta, Vec<Branch>)>, StoreError> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut branches = Vec::with_capacity(rows.len());
+    for row in rows {
+        branches.extend(branch(row)?);
+    }
+    Ok(Some((chat(first)?, branches)))
 }
 
 /// The two stores the server runs on.

@@ -16,6 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 use uuid::Uuid;
 
+use super::fold_chat_rows;
+
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -264,17 +266,12 @@ impl MetadataStore for PostgresStore {
                 .fetch_all(&self.pool),
             )
             .await?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let meta = chat_from(first)?;
-        let mut branches = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if get::<Option<Uuid>>(row, "b_id")?.is_some() {
-                branches.push(branch_from(row)?);
+        fold_chat_rows(&rows, chat_from, |row| {
+            match get::<Option<Uuid>>(row, "b_id")?.is_some() {
+                true => branch_from(row).map(Some),
+                false => Ok(None),
             }
-        }
-        Ok(Some((meta, branches)))
+        })
     }
 
     async fn list_chats(

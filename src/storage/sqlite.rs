@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::parse_id;
+use super::{fold_chat_rows, parse_id};
 use crate::config::SqliteSync;
 
 /// Rows per multi-row statement (SQLite allows 32,766 bound parameters).
@@ -214,17 +214,12 @@ impl MetadataStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let meta = chat_from(first)?;
-        let mut branches = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if opt_text(row, "b_id")?.is_some() {
-                branches.push(branch_from(row)?);
+        fold_chat_rows(&rows, chat_from, |row| {
+            match opt_text(row, "b_id")?.is_some() {
+                true => branch_from(row).map(Some),
+                false => Ok(None),
             }
-        }
-        Ok(Some((meta, branches)))
+        })
     }
 
     async fn list_chats(
