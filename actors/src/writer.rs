@@ -259,23 +259,21 @@ impl Writer {
     async fn process(&mut self, commands: Vec<Command>) {
         let mut writes = Vec::with_capacity(commands.len());
         let mut barriers = Vec::new();
+        // The queue is FIFO: the first write taken is the one queued longest.
         let mut oldest: Option<Instant> = None;
         for command in commands {
             match command {
-                Command::Write(w, ack, queued) => match self.fences.get(&w.chat) {
-                    Some(&fence) if w.generation < fence => {
-                        let _ = ack.send(Err(WriteError::Fenced));
-                    }
-                    Some(_) => {
+                Command::Write(w, ack, queued) => {
+                    if let Some(&fence) = self.fences.get(&w.chat) {
+                        if w.generation < fence {
+                            let _ = ack.send(Err(WriteError::Fenced));
+                            continue;
+                        }
                         self.fences.remove(&w.chat);
-                        oldest = Some(oldest.map_or(queued, |o| o.min(queued)));
-                        writes.push((w, ack));
                     }
-                    None => {
-                        oldest = Some(oldest.map_or(queued, |o| o.min(queued)));
-                        writes.push((w, ack));
-                    }
-                },
+                    oldest.get_or_insert(queued);
+                    writes.push((w, ack));
+                }
                 Command::Barrier(done) => barriers.push(done),
             }
         }

@@ -25,7 +25,9 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects, creates `schema` if one is given and missing, and applies the migrations.
+    /// Connects, creates `schema` if one is given and missing, and applies the migrations from
+    /// `migrations/postgres` (on a connection of their own, without the statement timeout; an
+    /// advisory lock keeps concurrent starts apart).
     pub async fn open(
         url: &str,
         schema: &str,
@@ -42,42 +44,46 @@ impl PostgresStore {
                 valid_schema(schema),
                 "storage.postgres_schema must be lower-case letters, digits and '_', not starting with a digit"
             );
-            let mut admin =
-                tokio::time::timeout(timeout, sqlx::PgConnection::connect_with(&options))
-                    .await
-                    .context("PostgreSQL did not answer in time")?
-                    .context("connecting to PostgreSQL")?;
-            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                .execute(&mut admin)
-                .await
-                .with_context(|| format!("creating schema {schema}"))?;
-            admin.close().await.ok();
+        }
+        let mut admin = tokio::time::timeout(timeout, sqlx::PgConnection::connect_with(&options))
+            .await
+            .context("PostgreSQL did not answer in time")?
+            .context("connecting to PostgreSQL")?;
+        if !schema.is_empty() {
+            sqlx::raw_sql(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
+            ))
+            .execute(&mut admin)
+            .await
+            .with_context(|| format!("creating schema {schema}"))?;
             options = options.options([("search_path", schema)]);
         }
+        sqlx::migrate!("./migrations/postgres")
+            .run(&mut admin)
+            .await
+            .context("applying PostgreSQL migrations")?;
+        admin.close().await.ok();
+        // The server cancels a statement that runs too long, so its outcome is known (rolled
+        // back). A client-side timeout could drop a statement the server then commits: a write
+        // reported as failed that is stored after all.
+        options = options.options([("statement_timeout", timeout.as_millis())]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(timeout)
             .connect_lazy_with(options);
-        let store = Self { pool, timeout };
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    /// Applies pending migrations from `migrations/postgres` (an advisory lock keeps concurrent
-    /// starts apart).
-    pub async fn migrate(&self) -> anyhow::Result<()> {
-        use anyhow::Context;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&self.pool)
-            .await
-            .context("applying PostgreSQL migrations")
+        Ok(Self {
+            pool,
+            // Last resort for a server that stopped answering altogether (the connection is not
+            // closed): beyond the acquire and statement bounds above.
+            timeout: timeout * 2 + Duration::from_secs(1),
+        })
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
-    /// Runs one store call within the configured bound.
+    /// Runs one store call within the last-resort bound.
     async fn bounded<T>(
         &self,
         call: impl Future<Output = Result<T, sqlx::Error>>,

@@ -232,7 +232,9 @@ async fn durable_outage(down: Store) {
         w.await.unwrap();
     }
 
-    // What is stored is exactly what was acknowledged.
+    // The write refused while the store was down is not stored; everything acknowledged is,
+    // once and in order. A write in flight at the very moment the store went down may have
+    // committed although its client saw 503 (its outcome was unknowable): at most one per writer.
     for chat in busy.iter().chain([&quiet]) {
         app.chats.evict(chat.parse().unwrap()).await;
     }
@@ -240,7 +242,14 @@ async fn durable_outage(down: Store) {
     let acked = acked.lock().unwrap().clone();
     for chat in &busy {
         let stored = app.path(&u, chat, None).await;
-        assert_eq!(&stored, acked.get(chat).unwrap(), "chat {chat}");
+        let acked = acked.get(chat).unwrap();
+        let mut unacknowledged = stored.iter().filter(|m| !acked.contains(m));
+        assert!(
+            unacknowledged.nth(1).is_none(),
+            "chat {chat}: {stored:?} vs {acked:?}"
+        );
+        let kept: Vec<_> = stored.iter().filter(|m| acked.contains(m)).collect();
+        assert_eq!(kept, acked.iter().collect::<Vec<_>>(), "chat {chat}");
     }
 }
 
