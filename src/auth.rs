@@ -222,7 +222,8 @@ impl FromRequest for AuthUser {
     }
 }
 
-fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
+/// The caller's identity from the bearer token (no store access).
+pub fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
     let accounts = req
         .app_data::<web::Data<Accounts>>()
         .ok_or_else(|| ApiError::internal("accounts not configured"))?;

@@ -48,6 +48,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub llm: LlmSettings,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
+    pub admin: AdminSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -59,6 +61,9 @@ pub struct ServerSettings {
     pub workers: usize,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub shutdown_grace_secs: u64,
+    /// On SIGTERM/SIGINT, how long to keep serving (with `/ready` answering 503) before
+    /// refusing new connections, so a load balancer can take the instance out first.
+    pub drain_delay_secs: u64,
     /// Origins allowed by CORS; empty disables CORS, `["*"]` allows any.
     pub cors_origins: Vec<String>,
 }
@@ -253,6 +258,29 @@ pub enum LogFormat {
     Json,
 }
 
+/// `GET /metrics` (Prometheus text format).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    pub enabled: bool,
+    /// If set, scrapers must send `Authorization: Bearer <token>`.
+    pub token: Secret,
+    /// If set (`host:port`), `/metrics` is served on this separate listener only (say, an
+    /// internal interface) and not on the API's address.
+    pub listen: String,
+}
+
+/// Operators: who may use `/api/v1/admin/*` and `/admin`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Accounts with these emails are admins, in addition to those promoted with
+    /// `arbor admin grant EMAIL`.
+    pub emails: Vec<String>,
+    /// Seconds of once-a-second samples `/api/v1/admin/stats` keeps for its history.
+    pub history_secs: usize,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
@@ -269,6 +297,7 @@ impl Default for Settings {
                 port: 8000,
                 workers: 0,
                 shutdown_grace_secs: 30,
+                drain_delay_secs: 0,
                 cors_origins: Vec::new(),
             },
             storage: StorageSettings {
@@ -323,6 +352,15 @@ impl Default for Settings {
                 format: LogFormat::Pretty,
                 level: "info".into(),
             },
+            metrics: MetricsSettings {
+                enabled: true,
+                token: Secret::default(),
+                listen: String::new(),
+            },
+            admin: AdminSettings {
+                emails: Vec::new(),
+                history_secs: 300,
+            },
         }
     }
 }
@@ -360,6 +398,16 @@ impl Default for LlmSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         Settings::default().log
+    }
+}
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Settings::default().metrics
+    }
+}
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Settings::default().admin
     }
 }
 

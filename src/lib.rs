@@ -5,13 +5,17 @@
 //! - [`api`]: one handler per endpoint, the error type, OpenAPI docs.
 //! - [`storage`]: implementations of the store ports (SQLite).
 //! - [`auth`]: accounts, bcrypt, JWT and the `AuthUser` extractor.
+//! - [`metrics`]: the Prometheus registry, scrape-time gauges and the admin stats sampler.
+//! - [`lifecycle`]: start time, draining flag and the shutdown signal.
 //! - [`config`], [`telemetry`], [`domain`] (input newtypes), [`llm`] (providers).
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod domain;
+pub mod lifecycle;
 pub mod llm;
+pub mod metrics;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

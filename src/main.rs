@@ -23,6 +23,19 @@ enum Command {
     /// Bring the configured stores' schemas up to date (SQLite and PostgreSQL migrations,
     /// MongoDB indexes) and exit. The server also does this at start.
     Migrate,
+    /// Manage admins (who may use /api/v1/admin/* and /admin).
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Make the account with this email an admin.
+    Grant { email: String },
+    /// Take the admin role away from the account with this email.
+    Revoke { email: String },
 }
 
 #[actix_web::main]
@@ -36,6 +49,35 @@ async fn main() -> anyhow::Result<()> {
                 .await?
                 .run_until_stopped()
                 .await
+        }
+        Command::Admin { action } => {
+            let (grant, email) = match action {
+                AdminAction::Grant { email } => (true, email),
+                AdminAction::Revoke { email } => (false, email),
+            };
+            let (stores, connections) = arbor::storage::open(&settings).await?;
+            let updated = stores.metadata.set_admin(&email, grant).await;
+            connections.close().await;
+            match updated.context("updating the account")? {
+                Some(user) => {
+                    let verb = if grant { "is now" } else { "is no longer" };
+                    println!("{} ({}) {verb} an admin", user.email, user.id);
+                    if !grant
+                        && settings
+                            .admin
+                            .emails
+                            .iter()
+                            .any(|e| e.trim().eq_ignore_ascii_case(&user.email))
+                    {
+                        println!(
+                            "note: {} is still listed in admin.emails, which keeps it an admin",
+                            user.email
+                        );
+                    }
+                    Ok(())
+                }
+                None => anyhow::bail!("no account has the email {email}"),
+            }
         }
         Command::Migrate => {
             let (_, connections) = arbor::storage::open(&settings).await?;

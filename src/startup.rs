@@ -21,14 +21,20 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::api::{self, docs::ApiDoc, error::extractors};
 use crate::auth::{load_or_create_secret, Accounts, Tokens};
 use crate::config::{self, Settings};
+use crate::lifecycle::{self, Lifecycle};
+use crate::metrics::Metrics;
 use crate::storage::{self, Connections, Stores};
 use crate::telemetry;
 
 pub struct Application {
     port: u16,
     server: Server,
+    /// The separate `/metrics` listener, when `metrics.listen` is set.
+    metrics_server: Option<(u16, Server)>,
     chats: Chats,
     connections: Connections,
+    lifecycle: Arc<Lifecycle>,
+    drain_delay: Duration,
 }
 
 impl Application {
@@ -41,13 +47,35 @@ impl Application {
         let accounts = Accounts::new(stores.metadata.clone(), tokens, settings.auth.bcrypt_cost)?;
         let llm = Arc::new(crate::llm::start_pool(&settings.llm)?);
         let chats = start_chats(&settings, &stores, llm);
+        let lifecycle = Arc::new(Lifecycle::default());
+        let metrics = Arc::new(
+            Metrics::new(
+                chats.clone(),
+                lifecycle.clone(),
+                settings.admin.history_secs,
+            )
+            .context("registering metrics")?,
+        );
+        metrics.start_sampler();
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {
                 format!("binding {}:{}", settings.server.host, settings.server.port)
             })?;
         let port = listener.local_addr()?.port();
-        let server = serve(listener, &settings, stores, accounts, chats.clone())?;
+        let metrics_server = match settings.metrics.listen.trim() {
+            "" => None,
+            _ if !settings.metrics.enabled => None,
+            address => Some(serve_metrics(address, &settings, metrics.clone())?),
+        };
+        let shared = Shared {
+            stores,
+            accounts,
+            chats: chats.clone(),
+            metrics,
+            lifecycle: lifecycle.clone(),
+        };
+        let server = serve(listener, &settings, shared)?;
         tracing::info!(
             address = %format!("http://{}:{port}", settings.server.host),
             ack_mode = ?settings.storage.ack_mode,
@@ -57,13 +85,25 @@ impl Application {
         Ok(Self {
             port,
             server,
+            metrics_server,
             chats,
             connections,
+            lifecycle,
+            drain_delay: Duration::from_secs(settings.server.drain_delay_secs),
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the separate `/metrics` listener, if `metrics.listen` configured one.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_server.as_ref().map(|(port, _)| *port)
+    }
+
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
     }
 
     /// The chat registry (for tests and operator tooling in-process).
@@ -76,21 +116,35 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until SIGTERM/SIGINT (or `handle().stop()`), lets in-flight requests finish within
-    /// the grace period, then flushes every chat and every queued write before returning.
+    /// Serves until SIGTERM/SIGINT (or `handle().stop()`). On a signal: `/ready` turns 503
+    /// and serving goes on for `server.drain_delay_secs`; then running replies are cancelled
+    /// (their partial content is stored), new connections are refused and in-flight requests
+    /// get up to `server.shutdown_grace_secs` to finish; then every chat and every queued write
+    /// is flushed before this returns.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let chats = self.chats.clone();
+        let lifecycle = self.lifecycle.clone();
+        let delay = self.drain_delay;
         let signals = actix_web::rt::spawn(async move {
-            shutdown_signal().await;
-            // Replies end first (their partial content is stored), so open event streams close
-            // promptly instead of holding the HTTP drain for the whole grace period.
-            tracing::info!("shutdown signal: cancelling replies, draining HTTP");
+            lifecycle::shutdown_signal().await;
+            lifecycle.begin_draining();
+            if !delay.is_zero() {
+                tracing::info!(?delay, "shutdown signal: draining (readiness is 503)");
+                tokio::time::sleep(delay).await;
+            }
+            // Replies end first, so open event streams close promptly instead of holding the
+            // HTTP drain for the whole grace period.
+            tracing::info!("shutting down: cancelling replies, finishing in-flight requests");
             chats.cancel_generations();
             handle.stop(true).await;
         });
         let served = self.server.await;
         signals.abort();
+        self.lifecycle.begin_draining();
+        if let Some((_, metrics)) = &self.metrics_server {
+            metrics.handle().stop(true).await;
+        }
         served.context("HTTP server failed")?;
         tracing::info!("HTTP stopped; flushing chats");
         self.chats.shutdown().await;
@@ -142,13 +196,28 @@ fn start_chats(settings: &Settings, stores: &Stores, llm: Arc<LlmPool>) -> Chats
     )
 }
 
-fn serve(
-    listener: TcpListener,
-    settings: &Settings,
+/// What every HTTP worker shares.
+struct Shared {
     stores: Stores,
     accounts: Accounts,
     chats: Chats,
-) -> anyhow::Result<Server> {
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::Result<Server> {
+    let Shared {
+        stores,
+        accounts,
+        chats,
+        metrics,
+        lifecycle,
+    } = shared;
+    let metrics = web::Data::from(metrics);
+    let lifecycle = web::Data::from(lifecycle);
+    let admin = web::Data::new(settings.admin.clone());
+    let metrics_settings = web::Data::new(settings.metrics.clone());
+    let metrics_here = settings.metrics.enabled && settings.metrics.listen.trim().is_empty();
     let limits = web::Data::new(settings.limits.clone());
     let streams = web::Data::new(api::sse::StreamSettings {
         keepalive: Duration::from_secs(settings.llm.keepalive_secs.max(1)),
@@ -185,7 +254,11 @@ fn serve(
             .app_data(stores.clone())
             .app_data(accounts.clone())
             .app_data(chats.clone())
-            .configure(api::routes)
+            .app_data(metrics.clone())
+            .app_data(lifecycle.clone())
+            .app_data(admin.clone())
+            .app_data(metrics_settings.clone())
+            .configure(|cfg| api::routes(cfg, metrics_here))
             .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
             .default_service(web::to(api::not_found))
     })
@@ -200,28 +273,31 @@ fn serve(
     Ok(server)
 }
 
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+/// `/metrics` alone on its own address (`metrics.listen`), one worker.
+fn serve_metrics(
+    address: &str,
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(u16, Server)> {
+    let listener =
+        TcpListener::bind(address).with_context(|| format!("binding metrics.listen {address}"))?;
+    let port = listener.local_addr()?.port();
+    let metrics = web::Data::from(metrics);
+    let access = web::Data::new(settings.metrics.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(metrics.clone())
+            .app_data(access.clone())
+            .route("/metrics", web::get().to(api::admin::metrics))
+            .default_service(web::to(api::not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    tracing::info!(%address, "metrics listening");
+    Ok((port, server))
 }
 
 fn cors(origins: &[String]) -> Cors {

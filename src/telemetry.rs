@@ -4,11 +4,14 @@
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
+use actix_web::web;
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
+use crate::metrics::Metrics;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -47,9 +50,17 @@ pub async fn request_span(
         method = %req.method(),
         path = %req.path(),
     );
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
+    let _in_flight = metrics.as_ref().map(|m| m.request_started());
+    let method = method_label(req.method());
+    let route = req.match_pattern();
     let started = std::time::Instant::now();
     let mut res = next.call(req).instrument(span.clone()).await?;
     let status = res.status().as_u16();
+    if let Some(metrics) = &metrics {
+        let route = route.as_deref().unwrap_or("unmatched");
+        metrics.record_request(method, route, status, started.elapsed());
+    }
     span.in_scope(|| {
         tracing::info!(
             status,
@@ -62,4 +73,18 @@ pub async fn request_span(
             .insert(HeaderName::from_static(REQUEST_ID), value);
     }
     Ok(res)
+}
+
+/// The method as a metric label; anything unusual is `other`, so label values stay bounded.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::error::ChatError;
 use crate::generation::{Generation, Generations};
+use crate::inspect::ActorProbe;
 use crate::model::{
     Branch, BranchId, ChatId, ChatMeta, GenerationId, Message, MessageId, Role, UserId,
 };
@@ -216,7 +217,12 @@ impl Drop for AliveToken {
 }
 
 impl ChatActor {
-    pub(crate) fn new(state: ChatState, rt: Arc<ChatRuntime>, alive: AliveToken) -> Self {
+    pub(crate) fn new(
+        state: ChatState,
+        rt: Arc<ChatRuntime>,
+        alive: AliveToken,
+        probe: Arc<ActorProbe>,
+    ) -> Self {
         Self {
             core: ChatCore {
                 state,
@@ -224,6 +230,7 @@ impl ChatActor {
                 generation: next_generation(),
                 deleted: false,
                 me: None,
+                probe,
             },
             alive,
         }
@@ -240,7 +247,10 @@ impl ChatActor {
             return Err(ChatError::ChatNotFound);
         }
         match panic::catch_unwind(AssertUnwindSafe(|| op(&mut self.core))) {
-            Ok(result) => result,
+            Ok(result) => {
+                self.core.probe.observe(&self.core.state.tree);
+                result
+            }
             Err(_) => {
                 tracing::error!(chat = %self.alive.chat, "chat actor panicked; restarting it from stored state");
                 self.core.generation = next_generation();
@@ -260,7 +270,10 @@ impl ChatActor {
             load_chat(&rt, id).await
         };
         ctx.wait(fut.into_actor(self).map(|loaded, act, ctx| match loaded {
-            Ok(Some(state)) => act.core.state = state,
+            Ok(Some(state)) => {
+                act.core.state = state;
+                act.core.probe.observe(&act.core.state.tree);
+            }
             Ok(None) => {
                 act.core.deleted = true;
                 ctx.stop();
@@ -290,6 +303,8 @@ pub struct ChatCore {
     generation: u64,
     deleted: bool,
     me: Option<Recipient<WriteFailed>>,
+    /// What the operator surface reads of this actor.
+    probe: Arc<ActorProbe>,
 }
 
 /// A slot in the writer's queue. A full queue is an overload, unless the queue is full because a
@@ -310,6 +325,7 @@ impl ChatCore {
             generation: self.generation,
             ops,
             on_fail: self.me.clone(),
+            pending: Some(self.probe.pending_writes.clone()),
         })
     }
 
@@ -955,6 +971,39 @@ chat_messages! {
 chat_messages! {
     /// Makes the actor panic mid-change (tests of supervision only).
     InjectPanic {} -> () => inject_panic;
+}
+
+/// The chat state an operator's detail view shows (no ownership check: admin only).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Inspected")]
+pub struct Inspect;
+
+/// What [`Inspect`] answers.
+#[derive(Debug, Clone, MessageResponse)]
+pub struct Inspected {
+    pub title: Option<String>,
+    pub active_branch: BranchId,
+    pub active_branch_name: String,
+    pub version: i64,
+}
+
+impl Handler<Inspect> for ChatActor {
+    type Result = Inspected;
+
+    fn handle(&mut self, _: Inspect, _: &mut Self::Context) -> Inspected {
+        let state = &self.core.state;
+        let active = state.tree.active();
+        Inspected {
+            title: state.meta.title.clone(),
+            active_branch: active,
+            active_branch_name: state
+                .tree
+                .branch(active)
+                .map(|b| b.name.clone())
+                .unwrap_or_default(),
+            version: state.meta.version,
+        }
+    }
 }
 
 /// Flush everything this chat queued, then stop. Sent by the registry on eviction.

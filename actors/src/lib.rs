@@ -8,6 +8,8 @@
 //! - [`generation`]: replies in progress, their event logs (stream, resume) and branch locks.
 //! - [`ports`]: the traits storage and model providers implement (in the server crate).
 //! - [`views`]: the read models handlers serialize.
+//! - [`inspect`]: what operators see of resident actors, read without messaging them.
+//! - [`metrics`]: the Prometheus instruments components record into (the server exports them).
 //!
 //! A request flows: handler → [`Chats`] → chat actor (validate, apply in memory, queue rows) →
 //! writer (batch, commit) → the handler's response, after the commit in `durable` mode.
@@ -15,7 +17,9 @@
 pub mod chat;
 pub mod error;
 pub mod generation;
+pub mod inspect;
 pub mod llm;
+pub mod metrics;
 pub mod model;
 pub mod ports;
 pub mod registry;

@@ -16,11 +16,12 @@
 //! it on success and reopens it on failure.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use prometheus::{Histogram, IntCounter, IntCounterVec};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,16 +71,123 @@ pub struct LlmJob {
     request: CompletionRequest,
     generation: Arc<Generation>,
     done: oneshot::Sender<JobOutcome>,
+    queued: Instant,
 }
 
-/// Counters for the operator surface.
-#[derive(Debug, Default)]
+/// One provider's instruments (every series carries a `provider` label).
 pub struct ProviderStats {
+    /// Upstream requests in flight right now.
     pub in_flight: AtomicUsize,
-    pub requests: AtomicU64,
-    pub retries: AtomicU64,
-    pub failures: AtomicU64,
-    pub rejected: AtomicU64,
+    /// Upstream attempts (a retried reply counts each attempt).
+    pub requests: IntCounter,
+    pub retries: IntCounter,
+    /// Replies by outcome: `completed`, `cancelled`, `failed`.
+    pub replies: IntCounterVec,
+    /// Failed attempts by kind (`timeout`, `connect`, `http_429`, `http_5xx`, ...).
+    pub errors: IntCounterVec,
+    /// Replies refused at admission: `overloaded` (queue full) or `unavailable` (circuit open).
+    pub rejected: IntCounterVec,
+    /// Tokens the provider reported, by `kind` (`prompt`, `completion`).
+    pub tokens: IntCounterVec,
+    /// Time a reply waited for a worker.
+    pub queue_seconds: Histogram,
+    /// From a worker taking a reply to its last token (retries included).
+    pub duration_seconds: Histogram,
+    /// From a worker taking a reply to its first streamed token.
+    pub first_token_seconds: Histogram,
+}
+
+impl ProviderStats {
+    pub fn new(provider: &str) -> Self {
+        use crate::metrics::*;
+        let label = [("provider", provider)];
+        let with_values = |vec: IntCounterVec, values: &[&str]| {
+            for v in values {
+                vec.with_label_values(&[v]);
+            }
+            vec
+        };
+        Self {
+            in_flight: AtomicUsize::new(0),
+            requests: counter(
+                "arbor_llm_requests_total",
+                "Upstream attempts sent to a model provider (retries count again).",
+                &label,
+            ),
+            retries: counter(
+                "arbor_llm_retries_total",
+                "Attempts retried after a retryable failure.",
+                &label,
+            ),
+            replies: with_values(
+                counter_vec(
+                    "arbor_llm_replies_total",
+                    "Replies a provider worker finished, by outcome.",
+                    &label,
+                    &["outcome"],
+                ),
+                &["completed", "cancelled", "failed"],
+            ),
+            errors: counter_vec(
+                "arbor_llm_errors_total",
+                "Failed upstream attempts, by kind.",
+                &label,
+                &["kind"],
+            ),
+            rejected: with_values(
+                counter_vec(
+                    "arbor_llm_rejected_total",
+                    "Replies refused before queueing: queue full (overloaded) or circuit open (unavailable).",
+                    &label,
+                    &["reason"],
+                ),
+                &["overloaded", "unavailable"],
+            ),
+            tokens: with_values(
+                counter_vec(
+                    "arbor_llm_tokens_total",
+                    "Tokens reported by the provider, by kind.",
+                    &label,
+                    &["kind"],
+                ),
+                &["prompt", "completion"],
+            ),
+            queue_seconds: histogram(
+                "arbor_llm_queue_wait_seconds",
+                "Time a reply waited for a provider worker.",
+                &label,
+                PROVIDER_BUCKETS,
+            ),
+            duration_seconds: histogram(
+                "arbor_llm_request_duration_seconds",
+                "From a worker taking a reply to the end of its stream, retries included.",
+                &label,
+                PROVIDER_BUCKETS,
+            ),
+            first_token_seconds: histogram(
+                "arbor_llm_time_to_first_token_seconds",
+                "From a worker taking a reply to its first streamed token.",
+                &label,
+                PROVIDER_BUCKETS,
+            ),
+        }
+    }
+}
+
+impl crate::metrics::Instruments for ProviderStats {
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        crate::collectors![
+            self.requests,
+            self.retries,
+            self.replies,
+            self.errors,
+            self.rejected,
+            self.tokens,
+            self.queue_seconds,
+            self.duration_seconds,
+            self.first_token_seconds,
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -189,7 +297,11 @@ impl ModelRef {
     pub fn admit(self) -> Result<Admission, LlmError> {
         let provider = &self.provider;
         if provider.open() {
-            provider.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            provider
+                .stats
+                .rejected
+                .with_label_values(&["unavailable"])
+                .inc();
             return Err(LlmError::Unavailable);
         }
         match provider.jobs.clone().try_reserve_owned() {
@@ -198,7 +310,11 @@ impl ModelRef {
                 permit,
             }),
             Err(_) => {
-                provider.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                provider
+                    .stats
+                    .rejected
+                    .with_label_values(&["overloaded"])
+                    .inc();
                 Err(LlmError::Overloaded)
             }
         }
@@ -227,6 +343,7 @@ impl Admission {
             request,
             generation,
             done,
+            queued: Instant::now(),
         });
         outcome
     }
@@ -312,11 +429,11 @@ impl LlmPool {
             }
             let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
             let provider = Arc::new(Provider {
-                config: settings,
                 client,
                 jobs: tx,
                 breaker: Mutex::new(Breaker::Closed { failures: 0 }),
-                stats: ProviderStats::default(),
+                stats: ProviderStats::new(&settings.name),
+                config: settings,
             });
             let rx = Arc::new(tokio::sync::Mutex::new(rx));
             for _ in 0..provider.config.max_concurrent.max(1) {
@@ -410,6 +527,11 @@ impl LlmPool {
         }
     }
 
+    /// Every configured provider (for the operator surface).
+    pub fn providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.providers.values()
+    }
+
     pub fn catalog(&self) -> ModelsView {
         ModelsView {
             default: format!("{}/{}", self.default.0, self.default.1),
@@ -470,12 +592,37 @@ async fn run(provider: Arc<Provider>, job: LlmJob) {
         request,
         generation,
         done,
+        queued,
     } = job;
-    let outcome = attempts(&provider, &request, &generation).await;
-    if let JobOutcome::Failed(e) = &outcome {
-        provider.stats.failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(provider = %provider.config.name, error = %e, "reply failed");
-    }
+    let stats = &provider.stats;
+    let started = Instant::now();
+    stats
+        .queue_seconds
+        .observe((started - queued).as_secs_f64());
+    let outcome = attempts(&provider, &request, &generation, started).await;
+    stats
+        .duration_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let label = match &outcome {
+        JobOutcome::Completed(completion) => {
+            if let Some(usage) = completion.usage {
+                let tokens = &stats.tokens;
+                tokens
+                    .with_label_values(&["prompt"])
+                    .inc_by(usage.prompt_tokens);
+                tokens
+                    .with_label_values(&["completion"])
+                    .inc_by(usage.completion_tokens);
+            }
+            "completed"
+        }
+        JobOutcome::Cancelled { .. } => "cancelled",
+        JobOutcome::Failed(e) => {
+            tracing::warn!(provider = %provider.config.name, error = %e, "reply failed");
+            "failed"
+        }
+    };
+    stats.replies.with_label_values(&[label]).inc();
     let _ = done.send(outcome);
 }
 
@@ -483,6 +630,7 @@ async fn attempts(
     provider: &Provider,
     request: &CompletionRequest,
     generation: &Generation,
+    started: Instant,
 ) -> JobOutcome {
     let cancel = generation.cancel_token();
     let cancelled = |partial: String| JobOutcome::Cancelled {
@@ -498,12 +646,18 @@ async fn attempts(
         if let Err(e) = provider.allow() {
             return JobOutcome::Failed(e);
         }
-        provider.stats.requests.fetch_add(1, Ordering::Relaxed);
+        provider.stats.requests.inc();
         provider.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut streamed = false;
         let result = {
             let mut on_delta = |delta: &str| {
                 if !delta.is_empty() {
+                    if !streamed && partial.is_empty() {
+                        provider
+                            .stats
+                            .first_token_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                    }
                     streamed = true;
                     partial.push_str(delta);
                     generation.push_delta(delta);
@@ -527,6 +681,11 @@ async fn attempts(
             Some(Err(e)) => e,
         };
         provider.record(Err(&error));
+        provider
+            .stats
+            .errors
+            .with_label_values(&[error.kind()])
+            .inc();
         if streamed || !error.is_retryable() || attempt >= provider.config.max_retries {
             return JobOutcome::Failed(error);
         }
@@ -543,7 +702,7 @@ async fn attempts(
             _ => backoff(&provider.config, attempt),
         };
         attempt += 1;
-        provider.stats.retries.fetch_add(1, Ordering::Relaxed);
+        provider.stats.retries.inc();
         tracing::debug!(provider = %provider.config.name, attempt, ?wait, error = %error, "retrying");
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -591,7 +750,7 @@ mod tests {
             client: Arc::new(Never),
             jobs: mpsc::channel(1).0,
             breaker: Mutex::new(Breaker::Closed { failures: 0 }),
-            stats: ProviderStats::default(),
+            stats: ProviderStats::new("test"),
         }
     }
 

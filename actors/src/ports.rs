@@ -25,6 +25,18 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// A short stable label (`unavailable`, `conflict`, `rejected`, `corrupt`) for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::Conflict(_) => "conflict",
+            Self::Rejected(_) => "rejected",
+            Self::Corrupt(_) => "corrupt",
+        }
+    }
+}
+
 /// The metadata changes of one write-behind batch, already coalesced (latest version per row).
 #[derive(Debug, Default, Clone)]
 pub struct MetaBatch {
@@ -65,6 +77,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
     /// Looks a user up by email or username (case-insensitive).
     async fn user_by_login(&self, login: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Grants or revokes a user's admin role by email (case-insensitive); returns the updated
+    /// user, or `None` if no user has that email.
+    async fn set_admin(&self, email: &str, admin: bool) -> Result<Option<UserRecord>, StoreError>;
     /// A chat's row and its branches.
     async fn load_chat(&self, id: ChatId) -> Result<Option<(ChatMeta, Vec<Branch>)>, StoreError>;
     /// A user's chats, newest first, strictly older than `before` when given.
@@ -152,6 +167,25 @@ pub enum LlmError {
 }
 
 impl LlmError {
+    /// A short stable label for metrics: `unknown_model`, `overloaded`, `unavailable`,
+    /// `timeout`, `connect` (no HTTP answer), `http_429`, `http_4xx`, `http_5xx`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownModel(_) => "unknown_model",
+            Self::Overloaded => "overloaded",
+            Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
+            Self::Upstream { status: None, .. } => "connect",
+            Self::Upstream {
+                status: Some(429), ..
+            } => "http_429",
+            Self::Upstream {
+                status: Some(s), ..
+            } if *s >= 500 => "http_5xx",
+            Self::Upstream { .. } => "http_4xx",
+        }
+    }
+
     pub fn upstream(status: Option<u16>, message: impl Into<String>) -> Self {
         Self::Upstream {
             status,

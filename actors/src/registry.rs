@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,11 +20,13 @@ use futures_util::future::{FutureExt, Shared};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
+use prometheus::{Histogram, IntCounter, IntCounterVec};
 use tokio::sync::oneshot;
 
 use crate::chat::*;
 use crate::error::ChatError;
 use crate::generation::{Generation, StoredReply};
+use crate::inspect::{ActorDetail, ActorInfo, ActorProbe, ActorTotals, EvictReason};
 use crate::llm::{Admission, JobOutcome, LlmPool};
 use crate::model::{BranchId, ChatId, GenerationId, MessageId, Role, UserId};
 use crate::ports::CompletionRequest;
@@ -63,8 +65,8 @@ impl Default for RegistryConfig {
 #[derive(Clone)]
 pub struct ChatHandle {
     addr: Addr<ChatActor>,
-    /// Requests sent to the actor and not yet answered: its mailbox depth.
-    depth: Arc<AtomicUsize>,
+    /// Shared with the actor: mailbox depth, last activity, sizes (see [`crate::inspect`]).
+    probe: Arc<ActorProbe>,
     instance: u64,
     capacity: usize,
 }
@@ -81,7 +83,8 @@ impl ChatHandle {
         M::Result: Send,
         ChatActor: Handler<M>,
     {
-        let depth = &*self.depth;
+        self.probe.touch();
+        let depth = &self.probe.depth;
         let _queued = DepthGuard(depth);
         if depth.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             return Err(AskError::Overloaded);
@@ -101,11 +104,69 @@ impl Drop for DepthGuard<'_> {
     }
 }
 
-/// Counters for the operator surface.
-#[derive(Debug, Default)]
+/// The registry's instruments for the operator surface.
 pub struct RegistryStats {
-    pub activations: AtomicU64,
-    pub evictions: AtomicU64,
+    pub activations: IntCounter,
+    /// Activations that failed (store unavailable, corrupt rows); unknown chats are not counted.
+    pub activation_failures: IntCounter,
+    pub activation_seconds: Histogram,
+    /// By [`EvictReason`].
+    pub evictions: IntCounterVec,
+}
+
+impl Default for RegistryStats {
+    fn default() -> Self {
+        use crate::metrics::*;
+        let evictions = counter_vec(
+            "arbor_chat_evictions_total",
+            "Chat actors that left memory, by reason (idle, capacity, admin, deleted, shutdown, stopped).",
+            &[],
+            &["reason"],
+        );
+        for reason in EvictReason::ALL {
+            evictions.with_label_values(&[reason.as_str()]);
+        }
+        Self {
+            activations: counter(
+                "arbor_chat_activations_total",
+                "Chat actors loaded from the stores (creating a chat is not an activation).",
+                &[],
+            ),
+            activation_failures: counter(
+                "arbor_chat_activation_failures_total",
+                "Activations that failed because a store read failed or its rows were unusable.",
+                &[],
+            ),
+            activation_seconds: histogram(
+                "arbor_chat_activation_duration_seconds",
+                "Time to load a chat from the stores and start its actor.",
+                &[],
+                LATENCY_BUCKETS,
+            ),
+            evictions,
+        }
+    }
+}
+
+impl RegistryStats {
+    /// Evictions of every reason so far.
+    pub fn evictions_total(&self) -> u64 {
+        EvictReason::ALL
+            .iter()
+            .map(|r| self.evictions.with_label_values(&[r.as_str()]).get())
+            .sum()
+    }
+}
+
+impl crate::metrics::Instruments for RegistryStats {
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        crate::collectors![
+            self.activations,
+            self.activation_failures,
+            self.activation_seconds,
+            self.evictions,
+        ]
+    }
 }
 
 struct Inner {
@@ -117,6 +178,8 @@ struct Inner {
     next_instance: AtomicU64,
     stats: Arc<RegistryStats>,
     llm: Arc<LlmPool>,
+    /// Set by `shutdown`: removals from then on are counted as `shutdown` evictions.
+    shutting_down: Arc<AtomicBool>,
 }
 
 /// Every chat operation, routed to the chat's actor. Cheap to clone.
@@ -204,15 +267,24 @@ impl Chats {
     /// Starts the registry: its arbiters and its eviction sweeper. Call inside an actix system.
     pub fn start(rt: ChatRuntime, config: RegistryConfig, llm: Arc<LlmPool>) -> Self {
         let stats = Arc::new(RegistryStats::default());
-        let evictions = stats.clone();
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let (evictions, stopping) = (stats.clone(), shutting_down.clone());
         let cache = Cache::builder()
             .max_capacity(config.max_resident)
             .time_to_idle(config.idle_timeout)
             .eviction_listener(move |_id, handle: ChatHandle, cause| {
-                if cause != RemovalCause::Replaced {
-                    evictions.evictions.fetch_add(1, Ordering::Relaxed);
-                    handle.addr.do_send(Evict);
-                }
+                let reason = match cause {
+                    RemovalCause::Replaced => return,
+                    _ if stopping.load(Ordering::Relaxed) => EvictReason::Shutdown,
+                    RemovalCause::Expired => EvictReason::Idle,
+                    RemovalCause::Size => EvictReason::Capacity,
+                    RemovalCause::Explicit => handle.probe.evict_reason(),
+                };
+                evictions
+                    .evictions
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                handle.addr.do_send(Evict);
             })
             .build();
         let arbiters = (0..config.arbiters.max(1))
@@ -227,6 +299,7 @@ impl Chats {
             next_instance: AtomicU64::new(1),
             stats,
             llm,
+            shutting_down,
         });
         let sweeper = Arc::downgrade(&inner);
         let interval = inner.config.sweep_interval;
@@ -260,6 +333,48 @@ impl Chats {
         self.inner.cache.entry_count()
     }
 
+    /// A snapshot of every resident actor (a walk over the registry; no actor is messaged).
+    pub fn actors(&self) -> Vec<ActorInfo> {
+        self.inner
+            .cache
+            .iter()
+            .map(|(_, handle)| handle.probe.snapshot())
+            .collect()
+    }
+
+    /// Totals over every resident actor.
+    pub fn actor_totals(&self) -> ActorTotals {
+        let mut totals = ActorTotals::default();
+        for (_, handle) in self.inner.cache.iter() {
+            totals.add(&handle.probe);
+        }
+        totals
+    }
+
+    /// One resident actor in detail, or `None` if the chat is not resident (it is not
+    /// activated for this). Waits for the actor to reach the request in its mailbox.
+    pub async fn actor(&self, chat: ChatId) -> Option<ActorDetail> {
+        let handle = self.inner.cache.get(&chat).await?;
+        let state = handle.ask(Inspect).await.ok()?;
+        let generations = self
+            .inner
+            .rt
+            .generations
+            .running()
+            .into_iter()
+            .filter(|g| g.chat == chat)
+            .map(|g| g.view())
+            .collect();
+        Some(ActorDetail {
+            info: handle.probe.snapshot(),
+            title: state.title,
+            active_branch_id: state.active_branch,
+            active_branch_name: state.active_branch_name,
+            version: state.version,
+            generations_in_flight: generations,
+        })
+    }
+
     /// Creates a chat owned by `owner`; its actor starts resident.
     pub async fn create(
         &self,
@@ -281,6 +396,7 @@ impl Chats {
             generation: 0,
             ops,
             on_fail: Some(handle.addr.clone().recipient()),
+            pending: Some(handle.probe.pending_writes.clone()),
         });
         self.inner.cache.insert(id, handle).await;
         self.settle(Applied {
@@ -349,7 +465,7 @@ impl Chats {
         let result = self.settle(applied).await;
         // Drop the tombstoned actor either way: after a failure it reloads, after success the
         // chat is gone from the store.
-        self.inner.cache.invalidate(&chat).await;
+        self.remove(chat, EvictReason::Deleted).await;
         result
     }
 
@@ -580,11 +696,31 @@ impl Chats {
         Err(ChatError::Internal(format!("chat {chat} kept stopping")))
     }
 
-    /// Evicts a chat now (flush, then stop). Returns whether it was resident.
+    /// Evicts a chat now (flush, then stop), as an operator would. Returns whether it was
+    /// resident; returns once the actor has flushed and stopped.
     pub async fn evict(&self, chat: ChatId) -> bool {
-        let resident = self.inner.cache.remove(&chat).await.is_some();
+        let resident = self.remove(chat, EvictReason::Admin).await;
         self.wait_gone(chat).await;
         resident
+    }
+
+    /// Removes a chat's actor from the registry, recording why (the listener counts it).
+    async fn remove(&self, chat: ChatId, reason: EvictReason) -> bool {
+        self.inner
+            .cache
+            .entry(chat)
+            .and_compute_with(|entry| async move {
+                match entry {
+                    Some(e) => {
+                        e.value().probe.set_evict_reason(reason);
+                        Op::Remove
+                    }
+                    None => Op::Nop,
+                }
+            })
+            .await
+            .into_entry()
+            .is_some()
     }
 
     /// Asks every running generation to stop; each stores its partial reply.
@@ -608,6 +744,7 @@ impl Chats {
         {
             tracing::warn!("some generations did not end within 10 s of shutdown");
         }
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
         self.inner.cache.invalidate_all();
         self.inner.cache.run_pending_tasks().await;
         let pending: Vec<GoneSignal> = match self.inner.live.lock() {
@@ -798,11 +935,18 @@ impl Chats {
 
     async fn activate(&self, chat: ChatId) -> Result<ChatHandle, ChatError> {
         self.wait_gone(chat).await;
+        let started = std::time::Instant::now();
+        let stats = &self.inner.stats;
         let state = load_chat(&self.inner.rt, chat)
-            .await?
+            .await
+            .inspect_err(|_| stats.activation_failures.inc())?
             .ok_or(ChatError::ChatNotFound)?;
-        self.inner.stats.activations.fetch_add(1, Ordering::Relaxed);
-        Ok(self.spawn(chat, state))
+        let handle = self.spawn(chat, state);
+        stats.activations.inc();
+        stats
+            .activation_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(handle)
     }
 
     /// Waits until no actor of this chat is alive (the previous one has flushed and stopped).
@@ -843,16 +987,18 @@ impl Chats {
             done: Some(done),
         };
         let rt = self.inner.rt.clone();
+        let probe = Arc::new(ActorProbe::new(chat, state.meta.owner, &state.tree));
+        let shared = probe.clone();
         let arbiter = &self.inner.arbiters[arbiter_for(chat, self.inner.arbiters.len())];
         let addr = ChatActor::start_in_arbiter(arbiter, move |ctx| {
             // The registry bounds each mailbox itself (see `ChatHandle::ask`); actix's own
             // bound parks senders instead of refusing, so it is lifted (0 = never park).
             ctx.set_mailbox_capacity(0);
-            ChatActor::new(state, rt, token)
+            ChatActor::new(state, rt, token, shared)
         });
         ChatHandle {
             addr,
-            depth: Arc::default(),
+            probe,
             instance,
             capacity: self.inner.config.mailbox_capacity,
         }

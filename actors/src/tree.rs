@@ -76,6 +76,8 @@ pub struct Tree {
     roots: Vec<MessageId>,
     branches: Vec<Branch>,
     active: BranchId,
+    /// Heap bytes the messages' strings and metadata take (kept as messages come and go).
+    content_bytes: usize,
 }
 
 impl Tree {
@@ -87,6 +89,7 @@ impl Tree {
             roots: Vec::new(),
             branches: vec![main],
             active,
+            content_bytes: 0,
         }
     }
 
@@ -111,6 +114,7 @@ impl Tree {
             roots: Vec::new(),
             branches,
             active,
+            content_bytes: 0,
         };
         messages.sort_by_key(|m| m.id);
         let mut pending = messages;
@@ -171,6 +175,17 @@ impl Tree {
 
     pub fn message_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Approximate memory this tree holds: its table of nodes, their links, branches and the
+    /// messages' content. O(1); for the operator surface, not for accounting.
+    pub fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let table = self.nodes.capacity() * (size_of::<(MessageId, Node)>() + 1);
+        let links = (self.nodes.len() + self.roots.capacity()) * size_of::<MessageId>();
+        let branches = self.branches.capacity() * size_of::<Branch>()
+            + self.branches.iter().map(|b| b.name.len()).sum::<usize>();
+        size_of::<Self>() + table + links + branches + self.content_bytes
     }
 
     /// All nodes, in no particular order.
@@ -443,6 +458,7 @@ impl Tree {
                 0
             }
         };
+        self.content_bytes += message_bytes(&message);
         self.nodes.insert(
             id,
             Node {
@@ -483,6 +499,7 @@ impl Tree {
             .collect();
         for id in &doomed {
             if let Some(node) = self.nodes.remove(id) {
+                self.content_bytes -= message_bytes(&node.message);
                 let siblings = match node.message.parent_id {
                     Some(p) => self.nodes.get_mut(&p).map(|n| &mut n.children),
                     None => Some(&mut self.roots),
@@ -494,6 +511,14 @@ impl Tree {
         }
         doomed
     }
+}
+
+/// The heap bytes a message's strings and metadata hold (metadata by its JSON size).
+fn message_bytes(m: &Message) -> usize {
+    m.content.len()
+        + m.model.as_deref().map_or(0, str::len)
+        + m.idempotency_key.as_deref().map_or(0, str::len)
+        + m.metadata.as_deref().map_or(0, |v| v.to_string().len())
 }
 
 fn insert_sorted(list: &mut Vec<MessageId>, id: MessageId) {
@@ -590,6 +615,32 @@ mod tests {
         assert_eq!(f.tree.branches().len(), 1);
         assert_eq!(f.tree.path_len(f.main).unwrap(), 0);
         assert!(f.tree.path(f.main).unwrap().is_empty());
+    }
+
+    #[test]
+    fn approx_bytes_follows_content_in_and_out() {
+        let mut f = fixture();
+        let empty = f.tree.approx_bytes();
+        let a = f.push(f.main, "short");
+        let fork = f.fork_at(a);
+        let big = "x".repeat(10_000);
+        f.push(fork, &big);
+        let with_big = f.tree.approx_bytes();
+        assert!(with_big >= empty + 10_005, "{with_big} < {empty} + 10005");
+        f.tree.delete_branch(fork).unwrap();
+        let after = f.tree.approx_bytes();
+        assert!(
+            after < with_big - 9_000,
+            "deleting the branch freed its message: {after}"
+        );
+        let restored = Tree::restore(
+            f.tree.branches().to_vec(),
+            f.main,
+            f.tree.nodes().map(|n| n.message.clone()).collect(),
+        )
+        .unwrap()
+        .tree;
+        assert_eq!(restored.content_bytes, f.tree.content_bytes);
     }
 
     #[test]

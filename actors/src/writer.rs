@@ -17,12 +17,13 @@
 //! refused write never stays visible.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
+use prometheus::{Histogram, IntCounter, IntCounterVec};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -119,6 +120,8 @@ pub struct ChatWrite {
     pub generation: u64,
     pub ops: Vec<WriteOp>,
     pub on_fail: Option<Recipient<WriteFailed>>,
+    /// The chat's count of writes not yet committed: raised when queued, lowered when settled.
+    pub pending: Option<Arc<AtomicUsize>>,
 }
 
 enum Command {
@@ -127,17 +130,104 @@ enum Command {
     Barrier(oneshot::Sender<()>),
 }
 
-/// Counters the operator surface reads.
-#[derive(Debug, Default)]
+/// What the operator surface reads: Prometheus instruments plus the live flags.
 pub struct WriterStats {
-    pub batches: AtomicU64,
-    pub rows: AtomicU64,
-    pub failed_batches: AtomicU64,
-    pub retries: AtomicU64,
-    pub last_batch_rows: AtomicU64,
-    pub last_flush_micros: AtomicU64,
+    pub batches: IntCounter,
+    pub rows: IntCounter,
+    pub failed_batches: IntCounter,
+    pub retries: IntCounter,
+    /// Store calls that failed, by store (`metadata`, `messages`) and kind.
+    pub store_errors: IntCounterVec,
+    pub batch_rows: Histogram,
+    pub flush_seconds: Histogram,
+    /// From a change's acknowledgement-ready enqueue to its batch's commit.
+    pub lag_seconds: Histogram,
     /// A store is failing: the writer is retrying a batch that has not committed yet.
     pub stalled: AtomicBool,
+    /// The largest lag since the operator surface last took it (microseconds).
+    lag_max_micros: AtomicU64,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        use crate::metrics::*;
+        Self {
+            batches: counter(
+                "arbor_writer_batches_total",
+                "Write-behind batches committed.",
+                &[],
+            ),
+            rows: counter(
+                "arbor_writer_rows_total",
+                "Rows committed by the write-behind writer.",
+                &[],
+            ),
+            failed_batches: counter(
+                "arbor_writer_failed_batches_total",
+                "Write-behind batches that failed for good (their chats were fenced and reloaded).",
+                &[],
+            ),
+            retries: counter(
+                "arbor_writer_retries_total",
+                "Batch attempts retried because a store was unavailable.",
+                &[],
+            ),
+            store_errors: counter_vec(
+                "arbor_writer_store_errors_total",
+                "Failed store calls of the write-behind writer, by store and error kind.",
+                &[],
+                &["store", "kind"],
+            ),
+            batch_rows: histogram(
+                "arbor_writer_batch_rows",
+                "Rows per committed write-behind batch.",
+                &[],
+                BATCH_BUCKETS,
+            ),
+            flush_seconds: histogram(
+                "arbor_writer_flush_duration_seconds",
+                "Time to commit one write-behind batch to the stores, retries included.",
+                &[],
+                LATENCY_BUCKETS,
+            ),
+            lag_seconds: histogram(
+                "arbor_writer_commit_lag_seconds",
+                "Time from a change entering the write-behind queue to its commit.",
+                &[],
+                LATENCY_BUCKETS,
+            ),
+            stalled: AtomicBool::new(false),
+            lag_max_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl WriterStats {
+    /// The largest commit lag since the previous call.
+    pub fn take_lag_max(&self) -> Duration {
+        Duration::from_micros(self.lag_max_micros.swap(0, Ordering::Relaxed))
+    }
+
+    fn committed(&self, lag: Duration) {
+        self.lag_seconds.observe(lag.as_secs_f64());
+        self.lag_max_micros
+            .fetch_max(lag.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+impl crate::metrics::Instruments for WriterStats {
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        crate::collectors![
+            self.batches,
+            self.rows,
+            self.failed_batches,
+            self.retries,
+            self.store_errors,
+            self.batch_rows,
+            self.flush_seconds,
+            self.lag_seconds,
+        ]
+    }
 }
 
 /// A cheap, cloneable handle to the writer task.
@@ -154,6 +244,9 @@ pub struct Slot(mpsc::OwnedPermit<Command>);
 
 impl Slot {
     pub fn send(self, write: ChatWrite) -> CommitTicket {
+        if let Some(pending) = &write.pending {
+            pending.fetch_add(1, Ordering::Relaxed);
+        }
         let (tx, rx) = oneshot::channel();
         self.0.send(Command::Write(write, tx, Instant::now()));
         rx.map(|r| r.unwrap_or(Err(WriteError::Stopped)))
@@ -213,6 +306,11 @@ impl WriterHandle {
     pub fn queue_depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
+
+    /// The queue's bound.
+    pub fn queue_capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
 }
 
 struct Writer {
@@ -266,43 +364,40 @@ impl Writer {
                 Command::Write(w, ack, queued) => {
                     if let Some(&fence) = self.fences.get(&w.chat) {
                         if w.generation < fence {
-                            let _ = ack.send(Err(WriteError::Fenced));
+                            settle(&w, ack, Err(WriteError::Fenced));
                             continue;
                         }
                         self.fences.remove(&w.chat);
                     }
                     oldest.get_or_insert(queued);
-                    writes.push((w, ack));
+                    writes.push((w, ack, queued));
                 }
                 Command::Barrier(done) => barriers.push(done),
             }
         }
         if !writes.is_empty() {
-            let batch = coalesce(writes.iter().map(|(w, _)| w));
+            let batch = coalesce(writes.iter().map(|(w, _, _)| w));
             let started = std::time::Instant::now();
             let result = self
                 .commit(&batch, oldest.unwrap_or_else(Instant::now))
                 .await;
             self.stats
-                .last_flush_micros
-                .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                .flush_seconds
+                .observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(()) => {
-                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .rows
-                        .fetch_add(batch.rows as u64, Ordering::Relaxed);
-                    self.stats
-                        .last_batch_rows
-                        .store(batch.rows as u64, Ordering::Relaxed);
-                    for (_, ack) in writes {
-                        let _ = ack.send(Ok(()));
+                    self.stats.batches.inc();
+                    self.stats.rows.inc_by(batch.rows as u64);
+                    self.stats.batch_rows.observe(batch.rows as f64);
+                    for (w, ack, queued) in writes {
+                        self.stats.committed(queued.elapsed());
+                        settle(&w, ack, Ok(()));
                     }
                 }
                 Err(error) => {
-                    self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats.failed_batches.inc();
                     tracing::error!(%error, rows = batch.rows, "write-behind batch failed; fencing its chats");
-                    for (w, ack) in writes {
+                    for (w, ack, _) in writes {
                         let fence = self.fences.entry(w.chat).or_insert(0);
                         *fence = (*fence).max(w.generation + 1);
                         if let Some(actor) = &w.on_fail {
@@ -310,7 +405,7 @@ impl Writer {
                                 generation: w.generation,
                             });
                         }
-                        let _ = ack.send(Err(WriteError::StorageUnavailable));
+                        settle(&w, ack, Err(WriteError::StorageUnavailable));
                     }
                 }
             }
@@ -330,9 +425,16 @@ impl Writer {
         loop {
             let result = self.commit_once(batch).await;
             self.stats.stalled.store(
-                matches!(result, Err(StoreError::Unavailable(_))),
+                matches!(result, Err((_, StoreError::Unavailable(_)))),
                 Ordering::Relaxed,
             );
+            let result = result.map_err(|(store, e)| {
+                self.stats
+                    .store_errors
+                    .with_label_values(&[store, e.kind()])
+                    .inc();
+                e
+            });
             match result {
                 Ok(()) => return Ok(()),
                 Err(e @ StoreError::Unavailable(_)) => {
@@ -341,7 +443,7 @@ impl Writer {
                     if give_up {
                         return Err(e);
                     }
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    self.stats.retries.inc();
                     tracing::warn!(error = %e, ?backoff, "store unavailable; retrying batch");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -351,18 +453,34 @@ impl Writer {
         }
     }
 
-    async fn commit_once(&self, batch: &Coalesced) -> Result<(), StoreError> {
+    /// One attempt; a failure names the store that failed.
+    async fn commit_once(&self, batch: &Coalesced) -> Result<(), (&'static str, StoreError)> {
         if !batch.inserts.is_empty() {
-            self.messages.insert(&batch.inserts).await?;
+            let inserted = self.messages.insert(&batch.inserts).await;
+            inserted.map_err(|e| ("messages", e))?;
         }
         if !batch.meta.is_empty() {
-            self.metadata.apply(&batch.meta).await?;
+            let applied = self.metadata.apply(&batch.meta).await;
+            applied.map_err(|e| ("metadata", e))?;
         }
         if !batch.deletes.is_empty() {
-            self.messages.delete(&batch.deletes).await?;
+            let deleted = self.messages.delete(&batch.deletes).await;
+            deleted.map_err(|e| ("messages", e))?;
         }
         Ok(())
     }
+}
+
+/// Reports a write's outcome to its actor's pending count and to whoever waits on its ticket.
+fn settle(
+    write: &ChatWrite,
+    ack: oneshot::Sender<Result<(), WriteError>>,
+    outcome: Result<(), WriteError>,
+) {
+    if let Some(pending) = &write.pending {
+        pending.fetch_sub(1, Ordering::Relaxed);
+    }
+    let _ = ack.send(outcome);
 }
 
 fn rows_of(command: &Command) -> usize {

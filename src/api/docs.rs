@@ -6,7 +6,7 @@ use utoipa::openapi::security::{
 };
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, branches, chats, error, generations, health, messages, models};
+use super::{admin, auth, branches, chats, error, generations, health, messages, models};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,12 +19,14 @@ use super::{auth, branches, chats, error, generations, health, messages, models}
         branches::create, branches::list, branches::get, branches::rename, branches::delete,
         branches::set_active,
         health::health, health::ready,
+        admin::actors, admin::actor, admin::evict, admin::stats,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&Security),
     tags(
         (name = "auth"), (name = "chats"), (name = "messages"), (name = "branches"), (name = "generations"),
         (name = "models"), (name = "operations"),
+        (name = "admin", description = "Admins only; anyone else gets 404."),
     )
 )]
 pub struct ApiDoc;

@@ -3,6 +3,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use crate::lifecycle::Lifecycle;
 use crate::storage::Stores;
 
 /// The process is up.
@@ -11,9 +12,12 @@ pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Both stores answer.
+/// Both stores answer and the server is not shutting down.
 #[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200), (status = 503)))]
-pub async fn ready(stores: web::Data<Stores>) -> HttpResponse {
+pub async fn ready(stores: web::Data<Stores>, lifecycle: web::Data<Lifecycle>) -> HttpResponse {
+    if lifecycle.is_draining() {
+        return HttpResponse::ServiceUnavailable().json(json!({ "status": "draining" }));
+    }
     let metadata = stores.metadata.ping().await.is_ok();
     let messages = stores.messages.ping().await.is_ok();
     let body = json!({

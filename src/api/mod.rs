@@ -1,5 +1,6 @@
 //! The HTTP surface: one small handler per endpoint (extract, call one operation, map the reply).
 
+pub mod admin;
 pub mod auth;
 pub mod branches;
 pub mod chats;
@@ -17,12 +18,23 @@ use serde::{Deserialize, Deserializer};
 use crate::config::LimitSettings;
 use error::ApiError;
 
-/// Registers every route under `/api/v1`, plus health, readiness and docs.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// Registers every route under `/api/v1`, plus health, readiness, the admin page and (when
+/// `metrics` is true) `/metrics`.
+pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
+    if metrics {
+        cfg.service(resource("/metrics").route(web::get().to(admin::metrics)));
+    }
     cfg.route("/health", web::get().to(health::health))
         .route("/ready", web::get().to(health::ready))
+        .service(resource("/admin").route(web::get().to(admin::page)))
         .service(
             web::scope("/api/v1")
+                .service(resource("/admin/actors").route(web::get().to(admin::actors)))
+                .service(resource("/admin/actors/{chat_id}").route(web::get().to(admin::actor)))
+                .service(
+                    resource("/admin/actors/{chat_id}/evict").route(web::post().to(admin::evict)),
+                )
+                .service(resource("/admin/stats").route(web::get().to(admin::stats)))
                 .service(resource("/auth/register").route(web::post().to(auth::register)))
                 .service(resource("/auth/login").route(web::post().to(auth::login)))
                 .service(resource("/auth/token").route(web::post().to(auth::token)))

@@ -199,6 +199,16 @@ impl MetadataStore for SqliteStore {
         row.as_ref().map(user_from).transpose()
     }
 
+    async fn set_admin(&self, email: &str, admin: bool) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query("UPDATE users SET is_admin = ?1 WHERE email = lower(?2) RETURNING *")
+            .bind(admin)
+            .bind(email.trim())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(user_from).transpose()
+    }
+
     async fn load_chat(&self, id: ChatId) -> Result<Option<(ChatMeta, Vec<Branch>)>, StoreError> {
         // One query: the chat row repeated on each of its branches.
         let rows = sqlx::query(

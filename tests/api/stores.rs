@@ -72,6 +72,7 @@ macro_rules! metadata_cases {
     ($($backend:ident => $open:ident),+) => {
         $(contract!($backend => $open;
             users_are_unique_by_email_and_username,
+            admin_role_is_granted_and_revoked_by_email,
             chats_and_branches_round_trip,
             an_older_version_never_overwrites_a_newer_one,
             deletions_remove_rows,
@@ -156,6 +157,26 @@ fn batch(chats: &[(ChatMeta, Branch)]) -> MetaBatch {
         branches: chats.iter().map(|(c, b)| (b.clone(), c.version)).collect(),
         ..MetaBatch::default()
     }
+}
+
+async fn admin_role_is_granted_and_revoked_by_email(store: Arc<dyn MetadataStore>) {
+    let ops = user("ops@example.com", Some("ops"));
+    let other = user("other@example.com", None);
+    store.create_user(&ops).await.unwrap();
+    store.create_user(&other).await.unwrap();
+    let granted = store.set_admin("  OPS@example.com ", true).await.unwrap();
+    assert_eq!(granted.map(|u| (u.id, u.is_admin)), Some((ops.id, true)));
+    assert!(store.user_by_id(ops.id).await.unwrap().unwrap().is_admin);
+    assert!(!store.user_by_id(other.id).await.unwrap().unwrap().is_admin);
+    // By email only: a username is not an email.
+    assert_eq!(store.set_admin("other", true).await.unwrap(), None);
+    assert_eq!(
+        store.set_admin("nobody@example.com", true).await.unwrap(),
+        None
+    );
+    let revoked = store.set_admin("ops@example.com", false).await.unwrap();
+    assert_eq!(revoked.map(|u| u.is_admin), Some(false));
+    assert!(!store.user_by_login("ops").await.unwrap().unwrap().is_admin);
 }
 
 async fn users_are_unique_by_email_and_username(store: Arc<dyn MetadataStore>) {

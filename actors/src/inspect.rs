@@ -1,0 +1,220 @@
+//! What operators see of resident chat actors, read without messaging them.
+//!
+//! Each actor shares an [`ActorProbe`] with its registry handle: the handle stamps the last
+//! activity and counts the mailbox, the writer counts the actor's uncommitted writes, and the
+//! actor refreshes its sizes after every change. Listing thousands of actors is then a walk over
+//! the registry that never waits on a busy mailbox.
+
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+
+use crate::model::{BranchId, ChatId, UserId};
+use crate::tree::Tree;
+use crate::views::GenerationView;
+
+#[cfg(feature = "openapi")]
+use utoipa::ToSchema;
+
+/// Fixed cost of a resident actor beyond its tree: the actor, its context and mailbox, the
+/// registry entry and this probe (measured order of magnitude, not accounting).
+const ACTOR_OVERHEAD_BYTES: usize = 1024;
+
+/// Why a resident actor left memory (the `reason` label of `arbor_chat_evictions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EvictReason {
+    /// Idle longer than `actors.idle_timeout_secs`.
+    Idle = 0,
+    /// The resident bound (`actors.max_resident`) was reached; least recently used goes first.
+    Capacity = 1,
+    /// An operator evicted it.
+    Admin = 2,
+    /// The chat was deleted.
+    Deleted = 3,
+    /// The server is shutting down.
+    Shutdown = 4,
+    /// The actor stopped on its own (a reload from a failing store, say).
+    Stopped = 5,
+}
+
+impl EvictReason {
+    pub const ALL: [Self; 6] = [
+        Self::Idle,
+        Self::Capacity,
+        Self::Admin,
+        Self::Deleted,
+        Self::Shutdown,
+        Self::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Capacity => "capacity",
+            Self::Admin => "admin",
+            Self::Deleted => "deleted",
+            Self::Shutdown => "shutdown",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|r| *r as u8 == v)
+            .unwrap_or(Self::Stopped)
+    }
+}
+
+/// The live, shared facts about one resident actor.
+#[derive(Debug)]
+pub struct ActorProbe {
+    pub chat: ChatId,
+    pub owner: UserId,
+    pub resident_since: DateTime<Utc>,
+    last_activity_ms: AtomicI64,
+    /// Requests sent to the actor and not yet answered.
+    pub(crate) depth: AtomicUsize,
+    /// Writes queued by the actor and not yet committed (shared with the writer).
+    pub(crate) pending_writes: Arc<AtomicUsize>,
+    messages: AtomicUsize,
+    branches: AtomicUsize,
+    tree_bytes: AtomicUsize,
+    evict_reason: AtomicU8,
+}
+
+impl ActorProbe {
+    pub(crate) fn new(chat: ChatId, owner: UserId, tree: &Tree) -> Self {
+        let now = Utc::now();
+        let probe = Self {
+            chat,
+            owner,
+            resident_since: now,
+            last_activity_ms: AtomicI64::new(now.timestamp_millis()),
+            depth: AtomicUsize::new(0),
+            pending_writes: Arc::default(),
+            messages: AtomicUsize::new(0),
+            branches: AtomicUsize::new(0),
+            tree_bytes: AtomicUsize::new(0),
+            evict_reason: AtomicU8::new(EvictReason::Stopped as u8),
+        };
+        probe.observe(tree);
+        probe
+    }
+
+    /// A request reached the actor's handle.
+    pub(crate) fn touch(&self) {
+        self.last_activity_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// Refreshes the sizes after a change (all O(1)).
+    pub(crate) fn observe(&self, tree: &Tree) {
+        self.messages.store(tree.message_count(), Ordering::Relaxed);
+        self.branches
+            .store(tree.branches().len(), Ordering::Relaxed);
+        self.tree_bytes
+            .store(tree.approx_bytes(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_evict_reason(&self, reason: EvictReason) {
+        self.evict_reason.store(reason as u8, Ordering::Relaxed);
+    }
+
+    pub(crate) fn evict_reason(&self) -> EvictReason {
+        EvictReason::from_u8(self.evict_reason.load(Ordering::Relaxed))
+    }
+
+    pub fn mailbox_depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    pub fn pending_writes(&self) -> usize {
+        self.pending_writes.load(Ordering::Relaxed)
+    }
+
+    pub fn approx_memory_bytes(&self) -> usize {
+        ACTOR_OVERHEAD_BYTES + self.tree_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> ActorInfo {
+        ActorInfo {
+            chat_id: self.chat,
+            owner_id: self.owner,
+            resident_since: self.resident_since,
+            last_activity: Utc
+                .timestamp_millis_opt(self.last_activity_ms.load(Ordering::Relaxed))
+                .single()
+                .unwrap_or(self.resident_since),
+            mailbox_depth: self.mailbox_depth(),
+            pending_writes: self.pending_writes(),
+            message_count: self.messages.load(Ordering::Relaxed),
+            branch_count: self.branches.load(Ordering::Relaxed),
+            approx_memory_bytes: self.approx_memory_bytes(),
+        }
+    }
+}
+
+/// One resident chat actor, as `GET /api/v1/admin/actors` lists it.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ActorInfo {
+    pub chat_id: ChatId,
+    pub owner_id: UserId,
+    /// When this actor was activated (created or loaded from the stores).
+    pub resident_since: DateTime<Utc>,
+    /// The last request routed to it.
+    pub last_activity: DateTime<Utc>,
+    /// Requests waiting in (or being handled from) its mailbox.
+    pub mailbox_depth: usize,
+    /// Its writes queued in the write-behind writer and not yet committed.
+    pub pending_writes: usize,
+    pub message_count: usize,
+    pub branch_count: usize,
+    /// Approximate heap the actor holds: its tree, content and fixed overhead.
+    pub approx_memory_bytes: usize,
+}
+
+/// One actor in detail: what the list shows, plus its active branch and running replies.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ActorDetail {
+    #[serde(flatten)]
+    pub info: ActorInfo,
+    pub title: Option<String>,
+    pub active_branch_id: BranchId,
+    pub active_branch_name: String,
+    /// The chat's version (bumped by every metadata change).
+    pub version: i64,
+    /// Replies being generated in this chat right now.
+    pub generations_in_flight: Vec<GenerationView>,
+}
+
+/// Totals over every resident actor.
+#[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ActorTotals {
+    pub resident: usize,
+    pub messages: usize,
+    pub branches: usize,
+    pub mailbox_depth: usize,
+    pub mailbox_depth_max: usize,
+    pub pending_writes: usize,
+    pub approx_memory_bytes: usize,
+}
+
+impl ActorTotals {
+    pub(crate) fn add(&mut self, probe: &ActorProbe) {
+        let depth = probe.mailbox_depth();
+        self.resident += 1;
+        self.messages += probe.messages.load(Ordering::Relaxed);
+        self.branches += probe.branches.load(Ordering::Relaxed);
+        self.mailbox_depth += depth;
+        self.mailbox_depth_max = self.mailbox_depth_max.max(depth);
+        self.pending_writes += probe.pending_writes();
+        self.approx_memory_bytes += probe.approx_memory_bytes();
+    }
+}

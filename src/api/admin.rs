@@ -1,0 +1,404 @@
+//! The operator surface: actor inspection and eviction, runtime stats, the admin page, and
+//! `/metrics`. Admin routes answer 404 to anyone who is not an admin, as if they did not exist.
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use arbor_actors::inspect::{ActorDetail, ActorInfo, ActorTotals};
+use arbor_actors::model::{ChatId, UserId};
+use arbor_actors::Chats;
+use chrono::{DateTime, Utc};
+use futures_util::future::LocalBoxFuture;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::api::error::ApiError;
+use crate::auth::{authenticate, Accounts};
+use crate::config::{AdminSettings, MetricsSettings};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::{Metrics, ProcessStats, Sample, CONTENT_TYPE};
+
+/// An authenticated admin: an account listed in `admin.emails` or granted the role with
+/// `arbor admin grant`. Anyone else gets 404 `not_found`.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin(pub UserId);
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let user = authenticate(req);
+        let accounts = req.app_data::<web::Data<Accounts>>().cloned();
+        let settings = req.app_data::<web::Data<AdminSettings>>().cloned();
+        Box::pin(async move {
+            let (Ok(user), Some(accounts), Some(settings)) = (user, accounts, settings) else {
+                return Err(ApiError::not_found());
+            };
+            let record = accounts
+                .user(user.0)
+                .await
+                .map_err(|_| ApiError::not_found())?;
+            let listed = settings
+                .emails
+                .iter()
+                .any(|e| e.trim().eq_ignore_ascii_case(&record.email));
+            if record.is_admin || listed {
+                Ok(Admin(record.id))
+            } else {
+                Err(ApiError::not_found())
+            }
+        })
+    }
+}
+
+/// How to order the actor list.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorSort {
+    /// Most recently used first (`order=asc`: idlest first).
+    #[default]
+    LastActivity,
+    /// Largest approximate memory first.
+    Size,
+    /// Most messages first.
+    Messages,
+    /// Deepest mailbox first.
+    MailboxDepth,
+    /// Most uncommitted writes first.
+    PendingWrites,
+    /// Most recently activated first (`order=asc`: longest resident first).
+    ResidentSince,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SortOrder {
+    #[default]
+    Desc,
+    Asc,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ActorQuery {
+    #[serde(default)]
+    pub sort: ActorSort,
+    #[serde(default)]
+    pub order: SortOrder,
+    /// 1 to 1000 (default 50).
+    pub limit: Option<usize>,
+    /// Actors to skip (default 0).
+    pub offset: Option<usize>,
+}
+
+/// A page of resident actors.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActorPage {
+    pub actors: Vec<ActorInfo>,
+    /// Resident actors in all.
+    pub total: usize,
+    pub offset: usize,
+    pub limit: usize,
+    /// The `offset` of the next page, if there is one.
+    pub next_offset: Option<usize>,
+}
+
+const MAX_ACTOR_PAGE: usize = 1000;
+
+/// Resident chat actors, paged and sorted. A snapshot: no actor is messaged to list it.
+#[utoipa::path(get, path = "/api/v1/admin/actors", tag = "admin", params(ActorQuery),
+    security(("bearer" = [])), responses((status = 200, body = ActorPage), (status = 404)))]
+pub async fn actors(
+    _: Admin,
+    chats: web::Data<Chats>,
+    query: web::Query<ActorQuery>,
+) -> Result<web::Json<ActorPage>, ApiError> {
+    let limit = match query.limit {
+        None => 50,
+        Some(n) if (1..=MAX_ACTOR_PAGE).contains(&n) => n,
+        Some(_) => {
+            return Err(ApiError::validation(
+                "invalid_limit",
+                format!("limit must be between 1 and {MAX_ACTOR_PAGE}"),
+            ))
+        }
+    };
+    let offset = query.offset.unwrap_or(0);
+    let mut actors = chats.actors();
+    // Ties (same timestamp, same size) fall back to the chat id, so pages are stable.
+    match query.sort {
+        ActorSort::LastActivity => actors.sort_by_key(|a| (a.last_activity, a.chat_id)),
+        ActorSort::Size => actors.sort_by_key(|a| (a.approx_memory_bytes, a.chat_id)),
+        ActorSort::Messages => actors.sort_by_key(|a| (a.message_count, a.chat_id)),
+        ActorSort::MailboxDepth => actors.sort_by_key(|a| (a.mailbox_depth, a.chat_id)),
+        ActorSort::PendingWrites => actors.sort_by_key(|a| (a.pending_writes, a.chat_id)),
+        ActorSort::ResidentSince => actors.sort_by_key(|a| (a.resident_since, a.chat_id)),
+    }
+    if matches!(query.order, SortOrder::Desc) {
+        actors.reverse();
+    }
+    let total = actors.len();
+    let page: Vec<ActorInfo> = actors.into_iter().skip(offset).take(limit).collect();
+    let next_offset = (offset + page.len() < total).then_some(offset + page.len());
+    Ok(web::Json(ActorPage {
+        actors: page,
+        total,
+        offset,
+        limit,
+        next_offset,
+    }))
+}
+
+fn actor_not_found() -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "actor_not_found",
+        "no actor of that chat is resident",
+    )
+}
+
+/// One resident actor: the list's fields plus its active branch and replies in flight. Does
+/// not activate a chat that is not resident (404 `actor_not_found`).
+#[utoipa::path(get, path = "/api/v1/admin/actors/{chat_id}", tag = "admin",
+    security(("bearer" = [])), responses((status = 200, body = ActorDetail), (status = 404)))]
+pub async fn actor(
+    _: Admin,
+    chats: web::Data<Chats>,
+    path: web::Path<ChatId>,
+) -> Result<web::Json<ActorDetail>, ApiError> {
+    chats
+        .actor(path.into_inner())
+        .await
+        .map(web::Json)
+        .ok_or_else(actor_not_found)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Evicted {
+    pub chat_id: ChatId,
+    pub evicted: bool,
+}
+
+/// Flushes a resident actor's writes and stops it now; answers once it has stopped. The chat
+/// stays stored and is activated again by its next request.
+#[utoipa::path(post, path = "/api/v1/admin/actors/{chat_id}/evict", tag = "admin",
+    security(("bearer" = [])), responses((status = 200, body = Evicted), (status = 404)))]
+pub async fn evict(
+    admin: Admin,
+    chats: web::Data<Chats>,
+    path: web::Path<ChatId>,
+) -> Result<web::Json<Evicted>, ApiError> {
+    let chat = path.into_inner();
+    if !chats.evict(chat).await {
+        return Err(actor_not_found());
+    }
+    tracing::info!(%chat, admin = %admin.0, "actor evicted by an admin");
+    Ok(web::Json(Evicted {
+        chat_id: chat,
+        evicted: true,
+    }))
+}
+
+/// The whole runtime at a glance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuntimeStats {
+    pub version: &'static str,
+    pub started_at: DateTime<Utc>,
+    pub uptime_seconds: f64,
+    pub draining: bool,
+    pub actors: ActorStats,
+    pub http: HttpStats,
+    pub writer: WriterStatsView,
+    pub llm: Vec<ProviderStatsView>,
+    pub generations_running: usize,
+    pub process: ProcessStats,
+    /// Once-a-second samples, oldest first (`admin.history_secs` of them at most).
+    pub history: Vec<Sample>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActorStats {
+    #[serde(flatten)]
+    pub totals: ActorTotals,
+    pub activations_total: u64,
+    pub activation_failures_total: u64,
+    pub evictions_total: u64,
+    /// Evictions by reason: idle, capacity, admin, deleted, shutdown, stopped.
+    pub evictions_by_reason: std::collections::BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HttpStats {
+    pub requests_total: u64,
+    pub in_flight: i64,
+    /// Mean over the last 10 samples.
+    pub requests_per_second: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WriterStatsView {
+    pub ack_mode: &'static str,
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    pub stalled: bool,
+    pub batches_total: u64,
+    pub rows_total: u64,
+    pub failed_batches_total: u64,
+    pub retries_total: u64,
+    /// Mean over the last 10 samples.
+    pub rows_per_second: f64,
+    /// The largest lag over the last 10 samples.
+    pub lag_max_ms: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderStatsView {
+    pub provider: String,
+    pub in_flight: usize,
+    pub queued: usize,
+    pub circuit: &'static str,
+    pub requests_total: u64,
+    pub retries_total: u64,
+}
+
+/// Totals and rates for the whole runtime, with a short history for charts.
+#[utoipa::path(get, path = "/api/v1/admin/stats", tag = "admin",
+    security(("bearer" = [])), responses((status = 200, body = RuntimeStats), (status = 404)))]
+pub async fn stats(
+    _: Admin,
+    chats: web::Data<Chats>,
+    metrics: web::Data<Metrics>,
+    lifecycle: web::Data<Lifecycle>,
+) -> web::Json<RuntimeStats> {
+    let history = metrics.history();
+    let recent = &history[history.len().saturating_sub(10)..];
+    let mean = |f: fn(&Sample) -> f64| {
+        if recent.is_empty() {
+            0.0
+        } else {
+            recent.iter().map(f).sum::<f64>() / recent.len() as f64
+        }
+    };
+    let rt = chats.runtime();
+    let writer = &rt.writer;
+    let registry = chats.stats();
+    let evictions: std::collections::BTreeMap<_, _> = metrics.evictions().into_iter().collect();
+    web::Json(RuntimeStats {
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: lifecycle.started_at,
+        uptime_seconds: lifecycle.started.elapsed().as_secs_f64(),
+        draining: lifecycle.is_draining(),
+        actors: ActorStats {
+            totals: chats.actor_totals(),
+            activations_total: registry.activations.get(),
+            activation_failures_total: registry.activation_failures.get(),
+            evictions_total: evictions.values().sum(),
+            evictions_by_reason: evictions,
+        },
+        http: HttpStats {
+            requests_total: metrics.requests_total(),
+            in_flight: metrics.requests_in_flight(),
+            requests_per_second: mean(|s| s.requests_per_second),
+        },
+        writer: WriterStatsView {
+            ack_mode: match writer.ack_mode {
+                arbor_actors::writer::AckMode::Durable => "durable",
+                arbor_actors::writer::AckMode::Buffered => "buffered",
+            },
+            queue_depth: writer.queue_depth(),
+            queue_capacity: writer.queue_capacity(),
+            stalled: writer.is_stalled(),
+            batches_total: writer.stats.batches.get(),
+            rows_total: writer.stats.rows.get(),
+            failed_batches_total: writer.stats.failed_batches.get(),
+            retries_total: writer.stats.retries.get(),
+            rows_per_second: mean(|s| s.rows_per_second),
+            lag_max_ms: recent.iter().map(|s| s.lag_max_ms).fold(0.0, f64::max),
+        },
+        llm: chats
+            .llm()
+            .providers()
+            .map(|p| ProviderStatsView {
+                provider: p.config.name.clone(),
+                in_flight: p.stats.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                queued: p.queued(),
+                circuit: p.circuit(),
+                requests_total: p.stats.requests.get(),
+                retries_total: p.stats.retries.get(),
+            })
+            .collect(),
+        generations_running: rt.generations.running().len(),
+        process: ProcessStats::read(),
+        history,
+    })
+}
+
+/// The admin page: self-contained (inline script and style, no external assets). It holds no
+/// data itself; it signs in and reads the admin API with the admin's token. A request that
+/// carries a non-admin's token gets 404 like every admin route.
+pub async fn page(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        Admin::extract(&req).await?;
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ))
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .body(ADMIN_PAGE))
+}
+
+const ADMIN_PAGE: &str = include_str!("admin.html");
+
+/// `GET /metrics` in the Prometheus text format. With `metrics.token` set, scrapers must send
+/// it as a bearer token (401 otherwise).
+pub async fn metrics(
+    req: HttpRequest,
+    metrics: web::Data<Metrics>,
+    settings: web::Data<MetricsSettings>,
+) -> Result<HttpResponse, ApiError> {
+    let expected = settings.token.expose();
+    if !expected.is_empty() {
+        let sent = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(sent.as_bytes(), expected.as_bytes()) {
+            return Err(ApiError::unauthorized(
+                "invalid_token",
+                "send Authorization: Bearer <metrics token>",
+            ));
+        }
+    }
+    let body = web::block(move || metrics.render())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().content_type(CONTENT_TYPE).body(body))
+}
+
+/// Compares secrets without an early exit that would leak how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -1,0 +1,528 @@
+//! The operator's numbers: one Prometheus registry holding the HTTP instruments, every
+//! component's own instruments (writer, registry, model providers) and gauges read from the
+//! runtime at scrape time; plus a once-a-second sampler whose history feeds
+//! `/api/v1/admin/stats` and the admin page's chart.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arbor_actors::inspect::EvictReason;
+use arbor_actors::metrics::{Instruments, LATENCY_BUCKETS};
+use arbor_actors::Chats;
+use prometheus::{
+    Counter, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use serde::Serialize;
+
+use crate::lifecycle::Lifecycle;
+
+/// The Prometheus text exposition format's content type.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Registered instruments and the runtime they read. Cheap to share (`Arc`).
+pub struct Metrics {
+    registry: Registry,
+    http: HttpInstruments,
+    gauges: RuntimeGauges,
+    process: ProcessInstruments,
+    chats: Chats,
+    lifecycle: Arc<Lifecycle>,
+    /// Every HTTP request so far (the rate the sampler reads; cheaper than summing the vec).
+    requests: AtomicU64,
+    history: Mutex<History>,
+}
+
+struct HttpInstruments {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGauge,
+}
+
+struct RuntimeGauges {
+    resident: IntGauge,
+    resident_messages: IntGauge,
+    actor_memory: IntGauge,
+    mailbox_depth: IntGauge,
+    mailbox_depth_max: IntGauge,
+    pending_writes: IntGauge,
+    writer_queue_depth: IntGauge,
+    writer_queue_capacity: IntGauge,
+    writer_stalled: IntGauge,
+    generations_running: IntGauge,
+    llm_in_flight: IntGaugeVec,
+    llm_queued: IntGaugeVec,
+    llm_queue_capacity: IntGaugeVec,
+    llm_circuit: IntGaugeVec,
+    draining: IntGauge,
+}
+
+struct ProcessInstruments {
+    resident_memory: IntGauge,
+    virtual_memory: IntGauge,
+    open_fds: IntGauge,
+    threads: IntGauge,
+    start_time: Gauge,
+    cpu_seconds: Counter,
+}
+
+/// One second of the runtime, as the admin page charts it.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct Sample {
+    /// Unix time in milliseconds.
+    pub at: i64,
+    pub requests_per_second: f64,
+    /// Rows the write-behind writer committed per second.
+    pub rows_per_second: f64,
+    /// The largest acknowledgement-to-commit lag seen during the second.
+    pub lag_max_ms: f64,
+    /// The mean lag of the writes committed during the second.
+    pub lag_mean_ms: f64,
+    pub resident_actors: u64,
+}
+
+struct History {
+    samples: VecDeque<Sample>,
+    capacity: usize,
+    last: Totals,
+}
+
+/// Running totals the sampler differences.
+#[derive(Clone, Copy, Default)]
+struct Totals {
+    requests: u64,
+    rows: u64,
+    lag_sum: f64,
+    lag_count: u64,
+}
+
+// Names and help texts below are static and valid: construction cannot fail at runtime.
+#[allow(clippy::expect_used)]
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid gauge")
+}
+
+#[allow(clippy::expect_used)]
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge vec")
+}
+
+impl Metrics {
+    /// Registers every instrument of the runtime. Fails only on a duplicate metric name (a bug).
+    pub fn new(
+        chats: Chats,
+        lifecycle: Arc<Lifecycle>,
+        history_secs: usize,
+    ) -> Result<Self, prometheus::Error> {
+        let http = HttpInstruments {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "arbor_http_requests_total",
+                    "HTTP requests answered, by method, route pattern and status.",
+                ),
+                &["method", "route", "status"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "arbor_http_request_duration_seconds",
+                    "Time to answer an HTTP request (to the response head; streams run on).",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["method", "route"],
+            )?,
+            in_flight: gauge(
+                "arbor_http_requests_in_flight",
+                "HTTP requests being handled right now.",
+            ),
+        };
+        let gauges = RuntimeGauges {
+            resident: gauge(
+                "arbor_chat_actors_resident",
+                "Chat actors resident in memory.",
+            ),
+            resident_messages: gauge(
+                "arbor_chat_resident_messages",
+                "Messages held by resident chat actors.",
+            ),
+            actor_memory: gauge(
+                "arbor_chat_actors_memory_bytes",
+                "Approximate heap held by resident chat actors (trees, content, overhead).",
+            ),
+            mailbox_depth: gauge(
+                "arbor_chat_mailbox_depth",
+                "Requests queued in (or being handled from) chat actors' mailboxes, all actors.",
+            ),
+            mailbox_depth_max: gauge(
+                "arbor_chat_mailbox_depth_max",
+                "The deepest chat actor mailbox right now.",
+            ),
+            pending_writes: gauge(
+                "arbor_chat_pending_writes",
+                "Writes of resident chat actors queued and not yet committed.",
+            ),
+            writer_queue_depth: gauge(
+                "arbor_writer_queue_depth",
+                "Changes waiting in the write-behind queue.",
+            ),
+            writer_queue_capacity: gauge(
+                "arbor_writer_queue_capacity",
+                "The write-behind queue's bound (storage.queue_capacity).",
+            ),
+            writer_stalled: gauge(
+                "arbor_writer_stalled",
+                "1 while the writer retries a batch because a store is unavailable.",
+            ),
+            generations_running: gauge(
+                "arbor_generations_running",
+                "Replies being generated right now.",
+            ),
+            llm_in_flight: gauge_vec(
+                "arbor_llm_requests_in_flight",
+                "Upstream requests in flight, per provider.",
+                &["provider"],
+            ),
+            llm_queued: gauge_vec(
+                "arbor_llm_queue_depth",
+                "Replies waiting for a provider worker.",
+                &["provider"],
+            ),
+            llm_queue_capacity: gauge_vec(
+                "arbor_llm_queue_capacity",
+                "A provider queue's bound (queue_capacity).",
+                &["provider"],
+            ),
+            llm_circuit: gauge_vec(
+                "arbor_llm_circuit_state",
+                "1 for a provider's current circuit breaker state (closed, open, half_open).",
+                &["provider", "state"],
+            ),
+            draining: gauge(
+                "arbor_draining",
+                "1 once a shutdown has begun (readiness answers 503).",
+            ),
+        };
+        let process = ProcessInstruments {
+            resident_memory: gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+            ),
+            virtual_memory: gauge(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+            ),
+            open_fds: gauge("process_open_fds", "Open file descriptors."),
+            threads: gauge("process_threads", "OS threads in the process."),
+            start_time: Gauge::new(
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds.",
+            )?,
+            cpu_seconds: Counter::new(
+                "process_cpu_seconds_total",
+                "Total user and system CPU time spent in seconds.",
+            )?,
+        };
+        process
+            .start_time
+            .set(lifecycle.started_at.timestamp_millis() as f64 / 1e3);
+
+        let registry = Registry::new();
+        let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(http.requests.clone()),
+            Box::new(http.duration.clone()),
+            Box::new(http.in_flight.clone()),
+        ];
+        let g = &gauges;
+        for gauge in [
+            &g.resident,
+            &g.resident_messages,
+            &g.actor_memory,
+            &g.mailbox_depth,
+            &g.mailbox_depth_max,
+            &g.pending_writes,
+            &g.writer_queue_depth,
+            &g.writer_queue_capacity,
+            &g.writer_stalled,
+            &g.generations_running,
+            &g.draining,
+            &process.resident_memory,
+            &process.virtual_memory,
+            &process.open_fds,
+            &process.threads,
+        ] {
+            collectors.push(Box::new(gauge.clone()));
+        }
+        for vec in [
+            &g.llm_in_flight,
+            &g.llm_queued,
+            &g.llm_queue_capacity,
+            &g.llm_circuit,
+        ] {
+            collectors.push(Box::new(vec.clone()));
+        }
+        collectors.push(Box::new(process.start_time.clone()));
+        collectors.push(Box::new(process.cpu_seconds.clone()));
+        collectors.extend(chats.stats().collectors());
+        collectors.extend(chats.runtime().writer.stats.collectors());
+        for provider in chats.llm().providers() {
+            collectors.extend(provider.stats.collectors());
+        }
+        for collector in collectors {
+            registry.register(collector)?;
+        }
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "arbor_build_info",
+                "Always 1; labelled with the running version.",
+            ),
+            &["version"],
+        )?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(info))?;
+
+        Ok(Self {
+            registry,
+            http,
+            gauges,
+            process,
+            chats,
+            lifecycle,
+            requests: AtomicU64::new(0),
+            history: Mutex::new(History {
+                samples: VecDeque::with_capacity(history_secs.max(1)),
+                capacity: history_secs.max(1),
+                last: Totals::default(),
+            }),
+        })
+    }
+
+    /// Counts a request starting; the guard records it when dropped or finished.
+    pub fn request_started(&self) -> InFlight<'_> {
+        self.http.in_flight.inc();
+        InFlight(&self.http.in_flight)
+    }
+
+    /// Records one answered request. `route` is the matched pattern (`unmatched` otherwise),
+    /// so label values stay bounded whatever paths clients send.
+    pub fn record_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let digits = itoa_status(status);
+        let status = std::str::from_utf8(&digits).unwrap_or("000");
+        self.http
+            .requests
+            .with_label_values(&[method, route, status])
+            .inc();
+        self.http
+            .duration
+            .with_label_values(&[method, route])
+            .observe(elapsed.as_secs_f64());
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The exposition text, with every scrape-time gauge refreshed first.
+    pub fn render(&self) -> String {
+        self.refresh();
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+
+    fn refresh(&self) {
+        let g = &self.gauges;
+        let totals = self.chats.actor_totals();
+        g.resident.set(totals.resident as i64);
+        g.resident_messages.set(totals.messages as i64);
+        g.actor_memory.set(totals.approx_memory_bytes as i64);
+        g.mailbox_depth.set(totals.mailbox_depth as i64);
+        g.mailbox_depth_max.set(totals.mailbox_depth_max as i64);
+        g.pending_writes.set(totals.pending_writes as i64);
+        let writer = &self.chats.runtime().writer;
+        g.writer_queue_depth.set(writer.queue_depth() as i64);
+        g.writer_queue_capacity.set(writer.queue_capacity() as i64);
+        g.writer_stalled.set(i64::from(writer.is_stalled()));
+        g.generations_running
+            .set(self.chats.runtime().generations.running().len() as i64);
+        g.draining.set(i64::from(self.lifecycle.is_draining()));
+        for provider in self.chats.llm().providers() {
+            let name = provider.config.name.as_str();
+            g.llm_in_flight
+                .with_label_values(&[name])
+                .set(provider.stats.in_flight.load(Ordering::Relaxed) as i64);
+            g.llm_queued
+                .with_label_values(&[name])
+                .set(provider.queued() as i64);
+            g.llm_queue_capacity
+                .with_label_values(&[name])
+                .set(provider.config.queue_capacity.max(1) as i64);
+            let current = provider.circuit();
+            for state in ["closed", "open", "half_open"] {
+                g.llm_circuit
+                    .with_label_values(&[name, state])
+                    .set(i64::from(state == current));
+            }
+        }
+        let p = ProcessStats::read();
+        self.process.resident_memory.set(p.resident_bytes as i64);
+        self.process.virtual_memory.set(p.virtual_bytes as i64);
+        self.process.open_fds.set(p.open_fds as i64);
+        self.process.threads.set(p.threads as i64);
+        let seen = self.process.cpu_seconds.get();
+        if p.cpu_seconds > seen {
+            self.process.cpu_seconds.inc_by(p.cpu_seconds - seen);
+        }
+    }
+
+    /// Takes one sample (the sampler calls this once a second).
+    pub fn sample(&self) {
+        let writer = &self.chats.runtime().writer.stats;
+        let now = Totals {
+            requests: self.requests.load(Ordering::Relaxed),
+            rows: writer.rows.get(),
+            lag_sum: writer.lag_seconds.get_sample_sum(),
+            lag_count: writer.lag_seconds.get_sample_count(),
+        };
+        let lag_max = writer.take_lag_max();
+        let resident = self.chats.resident();
+        let Ok(mut history) = self.history.lock() else {
+            return;
+        };
+        let at = chrono::Utc::now().timestamp_millis();
+        let elapsed = history
+            .samples
+            .back()
+            .map_or(1.0, |s| ((at - s.at) as f64 / 1e3).max(0.001));
+        let last = history.last;
+        let lag_n = now.lag_count.saturating_sub(last.lag_count);
+        let sample = Sample {
+            at,
+            requests_per_second: now.requests.saturating_sub(last.requests) as f64 / elapsed,
+            rows_per_second: now.rows.saturating_sub(last.rows) as f64 / elapsed,
+            lag_max_ms: lag_max.as_secs_f64() * 1e3,
+            lag_mean_ms: if lag_n == 0 {
+                0.0
+            } else {
+                (now.lag_sum - last.lag_sum) / lag_n as f64 * 1e3
+            },
+            resident_actors: resident,
+        };
+        history.last = now;
+        if history.samples.len() == history.capacity {
+            history.samples.pop_front();
+        }
+        history.samples.push_back(sample);
+    }
+
+    /// The samples kept, oldest first.
+    pub fn history(&self) -> Vec<Sample> {
+        self.history
+            .lock()
+            .map(|h| h.samples.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn requests_total(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn requests_in_flight(&self) -> i64 {
+        self.http.in_flight.get()
+    }
+
+    /// Evictions so far by reason.
+    pub fn evictions(&self) -> Vec<(&'static str, u64)> {
+        EvictReason::ALL
+            .iter()
+            .map(|r| {
+                let n = self
+                    .chats
+                    .stats()
+                    .evictions
+                    .with_label_values(&[r.as_str()])
+                    .get();
+                (r.as_str(), n)
+            })
+            .collect()
+    }
+
+    /// Starts the once-a-second sampler on the current actix system; it ends with the last
+    /// reference to `self`.
+    pub fn start_sampler(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(metrics) = weak.upgrade() else { break };
+                metrics.sample();
+            }
+        });
+    }
+}
+
+/// Decrements the in-flight gauge when the request is done.
+pub struct InFlight<'a>(&'a IntGauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A status code as three ASCII digits, without allocating.
+fn itoa_status(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}
+
+/// The process's own numbers, from `/proc/self` (zeros where unavailable).
+#[derive(Debug, Default, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct ProcessStats {
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub open_fds: u64,
+    pub threads: u64,
+    pub cpu_seconds: f64,
+}
+
+impl ProcessStats {
+    pub fn read() -> Self {
+        let mut stats = Self::default();
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            for line in status.lines() {
+                let kb = |rest: &str| {
+                    rest.split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map_or(0, |v| v * 1024)
+                };
+                if let Some(rest) = line.strip_prefix("VmRSS:") {
+                    stats.resident_bytes = kb(rest);
+                } else if let Some(rest) = line.strip_prefix("VmSize:") {
+                    stats.virtual_bytes = kb(rest);
+                } else if let Some(rest) = line.strip_prefix("Threads:") {
+                    stats.threads = rest.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            stats.open_fds = dir.count() as u64;
+        }
+        // Fields 14 and 15 of /proc/self/stat (after the parenthesised command name) are user
+        // and system time in clock ticks, 100 per second on Linux.
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            if let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest) {
+                let fields: Vec<&str> = after.split_whitespace().collect();
+                let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+                if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+                    stats.cpu_seconds = (user + system) as f64 / 100.0;
+                }
+            }
+        }
+        stats
+    }
+}
