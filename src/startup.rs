@@ -123,6 +123,10 @@ impl Application {
     /// is flushed before this returns.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let handle = self.server.handle();
+        let metrics_server = self.metrics_server.map(|(_, server)| {
+            let handle = server.handle();
+            (handle, actix_web::rt::spawn(server))
+        });
         let chats = self.chats.clone();
         let lifecycle = self.lifecycle.clone();
         let delay = self.drain_delay;
@@ -142,8 +146,9 @@ impl Application {
         let served = self.server.await;
         signals.abort();
         self.lifecycle.begin_draining();
-        if let Some((_, metrics)) = &self.metrics_server {
-            metrics.handle().stop(true).await;
+        if let Some((handle, task)) = metrics_server {
+            handle.stop(true).await;
+            let _ = task.await;
         }
         served.context("HTTP server failed")?;
         tracing::info!("HTTP stopped; flushing chats");

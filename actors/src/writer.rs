@@ -333,10 +333,11 @@ struct Coalesced {
 impl Writer {
     async fn run(mut self) {
         while let Some(first) = self.rx.recv().await {
+            let lone_barrier = matches!(first, Command::Barrier(_));
             let mut commands = vec![first];
             let mut rows = rows_of(&commands[0]);
             let deadline = Instant::now() + self.config.linger;
-            while rows < self.config.max_batch_ops {
+            while rows < self.config.max_batch_ops && !lone_barrier {
                 let next = match self.rx.try_recv() {
                     Ok(c) => c,
                     Err(mpsc::error::TryRecvError::Empty) if !self.config.linger.is_zero() => {
@@ -348,7 +349,13 @@ impl Writer {
                     Err(_) => break,
                 };
                 rows += rows_of(&next);
+                // A barrier asks for everything before it now (eviction, shutdown): stop
+                // waiting for more.
+                let barrier = matches!(next, Command::Barrier(_));
                 commands.push(next);
+                if barrier {
+                    break;
+                }
             }
             self.process(commands).await;
         }

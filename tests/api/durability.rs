@@ -3,78 +3,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arbor::config::{AckMode, Settings};
+use arbor::config::AckMode;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use crate::binary::{free_port, Server};
 use crate::helpers::*;
-
-/// The `arbor` binary, serving `settings` (written to a config file) until killed.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    async fn start(settings: &Settings, dir: &std::path::Path) -> Self {
-        let config = dir.join("config.toml");
-        std::fs::write(&config, toml::to_string(settings).unwrap()).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_arbor"));
-        // Only the config file configures it.
-        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("ARBOR_")) {
-            command.env_remove(key);
-        }
-        let child = command
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{}", settings.server.port);
-        let client = reqwest::Client::new();
-        let started = Instant::now();
-        loop {
-            if let Ok(res) = client.get(format!("{base}/ready")).send().await {
-                if res.status() == StatusCode::OK {
-                    break;
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "arbor did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self { child, base }
-    }
-
-    /// SIGKILL: no flush, no goodbye.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn send(client: &reqwest::Client, url: String, token: &str, body: Value) -> Option<Value> {
     let res = client

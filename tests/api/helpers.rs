@@ -17,6 +17,8 @@ pub struct TestApp {
     pub handle: ServerHandle,
     pub settings: Settings,
     pub chats: arbor_actors::Chats,
+    /// The separate `/metrics` listener's port, when `metrics.listen` is set.
+    pub metrics_port: Option<u16>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -110,6 +112,7 @@ pub async fn start(settings: Settings) -> TestApp {
     let base = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     let chats = app.chats().clone();
+    let metrics_port = app.metrics_port();
     let task = actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         base,
@@ -117,6 +120,7 @@ pub async fn start(settings: Settings) -> TestApp {
         handle,
         settings,
         chats,
+        metrics_port,
         task: Some(task),
         _dir: None,
     }

@@ -83,7 +83,7 @@ fn deltas(events: &[Ev]) -> String {
 }
 
 /// A long reply streamed slowly: `{prefix}0 {prefix}1 ...`, 50 ms apart.
-fn slow_words(prefix: &str, n: usize) -> Script {
+pub fn slow_words(prefix: &str, n: usize) -> Script {
     Script::Stream {
         pieces: (0..n).map(|i| format!("{prefix}{i} ")).collect(),
         delay: Duration::from_millis(50),

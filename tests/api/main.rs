@@ -3,7 +3,9 @@
 //! and a MongoDB database of its own on the shared test servers.
 
 mod actors;
+mod admin_page;
 mod auth;
+mod binary;
 mod branches;
 mod chats;
 mod concurrency;
@@ -14,6 +16,7 @@ mod isolation;
 mod llm;
 mod local_model;
 mod messages;
+mod operations;
 mod outage;
 mod persistence;
 mod provider;
