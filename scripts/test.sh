@@ -7,7 +7,8 @@
 #   scripts/test.sh                     everything, both backends
 #   scripts/test.sh -E 'test(chats)'    a subset, both backends
 #
-# Needs: PostgreSQL binaries (Debian: postgresql), python3 with venv, cargo-nextest.
+# Needs: PostgreSQL binaries (Debian: postgresql), python3 with venv, cargo-nextest, promtool
+# (Debian: prometheus), chromium and chromedriver (Debian: chromium, chromium-driver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -61,7 +61,11 @@ async fn idle_chats_are_evicted_and_reactivate() {
     let tree = app.tree(&u, &chat).await;
     tokio::time::sleep(Duration::from_millis(3000)).await;
     assert_eq!(app.chats.resident(), 0);
+    let evictions = &app.chats.stats().evictions;
+    assert_eq!(evictions.with_label_values(&["idle"]).get(), 1);
+    assert_eq!(evictions.with_label_values(&["capacity"]).get(), 0);
     assert_eq!(app.tree(&u, &chat).await, tree);
+    assert_eq!(app.chats.stats().activations.get(), 1);
 }
 
 /// A panic in one chat's actor fails that request with 500, leaves other chats alone, and the

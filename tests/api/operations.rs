@@ -427,6 +427,82 @@ async fn admins_list_inspect_and_evict_actors() {
     assert_eq!(stats["llm"][0]["provider"], "echo");
 }
 
+/// What an actor is doing shows while it does it: writes queued behind a long flush interval
+/// are `pending_writes` until an eviction flushes them (and they are stored); a streaming reply
+/// is listed in the actor's `generations_in_flight`.
+#[actix_web::test]
+async fn inspection_shows_pending_writes_and_replies_in_flight() {
+    let stub = StubProvider::start().await;
+    let app = spawn_with(|s| {
+        s.admin.emails = vec!["ops@example.com".into()];
+        s.storage.ack_mode = AckMode::Buffered;
+        s.storage.flush_interval_ms = 60_000;
+        s.storage.flush_max_rows = 100_000;
+        stub.configure(s);
+    })
+    .await;
+    let ops = app.register("ops@example.com").await;
+    let u = app.register("owner@example.com").await;
+    let chat = id(&app.create_chat(&u, "busy").await);
+    for i in 0..3 {
+        app.say(&u, &chat, &format!("queued {i}")).await;
+    }
+    let path = format!("/api/v1/admin/actors/{chat}");
+    let before = json_of(app.get(&ops, &path).await, StatusCode::OK).await;
+    // The chat's creation and each of the three sends are still queued.
+    assert_eq!(before["pending_writes"], 4, "{before}");
+    assert_eq!(before["message_count"], 3);
+
+    stub.push([slow_words("s", 100)]);
+    let res = app
+        .post(
+            &u,
+            &format!("/api/v1/chats/{chat}/messages"),
+            json!({"content": "go on", "reply": true, "stream": true}),
+        )
+        .await;
+    let mut events = Events::new(res);
+    let first = events.next().await.unwrap();
+    assert_eq!(first.event, "user_message");
+    let during = json_of(app.get(&ops, &path).await, StatusCode::OK).await;
+    let running = during["generations_in_flight"].as_array().unwrap();
+    assert_eq!(running.len(), 1, "{during}");
+    assert_eq!(running[0]["status"], "running");
+    assert_eq!(running[0]["id"], first.data["generation_id"]);
+    assert_eq!(running[0]["branch_id"], during["active_branch_id"]);
+    let generation = running[0]["id"].as_str().unwrap().to_owned();
+    let res = app
+        .post(
+            &u,
+            &format!("/api/v1/chats/{chat}/generations/{generation}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let after = json_of(app.get(&ops, &path).await, StatusCode::OK).await;
+    assert_eq!(after["generations_in_flight"], json!([]));
+
+    // Evicting flushes at once (not after the 60 s flush interval) and the data is stored.
+    let res = app
+        .post(
+            &ops,
+            &format!("/api/v1/admin/actors/{chat}/evict"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (settings, dir) = app.stop().await;
+    let app = start(settings).await;
+    let path = app.path(&u, &chat, None).await;
+    assert_eq!(path[..4], ["queued 0", "queued 1", "queued 2", "go on"]);
+    assert_eq!(
+        path.len(),
+        5,
+        "the cancelled reply's partial content: {path:?}"
+    );
+    drop(dir);
+}
+
 /// `arbor admin grant EMAIL` promotes an account in the configured store (the running server
 /// sees it at once); `revoke` takes it back; an unknown email fails with a message.
 #[actix_web::test]
