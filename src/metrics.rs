@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arbor_actors::inspect::EvictReason;
 use arbor_actors::metrics::{Instruments, LATENCY_BUCKETS};
 use arbor_actors::Chats;
 use prometheus::{
@@ -426,22 +425,6 @@ impl Metrics {
 
     pub fn requests_in_flight(&self) -> i64 {
         self.http.in_flight.get()
-    }
-
-    /// Evictions so far by reason.
-    pub fn evictions(&self) -> Vec<(&'static str, u64)> {
-        EvictReason::ALL
-            .iter()
-            .map(|r| {
-                let n = self
-                    .chats
-                    .stats()
-                    .evictions
-                    .with_label_values(&[r.as_str()])
-                    .get();
-                (r.as_str(), n)
-            })
-            .collect()
     }
 
     /// Starts the once-a-second sampler on the current actix system; it ends with the last

@@ -149,12 +149,17 @@ impl Default for RegistryStats {
 }
 
 impl RegistryStats {
-    /// Evictions of every reason so far.
-    pub fn evictions_total(&self) -> u64 {
+    /// Evictions so far, by reason.
+    pub fn evictions_by_reason(&self) -> Vec<(&'static str, u64)> {
         EvictReason::ALL
             .iter()
-            .map(|r| self.evictions.with_label_values(&[r.as_str()]).get())
-            .sum()
+            .map(|r| {
+                (
+                    r.as_str(),
+                    self.evictions.with_label_values(&[r.as_str()]).get(),
+                )
+            })
+            .collect()
     }
 }
 

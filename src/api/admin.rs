@@ -283,7 +283,8 @@ pub async fn stats(
     let rt = chats.runtime();
     let writer = &rt.writer;
     let registry = chats.stats();
-    let evictions: std::collections::BTreeMap<_, _> = metrics.evictions().into_iter().collect();
+    let evictions: std::collections::BTreeMap<_, _> =
+        registry.evictions_by_reason().into_iter().collect();
     web::Json(RuntimeStats {
         version: env!("CARGO_PKG_VERSION"),
         started_at: lifecycle.started_at,
