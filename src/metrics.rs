@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arbor_actors::inspect::ActorTotals;
 use arbor_actors::metrics::{Instruments, LATENCY_BUCKETS};
 use arbor_actors::Chats;
+use chrono::{DateTime, Utc};
 use prometheus::{
     Counter, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -427,6 +429,73 @@ impl Metrics {
         self.http.in_flight.get()
     }
 
+    /// Totals and rates for the whole runtime (what `/api/v1/admin/stats` answers).
+    pub fn runtime_stats(&self) -> RuntimeStats {
+        let history = self.history();
+        let recent = &history[history.len().saturating_sub(10)..];
+        let mean = |f: fn(&Sample) -> f64| {
+            if recent.is_empty() {
+                0.0
+            } else {
+                recent.iter().map(f).sum::<f64>() / recent.len() as f64
+            }
+        };
+        let rt = self.chats.runtime();
+        let writer = &rt.writer;
+        let registry = self.chats.stats();
+        let evictions: std::collections::BTreeMap<_, _> =
+            registry.evictions_by_reason().into_iter().collect();
+        RuntimeStats {
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: self.lifecycle.started_at,
+            uptime_seconds: self.lifecycle.started.elapsed().as_secs_f64(),
+            draining: self.lifecycle.is_draining(),
+            actors: ActorStats {
+                totals: self.chats.actor_totals(),
+                activations_total: registry.activations.get(),
+                activation_failures_total: registry.activation_failures.get(),
+                evictions_total: evictions.values().sum(),
+                evictions_by_reason: evictions,
+            },
+            http: HttpStats {
+                requests_total: self.requests_total(),
+                in_flight: self.requests_in_flight(),
+                requests_per_second: mean(|s| s.requests_per_second),
+            },
+            writer: WriterStatsView {
+                ack_mode: match writer.ack_mode {
+                    arbor_actors::writer::AckMode::Durable => "durable",
+                    arbor_actors::writer::AckMode::Buffered => "buffered",
+                },
+                queue_depth: writer.queue_depth(),
+                queue_capacity: writer.queue_capacity(),
+                stalled: writer.is_stalled(),
+                batches_total: writer.stats.batches.get(),
+                rows_total: writer.stats.rows.get(),
+                failed_batches_total: writer.stats.failed_batches.get(),
+                retries_total: writer.stats.retries.get(),
+                rows_per_second: mean(|s| s.rows_per_second),
+                lag_max_ms: recent.iter().map(|s| s.lag_max_ms).fold(0.0, f64::max),
+            },
+            llm: self
+                .chats
+                .llm()
+                .providers()
+                .map(|p| ProviderStatsView {
+                    provider: p.config.name.clone(),
+                    in_flight: p.stats.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                    queued: p.queued(),
+                    circuit: p.circuit(),
+                    requests_total: p.stats.requests.get(),
+                    retries_total: p.stats.retries.get(),
+                })
+                .collect(),
+            generations_running: rt.generations.running().len(),
+            process: ProcessStats::read(),
+            history,
+        }
+    }
+
     /// Starts the once-a-second sampler on the current actix system; it ends with the last
     /// reference to `self`.
     pub fn start_sampler(self: &Arc<Self>) {
@@ -441,6 +510,68 @@ impl Metrics {
             }
         });
     }
+}
+
+/// The whole runtime at a glance.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RuntimeStats {
+    pub version: &'static str,
+    pub started_at: DateTime<Utc>,
+    pub uptime_seconds: f64,
+    pub draining: bool,
+    pub actors: ActorStats,
+    pub http: HttpStats,
+    pub writer: WriterStatsView,
+    pub llm: Vec<ProviderStatsView>,
+    pub generations_running: usize,
+    pub process: ProcessStats,
+    /// Once-a-second samples, oldest first (`admin.history_secs` of them at most).
+    pub history: Vec<Sample>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ActorStats {
+    #[serde(flatten)]
+    pub totals: ActorTotals,
+    pub activations_total: u64,
+    pub activation_failures_total: u64,
+    pub evictions_total: u64,
+    /// Evictions by reason: idle, capacity, admin, deleted, shutdown, stopped.
+    pub evictions_by_reason: std::collections::BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HttpStats {
+    pub requests_total: u64,
+    pub in_flight: i64,
+    /// Mean over the last 10 samples.
+    pub requests_per_second: f64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WriterStatsView {
+    pub ack_mode: &'static str,
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    pub stalled: bool,
+    pub batches_total: u64,
+    pub rows_total: u64,
+    pub failed_batches_total: u64,
+    pub retries_total: u64,
+    /// Mean over the last 10 samples.
+    pub rows_per_second: f64,
+    /// The largest lag over the last 10 samples.
+    pub lag_max_ms: f64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProviderStatsView {
+    pub provider: String,
+    pub in_flight: usize,
+    pub queued: usize,
+    pub circuit: &'static str,
+    pub requests_total: u64,
+    pub retries_total: u64,
 }
 
 /// Decrements the in-flight gauge when the request is done.

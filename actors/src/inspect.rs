@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{BranchId, ChatId, UserId};
 use crate::tree::Tree;
@@ -216,5 +216,81 @@ impl ActorTotals {
         self.mailbox_depth_max = self.mailbox_depth_max.max(depth);
         self.pending_writes += probe.pending_writes();
         self.approx_memory_bytes += probe.approx_memory_bytes();
+    }
+}
+
+/// How to order the actor list.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ActorSort {
+    /// Most recently used first (`order=asc`: idlest first).
+    #[default]
+    LastActivity,
+    /// Largest approximate memory first.
+    Size,
+    /// Most messages first.
+    Messages,
+    /// Deepest mailbox first.
+    MailboxDepth,
+    /// Most uncommitted writes first.
+    PendingWrites,
+    /// Most recently activated first (`order=asc`: longest resident first).
+    ResidentSince,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SortOrder {
+    #[default]
+    Desc,
+    Asc,
+}
+
+/// A page of resident actors.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ActorPage {
+    pub actors: Vec<ActorInfo>,
+    /// Resident actors in all.
+    pub total: usize,
+    pub offset: usize,
+    pub limit: usize,
+    /// The `offset` of the next page, if there is one.
+    pub next_offset: Option<usize>,
+}
+
+impl ActorPage {
+    /// Sorts a snapshot and cuts one page from it. Ties (same timestamp, same size) fall back to
+    /// the chat id, so pages are stable.
+    pub fn of(
+        mut actors: Vec<ActorInfo>,
+        sort: ActorSort,
+        order: SortOrder,
+        offset: usize,
+        limit: usize,
+    ) -> Self {
+        match sort {
+            ActorSort::LastActivity => actors.sort_by_key(|a| (a.last_activity, a.chat_id)),
+            ActorSort::Size => actors.sort_by_key(|a| (a.approx_memory_bytes, a.chat_id)),
+            ActorSort::Messages => actors.sort_by_key(|a| (a.message_count, a.chat_id)),
+            ActorSort::MailboxDepth => actors.sort_by_key(|a| (a.mailbox_depth, a.chat_id)),
+            ActorSort::PendingWrites => actors.sort_by_key(|a| (a.pending_writes, a.chat_id)),
+            ActorSort::ResidentSince => actors.sort_by_key(|a| (a.resident_since, a.chat_id)),
+        }
+        if matches!(order, SortOrder::Desc) {
+            actors.reverse();
+        }
+        let total = actors.len();
+        let page: Vec<ActorInfo> = actors.into_iter().skip(offset).take(limit).collect();
+        let next_offset = (offset + page.len() < total).then_some(offset + page.len());
+        Self {
+            actors: page,
+            total,
+            offset,
+            limit,
+            next_offset,
+        }
     }
 }

@@ -26,7 +26,9 @@ use tokio::sync::oneshot;
 use crate::chat::*;
 use crate::error::ChatError;
 use crate::generation::{Generation, StoredReply};
-use crate::inspect::{ActorDetail, ActorInfo, ActorProbe, ActorTotals, EvictReason};
+use crate::inspect::{
+    ActorDetail, ActorInfo, ActorPage, ActorProbe, ActorSort, ActorTotals, EvictReason, SortOrder,
+};
 use crate::llm::{Admission, JobOutcome, LlmPool};
 use crate::model::{BranchId, ChatId, GenerationId, MessageId, Role, UserId};
 use crate::ports::CompletionRequest;
@@ -345,6 +347,17 @@ impl Chats {
             .iter()
             .map(|(_, handle)| handle.probe.snapshot())
             .collect()
+    }
+
+    /// One page of the resident actors, sorted (a snapshot; no actor is messaged).
+    pub fn actor_page(
+        &self,
+        sort: ActorSort,
+        order: SortOrder,
+        offset: usize,
+        limit: usize,
+    ) -> ActorPage {
+        ActorPage::of(self.actors(), sort, order, offset, limit)
     }
 
     /// Totals over every resident actor.

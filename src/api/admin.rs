@@ -4,10 +4,9 @@
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
-use arbor_actors::inspect::{ActorDetail, ActorInfo, ActorTotals};
+use arbor_actors::inspect::{ActorDetail, ActorPage, ActorSort, SortOrder};
 use arbor_actors::model::{ChatId, UserId};
 use arbor_actors::Chats;
-use chrono::{DateTime, Utc};
 use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -15,8 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::error::ApiError;
 use crate::auth::{authenticate, Accounts};
 use crate::config::{AdminSettings, MetricsSettings};
-use crate::lifecycle::Lifecycle;
-use crate::metrics::{Metrics, ProcessStats, Sample, CONTENT_TYPE};
+use crate::metrics::{Metrics, RuntimeStats, CONTENT_TYPE};
 
 /// An authenticated admin: an account listed in `admin.emails` or granted the role with
 /// `arbor admin grant`. Anyone else gets 404 `not_found`.
@@ -52,33 +50,6 @@ impl FromRequest for Admin {
     }
 }
 
-/// How to order the actor list.
-#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ActorSort {
-    /// Most recently used first (`order=asc`: idlest first).
-    #[default]
-    LastActivity,
-    /// Largest approximate memory first.
-    Size,
-    /// Most messages first.
-    Messages,
-    /// Deepest mailbox first.
-    MailboxDepth,
-    /// Most uncommitted writes first.
-    PendingWrites,
-    /// Most recently activated first (`order=asc`: longest resident first).
-    ResidentSince,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SortOrder {
-    #[default]
-    Desc,
-    Asc,
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ActorQuery {
@@ -90,18 +61,6 @@ pub struct ActorQuery {
     pub limit: Option<usize>,
     /// Actors to skip (default 0).
     pub offset: Option<usize>,
-}
-
-/// A page of resident actors.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ActorPage {
-    pub actors: Vec<ActorInfo>,
-    /// Resident actors in all.
-    pub total: usize,
-    pub offset: usize,
-    pub limit: usize,
-    /// The `offset` of the next page, if there is one.
-    pub next_offset: Option<usize>,
 }
 
 const MAX_ACTOR_PAGE: usize = 1000;
@@ -124,30 +83,12 @@ pub async fn actors(
             ))
         }
     };
-    let offset = query.offset.unwrap_or(0);
-    let mut actors = chats.actors();
-    // Ties (same timestamp, same size) fall back to the chat id, so pages are stable.
-    match query.sort {
-        ActorSort::LastActivity => actors.sort_by_key(|a| (a.last_activity, a.chat_id)),
-        ActorSort::Size => actors.sort_by_key(|a| (a.approx_memory_bytes, a.chat_id)),
-        ActorSort::Messages => actors.sort_by_key(|a| (a.message_count, a.chat_id)),
-        ActorSort::MailboxDepth => actors.sort_by_key(|a| (a.mailbox_depth, a.chat_id)),
-        ActorSort::PendingWrites => actors.sort_by_key(|a| (a.pending_writes, a.chat_id)),
-        ActorSort::ResidentSince => actors.sort_by_key(|a| (a.resident_since, a.chat_id)),
-    }
-    if matches!(query.order, SortOrder::Desc) {
-        actors.reverse();
-    }
-    let total = actors.len();
-    let page: Vec<ActorInfo> = actors.into_iter().skip(offset).take(limit).collect();
-    let next_offset = (offset + page.len() < total).then_some(offset + page.len());
-    Ok(web::Json(ActorPage {
-        actors: page,
-        total,
-        offset,
+    Ok(web::Json(chats.actor_page(
+        query.sort,
+        query.order,
+        query.offset.unwrap_or(0),
         limit,
-        next_offset,
-    }))
+    )))
 }
 
 fn actor_not_found() -> ApiError {
@@ -200,139 +141,11 @@ pub async fn evict(
     }))
 }
 
-/// The whole runtime at a glance.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RuntimeStats {
-    pub version: &'static str,
-    pub started_at: DateTime<Utc>,
-    pub uptime_seconds: f64,
-    pub draining: bool,
-    pub actors: ActorStats,
-    pub http: HttpStats,
-    pub writer: WriterStatsView,
-    pub llm: Vec<ProviderStatsView>,
-    pub generations_running: usize,
-    pub process: ProcessStats,
-    /// Once-a-second samples, oldest first (`admin.history_secs` of them at most).
-    pub history: Vec<Sample>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ActorStats {
-    #[serde(flatten)]
-    pub totals: ActorTotals,
-    pub activations_total: u64,
-    pub activation_failures_total: u64,
-    pub evictions_total: u64,
-    /// Evictions by reason: idle, capacity, admin, deleted, shutdown, stopped.
-    pub evictions_by_reason: std::collections::BTreeMap<&'static str, u64>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HttpStats {
-    pub requests_total: u64,
-    pub in_flight: i64,
-    /// Mean over the last 10 samples.
-    pub requests_per_second: f64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WriterStatsView {
-    pub ack_mode: &'static str,
-    pub queue_depth: usize,
-    pub queue_capacity: usize,
-    pub stalled: bool,
-    pub batches_total: u64,
-    pub rows_total: u64,
-    pub failed_batches_total: u64,
-    pub retries_total: u64,
-    /// Mean over the last 10 samples.
-    pub rows_per_second: f64,
-    /// The largest lag over the last 10 samples.
-    pub lag_max_ms: f64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProviderStatsView {
-    pub provider: String,
-    pub in_flight: usize,
-    pub queued: usize,
-    pub circuit: &'static str,
-    pub requests_total: u64,
-    pub retries_total: u64,
-}
-
 /// Totals and rates for the whole runtime, with a short history for charts.
 #[utoipa::path(get, path = "/api/v1/admin/stats", tag = "admin",
     security(("bearer" = [])), responses((status = 200, body = RuntimeStats), (status = 404)))]
-pub async fn stats(
-    _: Admin,
-    chats: web::Data<Chats>,
-    metrics: web::Data<Metrics>,
-    lifecycle: web::Data<Lifecycle>,
-) -> web::Json<RuntimeStats> {
-    let history = metrics.history();
-    let recent = &history[history.len().saturating_sub(10)..];
-    let mean = |f: fn(&Sample) -> f64| {
-        if recent.is_empty() {
-            0.0
-        } else {
-            recent.iter().map(f).sum::<f64>() / recent.len() as f64
-        }
-    };
-    let rt = chats.runtime();
-    let writer = &rt.writer;
-    let registry = chats.stats();
-    let evictions: std::collections::BTreeMap<_, _> =
-        registry.evictions_by_reason().into_iter().collect();
-    web::Json(RuntimeStats {
-        version: env!("CARGO_PKG_VERSION"),
-        started_at: lifecycle.started_at,
-        uptime_seconds: lifecycle.started.elapsed().as_secs_f64(),
-        draining: lifecycle.is_draining(),
-        actors: ActorStats {
-            totals: chats.actor_totals(),
-            activations_total: registry.activations.get(),
-            activation_failures_total: registry.activation_failures.get(),
-            evictions_total: evictions.values().sum(),
-            evictions_by_reason: evictions,
-        },
-        http: HttpStats {
-            requests_total: metrics.requests_total(),
-            in_flight: metrics.requests_in_flight(),
-            requests_per_second: mean(|s| s.requests_per_second),
-        },
-        writer: WriterStatsView {
-            ack_mode: match writer.ack_mode {
-                arbor_actors::writer::AckMode::Durable => "durable",
-                arbor_actors::writer::AckMode::Buffered => "buffered",
-            },
-            queue_depth: writer.queue_depth(),
-            queue_capacity: writer.queue_capacity(),
-            stalled: writer.is_stalled(),
-            batches_total: writer.stats.batches.get(),
-            rows_total: writer.stats.rows.get(),
-            failed_batches_total: writer.stats.failed_batches.get(),
-            retries_total: writer.stats.retries.get(),
-            rows_per_second: mean(|s| s.rows_per_second),
-            lag_max_ms: recent.iter().map(|s| s.lag_max_ms).fold(0.0, f64::max),
-        },
-        llm: chats
-            .llm()
-            .providers()
-            .map(|p| ProviderStatsView {
-                provider: p.config.name.clone(),
-                in_flight: p.stats.in_flight.load(std::sync::atomic::Ordering::Relaxed),
-                queued: p.queued(),
-                circuit: p.circuit(),
-                requests_total: p.stats.requests.get(),
-                retries_total: p.stats.retries.get(),
-            })
-            .collect(),
-        generations_running: rt.generations.running().len(),
-        process: ProcessStats::read(),
-        history,
-    })
+pub async fn stats(_: Admin, metrics: web::Data<Metrics>) -> web::Json<RuntimeStats> {
+    web::Json(metrics.runtime_stats())
 }
 
 /// The admin page: self-contained (inline script and style, no external assets). It holds no

@@ -263,8 +263,7 @@ async fn admin_routes_are_404_for_everyone_but_admins() {
             .unwrap();
         assert_error(res, StatusCode::NOT_FOUND, "not_found").await;
     }
-    let evict = format!("/api/v1/admin/actors/{chat}/evict");
-    let res = app.post(&u, &evict, json!({})).await;
+    let res = evict(&app, &u, &chat).await;
     assert_error(res, StatusCode::NOT_FOUND, "not_found").await;
     assert_eq!(
         app.chats.actors().len(),
@@ -281,6 +280,21 @@ async fn admin_routes_are_404_for_everyone_but_admins() {
     let html = res.text().await.unwrap();
     assert!(html.contains("<title>Arbor admin</title>"));
     assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
+}
+
+/// `GET /api/v1/admin/actors/{chat}` as `user`.
+async fn inspect(app: &TestApp, user: &User, chat: &str) -> reqwest::Response {
+    app.get(user, &format!("/api/v1/admin/actors/{chat}")).await
+}
+
+/// `POST /api/v1/admin/actors/{chat}/evict` as `user`.
+async fn evict(app: &TestApp, user: &User, chat: &str) -> reqwest::Response {
+    app.post(
+        user,
+        &format!("/api/v1/admin/actors/{chat}/evict"),
+        json!({}),
+    )
+    .await
 }
 
 async fn json_of(res: reqwest::Response, status: StatusCode) -> Value {
@@ -367,11 +381,7 @@ async fn admins_list_inspect_and_evict_actors() {
         assert!(res.status().is_client_error(), "{bad}: {}", res.status());
     }
 
-    let detail = json_of(
-        app.get(&ops, &format!("/api/v1/admin/actors/{big}")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let detail = json_of(inspect(&app, &ops, &big).await, StatusCode::OK).await;
     assert_eq!(detail["chat_id"], big.as_str());
     assert_eq!(detail["title"], "big");
     assert_eq!(detail["active_branch_name"], "main");
@@ -379,26 +389,14 @@ async fn admins_list_inspect_and_evict_actors() {
     assert_eq!(detail["message_count"], 5);
     assert_eq!(detail["generations_in_flight"], json!([]));
 
-    let res = app
-        .post(
-            &ops,
-            &format!("/api/v1/admin/actors/{big}/evict"),
-            json!({}),
-        )
-        .await;
+    let res = evict(&app, &ops, &big).await;
     assert_eq!(
         json_of(res, StatusCode::OK).await,
         json!({"chat_id": big, "evicted": true})
     );
-    let res = app.get(&ops, &format!("/api/v1/admin/actors/{big}")).await;
+    let res = inspect(&app, &ops, &big).await;
     assert_error(res, StatusCode::NOT_FOUND, "actor_not_found").await;
-    let res = app
-        .post(
-            &ops,
-            &format!("/api/v1/admin/actors/{big}/evict"),
-            json!({}),
-        )
-        .await;
+    let res = evict(&app, &ops, &big).await;
     assert_error(res, StatusCode::NOT_FOUND, "actor_not_found").await;
     assert_eq!(ids(&list("").await), [small.as_str()]);
     let res = app.get(&ops, "/api/v1/admin/actors/not-a-uuid").await;
@@ -447,8 +445,7 @@ async fn inspection_shows_pending_writes_and_replies_in_flight() {
     for i in 0..3 {
         app.say(&u, &chat, &format!("queued {i}")).await;
     }
-    let path = format!("/api/v1/admin/actors/{chat}");
-    let before = json_of(app.get(&ops, &path).await, StatusCode::OK).await;
+    let before = json_of(inspect(&app, &ops, &chat).await, StatusCode::OK).await;
     // The chat's creation and each of the three sends are still queued.
     assert_eq!(before["pending_writes"], 4, "{before}");
     assert_eq!(before["message_count"], 3);
@@ -464,7 +461,7 @@ async fn inspection_shows_pending_writes_and_replies_in_flight() {
     let mut events = Events::new(res);
     let first = events.next().await.unwrap();
     assert_eq!(first.event, "user_message");
-    let during = json_of(app.get(&ops, &path).await, StatusCode::OK).await;
+    let during = json_of(inspect(&app, &ops, &chat).await, StatusCode::OK).await;
     let running = during["generations_in_flight"].as_array().unwrap();
     assert_eq!(running.len(), 1, "{during}");
     assert_eq!(running[0]["status"], "running");
@@ -479,17 +476,11 @@ async fn inspection_shows_pending_writes_and_replies_in_flight() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
-    let after = json_of(app.get(&ops, &path).await, StatusCode::OK).await;
+    let after = json_of(inspect(&app, &ops, &chat).await, StatusCode::OK).await;
     assert_eq!(after["generations_in_flight"], json!([]));
 
     // Evicting flushes at once (not after the 60 s flush interval) and the data is stored.
-    let res = app
-        .post(
-            &ops,
-            &format!("/api/v1/admin/actors/{chat}/evict"),
-            json!({}),
-        )
-        .await;
+    let res = evict(&app, &ops, &chat).await;
     assert_eq!(res.status(), StatusCode::OK);
     let (settings, dir) = app.stop().await;
     let app = start(settings).await;
