@@ -1,5 +1,6 @@
 //! Accounts and tokens: bcrypt password hashes (computed off the async threads) and HS256 JWTs.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
@@ -17,7 +18,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::api::error::ApiError;
-use crate::config::AuthSettings;
+use crate::config::{AuthSettings, Secret};
 use crate::domain::{Email, Password, Username};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -117,10 +118,22 @@ pub fn load_or_create_secret(settings: &AuthSettings, data_dir: &Path) -> anyhow
     Ok(secret.into_bytes())
 }
 
+/// Compares secrets without an early exit that would leak how much of a guess was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A static bearer token from `auth.api_tokens` and the account it acts as.
+struct ApiToken {
+    secret: Secret,
+    user: UserId,
+}
+
 /// Account operations.
 pub struct Accounts {
     store: Arc<dyn MetadataStore>,
     tokens: Tokens,
+    api_tokens: Vec<ApiToken>,
     bcrypt_cost: u32,
     /// Verified against when the login is unknown, so timing does not reveal which logins exist.
     dummy_hash: String,
@@ -143,6 +156,7 @@ impl Accounts {
         Ok(Self {
             store,
             tokens,
+            api_tokens: Vec::new(),
             bcrypt_cost,
             dummy_hash,
         })
@@ -150,6 +164,54 @@ impl Accounts {
 
     pub fn tokens(&self) -> &Tokens {
         &self.tokens
+    }
+
+    /// Resolves `auth.api_tokens` to their accounts, creating a password-less account (it
+    /// cannot log in) for an email that is not registered yet.
+    pub async fn with_api_tokens(
+        mut self,
+        configured: &BTreeMap<String, Secret>,
+    ) -> anyhow::Result<Self> {
+        for (email, secret) in configured {
+            let token = secret.expose();
+            anyhow::ensure!(
+                token.chars().count() >= 16 && !token.chars().any(char::is_whitespace),
+                "auth.api_tokens: the token for {email} must be 16 characters at least, without spaces"
+            );
+            let email = Email::parse(email)
+                .map_err(|_| anyhow::anyhow!("auth.api_tokens: {email:?} is not an email"))?
+                .into_inner();
+            let user = match self.store.user_by_login(&email).await? {
+                Some(user) => user.id,
+                None => {
+                    let user = UserRecord {
+                        id: UserId::new(),
+                        email,
+                        username: None,
+                        // Not a bcrypt hash: no password ever verifies against it.
+                        password_hash: "!".into(),
+                        created_at: arbor_actors::model::now(),
+                        is_admin: false,
+                    };
+                    self.store.create_user(&user).await?;
+                    user.id
+                }
+            };
+            self.api_tokens.push(ApiToken {
+                secret: secret.clone(),
+                user,
+            });
+        }
+        Ok(self)
+    }
+
+    /// The account a static API token acts as. Every configured token is compared in full.
+    fn api_token_user(&self, sent: &str) -> Option<UserId> {
+        self.api_tokens
+            .iter()
+            .filter(|t| constant_time_eq(t.secret.expose().as_bytes(), sent.as_bytes()))
+            .map(|t| t.user)
+            .last()
     }
 
     pub async fn register(
@@ -242,5 +304,21 @@ pub fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
         .ok_or_else(|| {
             ApiError::unauthorized("missing_token", "send Authorization: Bearer <token>")
         })?;
+    if let Some(user) = accounts.api_token_user(token) {
+        return Ok(AuthUser(user));
+    }
     accounts.tokens.verify(token).map(AuthUser)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
 }

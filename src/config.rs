@@ -153,6 +153,7 @@ pub struct LimitSettings {
     pub max_title_chars: usize,
     pub max_branch_name_chars: usize,
     pub max_system_prompt_chars: usize,
+    pub max_description_chars: usize,
     pub default_page_size: usize,
     pub max_page_size: usize,
 }
@@ -165,6 +166,10 @@ pub struct AuthSettings {
     pub jwt_secret: Secret,
     pub token_ttl_minutes: i64,
     pub bcrypt_cost: u32,
+    /// Static bearer tokens for service clients (seed 000's fixed token): account email →
+    /// token (16 characters at least). Each token acts as that account, created without a
+    /// password (it cannot log in) if it is not registered. Empty: off.
+    pub api_tokens: BTreeMap<String, Secret>,
 }
 
 /// Model providers and how replies are generated.
@@ -330,6 +335,7 @@ impl Default for Settings {
                 max_title_chars: 200,
                 max_branch_name_chars: 100,
                 max_system_prompt_chars: 8_000,
+                max_description_chars: 2_000,
                 default_page_size: 50,
                 max_page_size: 200,
             },
@@ -337,6 +343,7 @@ impl Default for Settings {
                 jwt_secret: Secret::default(),
                 token_ttl_minutes: 24 * 60,
                 bcrypt_cost: 12,
+                api_tokens: BTreeMap::new(),
             },
             llm: LlmSettings {
                 default_model: String::new(),

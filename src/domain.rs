@@ -137,16 +137,31 @@ pub fn optional_branch_name(raw: Option<&str>, max: usize) -> Result<Option<Stri
 
 /// A system prompt: blank means none, at most `max` characters.
 pub fn system_prompt(raw: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
-    let Some(p) = raw.filter(|p| !p.trim().is_empty()) else {
+    long_text(raw, max, "invalid_system_prompt", "a system prompt")
+}
+
+/// A chat's description: blank means none, at most `max` characters.
+pub fn description(raw: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
+    long_text(raw, max, "invalid_description", "a description")
+}
+
+/// Free text kept as given: blank means none, at most `max` characters, no NUL.
+fn long_text(
+    raw: Option<&str>,
+    max: usize,
+    code: &'static str,
+    what: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some(text) = raw.filter(|t| !t.trim().is_empty()) else {
         return Ok(None);
     };
-    if p.chars().count() > max || has_nul(p) {
+    if text.chars().count() > max || has_nul(text) {
         return Err(ApiError::validation(
-            "invalid_system_prompt",
-            format!("a system prompt is limited to {max} characters, without NUL characters"),
+            code,
+            format!("{what} is limited to {max} characters, without NUL characters"),
         ));
     }
-    Ok(Some(p.to_owned()))
+    Ok(Some(text.to_owned()))
 }
 
 #[cfg(test)]

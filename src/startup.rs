@@ -44,7 +44,10 @@ impl Application {
         let (stores, connections) = storage::open(&settings).await?;
         let secret = load_or_create_secret(&settings.auth, &settings.storage.data_dir)?;
         let tokens = Tokens::new(&secret, settings.auth.token_ttl_minutes);
-        let accounts = Accounts::new(stores.metadata.clone(), tokens, settings.auth.bcrypt_cost)?;
+        let accounts = Accounts::new(stores.metadata.clone(), tokens, settings.auth.bcrypt_cost)?
+            .with_api_tokens(&settings.auth.api_tokens)
+            .await
+            .context("auth.api_tokens")?;
         let llm = Arc::new(crate::llm::start_pool(&settings.llm)?);
         let chats = start_chats(&settings, &stores, llm);
         let lifecycle = Arc::new(Lifecycle::default());

@@ -89,7 +89,7 @@ pub struct ChatState {
 
 impl ChatState {
     /// A new chat with an empty `main` branch, and the rows that create it.
-    pub fn create(id: ChatId, owner: UserId, title: Option<String>) -> (Self, Vec<WriteOp>) {
+    pub fn create(id: ChatId, owner: UserId, new: NewChat) -> (Self, Vec<WriteOp>) {
         let now = crate::model::now();
         let main = Branch {
             id: BranchId::new(),
@@ -103,8 +103,9 @@ impl ChatState {
         let meta = ChatMeta {
             id,
             owner,
-            title,
-            system_prompt: None,
+            title: new.title,
+            system_prompt: new.system_prompt,
+            description: new.description,
             active_branch: main.id,
             created_at: now,
             updated_at: now,
@@ -447,11 +448,20 @@ impl ChatCore {
 
     fn update_chat(&mut self, msg: UpdateChat) -> Result<Applied<ChatView>, ChatError> {
         let slot = reserve(&self.rt)?;
-        if let Some(title) = msg.title {
-            self.state.meta.title = title;
+        let ChatPatch {
+            title,
+            system_prompt,
+            description,
+        } = msg.patch;
+        let meta = &mut self.state.meta;
+        if let Some(title) = title {
+            meta.title = title;
         }
-        if let Some(prompt) = msg.system_prompt {
-            self.state.meta.system_prompt = prompt;
+        if let Some(prompt) = system_prompt {
+            meta.system_prompt = prompt;
+        }
+        if let Some(description) = description {
+            meta.description = description;
         }
         let row = self.touch_meta();
         let commit = self.write(slot, vec![row]);
@@ -853,6 +863,22 @@ impl ChatCore {
 }
 
 /// Where a fork starts.
+/// What a new chat starts with.
+#[derive(Debug, Clone, Default)]
+pub struct NewChat {
+    pub title: Option<String>,
+    pub system_prompt: Option<String>,
+    pub description: Option<String>,
+}
+
+/// A change to a chat's settings: `None` leaves a field alone, `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct ChatPatch {
+    pub title: Option<Option<String>>,
+    pub system_prompt: Option<Option<String>>,
+    pub description: Option<Option<String>>,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum ForkPoint {
     Message(MessageId),
@@ -908,9 +934,8 @@ macro_rules! chat_messages {
 chat_messages! {
     /// The chat with its branches.
     GetChat {} -> ChatView => get_chat;
-    /// Sets the title and/or system prompt (`Some(None)` clears one).
-    UpdateChat { title: Option<Option<String>>, system_prompt: Option<Option<String>> }
-        -> Applied<ChatView> => update_chat;
+    /// Changes the chat's settings.
+    UpdateChat { patch: ChatPatch } -> Applied<ChatView> => update_chat;
     /// Deletes the chat, its branches and messages.
     DeleteChat {} -> Applied<()> => delete_chat;
     /// Adds a message to a branch (the active one by default), optionally followed by a

@@ -165,6 +165,7 @@ pub struct ChatMeta {
     pub owner: UserId,
     pub title: Option<String>,
     pub system_prompt: Option<String>,
+    pub description: Option<String>,
     pub active_branch: BranchId,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

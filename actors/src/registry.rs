@@ -397,10 +397,10 @@ impl Chats {
     pub async fn create(
         &self,
         owner: UserId,
-        title: Option<String>,
+        new: NewChat,
     ) -> Result<ChatView, ChatError> {
         let id = ChatId::new();
-        let (state, ops) = ChatState::create(id, owner, title);
+        let (state, ops) = ChatState::create(id, owner, new);
         let view = ChatView::of(&state.meta, &state.tree);
         let slot = self
             .inner
@@ -466,14 +466,9 @@ impl Chats {
         &self,
         user: UserId,
         chat: ChatId,
-        title: Option<Option<String>>,
-        system_prompt: Option<Option<String>>,
+        patch: ChatPatch,
     ) -> Result<ChatView, ChatError> {
-        let msg = UpdateChat {
-            user,
-            title,
-            system_prompt,
-        };
+        let msg = UpdateChat { user, patch };
         let applied = self.call(chat, msg).await?;
         self.settle(applied).await
     }

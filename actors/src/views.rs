@@ -95,6 +95,7 @@ pub struct ChatView {
     pub id: ChatId,
     pub title: Option<String>,
     pub system_prompt: Option<String>,
+    pub description: Option<String>,
     pub active_branch_id: BranchId,
     pub message_count: usize,
     pub branches: Vec<BranchView>,
@@ -108,6 +109,7 @@ impl ChatView {
             id: meta.id,
             title: meta.title.clone(),
             system_prompt: meta.system_prompt.clone(),
+            description: meta.description.clone(),
             active_branch_id: tree.active(),
             message_count: tree.message_count(),
             branches: tree
@@ -127,6 +129,7 @@ impl ChatView {
 pub struct ChatSummary {
     pub id: ChatId,
     pub title: Option<String>,
+    pub description: Option<String>,
     pub active_branch_id: BranchId,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -137,6 +140,7 @@ impl From<&ChatMeta> for ChatSummary {
         Self {
             id: meta.id,
             title: meta.title.clone(),
+            description: meta.description.clone(),
             active_branch_id: meta.active_branch,
             created_at: meta.created_at,
             updated_at: meta.updated_at,

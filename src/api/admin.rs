@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::error::ApiError;
-use crate::auth::{authenticate, Accounts};
+use crate::auth::{authenticate, constant_time_eq, Accounts};
 use crate::config::{AdminSettings, MetricsSettings};
 use crate::metrics::{Metrics, RuntimeStats, CONTENT_TYPE};
 
@@ -199,20 +199,3 @@ pub async fn metrics(
     Ok(HttpResponse::Ok().content_type(CONTENT_TYPE).body(body))
 }
 
-/// Compares secrets without an early exit that would leak how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(constant_time_eq(b"s3cret", b"s3cret"));
-        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
-        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
-        assert!(!constant_time_eq(b"", b"x"));
-    }
-}

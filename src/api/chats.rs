@@ -1,6 +1,7 @@
 //! `/api/v1/chats`: create, list, get, update, delete.
 
 use actix_web::{web, HttpResponse};
+use arbor_actors::chat::{ChatPatch, NewChat};
 use arbor_actors::model::ChatId;
 use arbor_actors::views::{ChatList, ChatView};
 use arbor_actors::Chats;
@@ -16,6 +17,8 @@ use crate::domain;
 #[derive(Deserialize, ToSchema, Default)]
 pub struct CreateChat {
     pub title: Option<String>,
+    pub system_prompt: Option<String>,
+    pub description: Option<String>,
 }
 
 /// Absent fields are left alone; `null` clears.
@@ -27,6 +30,9 @@ pub struct UpdateChat {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub system_prompt: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -46,8 +52,18 @@ pub async fn create(
     body: Option<web::Json<CreateChat>>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.map(web::Json::into_inner).unwrap_or_default();
-    let title = domain::title(body.title.as_deref(), limits.max_title_chars)?;
-    let chat = chats.create(user.0, title).await?;
+    let new = NewChat {
+        title: domain::title(body.title.as_deref(), limits.max_title_chars)?,
+        system_prompt: domain::system_prompt(
+            body.system_prompt.as_deref(),
+            limits.max_system_prompt_chars,
+        )?,
+        description: domain::description(
+            body.description.as_deref(),
+            limits.max_description_chars,
+        )?,
+    };
+    let chat = chats.create(user.0, new).await?;
     Ok(HttpResponse::Created().json(chat))
 }
 
@@ -85,19 +101,24 @@ pub async fn update(
     path: web::Path<ChatId>,
     body: web::Json<UpdateChat>,
 ) -> Result<web::Json<ChatView>, ApiError> {
-    let title = body
-        .title
-        .as_ref()
-        .map(|t| domain::title(t.as_deref(), limits.max_title_chars))
-        .transpose()?;
-    let prompt = body
-        .system_prompt
-        .as_ref()
-        .map(|p| domain::system_prompt(p.as_deref(), limits.max_system_prompt_chars))
-        .transpose()?;
-    let chat = chats
-        .update(user.0, path.into_inner(), title, prompt)
-        .await?;
+    let patch = ChatPatch {
+        title: body
+            .title
+            .as_ref()
+            .map(|t| domain::title(t.as_deref(), limits.max_title_chars))
+            .transpose()?,
+        system_prompt: body
+            .system_prompt
+            .as_ref()
+            .map(|p| domain::system_prompt(p.as_deref(), limits.max_system_prompt_chars))
+            .transpose()?,
+        description: body
+            .description
+            .as_ref()
+            .map(|d| domain::description(d.as_deref(), limits.max_description_chars))
+            .transpose()?,
+    };
+    let chat = chats.update(user.0, path.into_inner(), patch).await?;
     Ok(web::Json(chat))
 }
 

@@ -1,5 +1,6 @@
-//! The one API error type: every failure becomes `{"error": {"code", "message"}}` with a stable
-//! snake_case code. 5xx details go to the log, never to the client.
+//! The one API error type: every failure becomes `{"error": {"code", "message"}, "detail"}`
+//! with a stable snake_case code (`detail` repeats the message, as FastAPI clients expect).
+//! 5xx details go to the log, never to the client.
 
 use std::fmt;
 
@@ -22,6 +23,17 @@ pub struct ApiError {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
+    /// The message again, where FastAPI clients (the seed dialects) look for it.
+    pub detail: String,
+}
+
+impl ErrorBody {
+    pub fn of(error: &ApiError) -> Self {
+        Self {
+            error: error.detail(),
+            detail: error.message.clone(),
+        }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -99,9 +111,7 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             res.insert_header((header::RETRY_AFTER, "1"));
         }
-        res.json(ErrorBody {
-            error: self.detail(),
-        })
+        res.json(ErrorBody::of(self))
     }
 }
 

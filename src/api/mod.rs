@@ -102,14 +102,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
 /// A resource that answers unsupported methods with a JSON 405.
 fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(|| async {
-        HttpResponse::MethodNotAllowed().json(error::ErrorBody {
-            error: error::ApiError::new(
-                actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this endpoint does not support that method",
-            )
-            .detail(),
-        })
+        HttpResponse::MethodNotAllowed().json(error::ErrorBody::of(&error::ApiError::new(
+            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not support that method",
+        )))
     }))
 }
 

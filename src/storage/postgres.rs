@@ -158,6 +158,7 @@ fn chat_from(row: &PgRow) -> Result<ChatMeta, StoreError> {
         owner: UserId::from_uuid(get(row, "owner_id")?),
         title: get(row, "title")?,
         system_prompt: get(row, "system_prompt")?,
+        description: get(row, "description")?,
         active_branch: BranchId::from_uuid(get(row, "active_branch_id")?),
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
@@ -177,18 +178,19 @@ fn branch_from(row: &PgRow) -> Result<Branch, StoreError> {
     })
 }
 
-const CHAT_COLUMNS: &str =
-    "id, owner_id, title, system_prompt, active_branch_id, created_at, updated_at, version";
+const CHAT_COLUMNS: &str = "id, owner_id, title, system_prompt, description, active_branch_id, \
+                            created_at, updated_at, version";
 
 /// The whole batch in one statement (see the module docs).
 const APPLY: &str = "
 WITH upsert_chats AS (
     INSERT INTO chats (id, owner_id, title, system_prompt, active_branch_id, created_at,
-                       updated_at, version)
+                       updated_at, version, description)
     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[],
-                         $6::timestamptz[], $7::timestamptz[], $8::int8[])
+                         $6::timestamptz[], $7::timestamptz[], $8::int8[], $19::text[])
     ON CONFLICT (id) DO UPDATE SET title = excluded.title,
-        system_prompt = excluded.system_prompt, active_branch_id = excluded.active_branch_id,
+        system_prompt = excluded.system_prompt, description = excluded.description,
+        active_branch_id = excluded.active_branch_id,
         updated_at = excluded.updated_at, version = excluded.version
     WHERE excluded.version > chats.version
 ), upsert_branches AS (
@@ -272,7 +274,8 @@ impl MetadataStore for PostgresStore {
         let rows = self
             .bounded(
                 sqlx::query(
-                    "SELECT c.id, c.owner_id, c.title, c.system_prompt, c.active_branch_id,
+                    "SELECT c.id, c.owner_id, c.title, c.system_prompt, c.description,
+                            c.active_branch_id,
                             c.created_at, c.updated_at, c.version,
                             b.id AS b_id, b.chat_id AS b_chat_id, b.name AS b_name,
                             b.head_id AS b_head_id, b.forked_from_id AS b_forked_from_id,
@@ -359,7 +362,13 @@ impl MetadataStore for PostgresStore {
             .bind(branch_times(|b| b.updated_at))
             .bind(branches.iter().map(|(_, v)| *v).collect::<Vec<_>>())
             .bind(uuids(&batch.deleted_branches, |b| *b.as_uuid()))
-            .bind(uuids(&batch.deleted_chats, |c| *c.as_uuid()));
+            .bind(uuids(&batch.deleted_chats, |c| *c.as_uuid()))
+            .bind(
+                chats
+                    .iter()
+                    .map(|c| c.description.clone())
+                    .collect::<Vec<_>>(),
+            );
         self.bounded(query.execute(&self.pool)).await?;
         Ok(())
     }

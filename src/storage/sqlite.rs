@@ -117,6 +117,7 @@ fn chat_from(row: &SqliteRow) -> Result<ChatMeta, StoreError> {
         owner: parse_id("chats.owner_id", &text(row, "owner_id")?)?,
         title: opt_text(row, "title")?,
         system_prompt: opt_text(row, "system_prompt")?,
+        description: opt_text(row, "description")?,
         active_branch: parse_id("chats.active_branch_id", &text(row, "active_branch_id")?)?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
@@ -157,8 +158,8 @@ fn message_from(row: &SqliteRow) -> Result<Message, StoreError> {
     })
 }
 
-const CHAT_COLUMNS: &str =
-    "id, owner_id, title, system_prompt, active_branch_id, created_at, updated_at, version";
+const CHAT_COLUMNS: &str = "id, owner_id, title, system_prompt, description, active_branch_id, \
+                            created_at, updated_at, version";
 
 #[async_trait]
 impl MetadataStore for SqliteStore {
@@ -212,7 +213,7 @@ impl MetadataStore for SqliteStore {
     async fn load_chat(&self, id: ChatId) -> Result<Option<(ChatMeta, Vec<Branch>)>, StoreError> {
         // One query: the chat row repeated on each of its branches.
         let rows = sqlx::query(
-            "SELECT c.id, c.owner_id, c.title, c.system_prompt, c.active_branch_id, c.created_at,
+            "SELECT c.id, c.owner_id, c.title, c.system_prompt, c.description, c.active_branch_id, c.created_at,
                     c.updated_at, c.version,
                     b.id AS b_id, b.chat_id AS b_chat_id, b.name AS b_name, b.head_id AS b_head_id,
                     b.forked_from_id AS b_forked_from_id, b.created_at AS b_created_at,
@@ -262,6 +263,7 @@ impl MetadataStore for SqliteStore {
                     .push_bind(c.owner.to_string())
                     .push_bind(c.title.clone())
                     .push_bind(c.system_prompt.clone())
+                    .push_bind(c.description.clone())
                     .push_bind(c.active_branch.to_string())
                     .push_bind(c.created_at)
                     .push_bind(c.updated_at)
@@ -269,7 +271,7 @@ impl MetadataStore for SqliteStore {
             });
             q.push(
                 " ON CONFLICT (id) DO UPDATE SET title = excluded.title,
-                  system_prompt = excluded.system_prompt,
+                  system_prompt = excluded.system_prompt, description = excluded.description,
                   active_branch_id = excluded.active_branch_id,
                   updated_at = excluded.updated_at, version = excluded.version
                   WHERE excluded.version > chats.version",
