@@ -207,11 +207,14 @@ impl Accounts {
 
     /// The account a static API token acts as. Every configured token is compared in full.
     fn api_token_user(&self, sent: &str) -> Option<UserId> {
-        self.api_tokens
-            .iter()
-            .filter(|t| constant_time_eq(t.secret.expose().as_bytes(), sent.as_bytes()))
-            .map(|t| t.user)
-            .last()
+        self.api_tokens.iter().fold(None, |found, t| {
+            let matches = constant_time_eq(t.secret.expose().as_bytes(), sent.as_bytes());
+            if matches {
+                Some(t.user)
+            } else {
+                found
+            }
+        })
     }
 
     pub async fn register(

@@ -394,11 +394,7 @@ impl Chats {
     }
 
     /// Creates a chat owned by `owner`; its actor starts resident.
-    pub async fn create(
-        &self,
-        owner: UserId,
-        new: NewChat,
-    ) -> Result<ChatView, ChatError> {
+    pub async fn create(&self, owner: UserId, new: NewChat) -> Result<ChatView, ChatError> {
         let id = ChatId::new();
         let (state, ops) = ChatState::create(id, owner, new);
         let view = ChatView::of(&state.meta, &state.tree);

@@ -198,4 +198,3 @@ pub async fn metrics(
         .map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok().content_type(CONTENT_TYPE).body(body))
 }
-

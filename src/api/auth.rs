@@ -1,6 +1,6 @@
 //! `/api/v1/auth/*`: register, login (JSON), token (OAuth2 password form), me.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, Either, HttpResponse};
 use arbor_actors::model::UserRecord;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,7 @@ pub struct TokenForm {
     pub password: String,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, Clone)]
 pub struct UserView {
     pub id: uuid::Uuid,
     pub email: String,
@@ -72,27 +72,50 @@ impl From<Session> for TokenResponse {
     }
 }
 
-/// Create an account; answers with a token so the client is logged in at once.
+/// A new account: the user's fields, and a token so the client is logged in at once.
+#[derive(Serialize, ToSchema)]
+pub struct Registered {
+    #[serde(flatten)]
+    pub account: UserView,
+    #[serde(flatten)]
+    pub session: TokenResponse,
+}
+
+impl Registered {
+    pub async fn create(accounts: &Accounts, body: RegisterRequest) -> Result<Self, ApiError> {
+        let email = Email::parse(&body.email)?;
+        let username = body.username.as_deref().map(Username::parse).transpose()?;
+        let password = Password::parse(body.password)?;
+        let session = TokenResponse::from(accounts.register(email, username, password).await?);
+        Ok(Self {
+            account: session.user.clone(),
+            session,
+        })
+    }
+}
+
+/// Create an account; answers with the account and a token.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
-    responses((status = 201, body = TokenResponse), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = Registered), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn register(
     accounts: web::Data<Accounts>,
     body: web::Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    let email = Email::parse(&body.email)?;
-    let username = body.username.as_deref().map(Username::parse).transpose()?;
-    let password = Password::parse(body.password)?;
-    let session = accounts.register(email, username, password).await?;
-    Ok(HttpResponse::Created().json(TokenResponse::from(session)))
+    let registered = Registered::create(&accounts, body.into_inner()).await?;
+    Ok(HttpResponse::Created().json(registered))
 }
 
+/// Log in with a JSON body, or the same fields as a form.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
 pub async fn login(
     accounts: web::Data<Accounts>,
-    body: web::Json<LoginRequest>,
+    body: Either<web::Json<LoginRequest>, web::Form<LoginRequest>>,
 ) -> Result<web::Json<TokenResponse>, ApiError> {
+    let body = match body {
+        Either::Left(json) => json.into_inner(),
+        Either::Right(form) => form.into_inner(),
+    };
     let login = body
         .email
         .as_deref()

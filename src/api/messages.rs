@@ -78,7 +78,7 @@ pub struct ListMessagesQuery {
     pub before: Option<MessageId>,
 }
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<Arc<str>>, ApiError> {
+pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<Option<Arc<str>>, ApiError> {
     let Some(value) = req.headers().get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
@@ -91,7 +91,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<Arc<str>>, ApiError> {
     }
 }
 
-fn parse_send(
+pub(crate) fn parse_send(
     body: SendMessage,
     key: Option<Arc<str>>,
     limits: &LimitSettings,

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod branches;
 pub mod chats;
+pub mod compat;
 pub mod docs;
 pub mod error;
 pub mod generations;
@@ -18,8 +19,8 @@ use serde::{Deserialize, Deserializer};
 use crate::config::LimitSettings;
 use error::ApiError;
 
-/// Registers every route under `/api/v1`, plus health, readiness, the admin page and (when
-/// `metrics` is true) `/metrics`.
+/// Registers every route under `/api/v1`, plus health, readiness, the admin page, the seed
+/// dialects (`compat`) and (when `metrics` is true) `/metrics`.
 pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
     if metrics {
         cfg.service(resource("/metrics").route(web::get().to(admin::metrics)));
@@ -27,8 +28,9 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
     cfg.route("/health", web::get().to(health::health))
         .route("/ready", web::get().to(health::ready))
         .service(resource("/admin").route(web::get().to(admin::page)))
+        .configure(compat::root_routes)
         .service(
-            web::scope("/api/v1")
+            compat::v1_routes(web::scope("/api/v1"))
                 .service(resource("/admin/actors").route(web::get().to(admin::actors)))
                 .service(resource("/admin/actors/{chat_id}").route(web::get().to(admin::actor)))
                 .service(

@@ -125,6 +125,7 @@ fn chat(owner: UserId, version: i64) -> (ChatMeta, Branch) {
         owner,
         title: Some("Ünïcödé title ✓".into()),
         system_prompt: None,
+        description: None,
         active_branch: branch.id,
         created_at: t,
         updated_at: t,
@@ -223,6 +224,7 @@ async fn chats_and_branches_round_trip(store: Arc<dyn MetadataStore>) {
     let owner = UserId::new();
     let (mut meta, main) = chat(owner, 1);
     meta.system_prompt = Some("Be brief.\nReally.".into());
+    meta.description = Some("A room for ✓ testing".into());
     let head = MessageId::new();
     let side = Branch {
         id: BranchId::new(),

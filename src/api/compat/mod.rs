@@ -1,0 +1,141 @@
+//! The seed products' APIs (see COMPAT.md): thin handlers onto the same `Chats` operations as
+//! Arbor's own API, answering in each seed's documented shapes.
+//!
+//! - `v1`: `/api/v1/{chats,messages,branches,conversations}/...` (seeds 000, 001, 002; their
+//!   `/api/v1/auth/*` is Arbor's own);
+//! - `plain`: `/chats`, `/chat`, `/` (seed 003; its `/auth/*` is Arbor's, mounted at the root);
+//! - `rooms`: `/auth/signup`, `/rooms`, `/chat/{room_id}` (seed 004).
+//!
+//! Where the seeds leave a status code unstated, these endpoints answer 200 like the FastAPI
+//! services they replace.
+
+pub mod plain;
+pub mod qa;
+pub mod rooms;
+pub mod v1;
+
+use std::collections::HashMap;
+
+use actix_web::web;
+use arbor_actors::model::{BranchId, ChatId, MessageId, UserId};
+use arbor_actors::views::{BranchView, ChatView, MessageView, TreeView};
+use arbor_actors::Chats;
+
+use super::error::ApiError;
+use super::resource;
+use crate::auth::Accounts;
+
+/// The seed 000–002 routes; registered inside the `/api/v1` scope before Arbor's own
+/// `/chats/{chat_id}` routes, which would otherwise claim `/chats/create-chat`.
+pub fn v1_routes(scope: actix_web::Scope) -> actix_web::Scope {
+    scope
+        .service(resource("/chats/create-chat").route(web::post().to(v1::create_chat)))
+        .service(resource("/chats/create-conversation").route(web::post().to(v1::create_branch)))
+        .service(resource("/chats/get-chat").route(web::get().to(v1::get_chat)))
+        .service(resource("/chats/update-chat/{chat_id}").route(web::put().to(v1::update_chat)))
+        .service(resource("/chats/delete-chat/{chat_id}").route(web::delete().to(v1::delete_chat)))
+        .service(resource("/messages/add-message").route(web::post().to(v1::add_message)))
+        .service(resource("/messages/get-chat").route(web::get().to(v1::branch_messages)))
+        .service(resource("/branches/create-branch").route(web::post().to(v1::create_branch)))
+        .service(resource("/branches/get-branches").route(web::get().to(v1::branches)))
+        .service(
+            resource("/branches/set-active-branch").route(web::put().to(v1::set_active_branch)),
+        )
+        .service(resource("/conversations/").route(web::post().to(v1::add_message)))
+        .service(resource("/conversations").route(web::post().to(v1::add_message)))
+}
+
+/// The seed 003 and 004 routes at the root.
+pub fn root_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/").route(web::get().to(plain::root)))
+        .service(resource("/auth/register").route(web::post().to(super::auth::register)))
+        .service(resource("/auth/signup").route(web::post().to(rooms::signup)))
+        .service(resource("/auth/login").route(web::post().to(super::auth::login)))
+        .service(resource("/auth/token").route(web::post().to(super::auth::token)))
+        .service(resource("/auth/me").route(web::get().to(super::auth::me)))
+        .service(
+            resource("/chats")
+                .route(web::post().to(plain::create_chat))
+                .route(web::get().to(plain::list_chats)),
+        )
+        .service(
+            resource("/chats/{chat_id}")
+                .route(web::get().to(plain::get_chat))
+                .route(web::patch().to(plain::update_chat))
+                .route(web::delete().to(plain::delete_chat)),
+        )
+        .service(resource("/chats/{chat_id}/messages").route(web::get().to(plain::messages)))
+        .service(resource("/chat").route(web::post().to(plain::chat)))
+        .service(
+            resource("/rooms/")
+                .route(web::post().to(rooms::create))
+                .route(web::get().to(rooms::list)),
+        )
+        .service(
+            resource("/rooms")
+                .route(web::post().to(rooms::create))
+                .route(web::get().to(rooms::list)),
+        )
+        .service(resource("/rooms/{room_id}").route(web::get().to(rooms::get)))
+        .service(resource("/chat/{room_id}").route(web::post().to(rooms::send)));
+}
+
+/// A chat and its whole tree, read together for the views that need every branch's path.
+pub struct Snapshot {
+    pub chat: ChatView,
+    pub tree: TreeView,
+}
+
+impl Snapshot {
+    pub async fn read(chats: &Chats, user: UserId, chat: ChatId) -> Result<Self, ApiError> {
+        let (chat, tree) = futures_util::try_join!(chats.get(user, chat), chats.tree(user, chat))?;
+        Ok(Self { chat, tree })
+    }
+
+    /// The path from the root to `head`, root first.
+    pub fn path_to(&self, head: Option<MessageId>) -> Vec<MessageView> {
+        let nodes: HashMap<MessageId, &MessageView> = self
+            .tree
+            .nodes
+            .iter()
+            .map(|n| (n.message.id, &n.message))
+            .collect();
+        let mut path = Vec::new();
+        let mut next = head;
+        while let Some(message) = next.and_then(|id| nodes.get(&id)) {
+            path.push((*message).clone());
+            next = message.parent_id;
+        }
+        path.reverse();
+        path
+    }
+
+    pub fn branch(&self, id: BranchId) -> Option<&BranchView> {
+        self.tree.branches.iter().find(|b| b.id == id)
+    }
+
+    /// The chat's own line: the oldest branch not forked from anything (`main`).
+    pub fn root_branch(&self) -> Option<&BranchView> {
+        self.tree
+            .branches
+            .iter()
+            .filter(|b| b.forked_from_message_id.is_none())
+            .min_by_key(|b| b.id)
+    }
+}
+
+/// How the seeds name an account in their views: the username, or the email without one.
+pub async fn account_name(accounts: &Accounts, user: UserId) -> Result<String, ApiError> {
+    let record = accounts.user(user).await?;
+    Ok(record.username.unwrap_or(record.email))
+}
+
+/// A seed's `{"message": ..., "chat_id": ...}` acknowledgement.
+#[derive(serde::Serialize)]
+pub struct Acknowledged {
+    pub message: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat_id: Option<ChatId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch_id: Option<BranchId>,
+}

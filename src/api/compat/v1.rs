@@ -1,0 +1,539 @@
+//! Seeds 000, 001 and 002: `/api/v1/{chats,messages,branches,conversations}/...`.
+//!
+//! The three seeds share these paths with different bodies; each request is read in whichever
+//! form it comes (`title` or `name`, `question` or `content`, `chat_id` or `parent_chat_id`), and
+//! every answer carries the fields all three document, so each client finds its own.
+//! Conversations are counted in question/answer pairs (`qa`): `message_index` is a pair index.
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use arbor_actors::chat::{ChatPatch, ForkPoint, NewChat};
+use arbor_actors::model::{BranchId, ChatId, MessageId, Role, UserId};
+use arbor_actors::views::{BranchView, ChatSummary, MessageView, SendView};
+use arbor_actors::Chats;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::qa::{self, Pair};
+use super::{account_name, Acknowledged, Snapshot};
+use crate::api::error::ApiError;
+use crate::api::messages::{idempotency_key, parse_send, SendMessage};
+use crate::api::page_limit;
+use crate::auth::{Accounts, AuthUser};
+use crate::config::LimitSettings;
+use crate::domain;
+
+/// One question/answer pair.
+#[derive(Serialize)]
+pub struct PairView {
+    pub question: Option<Arc<str>>,
+    pub response: Option<Arc<str>>,
+    pub question_id: Option<MessageId>,
+    pub response_id: Option<MessageId>,
+    pub timestamp: DateTime<Utc>,
+}
+
+impl From<&Pair<'_>> for PairView {
+    fn from(pair: &Pair<'_>) -> Self {
+        Self {
+            question: pair.question.map(|m| m.content.clone()),
+            response: pair.response.map(|m| m.content.clone()),
+            question_id: pair.question.map(|m| m.id),
+            response_id: pair.response.map(|m| m.id),
+            timestamp: pair.first().created_at,
+        }
+    }
+}
+
+/// A branch as seed 002 lists it (forks only: the chat's own line is the chat).
+#[derive(Serialize)]
+pub struct BranchV1 {
+    pub branch_id: BranchId,
+    pub id: BranchId,
+    pub chat_id: ChatId,
+    pub parent_chat_id: ChatId,
+    pub name: String,
+    /// The pair the branch was forked after.
+    pub created_from_message_index: Option<usize>,
+    pub created_from_message_id: Option<MessageId>,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl BranchV1 {
+    fn of(branch: &BranchView, fork_path: &[MessageView]) -> Self {
+        Self {
+            branch_id: branch.id,
+            id: branch.id,
+            chat_id: branch.chat_id,
+            parent_chat_id: branch.chat_id,
+            name: branch.name.clone(),
+            created_from_message_index: branch
+                .forked_from_message_id
+                .and_then(|m| qa::pair_index(fork_path, m)),
+            created_from_message_id: branch.forked_from_message_id,
+            is_active: branch.is_active,
+            created_at: branch.created_at,
+        }
+    }
+
+    fn list(snapshot: &Snapshot) -> Vec<Self> {
+        snapshot
+            .tree
+            .branches
+            .iter()
+            .filter(|b| b.forked_from_message_id.is_some())
+            .map(|b| Self::of(b, &snapshot.path_to(b.forked_from_message_id)))
+            .collect()
+    }
+}
+
+/// A chat in the shape all three seeds document (`_id` is the chat id again).
+#[derive(Serialize)]
+pub struct ChatV1 {
+    pub chat_id: ChatId,
+    pub id: ChatId,
+    #[serde(rename = "_id")]
+    pub object_id: ChatId,
+    pub account_id: String,
+    pub user_id: UserId,
+    pub name: Option<String>,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub active: bool,
+    pub active_branch_id: BranchId,
+    /// The branch `messages` come from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch_id: Option<BranchId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branches: Option<Vec<BranchV1>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<PairView>>,
+}
+
+impl ChatV1 {
+    fn summary(chat: &ChatSummary, user: UserId, account: &str) -> Self {
+        Self {
+            chat_id: chat.id,
+            id: chat.id,
+            object_id: chat.id,
+            account_id: account.to_owned(),
+            user_id: user,
+            name: chat.title.clone(),
+            title: chat.title.clone(),
+            description: chat.description.clone(),
+            created_at: chat.created_at,
+            updated_at: chat.updated_at,
+            active: true,
+            active_branch_id: chat.active_branch_id,
+            branch_id: None,
+            branches: None,
+            messages: None,
+        }
+    }
+
+    /// The chat with its forks and the pairs of `branch` (the active branch by default).
+    fn full(
+        snapshot: &Snapshot,
+        branch: Option<BranchId>,
+        user: UserId,
+        account: &str,
+    ) -> Result<Self, ApiError> {
+        let chat = &snapshot.chat;
+        let branch = branch.unwrap_or(chat.active_branch_id);
+        let head = snapshot
+            .branch(branch)
+            .ok_or(arbor_actors::ChatError::BranchNotFound(branch))?
+            .head_message_id;
+        let path = snapshot.path_to(head);
+        Ok(Self {
+            chat_id: chat.id,
+            id: chat.id,
+            object_id: chat.id,
+            account_id: account.to_owned(),
+            user_id: user,
+            name: chat.title.clone(),
+            title: chat.title.clone(),
+            description: chat.description.clone(),
+            created_at: chat.created_at,
+            updated_at: chat.updated_at,
+            active: true,
+            active_branch_id: chat.active_branch_id,
+            branch_id: Some(branch),
+            branches: Some(BranchV1::list(snapshot)),
+            messages: Some(qa::pairs(&path).iter().map(PairView::from).collect()),
+        })
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct ChatBody {
+    pub title: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+impl ChatBody {
+    fn title(&self, limits: &LimitSettings) -> Result<Option<String>, ApiError> {
+        domain::title(
+            self.title.as_deref().or(self.name.as_deref()),
+            limits.max_title_chars,
+        )
+    }
+}
+
+/// `POST /api/v1/chats/create-chat`: `{"title"}` (000, 001) or `{"name"}` (002).
+pub async fn create_chat(
+    chats: web::Data<Chats>,
+    accounts: web::Data<Accounts>,
+    limits: web::Data<LimitSettings>,
+    user: AuthUser,
+    body: Option<web::Json<ChatBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.map(web::Json::into_inner).unwrap_or_default();
+    let new = NewChat {
+        title: body.title(&limits)?,
+        description: domain::description(
+            body.description.as_deref(),
+            limits.max_description_chars,
+        )?,
+        system_prompt: None,
+    };
+    let chat = chats.create(user.0, new).await?;
+    let snapshot = Snapshot::read(&chats, user.0, chat.id).await?;
+    let account = account_name(&accounts, user.0).await?;
+    Ok(HttpResponse::Ok().json(ChatV1::full(&snapshot, None, user.0, &account)?))
+}
+
+#[derive(Deserialize)]
+pub struct ChatQuery {
+    pub chat_id: Option<ChatId>,
+    pub branch_id: Option<BranchId>,
+    pub limit: Option<usize>,
+    pub before: Option<ChatId>,
+}
+
+/// `GET /api/v1/chats/get-chat`: with `chat_id`, that chat with its pairs (002); without, the
+/// caller's chats (001).
+pub async fn get_chat(
+    chats: web::Data<Chats>,
+    accounts: web::Data<Accounts>,
+    limits: web::Data<LimitSettings>,
+    user: AuthUser,
+    query: web::Query<ChatQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let account = account_name(&accounts, user.0).await?;
+    let Some(chat) = query.chat_id else {
+        let limit = page_limit(Some(query.limit.unwrap_or(limits.max_page_size)), &limits)?;
+        let page = chats.list(user.0, limit, query.before).await?;
+        let list: Vec<ChatV1> = page
+            .chats
+            .iter()
+            .map(|c| ChatV1::summary(c, user.0, &account))
+            .collect();
+        return Ok(HttpResponse::Ok().json(list));
+    };
+    let snapshot = Snapshot::read(&chats, user.0, chat).await?;
+    Ok(HttpResponse::Ok().json(ChatV1::full(&snapshot, query.branch_id, user.0, &account)?))
+}
+
+/// `GET /api/v1/messages/get-chat?chat_id=..[&branch_id=..]` (000): a branch's pairs.
+pub async fn branch_messages(
+    chats: web::Data<Chats>,
+    accounts: web::Data<Accounts>,
+    user: AuthUser,
+    query: web::Query<ChatQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let chat = query
+        .chat_id
+        .ok_or_else(|| ApiError::validation("missing_chat_id", "give `chat_id`"))?;
+    let snapshot = Snapshot::read(&chats, user.0, chat).await?;
+    let account = account_name(&accounts, user.0).await?;
+    Ok(HttpResponse::Ok().json(ChatV1::full(&snapshot, query.branch_id, user.0, &account)?))
+}
+
+/// `PUT /api/v1/chats/update-chat/{chat_id}` (001): `{"title"}` or `{"name"}`, `description`.
+pub async fn update_chat(
+    chats: web::Data<Chats>,
+    accounts: web::Data<Accounts>,
+    limits: web::Data<LimitSettings>,
+    user: AuthUser,
+    path: web::Path<ChatId>,
+    body: web::Json<ChatBody>,
+) -> Result<HttpResponse, ApiError> {
+    let chat = path.into_inner();
+    let patch = ChatPatch {
+        title: (body.title.is_some() || body.name.is_some())
+            .then(|| body.title(&limits))
+            .transpose()?,
+        description: body
+            .description
+            .as_deref()
+            .map(|d| domain::description(Some(d), limits.max_description_chars))
+            .transpose()?,
+        system_prompt: None,
+    };
+    chats.update(user.0, chat, patch).await?;
+    let snapshot = Snapshot::read(&chats, user.0, chat).await?;
+    let account = account_name(&accounts, user.0).await?;
+    Ok(HttpResponse::Ok().json(ChatV1::full(&snapshot, None, user.0, &account)?))
+}
+
+/// `DELETE /api/v1/chats/delete-chat/{chat_id}` (001).
+pub async fn delete_chat(
+    chats: web::Data<Chats>,
+    user: AuthUser,
+    path: web::Path<ChatId>,
+) -> Result<HttpResponse, ApiError> {
+    let chat = path.into_inner();
+    chats.delete(user.0, chat).await?;
+    Ok(HttpResponse::Ok().json(Acknowledged {
+        message: "Chat deleted successfully.",
+        chat_id: Some(chat),
+        branch_id: None,
+    }))
+}
+
+/// A message or a question/answer pair, in any of the seeds' spellings.
+#[derive(Deserialize)]
+pub struct AddMessage {
+    pub chat_id: ChatId,
+    /// The branch to add to; the active branch by default.
+    pub branch_id: Option<BranchId>,
+    pub question: Option<String>,
+    pub content: Option<String>,
+    pub message: Option<String>,
+    pub response: Option<String>,
+    pub answer: Option<String>,
+    pub role: Option<Role>,
+    pub model: Option<String>,
+}
+
+/// What an add created, as a pair, with the messages themselves.
+#[derive(Serialize)]
+pub struct AddedV1 {
+    pub chat_id: ChatId,
+    pub branch_id: BranchId,
+    #[serde(flatten)]
+    pub pair: PairView,
+    pub messages: Vec<MessageView>,
+}
+
+impl From<SendView> for AddedV1 {
+    fn from(view: SendView) -> Self {
+        let pair = qa::pairs(&view.messages)
+            .first()
+            .map(PairView::from)
+            .unwrap_or(PairView {
+                question: None,
+                response: None,
+                question_id: None,
+                response_id: None,
+                timestamp: Utc::now(),
+            });
+        Self {
+            chat_id: view.chat_id,
+            branch_id: view.branch_id,
+            pair,
+            messages: view.messages,
+        }
+    }
+}
+
+fn one_of(fields: [(&'static str, Option<String>); 3]) -> Result<Option<String>, ApiError> {
+    let given: Vec<_> = fields.into_iter().filter(|(_, v)| v.is_some()).collect();
+    match given.len() {
+        0 => Ok(None),
+        1 => Ok(given.into_iter().next().and_then(|(_, v)| v)),
+        _ => Err(ApiError::validation(
+            "validation_failed",
+            format!(
+                "give one of {}",
+                given
+                    .iter()
+                    .map(|(k, _)| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// `POST /api/v1/messages/add-message` (000, 001, 002) and `POST /api/v1/conversations/` (001):
+/// a question (`question`, `content` or `message`) and optionally its answer (`response` or
+/// `answer`), appended to the branch.
+pub async fn add_message(
+    req: HttpRequest,
+    chats: web::Data<Chats>,
+    limits: web::Data<LimitSettings>,
+    user: AuthUser,
+    body: web::Json<AddMessage>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let content = one_of([
+        ("question", body.question),
+        ("content", body.content),
+        ("message", body.message),
+    ])?
+    .ok_or_else(|| ApiError::validation("empty_content", "give `question` (or `content`)"))?;
+    let response = one_of([
+        ("response", body.response),
+        ("answer", body.answer),
+        ("", None),
+    ])?;
+    let send = SendMessage {
+        content,
+        role: body.role,
+        branch_id: body.branch_id,
+        response,
+        reply: false,
+        stream: false,
+        model: body.model,
+        metadata: None,
+    };
+    let send = parse_send(send, idempotency_key(&req)?, &limits)?;
+    let sent = chats.send(user.0, body.chat_id, send).await?;
+    Ok(HttpResponse::Ok().json(AddedV1::from(sent.view)))
+}
+
+/// A fork in any of the seeds' spellings: the chat (`chat_id` or `parent_chat_id`), and the
+/// point: `message_index` (a pair on `branch_id`, the active branch by default), a message id
+/// (`message_id`, `parent_message_id` or `response_id`), or else the branch's head.
+#[derive(Deserialize)]
+pub struct CreateBranch {
+    pub chat_id: Option<ChatId>,
+    pub parent_chat_id: Option<ChatId>,
+    pub branch_id: Option<BranchId>,
+    pub message_index: Option<usize>,
+    pub message_id: Option<MessageId>,
+    pub parent_message_id: Option<MessageId>,
+    pub response_id: Option<MessageId>,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub activate: bool,
+}
+
+/// `POST /api/v1/branches/create-branch` (000, 001, 002) and
+/// `POST /api/v1/chats/create-conversation` (000).
+pub async fn create_branch(
+    chats: web::Data<Chats>,
+    limits: web::Data<LimitSettings>,
+    user: AuthUser,
+    body: web::Json<CreateBranch>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let chat = body
+        .chat_id
+        .or(body.parent_chat_id)
+        .ok_or_else(|| ApiError::validation("missing_chat_id", "give `parent_chat_id`"))?;
+    let name = domain::optional_branch_name(body.name.as_deref(), limits.max_branch_name_chars)?;
+    let message = body
+        .message_id
+        .or(body.parent_message_id)
+        .or(body.response_id);
+    let from = match (message, body.message_index) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::validation(
+                "validation_failed",
+                "give a message id or `message_index`, not both",
+            ))
+        }
+        (Some(id), None) => id,
+        (None, index) => {
+            let path = chats
+                .list_messages(user.0, chat, body.branch_id, usize::MAX, None)
+                .await?
+                .messages;
+            fork_head(&path, index)?
+        }
+    };
+    let branch = chats
+        .fork(user.0, chat, ForkPoint::Message(from), name, body.activate)
+        .await?;
+    let path = chats
+        .list_messages(user.0, chat, Some(branch.id), usize::MAX, None)
+        .await?
+        .messages;
+    Ok(HttpResponse::Ok().json(BranchV1::of(&branch, &path)))
+}
+
+/// The last message of pair `index` (of the whole path when `None`).
+fn fork_head(path: &[MessageView], index: Option<usize>) -> Result<MessageId, ApiError> {
+    let pairs = qa::pairs(path);
+    let pair = match index {
+        Some(i) => pairs.get(i).ok_or_else(|| {
+            ApiError::validation(
+                "message_index_out_of_range",
+                format!(
+                    "message_index {i} is out of range: the branch has {} pairs",
+                    pairs.len()
+                ),
+            )
+        })?,
+        None => pairs.last().ok_or_else(|| {
+            ApiError::validation(
+                "missing_fork_point",
+                "the branch has no messages to fork from",
+            )
+        })?,
+    };
+    Ok(pair.last().id)
+}
+
+#[derive(Deserialize)]
+pub struct BranchesQuery {
+    pub chat_id: ChatId,
+}
+
+/// `GET /api/v1/branches/get-branches?chat_id=..` (001, 002): the chat's forks.
+pub async fn branches(
+    chats: web::Data<Chats>,
+    user: AuthUser,
+    query: web::Query<BranchesQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let snapshot = Snapshot::read(&chats, user.0, query.chat_id).await?;
+    Ok(HttpResponse::Ok().json(BranchV1::list(&snapshot)))
+}
+
+#[derive(Deserialize, Default)]
+pub struct SetActive {
+    pub chat_id: Option<ChatId>,
+    pub branch_id: Option<BranchId>,
+}
+
+/// `PUT /api/v1/branches/set-active-branch?chat_id=..&branch_id=..` (001, 002); both may also
+/// come in a JSON body. `branch_id` equal to the chat id returns to the chat's own line.
+pub async fn set_active_branch(
+    chats: web::Data<Chats>,
+    user: AuthUser,
+    query: web::Query<SetActive>,
+    body: Option<web::Json<SetActive>>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.map(web::Json::into_inner).unwrap_or_default();
+    let chat = query
+        .chat_id
+        .or(body.chat_id)
+        .ok_or_else(|| ApiError::validation("missing_chat_id", "give `chat_id`"))?;
+    let branch = query
+        .branch_id
+        .or(body.branch_id)
+        .ok_or_else(|| ApiError::validation("missing_branch_id", "give `branch_id`"))?;
+    let branch = if branch.as_uuid() == chat.as_uuid() {
+        let snapshot = Snapshot::read(&chats, user.0, chat).await?;
+        snapshot
+            .root_branch()
+            .ok_or(arbor_actors::ChatError::BranchNotFound(branch))?
+            .id
+    } else {
+        branch
+    };
+    chats.set_active(user.0, chat, branch).await?;
+    Ok(HttpResponse::Ok().json(Acknowledged {
+        message: "Active branch set successfully.",
+        chat_id: Some(chat),
+        branch_id: Some(branch),
+    }))
+}
