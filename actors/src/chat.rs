@@ -729,17 +729,18 @@ impl ChatCore {
         let head = match msg.from {
             ForkPoint::Message(id) => {
                 self.state.tree.node(id)?;
-                id
+                Some(id)
             }
             ForkPoint::Index { branch, index } => {
                 let branch = self.resolve_branch(branch)?;
-                self.state.tree.at_index(branch, index)?
+                Some(self.state.tree.at_index(branch, index)?)
             }
+            ForkPoint::Start => None,
         };
         let slot = reserve(&self.rt)?;
         let mut branch = self.new_branch(msg.name, "branch");
-        branch.head = Some(head);
-        branch.forked_from = Some(head);
+        branch.head = head;
+        branch.forked_from = head;
         let id = branch.id;
         self.state.tree.add_branch(branch)?;
         if msg.activate {
@@ -887,6 +888,8 @@ pub enum ForkPoint {
         branch: Option<BranchId>,
         index: usize,
     },
+    /// No message: an empty branch, whose first message starts a new conversation (a new root).
+    Start,
 }
 
 pub struct SendOutcome {

@@ -276,3 +276,22 @@ pub fn id(v: &Value) -> String {
 pub fn set_mode(s: &mut Settings, mode: AckMode) {
     s.storage.ack_mode = mode;
 }
+
+/// Asserts the status (showing the body when it differs) and returns the JSON body.
+pub async fn json_with(res: Response, status: StatusCode) -> Value {
+    let got = res.status();
+    let text = res.text().await.unwrap();
+    assert_eq!(got, status, "{text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A string holding a UUID.
+pub fn is_uuid(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| uuid::Uuid::parse_str(s).is_ok())
+}
+
+/// A string holding an RFC 3339 timestamp.
+pub fn is_time(v: &Value) -> bool {
+    v.as_str()
+        .is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok())
+}

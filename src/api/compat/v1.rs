@@ -78,12 +78,14 @@ impl BranchV1 {
         }
     }
 
+    /// Every branch but the chat's own line.
     fn list(snapshot: &Snapshot) -> Vec<Self> {
+        let root = snapshot.root_branch().map(|b| b.id);
         snapshot
             .tree
             .branches
             .iter()
-            .filter(|b| b.forked_from_message_id.is_some())
+            .filter(|b| Some(b.id) != root)
             .map(|b| Self::of(b, &snapshot.path_to(b.forked_from_message_id)))
             .collect()
     }
@@ -401,7 +403,8 @@ pub async fn add_message(
 
 /// A fork in any of the seeds' spellings: the chat (`chat_id` or `parent_chat_id`), and the
 /// point: `message_index` (a pair on `branch_id`, the active branch by default), a message id
-/// (`message_id`, `parent_message_id` or `response_id`), or else the branch's head.
+/// (`message_id`, `parent_message_id` or `response_id`), or else the branch's head (an empty
+/// branch when it has none: its first message starts a new conversation in the chat).
 #[derive(Deserialize)]
 pub struct CreateBranch {
     pub chat_id: Option<ChatId>,
@@ -441,18 +444,16 @@ pub async fn create_branch(
                 "give a message id or `message_index`, not both",
             ))
         }
-        (Some(id), None) => id,
+        (Some(id), None) => ForkPoint::Message(id),
         (None, index) => {
             let path = chats
                 .list_messages(user.0, chat, body.branch_id, usize::MAX, None)
                 .await?
                 .messages;
-            fork_head(&path, index)?
+            fork_point(&path, index)?
         }
     };
-    let branch = chats
-        .fork(user.0, chat, ForkPoint::Message(from), name, body.activate)
-        .await?;
+    let branch = chats.fork(user.0, chat, from, name, body.activate).await?;
     let path = chats
         .list_messages(user.0, chat, Some(branch.id), usize::MAX, None)
         .await?
@@ -460,8 +461,9 @@ pub async fn create_branch(
     Ok(HttpResponse::Ok().json(BranchV1::of(&branch, &path)))
 }
 
-/// The last message of pair `index` (of the whole path when `None`).
-fn fork_head(path: &[MessageView], index: Option<usize>) -> Result<MessageId, ApiError> {
+/// After pair `index` of the path; without an index, after the whole path (an empty branch
+/// when the path is empty).
+fn fork_point(path: &[MessageView], index: Option<usize>) -> Result<ForkPoint, ApiError> {
     let pairs = qa::pairs(path);
     let pair = match index {
         Some(i) => pairs.get(i).ok_or_else(|| {
@@ -473,14 +475,12 @@ fn fork_head(path: &[MessageView], index: Option<usize>) -> Result<MessageId, Ap
                 ),
             )
         })?,
-        None => pairs.last().ok_or_else(|| {
-            ApiError::validation(
-                "missing_fork_point",
-                "the branch has no messages to fork from",
-            )
-        })?,
+        None => match pairs.last() {
+            Some(pair) => pair,
+            None => return Ok(ForkPoint::Start),
+        },
     };
-    Ok(pair.last().id)
+    Ok(ForkPoint::Message(pair.last().id))
 }
 
 #[derive(Deserialize)]
