@@ -135,6 +135,19 @@ pub struct ChatSummary {
     pub updated_at: DateTime<Utc>,
 }
 
+impl From<&ChatView> for ChatSummary {
+    fn from(chat: &ChatView) -> Self {
+        Self {
+            id: chat.id,
+            title: chat.title.clone(),
+            description: chat.description.clone(),
+            active_branch_id: chat.active_branch_id,
+            created_at: chat.created_at,
+            updated_at: chat.updated_at,
+        }
+    }
+}
+
 impl From<&ChatMeta> for ChatSummary {
     fn from(meta: &ChatMeta) -> Self {
         Self {

@@ -147,11 +147,17 @@ impl TestApp {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::CREATED);
-        let body: Value = res.json().await.unwrap();
-        User {
-            token: body["access_token"].as_str().unwrap().to_owned(),
-            id: body["user"]["id"].as_str().unwrap().to_owned(),
-        }
+        User::from_session(&res.json().await.unwrap())
+    }
+
+    /// POSTs JSON without a token.
+    pub async fn post_anon(&self, path: &str, body: Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn get(&self, user: &User, path: &str) -> Response {
@@ -259,6 +265,16 @@ impl TestApp {
 pub struct User {
     pub token: String,
     pub id: String,
+}
+
+impl User {
+    /// The caller a login or register answer (`access_token`, `user.id`) makes.
+    pub fn from_session(body: &Value) -> Self {
+        Self {
+            token: body["access_token"].as_str().unwrap().to_owned(),
+            id: body["user"]["id"].as_str().unwrap().to_owned(),
+        }
+    }
 }
 
 /// Asserts an error response's status and stable code.

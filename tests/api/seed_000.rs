@@ -148,12 +148,11 @@ async fn readme_flow_with_the_fixed_token() {
 async fn the_token_is_an_account_that_cannot_log_in_and_is_refused_when_wrong() {
     let app = app_with_token().await;
     let res = app
-        .client
-        .post(app.url("/api/v1/auth/login"))
-        .json(&json!({"email": "service@example.com", "password": "supersecrettoken"}))
-        .send()
-        .await
-        .unwrap();
+        .post_anon(
+            "/api/v1/auth/login",
+            json!({"email": "service@example.com", "password": "supersecrettoken"}),
+        )
+        .await;
     assert_error(res, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
 
     let wrong = User {

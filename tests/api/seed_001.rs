@@ -14,14 +14,11 @@ async fn readme_endpoints_in_order() {
 
     // Register, then log in (as a form too: FastAPI services often take OAuth2 forms).
     let res = app
-        .client
-        .post(app.url("/api/v1/auth/register"))
-        .json(
-            &json!({"username": "alice", "email": "alice@example.com", "password": "password123"}),
+        .post_anon(
+            "/api/v1/auth/register",
+            json!({"username": "alice", "email": "alice@example.com", "password": "password123"}),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     let registered = json_with(res, StatusCode::CREATED).await;
     assert!(is_uuid(&registered["id"]));
     assert_eq!(registered["username"], "alice");
@@ -35,10 +32,7 @@ async fn readme_endpoints_in_order() {
         .unwrap();
     let login = json_with(res, StatusCode::OK).await;
     assert_eq!(login["token_type"], "bearer");
-    let user = User {
-        token: login["access_token"].as_str().unwrap().to_owned(),
-        id: login["user"]["id"].as_str().unwrap().to_owned(),
-    };
+    let user = User::from_session(&login);
 
     // Chat management.
     let mut ids = Vec::new();

@@ -11,28 +11,18 @@ use crate::helpers::*;
 /// Registers `testuser` (seed 002 documents no register call: Arbor's is used) and logs in by
 /// username as the README does.
 async fn login_testuser(app: &TestApp) -> User {
-    let res = app
-        .client
-        .post(app.url("/api/v1/auth/register"))
-        .json(&json!({"email": "test@example.com", "username": "testuser", "password": "testpassword"}))
-        .send()
-        .await
-        .unwrap();
+    let res = app.post_anon("/api/v1/auth/register", json!({"email": "test@example.com", "username": "testuser", "password": "testpassword"})).await;
     json_with(res, StatusCode::CREATED).await;
     let res = app
-        .client
-        .post(app.url("/api/v1/auth/login"))
-        .json(&json!({"username": "testuser", "password": "testpassword"}))
-        .send()
-        .await
-        .unwrap();
+        .post_anon(
+            "/api/v1/auth/login",
+            json!({"username": "testuser", "password": "testpassword"}),
+        )
+        .await;
     let body = json_with(res, StatusCode::OK).await;
     assert!(body["access_token"].as_str().is_some_and(|t| !t.is_empty()));
     assert_eq!(body["token_type"], "bearer");
-    User {
-        token: body["access_token"].as_str().unwrap().to_owned(),
-        id: body["user"]["id"].as_str().unwrap().to_owned(),
-    }
+    User::from_session(&body)
 }
 
 fn questions(chat: &Value) -> Vec<&str> {
@@ -322,12 +312,8 @@ async fn ownership_and_validation_hold() {
     assert_error(res, StatusCode::NOT_FOUND, "chat_not_found").await;
 
     let res = app
-        .client
-        .post(app.url("/api/v1/chats/create-chat"))
-        .json(&json!({"name": "x"}))
-        .send()
-        .await
-        .unwrap();
+        .post_anon("/api/v1/chats/create-chat", json!({"name": "x"}))
+        .await;
     assert_error(res, StatusCode::UNAUTHORIZED, "missing_token").await;
     let res = app
         .post(

@@ -5,44 +5,34 @@
 #![allow(clippy::unwrap_used)]
 
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::helpers::*;
-
-async fn post_json(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
-    app.client
-        .post(app.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
 
 #[actix_web::test]
 async fn readme_usage_examples_in_order() {
     let app = spawn_app().await;
 
     // Register.
-    let res = post_json(
-        &app,
-        "/auth/register",
-        json!({"email": "user@example.com", "password": "password123"}),
-    )
-    .await;
+    let res = app
+        .post_anon(
+            "/auth/register",
+            json!({"email": "user@example.com", "password": "password123"}),
+        )
+        .await;
     let registered = json_with(res, StatusCode::CREATED).await;
     assert_eq!(registered["email"], "user@example.com");
     assert!(is_uuid(&registered["id"]));
 
     // Login (get token), by JSON; and the OAuth2 form Swagger's Authorize uses.
-    let res = post_json(
-        &app,
-        "/auth/login",
-        json!({"email": "user@example.com", "password": "password123"}),
-    )
-    .await;
+    let res = app
+        .post_anon(
+            "/auth/login",
+            json!({"email": "user@example.com", "password": "password123"}),
+        )
+        .await;
     let login = json_with(res, StatusCode::OK).await;
     assert_eq!(login["token_type"], "bearer");
-    let token = login["access_token"].as_str().unwrap().to_owned();
     let res = app
         .client
         .post(app.url("/auth/token"))
@@ -54,10 +44,7 @@ async fn readme_usage_examples_in_order() {
         .await
         .unwrap();
     assert!(json_with(res, StatusCode::OK).await["access_token"].is_string());
-    let user = User {
-        token,
-        id: login["user"]["id"].as_str().unwrap().to_owned(),
-    };
+    let user = User::from_session(&login);
 
     // Create a Chat.
     let res = app

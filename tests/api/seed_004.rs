@@ -23,13 +23,7 @@ async fn readme_examples_in_order() {
     let app = spawn_app().await;
 
     // 1. User Registration.
-    let res = app
-        .client
-        .post(app.url("/auth/signup"))
-        .json(&json!({"username": "john_doe", "email": "john@example.com", "password": "securepassword123"}))
-        .send()
-        .await
-        .unwrap();
+    let res = app.post_anon("/auth/signup", json!({"username": "john_doe", "email": "john@example.com", "password": "securepassword123"})).await;
     let signup = json_with(res, StatusCode::OK).await;
     assert_eq!(signup["message"], "User created successfully");
     let user_json = &signup["data"]["user"];
@@ -40,21 +34,17 @@ async fn readme_examples_in_order() {
 
     // 2. User Login (by username).
     let res = app
-        .client
-        .post(app.url("/auth/login"))
-        .json(&json!({"username": "john_doe", "password": "securepassword123"}))
-        .send()
-        .await
-        .unwrap();
+        .post_anon(
+            "/auth/login",
+            json!({"username": "john_doe", "password": "securepassword123"}),
+        )
+        .await;
     let login = json_with(res, StatusCode::OK).await;
     assert!(login["access_token"].is_string());
     assert_eq!(login["token_type"], "bearer");
     assert_eq!(login["user"]["username"], "john_doe");
     assert_eq!(login["user"]["id"], user_json["id"]);
-    let user = User {
-        token: login["access_token"].as_str().unwrap().to_owned(),
-        id: user_json["id"].as_str().unwrap().to_owned(),
-    };
+    let user = User::from_session(&login);
     let res = app.get(&user, "/auth/me").await;
     assert_eq!(
         json_with(res, StatusCode::OK).await["email"],
@@ -184,11 +174,10 @@ async fn a_room_shows_its_last_ten_messages_to_its_owner_only() {
         .await;
     assert_error(res, StatusCode::UNPROCESSABLE_ENTITY, "content_too_long").await;
     let res = app
-        .client
-        .post(app.url("/auth/signup"))
-        .json(&json!({"username": "dup", "email": "owner@example.com", "password": "password123"}))
-        .send()
-        .await
-        .unwrap();
+        .post_anon(
+            "/auth/signup",
+            json!({"username": "dup", "email": "owner@example.com", "password": "password123"}),
+        )
+        .await;
     assert_error(res, StatusCode::CONFLICT, "email_taken").await;
 }

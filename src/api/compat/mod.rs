@@ -15,11 +15,12 @@ pub mod rooms;
 pub mod v1;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix_web::web;
-use arbor_actors::model::{BranchId, ChatId, MessageId, UserId};
+use arbor_actors::model::{BranchId, ChatId, MessageId, Role, UserId};
 use arbor_actors::views::{BranchView, ChatView, MessageView, TreeView};
-use arbor_actors::Chats;
+use arbor_actors::{Chats, SendRequest};
 
 use super::error::ApiError;
 use super::resource;
@@ -66,18 +67,17 @@ pub fn root_routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/chats/{chat_id}/messages").route(web::get().to(plain::messages)))
         .service(resource("/chat").route(web::post().to(plain::chat)))
-        .service(
-            resource("/rooms/")
-                .route(web::post().to(rooms::create))
-                .route(web::get().to(rooms::list)),
-        )
-        .service(
-            resource("/rooms")
-                .route(web::post().to(rooms::create))
-                .route(web::get().to(rooms::list)),
-        )
+        .service(rooms_resource("/rooms/"))
+        .service(rooms_resource("/rooms"))
         .service(resource("/rooms/{room_id}").route(web::get().to(rooms::get)))
         .service(resource("/chat/{room_id}").route(web::post().to(rooms::send)));
+}
+
+/// `/rooms/`, and `/rooms`, which FastAPI would redirect there.
+fn rooms_resource(path: &str) -> actix_web::Resource {
+    resource(path)
+        .route(web::post().to(rooms::create))
+        .route(web::get().to(rooms::list))
 }
 
 /// A chat and its whole tree, read together for the views that need every branch's path.
@@ -121,6 +121,33 @@ impl Snapshot {
             .iter()
             .filter(|b| b.forked_from_message_id.is_none())
             .min_by_key(|b| b.id)
+    }
+}
+
+/// Sends `content` to the chat's active branch and waits for the model's reply: the stored
+/// question and answer (seeds 003 and 004 answer with both at once).
+pub async fn exchange(
+    chats: &Chats,
+    user: UserId,
+    chat: ChatId,
+    content: Arc<str>,
+    model: Option<Arc<str>>,
+) -> Result<(MessageView, MessageView), ApiError> {
+    let send = SendRequest {
+        branch: None,
+        role: Role::User,
+        content,
+        response: None,
+        model,
+        metadata: None,
+        reply: true,
+        idempotency_key: None,
+    };
+    let view = chats.send(user, chat, send).await?.finish().await?;
+    let mut messages = view.messages.into_iter();
+    match (messages.next(), messages.next()) {
+        (Some(question), Some(answer)) => Ok((question, answer)),
+        _ => Err(ApiError::internal("a send with a reply returned no reply")),
     }
 }
 

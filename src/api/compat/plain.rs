@@ -6,11 +6,11 @@ use actix_web::{web, HttpResponse};
 use arbor_actors::chat::{ChatPatch, NewChat};
 use arbor_actors::model::{BranchId, ChatId, MessageId, Role, UserId};
 use arbor_actors::views::{ChatSummary, ChatView, MessageView};
-use arbor_actors::{Chats, SendRequest};
+use arbor_actors::Chats;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::Acknowledged;
+use super::{exchange, Acknowledged};
 use crate::api::error::ApiError;
 use crate::api::page_limit;
 use crate::auth::AuthUser;
@@ -45,14 +45,8 @@ pub struct ChatPlain {
 impl ChatPlain {
     fn of(chat: &ChatView, user: UserId) -> Self {
         Self {
-            id: chat.id,
-            user_id: user,
-            title: chat.title.clone(),
-            active_branch_id: chat.active_branch_id,
-            created_at: chat.created_at,
-            updated_at: chat.updated_at,
             message_count: Some(chat.message_count),
-            messages: None,
+            ..Self::summary(&ChatSummary::from(chat), user)
         }
     }
 
@@ -262,23 +256,8 @@ pub async fn chat(
             chats.create(user.0, new).await?.id
         }
     };
-    let send = SendRequest {
-        branch: None,
-        role: Role::User,
-        content,
-        response: None,
-        model: model_for(&chats, body.model),
-        metadata: None,
-        reply: true,
-        idempotency_key: None,
-    };
-    let view = chats.send(user.0, chat, send).await?.finish().await?;
-    let mut messages = view.messages.into_iter();
-    let (Some(question), Some(answer)) = (messages.next(), messages.next()) else {
-        return Err(ApiError::internal(
-            "a reply send returned fewer than two messages",
-        ));
-    };
+    let (question, answer) =
+        exchange(&chats, user.0, chat, content, model_for(&chats, body.model)).await?;
     Ok(HttpResponse::Ok().json(ChatReply {
         chat_id: chat,
         response: answer.content.clone(),

@@ -8,12 +8,12 @@ use actix_web::{web, HttpResponse};
 use arbor_actors::chat::NewChat;
 use arbor_actors::model::{ChatId, MessageId, Role, UserId};
 use arbor_actors::views::{ChatView, MessageView};
-use arbor_actors::{Chats, SendRequest};
+use arbor_actors::Chats;
 use chrono::{DateTime, Utc};
 use futures_util::future::try_join_all;
 use serde::{Deserialize, Serialize};
 
-use super::account_name;
+use super::{account_name, exchange};
 use crate::api::auth::{RegisterRequest, Registered, UserView};
 use crate::api::error::ApiError;
 use crate::api::page_limit;
@@ -240,33 +240,15 @@ pub async fn send(
     path: web::Path<ChatId>,
     body: web::Json<SendToRoom>,
 ) -> Result<HttpResponse, ApiError> {
-    let send = SendRequest {
-        branch: None,
-        role: Role::User,
-        content: domain::content(&body.content, limits.max_message_chars)?,
-        response: None,
-        model: None,
-        metadata: None,
-        reply: true,
-        idempotency_key: None,
-    };
-    let view = chats
-        .send(user.0, path.into_inner(), send)
-        .await?
-        .finish()
-        .await?;
+    let content = domain::content(&body.content, limits.max_message_chars)?;
+    let (question, answer) = exchange(&chats, user.0, path.into_inner(), content, None).await?;
     let name = account_name(&accounts, user.0).await?;
-    let [question, answer] = view.messages.as_slice() else {
-        return Err(ApiError::internal(
-            "a reply send returned other than two messages",
-        ));
-    };
     Ok(envelope(
         "Messages sent successfully",
         MessagesData {
             messages: Exchange {
-                user_message: RoomMessage::of(question, user.0, &name),
-                ai_message: RoomMessage::of(answer, user.0, &name),
+                user_message: RoomMessage::of(&question, user.0, &name),
+                ai_message: RoomMessage::of(&answer, user.0, &name),
             },
         },
     ))

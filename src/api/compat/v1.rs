@@ -152,21 +152,10 @@ impl ChatV1 {
             .head_message_id;
         let path = snapshot.path_to(head);
         Ok(Self {
-            chat_id: chat.id,
-            id: chat.id,
-            object_id: chat.id,
-            account_id: account.to_owned(),
-            user_id: user,
-            name: chat.title.clone(),
-            title: chat.title.clone(),
-            description: chat.description.clone(),
-            created_at: chat.created_at,
-            updated_at: chat.updated_at,
-            active: true,
-            active_branch_id: chat.active_branch_id,
             branch_id: Some(branch),
             branches: Some(BranchV1::list(snapshot)),
             messages: Some(qa::pairs(&path).iter().map(PairView::from).collect()),
+            ..Self::summary(&ChatSummary::from(chat), user, account)
         })
     }
 }
