@@ -311,3 +311,13 @@ pub fn is_time(v: &Value) -> bool {
     v.as_str()
         .is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok())
 }
+
+/// The questions of a seed 000–002 chat view's pairs.
+pub fn questions(chat: &Value) -> Vec<&str> {
+    chat["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["question"].as_str().unwrap())
+        .collect()
+}

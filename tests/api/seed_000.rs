@@ -27,15 +27,6 @@ fn service() -> User {
     }
 }
 
-fn questions(chat: &Value) -> Vec<&str> {
-    chat["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["question"].as_str().unwrap())
-        .collect()
-}
-
 #[actix_web::test]
 async fn readme_flow_with_the_fixed_token() {
     let app = app_with_token().await;

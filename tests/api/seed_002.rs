@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::helpers::*;
 
@@ -23,15 +23,6 @@ async fn login_testuser(app: &TestApp) -> User {
     assert!(body["access_token"].as_str().is_some_and(|t| !t.is_empty()));
     assert_eq!(body["token_type"], "bearer");
     User::from_session(&body)
-}
-
-fn questions(chat: &Value) -> Vec<&str> {
-    chat["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["question"].as_str().unwrap())
-        .collect()
 }
 
 #[actix_web::test]

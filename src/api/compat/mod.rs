@@ -17,14 +17,14 @@ pub mod v1;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use actix_web::web;
+use actix_web::{web, HttpResponse};
 use arbor_actors::model::{BranchId, ChatId, MessageId, Role, UserId};
 use arbor_actors::views::{BranchView, ChatView, MessageView, TreeView};
 use arbor_actors::{Chats, SendRequest};
 
 use super::error::ApiError;
 use super::resource;
-use crate::auth::Accounts;
+use crate::auth::{Accounts, AuthUser};
 
 /// The seed 000–002 routes; registered inside the `/api/v1` scope before Arbor's own
 /// `/chats/{chat_id}` routes, which would otherwise claim `/chats/create-chat`.
@@ -34,7 +34,7 @@ pub fn v1_routes(scope: actix_web::Scope) -> actix_web::Scope {
         .service(resource("/chats/create-conversation").route(web::post().to(v1::create_branch)))
         .service(resource("/chats/get-chat").route(web::get().to(v1::get_chat)))
         .service(resource("/chats/update-chat/{chat_id}").route(web::put().to(v1::update_chat)))
-        .service(resource("/chats/delete-chat/{chat_id}").route(web::delete().to(v1::delete_chat)))
+        .service(resource("/chats/delete-chat/{chat_id}").route(web::delete().to(delete_chat)))
         .service(resource("/messages/add-message").route(web::post().to(v1::add_message)))
         .service(resource("/messages/get-chat").route(web::get().to(v1::branch_messages)))
         .service(resource("/branches/create-branch").route(web::post().to(v1::create_branch)))
@@ -63,7 +63,7 @@ pub fn root_routes(cfg: &mut web::ServiceConfig) {
             resource("/chats/{chat_id}")
                 .route(web::get().to(plain::get_chat))
                 .route(web::patch().to(plain::update_chat))
-                .route(web::delete().to(plain::delete_chat)),
+                .route(web::delete().to(delete_chat)),
         )
         .service(resource("/chats/{chat_id}/messages").route(web::get().to(plain::messages)))
         .service(resource("/chat").route(web::post().to(plain::chat)))
@@ -149,6 +149,21 @@ pub async fn exchange(
         (Some(question), Some(answer)) => Ok((question, answer)),
         _ => Err(ApiError::internal("a send with a reply returned no reply")),
     }
+}
+
+/// `DELETE /api/v1/chats/delete-chat/{chat_id}` (001) and `DELETE /chats/{chat_id}` (003).
+pub async fn delete_chat(
+    chats: web::Data<Chats>,
+    user: AuthUser,
+    path: web::Path<ChatId>,
+) -> Result<HttpResponse, ApiError> {
+    let chat = path.into_inner();
+    chats.delete(user.0, chat).await?;
+    Ok(HttpResponse::Ok().json(Acknowledged {
+        message: "Chat deleted successfully.",
+        chat_id: Some(chat),
+        branch_id: None,
+    }))
 }
 
 /// How the seeds name an account in their views: the username, or the email without one.

@@ -10,7 +10,7 @@ use arbor_actors::Chats;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{exchange, Acknowledged};
+use super::exchange;
 use crate::api::error::ApiError;
 use crate::api::page_limit;
 use crate::auth::AuthUser;
@@ -189,21 +189,6 @@ pub async fn update_chat(
     };
     let chat = chats.update(user.0, path.into_inner(), patch).await?;
     Ok(HttpResponse::Ok().json(ChatPlain::of(&chat, user.0)))
-}
-
-/// `DELETE /chats/{chat_id}`.
-pub async fn delete_chat(
-    chats: web::Data<Chats>,
-    user: AuthUser,
-    path: web::Path<ChatId>,
-) -> Result<HttpResponse, ApiError> {
-    let chat = path.into_inner();
-    chats.delete(user.0, chat).await?;
-    Ok(HttpResponse::Ok().json(Acknowledged {
-        message: "Chat deleted successfully",
-        chat_id: Some(chat),
-        branch_id: None,
-    }))
 }
 
 #[derive(Deserialize)]

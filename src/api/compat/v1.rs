@@ -273,21 +273,6 @@ pub async fn update_chat(
     Ok(HttpResponse::Ok().json(ChatV1::full(&snapshot, None, user.0, &account)?))
 }
 
-/// `DELETE /api/v1/chats/delete-chat/{chat_id}` (001).
-pub async fn delete_chat(
-    chats: web::Data<Chats>,
-    user: AuthUser,
-    path: web::Path<ChatId>,
-) -> Result<HttpResponse, ApiError> {
-    let chat = path.into_inner();
-    chats.delete(user.0, chat).await?;
-    Ok(HttpResponse::Ok().json(Acknowledged {
-        message: "Chat deleted successfully.",
-        chat_id: Some(chat),
-        branch_id: None,
-    }))
-}
-
 /// A message or a question/answer pair, in any of the seeds' spellings.
 #[derive(Deserialize)]
 pub struct AddMessage {
