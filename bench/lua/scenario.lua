@@ -1,0 +1,76 @@
+-- One wrk script for every scenario, chosen by BENCH_SCENARIO:
+--   add_pair   POST /api/v1/chats/{id}/messages  {"content", "response"}  (a Q&A pair)
+--   read_path  GET  /api/v1/chats/{id}/messages?limit=20                  (a resident path)
+--   fork       POST /api/v1/chats/{id}/branches  {"message_index": 0}
+--   reply      POST /api/v1/chats/{id}/messages  {"content", "reply": true, "stream": true}
+--   ceiling    GET  /                                                     (the trivial handler)
+package.path = os.getenv("BENCH_LUA_DIR") .. "/?.lua;" .. package.path
+local common = require("common")
+
+local scenario = os.getenv("BENCH_SCENARIO") or "add_pair"
+local threads = tonumber(os.getenv("BENCH_THREADS") or "2")
+local token, chats
+local counter = 0
+local next_chat = 0
+
+function setup(thread)
+  counter = counter + 1
+  thread:set("id", counter)
+end
+
+function init(args)
+  math.randomseed(os.time() * 1000 + (id or 0))
+  if scenario ~= "ceiling" then
+    token, chats = common.load()
+  end
+end
+
+local bodies = {
+  add_pair = '{"content":"How do branches work?","response":"A branch is a pointer to a head message."}',
+  fork = '{"message_index":0}',
+  reply = '{"content":"Say hello.","reply":true,"stream":true}',
+}
+
+-- A random chat; for replies, each thread walks its own share of the chats in turn, so a chat
+-- comes back only after all the others (one reply per branch at a time is Arbor's rule).
+local function pick()
+  if scenario ~= "reply" then
+    return chats[math.random(#chats)]
+  end
+  next_chat = next_chat + 1
+  local index = ((next_chat * threads + (id or 1) - 1) % #chats) + 1
+  return chats[index]
+end
+
+function request()
+  if scenario == "ceiling" then
+    return wrk.format("GET", "/")
+  end
+  local chat = pick()
+  local headers = { ["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json" }
+  if scenario == "read_path" then
+    return wrk.format("GET", "/api/v1/chats/" .. chat .. "/messages?limit=20", headers)
+  elseif scenario == "fork" then
+    return wrk.format("POST", "/api/v1/chats/" .. chat .. "/branches", headers, bodies.fork)
+  else
+    return wrk.format("POST", "/api/v1/chats/" .. chat .. "/messages", headers, bodies[scenario])
+  end
+end
+
+local failures = 0
+function response(status, headers, body)
+  if status >= 300 then
+    failures = failures + 1
+    if failures <= 3 then io.stderr:write("unexpected " .. status .. ": " .. body .. "\n") end
+  end
+end
+
+function done(summary, latency, requests)
+  -- One machine-readable line for bench/run.sh.
+  io.write(string.format("BENCH requests=%d errors=%d non2xx=%d seconds=%.3f p50_ms=%.3f p99_ms=%.3f\n",
+    summary.requests,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status,
+    summary.duration / 1e6,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Load scenarios against a release build of Arbor over real HTTP on loopback, with wrk
+# (Debian: wrk), 64 connections, a random chat per request. Prints one table row per scenario:
+# req/s, p50/p99 latency and the ratio to the trivial actix-web handler measured in the same
+# run. See BENCHMARKS.md for the scenarios, targets and latest results.
+#
+#   bench/run.sh                                   every scenario, SQLite, durable
+#   bench/run.sh --ack buffered add_pair           one scenario, buffered acks
+#   bench/run.sh --backend postgres-mongodb        PostgreSQL + MongoDB-wire (SecantusDB)
+#   bench/run.sh --duration 3 --chats 200 --min-fraction 0.1
+#                                                  the CI smoke run: fails when a scenario
+#                                                  falls below a tenth of its target
+#
+# Scenarios: ceiling, read_path, add_pair, fork, reply.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=10 CHATS=1000 PAIRS=10 CONNECTIONS=64 THREADS=2 BACKEND=sqlite ACK=durable
+MIN_FRACTION=""
+SCENARIOS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) DURATION=$2; shift 2 ;;
+        --chats) CHATS=$2; shift 2 ;;
+        --pairs) PAIRS=$2; shift 2 ;;
+        --connections) CONNECTIONS=$2; shift 2 ;;
+        --backend) BACKEND=$2; shift 2 ;;
+        --ack) ACK=$2; shift 2 ;;
+        --min-fraction) MIN_FRACTION=$2; shift 2 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -*) echo "unknown option $1" >&2; exit 2 ;;
+        *) SCENARIOS+=("$1"); shift ;;
+    esac
+done
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(ceiling read_path add_pair fork reply)
+command -v wrk >/dev/null || { echo "bench/run.sh needs wrk (Debian: apt-get install wrk)" >&2; exit 1; }
+
+# Targets in req/s (BENCHMARKS.md); the ceiling has none, read_path's is relative to it.
+target() {
+    case "$1:$BACKEND:$ACK" in
+        add_pair:postgres-mongodb:durable) echo 8000 ;;
+        add_pair:postgres-mongodb:buffered) echo 15000 ;;
+        add_pair:sqlite:*) echo 5000 ;;
+        add_pair:*) echo 5000 ;;
+        fork:*) echo 10000 ;;
+        reply:*) echo 3000 ;;
+        *) echo 0 ;;
+    esac
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+cargo build --release --quiet -p arbor -p arbor-bench --bin arbor --bin arbor-bench
+BIN=target/release
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/arbor-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ "$BACKEND" = postgres-mongodb ]; then
+        scripts/mongodb.sh stop "$WORK/mongodb" >/dev/null 2>&1 || true
+        scripts/postgres.sh stop "$WORK/postgres" >/dev/null 2>&1 || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ARBOR_PORT=$(free_port) CEILING_PORT=$(free_port) STUB_PORT=$(free_port)
+STORAGE=""
+if [ "$BACKEND" = postgres-mongodb ]; then
+    scripts/mongodb.sh setup
+    PG_URL=$(scripts/postgres.sh start "$WORK/postgres")
+    MONGO_URL=$(scripts/mongodb.sh start "$WORK/mongodb")
+    STORAGE="metadata = \"postgres\"
+messages = \"mongodb\"
+postgres_url = \"$PG_URL\"
+mongodb_url = \"$MONGO_URL\""
+fi
+cat > "$WORK/config.toml" <<TOML
+[server]
+port = $ARBOR_PORT
+workers = 2
+[storage]
+data_dir = "$WORK/data"
+ack_mode = "$ACK"
+$STORAGE
+[auth]
+bcrypt_cost = 4
+[log]
+level = "warn"
+[llm]
+default_model = "stub"
+[llm.providers.stub]
+base_url = "http://127.0.0.1:$STUB_PORT/v1"
+default_model = "stub"
+max_concurrent = 64
+queue_capacity = 4096
+TOML
+
+"$BIN/arbor-bench" ceiling --port "$CEILING_PORT" --workers 2 & PIDS+=($!)
+"$BIN/arbor-bench" stub-llm --port "$STUB_PORT" & PIDS+=($!)
+"$BIN/arbor" --config "$WORK/config.toml" > "$WORK/arbor.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 100); do
+    curl -fsS "http://127.0.0.1:$ARBOR_PORT/ready" >/dev/null 2>&1 && break
+    sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$ARBOR_PORT/ready" >/dev/null || { cat "$WORK/arbor.log"; exit 1; }
+
+seed_start=$(date +%s.%N)
+"$BIN/arbor-bench" seed --base "http://127.0.0.1:$ARBOR_PORT" --chats "$CHATS" --pairs "$PAIRS" \
+    --out "$WORK/state.txt"
+seed_end=$(date +%s.%N)
+
+export BENCH_STATE="$WORK/state.txt" BENCH_LUA_DIR="$PWD/bench/lua" BENCH_THREADS="$THREADS"
+echo
+echo "backend=$BACKEND ack=$ACK chats=$CHATS pairs=$PAIRS connections=$CONNECTIONS duration=${DURATION}s" \
+     "seeded in $(awk -v a="$seed_start" -v b="$seed_end" 'BEGIN { printf "%.1f", b - a }')s; commit $(git rev-parse --short HEAD)"
+printf '| %-10s | %9s | %8s | %8s | %8s | %6s | %s\n' scenario "req/s" "p50 ms" "p99 ms" "ceiling" errors target
+printf '|%s|\n' "------------|-----------|----------|----------|----------|--------|--------"
+CEILING_RPS=""
+FAILED=0
+for scenario in "${SCENARIOS[@]}"; do
+    port=$ARBOR_PORT
+    [ "$scenario" = ceiling ] && port=$CEILING_PORT
+    line=$(BENCH_SCENARIO=$scenario wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
+        -s bench/lua/scenario.lua "http://127.0.0.1:$port" 2>"$WORK/wrk.err" | grep '^BENCH' || true)
+    [ -n "$line" ] || { cat "$WORK/wrk.err"; echo "wrk failed for $scenario" >&2; exit 1; }
+    eval "${line#BENCH }"
+    rps=$(awk -v r="$requests" -v s="$seconds" 'BEGIN { printf "%d", r / s }')
+    [ "$scenario" = ceiling ] && CEILING_RPS=$rps
+    ratio="-"
+    [ -n "$CEILING_RPS" ] && [ "$scenario" != ceiling ] && ratio=$(awk -v a="$rps" -v b="$CEILING_RPS" 'BEGIN { printf "%.2f", a / b }')
+    goal=$(target "$scenario")
+    # The read path's target is half the trivial handler's rate.
+    [ "$scenario" = read_path ] && [ -n "$CEILING_RPS" ] && goal=$((CEILING_RPS / 2))
+    bad=$((errors + non2xx))
+    printf '| %-10s | %9s | %8s | %8s | %8s | %6s | %s\n' "$scenario" "$rps" "$p50_ms" "$p99_ms" "$ratio" "$bad" \
+        "$([ "$goal" -gt 0 ] && echo "≥ $goal req/s" || echo "-")"
+    if [ -n "$MIN_FRACTION" ]; then
+        floor=$(awk -v g="$goal" -v f="$MIN_FRACTION" 'BEGIN { printf "%d", g * f }')
+        if [ "$bad" -gt 0 ] || [ "$rps" -lt "$floor" ]; then
+            echo "REGRESSION: $scenario at $rps req/s with $bad errors (floor $floor)" >&2
+            FAILED=1
+        fi
+    fi
+    [ -s "$WORK/wrk.err" ] && sed 's/^/    /' "$WORK/wrk.err" | head -3
+done
+exit $FAILED

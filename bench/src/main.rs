@@ -1,0 +1,202 @@
+//! Helpers for `bench/run.sh` (see BENCHMARKS.md):
+//!
+//! - `ceiling`: the trivial actix-web handler each scenario is compared with (same framework,
+//!   same worker count, no work);
+//! - `seed`: an account and many chats with messages, over Arbor's HTTP API, written out for
+//!   the wrk scripts (token on the first line, then one chat id per line);
+//! - `stub-llm`: an OpenAI-protocol provider that streams a fixed reply at once, so the reply
+//!   scenario measures Arbor, not a model.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use futures_util::{stream, StreamExt, TryStreamExt};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(about = "Benchmark helpers for Arbor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve `GET /` → 200 "ok" on 127.0.0.1:PORT.
+    Ceiling {
+        #[arg(long)]
+        port: u16,
+        /// HTTP worker threads (match Arbor's `server.workers`).
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// Create an account and CHATS chats of PAIRS question/answer pairs each.
+    Seed {
+        /// Arbor's base URL.
+        #[arg(long)]
+        base: String,
+        #[arg(long, default_value_t = 1000)]
+        chats: usize,
+        #[arg(long, default_value_t = 10)]
+        pairs: usize,
+        /// Requests in flight while seeding.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Serve an OpenAI Chat Completions endpoint that streams a fixed reply at once.
+    StubLlm {
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Ceiling { port, workers } => ceiling(port, workers),
+        Command::Seed {
+            base,
+            chats,
+            pairs,
+            concurrency,
+            out,
+        } => seed(&base, chats, pairs, concurrency, &out),
+        Command::StubLlm { port } => stub_llm(port),
+    }
+}
+
+fn ceiling(port: u16, workers: usize) -> anyhow::Result<()> {
+    actix_web::rt::System::new().block_on(
+        HttpServer::new(|| App::new().route("/", web::get().to(|| async { "ok" })))
+            .workers(workers)
+            .bind(("127.0.0.1", port))?
+            .run(),
+    )?;
+    Ok(())
+}
+
+/// One streamed completion: a role chunk, three content chunks, the finish, `[DONE]`.
+fn stub_stream(model: &str) -> String {
+    let chunk = |delta: Value, finish: Value| {
+        let body = json!({
+            "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+        });
+        format!("data: {body}\n\n")
+    };
+    let mut out = chunk(json!({"role": "assistant"}), Value::Null);
+    for word in ["Hello", " from", " the stub."] {
+        out.push_str(&chunk(json!({"content": word}), Value::Null));
+    }
+    out.push_str(&chunk(json!({}), json!("stop")));
+    out.push_str("data: [DONE]\n\n");
+    out
+}
+
+fn stub_llm(port: u16) -> anyhow::Result<()> {
+    async fn completions(body: web::Json<Value>) -> HttpResponse {
+        let model = body["model"].as_str().unwrap_or("stub").to_owned();
+        if body["stream"].as_bool() == Some(true) {
+            HttpResponse::Ok()
+                .content_type("text/event-stream")
+                .body(stub_stream(&model))
+        } else {
+            HttpResponse::Ok().json(json!({
+                "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": model,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "Hello from the stub."}}]
+            }))
+        }
+    }
+    actix_web::rt::System::new().block_on(
+        HttpServer::new(|| {
+            App::new().route("/v1/chat/completions", web::post().to(completions))
+        })
+        .workers(1)
+        .bind(("127.0.0.1", port))?
+        .run(),
+    )?;
+    Ok(())
+}
+
+fn seed(
+    base: &str,
+    chats: usize,
+    pairs: usize,
+    concurrency: usize,
+    out: &PathBuf,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let email = format!("bench-{}@example.com", uuid::Uuid::new_v4().simple());
+        let session = post(
+            &client,
+            &format!("{base}/api/v1/auth/register"),
+            None,
+            json!({"email": email, "password": "bench-password"}),
+        )
+        .await?;
+        let token = session["access_token"]
+            .as_str()
+            .context("no access_token")?
+            .to_owned();
+        let ids: Vec<String> = stream::iter(0..chats)
+            .map(|i| {
+                let (client, token) = (&client, &token);
+                async move {
+                    let chat = post(
+                        client,
+                        &format!("{base}/api/v1/chats"),
+                        Some(token),
+                        json!({"title": format!("bench chat {i}")}),
+                    )
+                    .await?;
+                    let id = chat["id"].as_str().context("no chat id")?.to_owned();
+                    for p in 0..pairs {
+                        post(
+                            client,
+                            &format!("{base}/api/v1/chats/{id}/messages"),
+                            Some(token),
+                            json!({"content": format!("question {p}"), "response": format!("answer {p}")}),
+                        )
+                        .await?;
+                    }
+                    anyhow::Ok(id)
+                }
+            })
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await?;
+        let mut file = std::fs::File::create(out)
+            .with_context(|| format!("creating {}", out.display()))?;
+        writeln!(file, "{token}")?;
+        for id in ids {
+            writeln!(file, "{id}")?;
+        }
+        Ok(())
+    })
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let mut req = client.post(url).json(&body);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().await?;
+    let status = res.status();
+    let body: Value = res.json().await?;
+    if !status.is_success() {
+        bail!("POST {url}: {status}: {body}");
+    }
+    Ok(body)
+}
