@@ -113,12 +113,10 @@ fn stub_llm(port: u16) -> anyhow::Result<()> {
         }
     }
     actix_web::rt::System::new().block_on(
-        HttpServer::new(|| {
-            App::new().route("/v1/chat/completions", web::post().to(completions))
-        })
-        .workers(1)
-        .bind(("127.0.0.1", port))?
-        .run(),
+        HttpServer::new(|| App::new().route("/v1/chat/completions", web::post().to(completions)))
+            .workers(1)
+            .bind(("127.0.0.1", port))?
+            .run(),
     )?;
     Ok(())
 }
