@@ -40,8 +40,7 @@ target() {
     case "$1:$BACKEND:$ACK" in
         add_pair:postgres-mongodb:durable) echo 8000 ;;
         add_pair:postgres-mongodb:buffered) echo 15000 ;;
-        add_pair:sqlite:*) echo 5000 ;;
-        add_pair:*) echo 5000 ;;
+        add_pair:*) echo 5000 ;;  # SQLite, durable or buffered
         fork:*) echo 10000 ;;
         reply:*) echo 3000 ;;
         *) echo 0 ;;

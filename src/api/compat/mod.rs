@@ -84,26 +84,33 @@ fn rooms_resource(path: &str) -> actix_web::Resource {
 pub struct Snapshot {
     pub chat: ChatView,
     pub tree: TreeView,
+    /// Message id → its position in `tree.nodes`, built once for every path walked.
+    positions: HashMap<MessageId, usize>,
 }
 
 impl Snapshot {
     pub async fn read(chats: &Chats, user: UserId, chat: ChatId) -> Result<Self, ApiError> {
         let (chat, tree) = futures_util::try_join!(chats.get(user, chat), chats.tree(user, chat))?;
-        Ok(Self { chat, tree })
+        let positions = tree
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.message.id, i))
+            .collect();
+        Ok(Self {
+            chat,
+            tree,
+            positions,
+        })
     }
 
     /// The path from the root to `head`, root first.
     pub fn path_to(&self, head: Option<MessageId>) -> Vec<MessageView> {
-        let nodes: HashMap<MessageId, &MessageView> = self
-            .tree
-            .nodes
-            .iter()
-            .map(|n| (n.message.id, &n.message))
-            .collect();
         let mut path = Vec::new();
         let mut next = head;
-        while let Some(message) = next.and_then(|id| nodes.get(&id)) {
-            path.push((*message).clone());
+        while let Some(&i) = next.and_then(|id| self.positions.get(&id)) {
+            let message = &self.tree.nodes[i].message;
+            path.push(message.clone());
             next = message.parent_id;
         }
         path.reverse();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use actix_web::{web, HttpRequest, HttpResponse};
 use arbor_actors::chat::{ChatPatch, ForkPoint, NewChat};
 use arbor_actors::model::{BranchId, ChatId, MessageId, Role, UserId};
-use arbor_actors::views::{BranchView, ChatSummary, MessageView, SendView};
+use arbor_actors::views::{BranchView, ChatSummary, ChatView, MessageView, SendView};
 use arbor_actors::Chats;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -62,16 +62,15 @@ pub struct BranchV1 {
 }
 
 impl BranchV1 {
-    fn of(branch: &BranchView, fork_path: &[MessageView]) -> Self {
+    /// `index`: the pair the branch was forked after.
+    fn of(branch: &BranchView, index: Option<usize>) -> Self {
         Self {
             branch_id: branch.id,
             id: branch.id,
             chat_id: branch.chat_id,
             parent_chat_id: branch.chat_id,
             name: branch.name.clone(),
-            created_from_message_index: branch
-                .forked_from_message_id
-                .and_then(|m| qa::pair_index(fork_path, m)),
+            created_from_message_index: index,
             created_from_message_id: branch.forked_from_message_id,
             is_active: branch.is_active,
             created_at: branch.created_at,
@@ -86,7 +85,11 @@ impl BranchV1 {
             .branches
             .iter()
             .filter(|b| Some(b.id) != root)
-            .map(|b| Self::of(b, &snapshot.path_to(b.forked_from_message_id)))
+            .map(|b| {
+                let fork = b.forked_from_message_id;
+                let index = fork.and_then(|m| qa::pair_index(&snapshot.path_to(fork), m));
+                Self::of(b, index)
+            })
             .collect()
     }
 }
@@ -134,6 +137,16 @@ impl ChatV1 {
             branch_id: None,
             branches: None,
             messages: None,
+        }
+    }
+
+    /// A chat just created: no forks, no pairs yet.
+    fn new_chat(chat: &ChatView, user: UserId, account: &str) -> Self {
+        Self {
+            branch_id: Some(chat.active_branch_id),
+            branches: Some(Vec::new()),
+            messages: Some(Vec::new()),
+            ..Self::summary(&ChatSummary::from(chat), user, account)
         }
     }
 
@@ -194,9 +207,8 @@ pub async fn create_chat(
         system_prompt: None,
     };
     let chat = chats.create(user.0, new).await?;
-    let snapshot = Snapshot::read(&chats, user.0, chat.id).await?;
     let account = account_name(&accounts, user.0).await?;
-    Ok(HttpResponse::Ok().json(ChatV1::full(&snapshot, None, user.0, &account)?))
+    Ok(HttpResponse::Ok().json(ChatV1::new_chat(&chat, user.0, &account)))
 }
 
 #[derive(Deserialize)]
@@ -267,10 +279,9 @@ pub async fn update_chat(
             .transpose()?,
         system_prompt: None,
     };
-    chats.update(user.0, chat, patch).await?;
-    let snapshot = Snapshot::read(&chats, user.0, chat).await?;
+    let chat = chats.update(user.0, chat, patch).await?;
     let account = account_name(&accounts, user.0).await?;
-    Ok(HttpResponse::Ok().json(ChatV1::full(&snapshot, None, user.0, &account)?))
+    Ok(HttpResponse::Ok().json(ChatV1::summary(&ChatSummary::from(&chat), user.0, &account)))
 }
 
 /// A message or a question/answer pair, in any of the seeds' spellings.
@@ -411,14 +422,14 @@ pub async fn create_branch(
         .message_id
         .or(body.parent_message_id)
         .or(body.response_id);
-    let from = match (message, body.message_index) {
+    let (from, index) = match (message, body.message_index) {
         (Some(_), Some(_)) => {
             return Err(ApiError::validation(
                 "validation_failed",
                 "give a message id or `message_index`, not both",
             ))
         }
-        (Some(id), None) => ForkPoint::Message(id),
+        (Some(id), None) => (ForkPoint::Message(id), None),
         (None, index) => {
             let path = chats
                 .list_messages(user.0, chat, body.branch_id, usize::MAX, None)
@@ -428,33 +439,43 @@ pub async fn create_branch(
         }
     };
     let branch = chats.fork(user.0, chat, from, name, body.activate).await?;
-    let path = chats
-        .list_messages(user.0, chat, Some(branch.id), usize::MAX, None)
-        .await?
-        .messages;
-    Ok(HttpResponse::Ok().json(BranchV1::of(&branch, &path)))
+    let index = match (index, from) {
+        (Some(index), _) => Some(index),
+        // Forked from a message id: its pair on the new branch's path.
+        (None, ForkPoint::Message(id)) => {
+            let path = chats
+                .list_messages(user.0, chat, Some(branch.id), usize::MAX, None)
+                .await?
+                .messages;
+            qa::pair_index(&path, id)
+        }
+        (None, _) => None,
+    };
+    Ok(HttpResponse::Ok().json(BranchV1::of(&branch, index)))
 }
 
 /// After pair `index` of the path; without an index, after the whole path (an empty branch
-/// when the path is empty).
-fn fork_point(path: &[MessageView], index: Option<usize>) -> Result<ForkPoint, ApiError> {
+/// when the path is empty). Also answers the pair index forked after.
+fn fork_point(
+    path: &[MessageView],
+    index: Option<usize>,
+) -> Result<(ForkPoint, Option<usize>), ApiError> {
     let pairs = qa::pairs(path);
-    let pair = match index {
-        Some(i) => pairs.get(i).ok_or_else(|| {
-            ApiError::validation(
+    let index = match index {
+        Some(i) if i < pairs.len() => i,
+        Some(i) => {
+            return Err(ApiError::validation(
                 "message_index_out_of_range",
                 format!(
                     "message_index {i} is out of range: the branch has {} pairs",
                     pairs.len()
                 ),
-            )
-        })?,
-        None => match pairs.last() {
-            Some(pair) => pair,
-            None => return Ok(ForkPoint::Start),
-        },
+            ))
+        }
+        None if pairs.is_empty() => return Ok((ForkPoint::Start, None)),
+        None => pairs.len() - 1,
     };
-    Ok(ForkPoint::Message(pair.last().id))
+    Ok((ForkPoint::Message(pairs[index].last().id), Some(index)))
 }
 
 #[derive(Deserialize)]
