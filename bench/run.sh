@@ -11,12 +11,17 @@
 #                                                  the CI smoke run: fails when a scenario
 #                                                  falls below a tenth of its target
 #
-# Scenarios: ceiling, read_path, add_pair, fork, reply.
+# HTTP scenarios (wrk): ceiling, read_path, add_pair, fork, reply; fork_20, fork_1k, fork_10k
+# (fork on 64 chats of 20, 1,000 and 10,000 messages; seeded only when asked for).
+# Other scenarios: ttft (Arbor's added time to first token, over HTTP, one request at a time);
+# in-process: activation (1,000-message chats), memory (100k idle chats of 10 messages), lag
+# (write-behind lag at 5,000 messages/s).
+# Default: every scenario. --memory-chats N sets the memory scenario's chat count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=10 CHATS=1000 PAIRS=10 CONNECTIONS=64 THREADS=2 BACKEND=sqlite ACK=durable
-MIN_FRACTION=""
+MIN_FRACTION="" MEMORY_CHATS=100000
 SCENARIOS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -27,12 +32,14 @@ while [ $# -gt 0 ]; do
         --backend) BACKEND=$2; shift 2 ;;
         --ack) ACK=$2; shift 2 ;;
         --min-fraction) MIN_FRACTION=$2; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --memory-chats) MEMORY_CHATS=$2; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         -*) echo "unknown option $1" >&2; exit 2 ;;
         *) SCENARIOS+=("$1"); shift ;;
     esac
 done
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(ceiling read_path add_pair fork reply)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(ceiling read_path add_pair fork reply fork_20 fork_1k fork_10k
+                                         ttft activation lag memory)
 command -v wrk >/dev/null || { echo "bench/run.sh needs wrk (Debian: apt-get install wrk)" >&2; exit 1; }
 
 # Targets in req/s (BENCHMARKS.md); the ceiling has none, read_path's is relative to it.
@@ -41,7 +48,7 @@ target() {
         add_pair:postgres-mongodb:durable) echo 8000 ;;
         add_pair:postgres-mongodb:buffered) echo 15000 ;;
         add_pair:*) echo 5000 ;;  # SQLite, durable or buffered
-        fork:*) echo 10000 ;;
+        fork*) echo 10000 ;;
         reply:*) echo 3000 ;;
         *) echo 0 ;;
     esac
@@ -105,22 +112,53 @@ for _ in $(seq 100); do
 done
 curl -fsS "http://127.0.0.1:$ARBOR_PORT/ready" >/dev/null || { cat "$WORK/arbor.log"; exit 1; }
 
-seed_start=$(date +%s.%N)
-"$BIN/arbor-bench" seed --base "http://127.0.0.1:$ARBOR_PORT" --chats "$CHATS" --pairs "$PAIRS" \
-    --out "$WORK/state.txt"
-seed_end=$(date +%s.%N)
+# The chats a scenario runs on, seeded on first use: CHATS chats of PAIRS pairs, or 64 chats of
+# 10, 500 or 5,000 pairs for the fork_* scenarios. Prints the state file.
+state_for() {
+    local chats=$CHATS pairs=$PAIRS
+    case "$1" in
+        fork_20) chats=64 pairs=10 ;;
+        fork_1k) chats=64 pairs=500 ;;
+        fork_10k) chats=64 pairs=5000 ;;
+    esac
+    local file="$WORK/state-$chats-$pairs.txt"
+    if [ ! -s "$file" ]; then
+        "$BIN/arbor-bench" seed --base "http://127.0.0.1:$ARBOR_PORT" --chats "$chats" \
+            --pairs "$pairs" --concurrency 64 --out "$file" >&2
+    fi
+    echo "$file"
+}
 
-export BENCH_STATE="$WORK/state.txt" BENCH_LUA_DIR="$PWD/bench/lua" BENCH_THREADS="$THREADS"
+# Prints the value of KEY in a `BENCH key=value ...` line.
+field() { tr ' ' '\n' <<< "$2" | sed -n "s/^$1=//p"; }
+
+# Fails the run (with --min-fraction F) when VALUE is worse than LIMIT / F (latencies).
+check_at_most() {
+    local name=$1 value=$2 limit=$3
+    [ -n "$MIN_FRACTION" ] || return 0
+    if awk -v v="$value" -v l="$limit" -v f="$MIN_FRACTION" 'BEGIN { exit !(v > l / f) }'; then
+        echo "REGRESSION: $name at $value (limit $limit, allowed $(awk -v l="$limit" -v f="$MIN_FRACTION" 'BEGIN { print l / f }'))" >&2
+        FAILED=1
+    fi
+}
+
+export BENCH_LUA_DIR="$PWD/bench/lua" BENCH_THREADS="$THREADS"
 echo
 echo "backend=$BACKEND ack=$ACK chats=$CHATS pairs=$PAIRS connections=$CONNECTIONS duration=${DURATION}s" \
-     "seeded in $(awk -v a="$seed_start" -v b="$seed_end" 'BEGIN { printf "%.1f", b - a }')s; commit $(git rev-parse --short HEAD)"
+     "commit $(git rev-parse --short HEAD)"
 printf '| %-10s | %9s | %8s | %8s | %8s | %6s | %s\n' scenario "ok req/s" "p50 ms" "p99 ms" "ceiling" errors target
 printf '|%s|\n' "------------|-----------|----------|----------|----------|--------|--------"
 CEILING_RPS=""
 FAILED=0
+INPROC=()
 for scenario in "${SCENARIOS[@]}"; do
+    case "$scenario" in
+        ttft|activation|lag|memory) INPROC+=("$scenario"); continue ;;
+    esac
     port=$ARBOR_PORT
     [ "$scenario" = ceiling ] && port=$CEILING_PORT
+    [ "$scenario" = ceiling ] || BENCH_STATE=$(state_for "$scenario")
+    export BENCH_STATE
     line=$(BENCH_SCENARIO=$scenario wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
         -s bench/lua/scenario.lua "http://127.0.0.1:$port" 2>"$WORK/wrk.err" | grep '^BENCH' || true)
     [ -n "$line" ] || { cat "$WORK/wrk.err"; echo "wrk failed for $scenario" >&2; exit 1; }
@@ -145,5 +183,40 @@ for scenario in "${SCENARIOS[@]}"; do
         fi
     fi
     [ -s "$WORK/wrk.err" ] && sed 's/^/    /' "$WORK/wrk.err" | head -3
+done
+
+# Measurements that are not a request rate: one line each, with the target.
+run_inproc() {
+    case "$1" in
+        ttft)
+            "$BIN/arbor-bench" ttft --base "http://127.0.0.1:$ARBOR_PORT" --state "$(state_for ttft)" \
+                --stub "http://127.0.0.1:$STUB_PORT" --requests $((DURATION * 50)) ;;
+        activation)
+            "$BIN/arbor-bench" activation --config "$WORK/config.toml" --chats 20 --pairs 500 \
+                --rounds $(( DURATION > 5 ? 10 : 3 )) ;;
+        lag)
+            "$BIN/arbor-bench" lag --config "$WORK/config.toml" --chats "$CHATS" --rate 5000 \
+                --seconds "$DURATION" ;;
+        memory)
+            "$BIN/arbor-bench" memory --config "$WORK/config.toml" --chats "$MEMORY_CHATS" --pairs 5 ;;
+    esac
+}
+for scenario in "${INPROC[@]}"; do
+    line=$(run_inproc "$scenario" 2>"$WORK/inproc.err" | grep '^BENCH' || true)
+    [ -n "$line" ] || { cat "$WORK/inproc.err"; echo "$scenario failed" >&2; exit 1; }
+    case "$scenario" in
+        ttft)
+            echo "| ttft: Arbor adds $(field added_p50_ms "$line") ms p50 (direct $(field direct_p50_ms "$line"), through Arbor $(field arbor_p50_ms "$line") p50 / $(field arbor_p99_ms "$line") p99) | target ≤ 1 ms"
+            check_at_most ttft "$(field added_p50_ms "$line")" 1 ;;
+        activation)
+            echo "| activation of a $(field messages "$line")-message chat: p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms ($(field samples "$line") samples) | target p50 ≤ 5, p99 ≤ 15"
+            check_at_most activation_p99 "$(field p99_ms "$line")" 15 ;;
+        lag)
+            echo "| write-behind lag at $(field offered_msgs_per_s "$line") msg/s: p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms, $(field le_50ms "$line") within 50 ms | target p99 ≤ 50"
+            check_at_most lag_p99 "$(field p99_ms "$line")" 50 ;;
+        memory)
+            echo "| memory: $(field chats "$line") chats of $(field messages "$line") messages: RSS $(field rss_mib "$line") MiB, $(field per_chat_bytes "$line") B per chat, $(field overhead_per_chat_bytes "$line") B above its content ($(field content_per_chat_bytes "$line") B) | target ≤ 2048 B above content, 100k chats ≤ 1 GiB"
+            check_at_most memory_overhead "$(field overhead_per_chat_bytes "$line")" 2048 ;;
+    esac
 done
 exit $FAILED

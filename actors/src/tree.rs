@@ -27,6 +27,9 @@ pub struct Node {
     pub children: Vec<MessageId>,
     /// Distance from the root: the message's 0-based index in any path through it.
     pub depth: u32,
+    /// A farther ancestor (skew-binary jump pointer, Myers 1983): with the parent links it
+    /// reaches any ancestor in O(log depth) steps. `None` for a root.
+    jump: Option<MessageId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -285,14 +288,27 @@ impl Tree {
         if index >= len {
             return Err(TreeError::IndexOutOfRange { index, len });
         }
-        let mut id = self.branch(branch)?.head.ok_or(TreeError::NoBranches)?;
-        for _ in index..len - 1 {
-            id = self.nodes[&id]
-                .message
-                .parent_id
-                .ok_or(TreeError::MessageNotFound(id))?;
+        let head = self.branch(branch)?.head.ok_or(TreeError::NoBranches)?;
+        Ok(self.ancestor_at(head, index as u32))
+    }
+
+    /// The ancestor of `id` (or `id` itself) at `depth`, which must not exceed `id`'s depth:
+    /// O(log depth) through the jump pointers.
+    fn ancestor_at(&self, id: MessageId, depth: u32) -> MessageId {
+        let mut id = id;
+        loop {
+            let node = &self.nodes[&id];
+            if node.depth <= depth {
+                return id;
+            }
+            id = match node.jump {
+                Some(jump) if self.nodes[&jump].depth >= depth => jump,
+                _ => node
+                    .message
+                    .parent_id
+                    .expect("a node deeper than the target depth has a parent"),
+            };
         }
-        Ok(id)
     }
 
     pub fn set_active(&mut self, branch: BranchId) -> Result<(), TreeError> {
@@ -418,20 +434,12 @@ impl Tree {
         Ok((index, siblings.len()))
     }
 
-    /// Whether `node` is on the path ending at `head`. Uses depths to stop early.
+    /// Whether `node` is on the path ending at `head`: O(log depth).
     fn is_on_path(&self, head: Option<MessageId>, node: &Node) -> bool {
-        let mut cursor = head;
-        while let Some(id) = cursor {
-            let current = &self.nodes[&id];
-            if current.depth < node.depth {
-                return false;
-            }
-            if id == node.message.id {
-                return true;
-            }
-            cursor = current.message.parent_id;
-        }
-        false
+        head.is_some_and(|head| {
+            self.nodes[&head].depth >= node.depth
+                && self.ancestor_at(head, node.depth) == node.message.id
+        })
     }
 
     fn branch_index(&self, id: BranchId) -> Result<usize, TreeError> {
@@ -444,18 +452,19 @@ impl Tree {
     /// Inserts a node whose parent (if any) is present, keeping sibling lists in id order.
     fn link(&mut self, message: Message) {
         let id = message.id;
-        let depth = match message.parent_id {
+        let (depth, jump) = match message.parent_id {
             Some(p) => {
+                let jump = self.jump_for(p);
                 let parent = self
                     .nodes
                     .get_mut(&p)
                     .expect("link is only called with a present parent");
                 insert_sorted(&mut parent.children, id);
-                parent.depth + 1
+                (parent.depth + 1, Some(jump))
             }
             None => {
                 insert_sorted(&mut self.roots, id);
-                0
+                (0, None)
             }
         };
         self.content_bytes += message_bytes(&message);
@@ -465,8 +474,21 @@ impl Tree {
                 message,
                 children: Vec::new(),
                 depth,
+                jump,
             },
         );
+    }
+
+    /// The jump pointer of a new child of `parent`: the parent's jump's jump when the parent's
+    /// two jumps span equal distances (merging two skew-binary segments), else the parent.
+    fn jump_for(&self, parent: MessageId) -> MessageId {
+        let p = &self.nodes[&parent];
+        let Some(j) = p.jump else { return parent };
+        let jn = &self.nodes[&j];
+        match jn.jump {
+            Some(jj) if p.depth - jn.depth == jn.depth - self.nodes[&jj].depth => jj,
+            _ => parent,
+        }
     }
 
     fn sort_links(&mut self) {
@@ -605,6 +627,42 @@ mod tests {
             let id = b.id;
             self.tree.add_branch(b).unwrap();
             id
+        }
+    }
+
+    #[test]
+    fn jump_pointers_reach_every_ancestor_on_long_forked_paths() {
+        let mut f = fixture();
+        let mut main_path = Vec::new();
+        for i in 0..300 {
+            main_path.push(f.push(f.main, &i.to_string()));
+        }
+        // A side branch from the middle, grown deep, and a restored copy of the whole tree.
+        let side = f.fork_at(main_path[137]);
+        let mut side_path = main_path[..138].to_vec();
+        for i in 0..200 {
+            side_path.push(f.push(side, &format!("s{i}")));
+        }
+        let messages: Vec<Message> = f.tree.nodes().map(|n| n.message.clone()).collect();
+        let branches = f.tree.branches().to_vec();
+        let restored = Tree::restore(branches, f.main, messages).unwrap().tree;
+        for tree in [&f.tree, &restored] {
+            for (branch, path) in [(f.main, &main_path), (side, &side_path)] {
+                for (index, want) in path.iter().enumerate() {
+                    assert_eq!(
+                        tree.at_index(branch, index).unwrap(),
+                        *want,
+                        "index {index}"
+                    );
+                }
+            }
+            // On-path checks through the cursor of a page.
+            let page = tree.page(side, 5, Some(main_path[100])).unwrap();
+            assert_eq!(page.nodes.last().unwrap().message.id, main_path[99]);
+            assert_eq!(
+                tree.page(side, 5, Some(main_path[200])).unwrap_err(),
+                TreeError::CursorNotOnPath
+            );
         }
     }
 

@@ -5,7 +5,13 @@
 //! - `seed`: an account and many chats with messages, over Arbor's HTTP API, written out for
 //!   the wrk scripts (token on the first line, then one chat id per line);
 //! - `stub-llm`: an OpenAI-protocol provider that streams a fixed reply at once, so the reply
-//!   scenario measures Arbor, not a model.
+//!   scenario measures Arbor, not a model;
+//! - `ttft`: Arbor's added time to first token, against the stub;
+//! - `activation`, `memory`, `lag`: in-process measurements (see `inproc`).
+
+mod inproc;
+mod stats;
+mod ttft;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -53,6 +59,58 @@ enum Command {
         #[arg(long)]
         port: u16,
     },
+    /// Time to first token straight from the stub and through Arbor, one request at a time.
+    Ttft {
+        #[arg(long)]
+        base: String,
+        /// The file `seed` wrote.
+        #[arg(long)]
+        state: PathBuf,
+        /// The stub provider's base URL.
+        #[arg(long)]
+        stub: String,
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
+    },
+    /// In-process: activation time of chats of 2 × PAIRS messages, ROUNDS times each.
+    Activation {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        chats: usize,
+        #[arg(long, default_value_t = 500)]
+        pairs: usize,
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
+    /// In-process: resident memory of CHATS idle chats of 2 × PAIRS messages.
+    Memory {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        chats: usize,
+        #[arg(long, default_value_t = 5)]
+        pairs: usize,
+    },
+    /// The second, fresh-process half of `memory`.
+    #[command(hide = true)]
+    MemoryMeasure {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// In-process: write-behind lag at RATE messages/s (Q&A pairs to random chats).
+    Lag {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        chats: usize,
+        #[arg(long, default_value_t = 5000)]
+        rate: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +124,30 @@ fn main() -> anyhow::Result<()> {
             out,
         } => seed(&base, chats, pairs, concurrency, &out),
         Command::StubLlm { port } => stub_llm(port),
+        Command::Ttft {
+            base,
+            state,
+            stub,
+            requests,
+        } => ttft::ttft(&base, &state, &stub, requests),
+        Command::Activation {
+            config,
+            chats,
+            pairs,
+            rounds,
+        } => inproc::activation(&config, chats, pairs, rounds),
+        Command::Memory {
+            config,
+            chats,
+            pairs,
+        } => inproc::memory(&config, chats, pairs),
+        Command::MemoryMeasure { config, state } => inproc::memory_measure(&config, &state),
+        Command::Lag {
+            config,
+            chats,
+            rate,
+            seconds,
+        } => inproc::lag(&config, chats, rate, seconds),
     }
 }
 

@@ -1,0 +1,356 @@
+//! In-process measurements, where HTTP would hide the cost: the server is built from the same
+//! configuration file `bench/run.sh` writes (so the same stores and ack mode), and the chat
+//! registry is driven directly.
+//!
+//! - `activation`: time for a chat's actor to load a chat of N messages from the stores;
+//! - `memory`: resident memory per idle chat, and the total for many chats;
+//! - `lag`: write-behind lag (enqueue → commit) under an open-loop load of M messages/s.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arbor::config::Settings;
+use arbor::Application;
+use arbor_actors::chat::NewChat;
+use arbor_actors::model::{ChatId, Role, UserId, UserRecord};
+use arbor_actors::{ChatError, Chats, SendRequest};
+use futures_util::{stream, StreamExt, TryStreamExt};
+use prometheus::core::Collector;
+
+use crate::stats::Latencies;
+
+/// Requests in flight while seeding and activating.
+const CONCURRENCY: usize = 64;
+
+/// The configuration file's settings with an ephemeral port, no separate metrics listener,
+/// and `adjust` applied.
+fn settings(config: &Path, adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Settings> {
+    let mut settings = Settings::load(Some(config)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    settings.server.port = 0;
+    settings.metrics.listen = String::new();
+    adjust(&mut settings);
+    Ok(settings)
+}
+
+/// Loads the configuration, lets `adjust` change it, builds the application and runs `body`
+/// on its chat registry inside an actix system.
+fn with_chats<F, Fut>(
+    config: &Path,
+    adjust: impl FnOnce(&mut Settings),
+    body: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(Chats, UserId) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let settings = settings(config, adjust)?;
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings).await?;
+        let chats = app.chats().clone();
+        let user = UserRecord {
+            id: UserId::new(),
+            email: format!("inproc-{}@example.com", uuid::Uuid::new_v4().simple()),
+            username: None,
+            password_hash: String::new(),
+            created_at: chrono::Utc::now(),
+            is_admin: false,
+        };
+        chats.runtime().metadata.create_user(&user).await?;
+        let result = body(chats.clone(), user.id).await;
+        chats.shutdown().await;
+        result
+    })
+}
+
+/// Content of the `i`-th question and answer: about 40 bytes each.
+fn pair(i: usize) -> (String, String) {
+    (
+        format!("question number {i:>6} about branching trees?"),
+        format!("answer number {i:>6}: fork from any message."),
+    )
+}
+
+/// Sends a Q&A pair, retrying while the write queue sheds load.
+async fn add_pair(chats: &Chats, user: UserId, chat: ChatId, i: usize) -> anyhow::Result<usize> {
+    let (question, answer) = pair(i);
+    let bytes = question.len() + answer.len();
+    let request = SendRequest {
+        branch: None,
+        role: Role::User,
+        content: question.into(),
+        response: Some(answer.into()),
+        model: None,
+        metadata: None,
+        reply: false,
+        idempotency_key: None,
+    };
+    loop {
+        match chats.send(user, chat, request.clone()).await {
+            Ok(_) => return Ok(bytes),
+            Err(ChatError::Overloaded) => tokio::time::sleep(Duration::from_millis(2)).await,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Creates `count` chats of `pairs` Q&A pairs; returns their ids and the content bytes stored.
+async fn seed(
+    chats: &Chats,
+    user: UserId,
+    count: usize,
+    pairs: usize,
+) -> anyhow::Result<(Vec<ChatId>, usize)> {
+    let seeded: Vec<(ChatId, usize)> = stream::iter(0..count)
+        .map(|i| async move {
+            let new = NewChat {
+                title: Some(format!("chat {i}")),
+                system_prompt: None,
+                description: None,
+            };
+            let chat = chats.create(user, new).await?.id;
+            let mut bytes = 0;
+            for p in 0..pairs {
+                bytes += add_pair(chats, user, chat, p).await?;
+            }
+            anyhow::Ok((chat, bytes))
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    chats.runtime().writer.barrier().await;
+    let bytes = seeded.iter().map(|(_, b)| b).sum();
+    Ok((seeded.into_iter().map(|(c, _)| c).collect(), bytes))
+}
+
+async fn evict_all(chats: &Chats, ids: &[ChatId]) {
+    stream::iter(ids)
+        .for_each_concurrent(CONCURRENCY, |&id| async move {
+            chats.evict(id).await;
+        })
+        .await;
+}
+
+/// Time to activate (load from the stores) a chat of `pairs * 2` messages and read a page.
+pub fn activation(config: &Path, count: usize, pairs: usize, rounds: usize) -> anyhow::Result<()> {
+    with_chats(
+        config,
+        |_| {},
+        |chats, user| async move {
+            let (ids, _) = seed(&chats, user, count, pairs).await?;
+            evict_all(&chats, &ids).await;
+            let mut latencies = Latencies::default();
+            for _ in 0..rounds {
+                for &id in &ids {
+                    let started = Instant::now();
+                    let page = chats.list_messages(user, id, None, 20, None).await?;
+                    latencies.push(started.elapsed());
+                    anyhow::ensure!(page.messages.len() == 20.min(pairs * 2), "short page");
+                    chats.evict(id).await;
+                }
+            }
+            println!(
+                "BENCH activation messages={} samples={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+                pairs * 2,
+                latencies.len(),
+                latencies.quantile_ms(0.5),
+                latencies.quantile_ms(0.99),
+                latencies.quantile_ms(1.0),
+            );
+            Ok(())
+        },
+    )
+}
+
+/// Resident memory of `count` idle chats of `pairs * 2` messages. The chats are seeded here;
+/// a fresh process (this binary's `memory-measure`) then takes its RSS, activates every chat,
+/// and takes it again, so the write path's freed heap does not blur the figure.
+pub fn memory(config: &Path, count: usize, pairs: usize) -> anyhow::Result<()> {
+    let state = std::env::temp_dir().join(format!("arbor-memory-{}.txt", std::process::id()));
+    with_chats(
+        config,
+        |_| {},
+        |chats, user| {
+            let state = state.clone();
+            async move {
+                let (ids, content) = seed(&chats, user, count, pairs).await?;
+                let mut text = format!("{user}\n{content}\n{}\n", pairs * 2);
+                for id in ids {
+                    text.push_str(&format!("{id}\n"));
+                }
+                std::fs::write(&state, text)?;
+                Ok(())
+            }
+        },
+    )?;
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .arg("memory-measure")
+        .arg("--config")
+        .arg(config)
+        .arg("--state")
+        .arg(&state)
+        .status()?;
+    let _ = std::fs::remove_file(&state);
+    anyhow::ensure!(status.success(), "memory-measure failed");
+    Ok(())
+}
+
+/// The second half of [`memory`]: activates the chats listed in `state`.
+pub fn memory_measure(config: &Path, state: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(state)?;
+    let mut lines = text.lines();
+    let user: UserId = lines.next().context("no user")?.parse()?;
+    let content: usize = lines.next().context("no content size")?.parse()?;
+    let messages: usize = lines.next().context("no message count")?.parse()?;
+    let ids = lines
+        .map(|l| l.parse::<ChatId>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let count = ids.len();
+    let settings = settings(config, |s| {
+        s.actors.max_resident = (count as u64 + 1000).max(s.actors.max_resident);
+        s.actors.idle_timeout_secs = 24 * 3600;
+    })?;
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings).await?;
+        let chats = app.chats().clone();
+        let before = rss()?;
+        let started = Instant::now();
+        stream::iter(&ids)
+            .map(|&id| {
+                let chats = &chats;
+                async move { chats.list_messages(user, id, None, 1, None).await }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_for_each(|_| async { Ok(()) })
+            .await?;
+        let activated = started.elapsed();
+        anyhow::ensure!(chats.resident() as usize >= count, "chats were evicted");
+        // Let the registry's bookkeeping (cache maintenance) settle before measuring.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss()?;
+        let per_chat = after.saturating_sub(before) as f64 / count as f64;
+        let content_per_chat = content as f64 / count as f64;
+        println!(
+            "BENCH memory chats={count} messages={messages} activated_s={:.1} rss_mib={:.1} \
+             chats_mib={:.1} per_chat_bytes={per_chat:.0} \
+             content_per_chat_bytes={content_per_chat:.0} overhead_per_chat_bytes={:.0}",
+            activated.as_secs_f64(),
+            after as f64 / (1 << 20) as f64,
+            after.saturating_sub(before) as f64 / (1 << 20) as f64,
+            per_chat - content_per_chat,
+        );
+        chats.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Write-behind lag at `rate` messages per second (Q&A pairs, so `rate / 2` sends per second,
+/// each to a random chat of `count`), for `seconds`, read from the writer's lag histogram.
+pub fn lag(config: &Path, count: usize, rate: usize, seconds: u64) -> anyhow::Result<()> {
+    with_chats(
+        config,
+        |_| {},
+        |chats, user| async move {
+            let (ids, _) = seed(&chats, user, count, 1).await?;
+            let ids = Arc::new(ids);
+            let histogram = chats.runtime().writer.stats.lag_seconds.clone();
+            let before = buckets(&histogram);
+            let sends = rate / 2;
+            let interval = Duration::from_secs(1) / sends.max(1) as u32;
+            let started = tokio::time::Instant::now();
+            let total = sends * seconds as usize;
+            let mut tasks = Vec::with_capacity(total);
+            let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+            for n in 0..total {
+                tokio::time::sleep_until(started + interval * n as u32).await;
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let chat = ids[(seed % ids.len() as u64) as usize];
+                let chats = chats.clone();
+                tasks.push(tokio::spawn(async move {
+                    add_pair(&chats, user, chat, n).await
+                }));
+            }
+            let offered = started.elapsed();
+            for task in tasks {
+                task.await??;
+            }
+            chats.runtime().writer.barrier().await;
+            let after = buckets(&histogram);
+            let delta: Vec<(f64, u64)> = after
+                .iter()
+                .zip(&before)
+                .map(|((bound, a), (_, b))| (*bound, a - b))
+                .collect();
+            println!(
+            "BENCH lag offered_msgs_per_s={:.0} samples={} p50_ms={:.2} p99_ms={:.2} le_50ms={:.4}",
+            (total * 2) as f64 / offered.as_secs_f64(),
+            delta.last().map_or(0, |d| d.1),
+            histogram_quantile(&delta, 0.5) * 1e3,
+            histogram_quantile(&delta, 0.99) * 1e3,
+            fraction_below(&delta, 0.05),
+        );
+            Ok(())
+        },
+    )
+}
+
+/// Cumulative `(upper bound, count)` pairs, ending with `(+Inf, total)`.
+fn buckets(histogram: &prometheus::Histogram) -> Vec<(f64, u64)> {
+    let families = histogram.collect();
+    let h = families[0].get_metric()[0].get_histogram();
+    let mut out: Vec<(f64, u64)> = h
+        .get_bucket()
+        .iter()
+        .map(|b| (b.upper_bound(), b.cumulative_count()))
+        .collect();
+    out.push((f64::INFINITY, h.get_sample_count()));
+    out
+}
+
+/// Prometheus' `histogram_quantile`: linear interpolation inside the bucket holding `q`.
+fn histogram_quantile(buckets: &[(f64, u64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0, |b| b.1) as f64;
+    let rank = q * total;
+    let mut lower = (0.0, 0u64);
+    for &(bound, count) in buckets {
+        if count as f64 >= rank {
+            if bound.is_infinite() {
+                return lower.0;
+            }
+            let inside = (count - lower.1) as f64;
+            let into = rank - lower.1 as f64;
+            return lower.0 + (bound - lower.0) * if inside > 0.0 { into / inside } else { 0.0 };
+        }
+        lower = (bound, count);
+    }
+    lower.0
+}
+
+fn fraction_below(buckets: &[(f64, u64)], bound: f64) -> f64 {
+    let total = buckets.last().map_or(0, |b| b.1) as f64;
+    let below = buckets.iter().find(|b| b.0 >= bound).map_or(0, |b| b.1) as f64;
+    if total == 0.0 {
+        0.0
+    } else {
+        below / total
+    }
+}
+
+/// The process's resident set (`VmRSS` in /proc/self/status), in bytes.
+fn rss() -> anyhow::Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS line")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS has no value")?
+        .parse()?;
+    Ok(kib * 1024)
+}
