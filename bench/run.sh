@@ -11,17 +11,21 @@
 #                                                  the CI smoke run: fails when a scenario
 #                                                  falls below a tenth of its target
 #
-# HTTP scenarios (wrk): ceiling, read_path, add_pair, fork, reply; fork_20, fork_1k, fork_10k
+# HTTP scenarios (wrk): ceiling, ceiling_body (the trivial handler answering with a static body
+# the size of read_path's response), ceiling_actor (the same after checking a token and one
+# actor round trip: the floor of Arbor's shape), read_path, add_pair, fork, reply; fork_20, fork_1k, fork_10k
 # (fork on 64 chats of 20, 1,000 and 10,000 messages; seeded only when asked for).
 # Other scenarios: ttft (Arbor's added time to first token, over HTTP, one request at a time);
 # in-process: activation (1,000-message chats), memory (100k idle chats of 10 messages), lag
 # (write-behind lag at 5,000 messages/s).
 # Default: every scenario. --memory-chats N sets the memory scenario's chat count.
+# --profile DIR records `perf record --call-graph dwarf` of Arbor during each HTTP scenario into
+# DIR/<scenario>.perf.data (read with `perf report -i ...`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=10 CHATS=1000 PAIRS=10 CONNECTIONS=64 THREADS=2 BACKEND=sqlite ACK=durable
-MIN_FRACTION="" MEMORY_CHATS=100000
+MIN_FRACTION="" MEMORY_CHATS=100000 PROFILE=""
 SCENARIOS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -33,12 +37,13 @@ while [ $# -gt 0 ]; do
         --ack) ACK=$2; shift 2 ;;
         --min-fraction) MIN_FRACTION=$2; shift 2 ;;
         --memory-chats) MEMORY_CHATS=$2; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --profile) PROFILE=$2; shift 2 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         -*) echo "unknown option $1" >&2; exit 2 ;;
         *) SCENARIOS+=("$1"); shift ;;
     esac
 done
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(ceiling read_path add_pair fork reply fork_20 fork_1k fork_10k
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(ceiling ceiling_body ceiling_actor read_path add_pair fork reply fork_20 fork_1k fork_10k
                                          ttft activation lag memory)
 command -v wrk >/dev/null || { echo "bench/run.sh needs wrk (Debian: apt-get install wrk)" >&2; exit 1; }
 
@@ -106,6 +111,7 @@ TOML
 "$BIN/arbor-bench" ceiling --port "$CEILING_PORT" --workers 2 & PIDS+=($!)
 "$BIN/arbor-bench" stub-llm --port "$STUB_PORT" & PIDS+=($!)
 "$BIN/arbor" --config "$WORK/config.toml" > "$WORK/arbor.log" 2>&1 & PIDS+=($!)
+ARBOR_PID=$!
 for _ in $(seq 100); do
     curl -fsS "http://127.0.0.1:$ARBOR_PORT/ready" >/dev/null 2>&1 && break
     sleep 0.2
@@ -146,34 +152,58 @@ export BENCH_LUA_DIR="$PWD/bench/lua" BENCH_THREADS="$THREADS"
 echo
 echo "backend=$BACKEND ack=$ACK chats=$CHATS pairs=$PAIRS connections=$CONNECTIONS duration=${DURATION}s" \
      "commit $(git rev-parse --short HEAD)"
-printf '| %-10s | %9s | %8s | %8s | %8s | %6s | %s\n' scenario "ok req/s" "p50 ms" "p99 ms" "ceiling" errors target
-printf '|%s|\n' "------------|-----------|----------|----------|----------|--------|--------"
-CEILING_RPS=""
+printf '| %-12s | %9s | %8s | %8s | %8s | %6s | %s\n' scenario "ok req/s" "p50 ms" "p99 ms" "ceiling" errors target
+printf '|%s|\n' "--------------|-----------|----------|----------|----------|--------|--------"
+CEILING_RPS="" BODY_RPS=""
 FAILED=0
+# Warm up (CPU frequency, page cache, the servers' lazy paths) before anything is measured.
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$CEILING_PORT/" >/dev/null 2>&1 || true
 INPROC=()
 for scenario in "${SCENARIOS[@]}"; do
     case "$scenario" in
         ttft|activation|lag|memory) INPROC+=("$scenario"); continue ;;
     esac
     port=$ARBOR_PORT
-    [ "$scenario" = ceiling ] && port=$CEILING_PORT
-    [ "$scenario" = ceiling ] || BENCH_STATE=$(state_for "$scenario")
+    case "$scenario" in
+        ceiling) port=$CEILING_PORT ;;
+        ceiling_body|ceiling_actor)
+            port=$CEILING_PORT
+            # The size of one read_path response.
+            read_state=$(state_for read_path)
+            BENCH_BODY_BYTES=$(curl -fsS -H "Authorization: Bearer $(head -1 "$read_state")" \
+                "http://127.0.0.1:$ARBOR_PORT/api/v1/chats/$(sed -n 2p "$read_state")/messages?limit=20" | wc -c)
+            BENCH_CEILING_TOKEN=$(curl -fsS "http://127.0.0.1:$CEILING_PORT/token")
+            BENCH_STATE=$read_state
+            export BENCH_BODY_BYTES BENCH_CEILING_TOKEN ;;
+        *) BENCH_STATE=$(state_for "$scenario") ;;
+    esac
     export BENCH_STATE
+    PERF_PID=""
+    if [ -n "$PROFILE" ] && [ "$scenario" != ceiling ]; then
+        mkdir -p "$PROFILE"
+        perf record -q -F 499 ${PERF_CALL_GRAPH:---call-graph dwarf,16384} -p "$ARBOR_PID" -o "$PROFILE/$scenario.perf.data" \
+            -- sleep "$DURATION" >/dev/null 2>&1 & PERF_PID=$!
+    fi
     line=$(BENCH_SCENARIO=$scenario wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
         -s bench/lua/scenario.lua "http://127.0.0.1:$port" 2>"$WORK/wrk.err" | grep '^BENCH' || true)
     [ -n "$line" ] || { cat "$WORK/wrk.err"; echo "wrk failed for $scenario" >&2; exit 1; }
+    [ -z "$PERF_PID" ] || wait "$PERF_PID" || true
     eval "${line#BENCH }"
     # Successful responses only: a 503 `overloaded` is load shed, not throughput.
     rps=$(awk -v r="$requests" -v e="$errors" -v n="$non2xx" -v s="$seconds" \
         'BEGIN { printf "%d", (r - e - n) / s }')
     [ "$scenario" = ceiling ] && CEILING_RPS=$rps
+    [ "$scenario" = ceiling_body ] && BODY_RPS=$rps
     ratio="-"
     [ -n "$CEILING_RPS" ] && [ "$scenario" != ceiling ] && ratio=$(awk -v a="$rps" -v b="$CEILING_RPS" 'BEGIN { printf "%.2f", a / b }')
+    # The read path is also compared with moving a body of its size (its floor on this machine).
+    [ "$scenario" = read_path ] && [ -n "$BODY_RPS" ] && \
+        ratio="$ratio ($(awk -v a="$rps" -v b="$BODY_RPS" 'BEGIN { printf "%.2f", a / b }') of ceiling_body)"
     goal=$(target "$scenario")
     # The read path's target is half the trivial handler's rate.
     [ "$scenario" = read_path ] && [ -n "$CEILING_RPS" ] && goal=$((CEILING_RPS / 2))
     bad=$((errors + non2xx))
-    printf '| %-10s | %9s | %8s | %8s | %8s | %6s | %s\n' "$scenario" "$rps" "$p50_ms" "$p99_ms" "$ratio" "$bad" \
+    printf '| %-12s | %9s | %8s | %8s | %8s | %6s | %s\n' "$scenario" "$rps" "$p50_ms" "$p99_ms" "$ratio" "$bad" \
         "$([ "$goal" -gt 0 ] && echo "≥ $goal req/s" || echo "-")"
     if [ -n "$MIN_FRACTION" ]; then
         floor=$(awk -v g="$goal" -v f="$MIN_FRACTION" 'BEGIN { printf "%d", g * f }')

@@ -15,6 +15,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use foldhash::fast::RandomState;
+
 use chrono::{DateTime, Utc};
 
 use crate::model::{Branch, BranchId, Message, MessageId};
@@ -75,7 +77,9 @@ pub struct Restored {
 
 #[derive(Clone, Debug)]
 pub struct Tree {
-    nodes: HashMap<MessageId, Node>,
+    /// By id. foldhash rather than SipHash: ids are server-made UUIDs, and every read of a path
+    /// is a chain of lookups here.
+    nodes: HashMap<MessageId, Node, RandomState>,
     roots: Vec<MessageId>,
     branches: Vec<Branch>,
     active: BranchId,
@@ -88,7 +92,7 @@ impl Tree {
     pub fn new(main: Branch) -> Self {
         let active = main.id;
         Self {
-            nodes: HashMap::new(),
+            nodes: HashMap::default(),
             roots: Vec::new(),
             branches: vec![main],
             active,
@@ -113,7 +117,7 @@ impl Tree {
             branches[0].id
         };
         let mut tree = Self {
-            nodes: HashMap::with_capacity(messages.len()),
+            nodes: HashMap::with_capacity_and_hasher(messages.len(), RandomState::default()),
             roots: Vec::new(),
             branches,
             active,
@@ -425,13 +429,18 @@ impl Tree {
 
     /// `(index, count)` of a message among its siblings (messages with the same parent).
     pub fn sibling_position(&self, id: MessageId) -> Result<(usize, usize), TreeError> {
-        let node = self.node(id)?;
+        Ok(self.sibling_position_of(self.node(id)?))
+    }
+
+    /// [`Self::sibling_position`] of a node already at hand.
+    pub fn sibling_position_of(&self, node: &Node) -> (usize, usize) {
+        let id = node.message.id;
         let siblings = match node.message.parent_id {
             Some(p) => &self.nodes[&p].children,
             None => &self.roots,
         };
         let index = siblings.binary_search(&id).unwrap_or(0);
-        Ok((index, siblings.len()))
+        (index, siblings.len())
     }
 
     /// Whether `node` is on the path ending at `head`: O(log depth).

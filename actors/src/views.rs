@@ -36,8 +36,7 @@ pub struct MessageView {
 
 impl MessageView {
     pub fn of(tree: &Tree, node: &Node) -> Self {
-        let (sibling_index, sibling_count) =
-            tree.sibling_position(node.message.id).unwrap_or((0, 1));
+        let (sibling_index, sibling_count) = tree.sibling_position_of(node);
         let m = &node.message;
         Self {
             id: m.id,

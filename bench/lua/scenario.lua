@@ -5,12 +5,16 @@
 --              (also fork_20, fork_1k, fork_10k: the same on 64 chats of that many messages)
 --   reply      POST /api/v1/chats/{id}/messages  {"content", "reply": true, "stream": true}
 --   ceiling    GET  /                                                     (the trivial handler)
+--   ceiling_body GET /body?bytes=$BENCH_BODY_BYTES     (the trivial handler, a static body)
+--   ceiling_actor GET /actor/{id}?bytes=...  (token check + one actor round trip + that body)
 package.path = os.getenv("BENCH_LUA_DIR") .. "/?.lua;" .. package.path
 local common = require("common")
 
 local scenario = os.getenv("BENCH_SCENARIO") or "add_pair"
 local threads = tonumber(os.getenv("BENCH_THREADS") or "2")
 local token, chats
+local body_bytes = os.getenv("BENCH_BODY_BYTES") or "0"
+local body_path = "/body?bytes=" .. body_bytes
 local counter = 0
 local next_chat = 0
 
@@ -21,8 +25,11 @@ end
 
 function init(args)
   math.randomseed(os.time() * 1000 + (id or 0))
-  if scenario ~= "ceiling" then
+  if scenario:sub(1, 7) ~= "ceiling" or scenario == "ceiling_actor" then
     token, chats = common.load()
+  end
+  if scenario == "ceiling_actor" then
+    token = os.getenv("BENCH_CEILING_TOKEN")
   end
 end
 
@@ -46,6 +53,11 @@ end
 function request()
   if scenario == "ceiling" then
     return wrk.format("GET", "/")
+  elseif scenario == "ceiling_body" then
+    return wrk.format("GET", body_path)
+  elseif scenario == "ceiling_actor" then
+    local path = "/actor/" .. chats[math.random(#chats)] .. "?bytes=" .. body_bytes
+    return wrk.format("GET", path, { ["Authorization"] = "Bearer " .. token })
   end
   local chat = pick()
   local headers = { ["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json" }

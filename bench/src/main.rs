@@ -1,7 +1,7 @@
 //! Helpers for `bench/run.sh` (see BENCHMARKS.md):
 //!
 //! - `ceiling`: the trivial actix-web handler each scenario is compared with (same framework,
-//!   same worker count, no work);
+//!   same worker count, no work), which also serves static bodies of a given size;
 //! - `seed`: an account and many chats with messages, over Arbor's HTTP API, written out for
 //!   the wrk scripts (token on the first line, then one chat id per line);
 //! - `stub-llm`: an OpenAI-protocol provider that streams a fixed reply at once, so the reply
@@ -16,8 +16,10 @@ mod ttft;
 use std::io::Write;
 use std::path::PathBuf;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix::{Actor, Addr, Arbiter, Handler};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::{bail, Context};
+use arbor::auth::Tokens;
 use clap::{Parser, Subcommand};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
@@ -151,14 +153,101 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// `GET /` → "ok"; `GET /body?bytes=N` → N bytes of JSON-safe text, already in memory: what
+/// moving a response of that size costs the framework, the kernel and wrk, and nothing else.
+///
+/// `GET /actor/{uuid}?bytes=N` is the floor of Arbor's shape: the bearer token (from
+/// `GET /token`) checked with Arbor's own `Tokens`, one round trip to an actor on another
+/// arbiter (as every chat request makes), and the same static body; no tree, no JSON.
 fn ceiling(port: u16, workers: usize) -> anyhow::Result<()> {
-    actix_web::rt::System::new().block_on(
-        HttpServer::new(|| App::new().route("/", web::get().to(|| async { "ok" })))
-            .workers(workers)
-            .bind(("127.0.0.1", port))?
-            .run(),
-    )?;
+    actix_web::rt::System::new().block_on(async move {
+        let body = web::Bytes::from(vec![b'x'; MAX_BODY]);
+        let tokens = web::Data::new(Tokens::new(b"bench-secret-bench-secret-bench!!", 60));
+        let actors = web::Data::new(
+            (0..workers.max(1))
+                .map(|_| Holder::start_in_arbiter(&Arbiter::new().handle(), |_| Holder))
+                .collect::<Vec<_>>(),
+        );
+        HttpServer::new(move || {
+            let body = web::Data::new(body.clone());
+            App::new()
+                .app_data(body)
+                .app_data(tokens.clone())
+                .app_data(actors.clone())
+                .route("/", web::get().to(|| async { "ok" }))
+                .route("/body", web::get().to(static_body))
+                .route("/token", web::get().to(issue_token))
+                .route("/actor/{id}", web::get().to(through_actor))
+        })
+        .workers(workers)
+        .bind(("127.0.0.1", port))?
+        .run()
+        .await
+    })?;
     Ok(())
+}
+
+const MAX_BODY: usize = 1 << 20;
+
+/// The `bytes=N` query of a ceiling request, as a slice of the static body.
+fn sized(req: &HttpRequest, body: &web::Bytes) -> web::Bytes {
+    let bytes = req
+        .query_string()
+        .strip_prefix("bytes=")
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(MAX_BODY);
+    body.slice(..bytes)
+}
+
+async fn static_body(req: HttpRequest, body: web::Data<web::Bytes>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(sized(&req, &body))
+}
+
+async fn issue_token(tokens: web::Data<Tokens>) -> Result<String, arbor::api::error::ApiError> {
+    tokens.issue(arbor_actors::model::UserId::new())
+}
+
+/// An actor that answers at once, standing in for a chat actor.
+struct Holder;
+
+impl Actor for Holder {
+    type Context = actix::Context<Self>;
+}
+
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct Ping;
+
+impl Handler<Ping> for Holder {
+    type Result = ();
+    fn handle(&mut self, _: Ping, _: &mut actix::Context<Self>) {}
+}
+
+async fn through_actor(
+    req: HttpRequest,
+    id: web::Path<uuid::Uuid>,
+    body: web::Data<web::Bytes>,
+    tokens: web::Data<Tokens>,
+    actors: web::Data<Vec<Addr<Holder>>>,
+) -> Result<HttpResponse, arbor::api::error::ApiError> {
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    tokens.verify(bearer)?;
+    let actor = &actors[id.as_bytes()[15] as usize % actors.len()];
+    actor
+        .send(Ping)
+        .await
+        .map_err(arbor::api::error::ApiError::internal)?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(sized(&req, &body)))
 }
 
 /// One streamed completion: a role chunk, three content chunks, the finish, `[DONE]`.
