@@ -165,12 +165,27 @@ impl ChatState {
     }
 }
 
-/// Loads a chat from the stores: one metadata query and one message query.
+/// Loads a chat from the stores: one metadata query and one message query, run together.
+///
+/// Messages are committed before the metadata that points at them, so a message read that
+/// started before a metadata read could miss the messages of a head that read sees. No write of
+/// a chat is in flight when it activates (eviction flushes first), but should one be, a head
+/// missing from the messages read gets the messages read once more (now after the metadata
+/// read) before restore treats it as a crash remnant.
 pub async fn load_chat(rt: &ChatRuntime, id: ChatId) -> Result<Option<ChatState>, ChatError> {
-    let Some((meta, branches)) = rt.metadata.load_chat(id).await.map_err(storage_error)? else {
+    let (meta, messages) =
+        futures_util::future::join(rt.metadata.load_chat(id), rt.messages.load_chat(id)).await;
+    let Some((meta, branches)) = meta.map_err(storage_error)? else {
         return Ok(None);
     };
-    let messages = rt.messages.load_chat(id).await.map_err(storage_error)?;
+    let mut messages = messages.map_err(storage_error)?;
+    let heads: Vec<MessageId> = branches.iter().filter_map(|b| b.head).collect();
+    if !heads.is_empty() {
+        let ids: std::collections::HashSet<MessageId> = messages.iter().map(|m| m.id).collect();
+        if heads.iter().any(|h| !ids.contains(h)) {
+            messages = rt.messages.load_chat(id).await.map_err(storage_error)?;
+        }
+    }
     ChatState::restore(meta, branches, messages).map(Some)
 }
 

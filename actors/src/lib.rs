@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod model;
 pub mod ports;
 pub mod registry;
+mod rfc3339;
 pub mod tree;
 pub mod views;
 pub mod writer;

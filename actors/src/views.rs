@@ -27,6 +27,7 @@ pub struct MessageView {
     pub model: Option<Arc<str>>,
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Option<Arc<serde_json::Value>>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub created_at: DateTime<Utc>,
     /// 0-based position among messages with the same parent, in creation order.
     pub sibling_index: usize,
@@ -67,7 +68,9 @@ pub struct BranchView {
     /// Messages on the branch's path (root to head).
     pub message_count: usize,
     pub is_active: bool,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -98,7 +101,9 @@ pub struct ChatView {
     pub active_branch_id: BranchId,
     pub message_count: usize,
     pub branches: Vec<BranchView>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -130,7 +135,9 @@ pub struct ChatSummary {
     pub title: Option<String>,
     pub description: Option<String>,
     pub active_branch_id: BranchId,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -251,6 +258,7 @@ pub struct GenerationView {
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub model: Arc<str>,
     pub status: GenerationStatus,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub created_at: DateTime<Utc>,
     /// Id of the latest event (resume with `Last-Event-ID` to get the ones after it).
     pub last_event_id: u64,

@@ -141,8 +141,17 @@ pub fn activation(config: &Path, count: usize, pairs: usize, rounds: usize) -> a
             let (ids, _) = seed(&chats, user, count, pairs).await?;
             evict_all(&chats, &ids).await;
             let mut latencies = Latencies::default();
+            // The two store reads an activation makes, each alone: what the stores cost.
+            let (mut meta_reads, mut message_reads) = (Latencies::default(), Latencies::default());
+            let rt = chats.runtime();
             for _ in 0..rounds {
                 for &id in &ids {
+                    let started = Instant::now();
+                    rt.metadata.load_chat(id).await?;
+                    meta_reads.push(started.elapsed());
+                    let started = Instant::now();
+                    rt.messages.load_chat(id).await?;
+                    message_reads.push(started.elapsed());
                     let started = Instant::now();
                     let page = chats.list_messages(user, id, None, 20, None).await?;
                     latencies.push(started.elapsed());
@@ -151,12 +160,16 @@ pub fn activation(config: &Path, count: usize, pairs: usize, rounds: usize) -> a
                 }
             }
             println!(
-                "BENCH activation messages={} samples={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+                "BENCH activation messages={} samples={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} \
+                 meta_read_p50_ms={:.2} messages_read_p50_ms={:.2} messages_read_p99_ms={:.2}",
                 pairs * 2,
                 latencies.len(),
                 latencies.quantile_ms(0.5),
                 latencies.quantile_ms(0.99),
                 latencies.quantile_ms(1.0),
+                meta_reads.quantile_ms(0.5),
+                message_reads.quantile_ms(0.5),
+                message_reads.quantile_ms(0.99),
             );
             Ok(())
         },
