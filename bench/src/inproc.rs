@@ -197,7 +197,16 @@ pub fn memory(config: &Path, count: usize, pairs: usize) -> anyhow::Result<()> {
             }
         },
     )?;
-    let status = std::process::Command::new(std::env::current_exe()?)
+    // BENCH_MEMORY_WRAPPER (e.g. `heaptrack`) runs the measuring process under a profiler.
+    let mut command = match std::env::var("BENCH_MEMORY_WRAPPER") {
+        Ok(wrapper) if !wrapper.is_empty() => {
+            let mut c = std::process::Command::new(wrapper);
+            c.arg(std::env::current_exe()?);
+            c
+        }
+        _ => std::process::Command::new(std::env::current_exe()?),
+    };
+    let status = command
         .arg("memory-measure")
         .arg("--config")
         .arg(config)
