@@ -236,8 +236,12 @@ for scenario in "${INPROC[@]}"; do
     [ -n "$line" ] || { cat "$WORK/inproc.err"; echo "$scenario failed" >&2; exit 1; }
     case "$scenario" in
         ttft)
-            echo "| ttft: Arbor adds $(field added_p50_ms "$line") ms p50 (direct $(field direct_p50_ms "$line"), through Arbor $(field arbor_p50_ms "$line") p50 / $(field arbor_p99_ms "$line") p99) | target ≤ 1 ms"
-            check_at_most ttft "$(field added_p50_ms "$line")" 1 ;;
+            # Durable acks store the question before the reply starts: the first token waits
+            # for one group commit, which the 1 ms target (buffered) leaves out.
+            ttft_limit=1
+            [ "$ACK" = durable ] && ttft_limit=5
+            echo "| ttft: Arbor adds $(field added_p50_ms "$line") ms p50 (direct $(field direct_p50_ms "$line"), through Arbor $(field arbor_p50_ms "$line") p50 / $(field arbor_p99_ms "$line") p99) | target ≤ $ttft_limit ms"
+            check_at_most ttft "$(field added_p50_ms "$line")" "$ttft_limit" ;;
         activation)
             echo "| activation of a $(field messages "$line")-message chat: p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms ($(field samples "$line") samples; the stores alone: metadata $(field meta_read_p50_ms "$line") ms, messages $(field messages_read_p50_ms "$line") ms p50 / $(field messages_read_p99_ms "$line") p99) | target p50 ≤ 5, p99 ≤ 15"
             check_at_most activation_p99 "$(field p99_ms "$line")" 15 ;;

@@ -718,7 +718,7 @@ impl ChatCore {
             .nodes()
             .map(|n| TreeNodeView {
                 message: MessageView::of(tree, n),
-                children: n.children.clone(),
+                children: n.children.to_vec(),
             })
             .collect();
         nodes.sort_by_key(|n| n.message.id);

@@ -26,12 +26,77 @@ use crate::model::{Branch, BranchId, Message, MessageId};
 pub struct Node {
     pub message: Message,
     /// Child ids in creation order.
-    pub children: Vec<MessageId>,
+    pub children: Children,
     /// Distance from the root: the message's 0-based index in any path through it.
     pub depth: u32,
     /// A farther ancestor (skew-binary jump pointer, Myers 1983): with the parent links it
     /// reaches any ancestor in O(log depth) steps. `None` for a root.
     jump: Option<MessageId>,
+}
+
+/// A node's child ids in id (creation) order: inline while there is at most one, which is most
+/// messages, so a plain conversation allocates nothing per message for its links.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Children {
+    #[default]
+    Empty,
+    One(MessageId),
+    Many(Vec<MessageId>),
+}
+
+impl Children {
+    pub fn as_slice(&self) -> &[MessageId] {
+        match self {
+            Children::Empty => &[],
+            Children::One(id) => std::slice::from_ref(id),
+            Children::Many(ids) => ids,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    pub fn to_vec(&self) -> Vec<MessageId> {
+        self.as_slice().to_vec()
+    }
+
+    fn insert(&mut self, id: MessageId) {
+        match self {
+            Children::Empty => *self = Children::One(id),
+            Children::One(first) => {
+                let first = *first;
+                let (a, b) = if first < id { (first, id) } else { (id, first) };
+                *self = Children::Many(vec![a, b]);
+            }
+            Children::Many(ids) => insert_sorted(ids, id),
+        }
+    }
+
+    fn sort(&mut self) {
+        if let Children::Many(ids) = self {
+            ids.sort();
+        }
+    }
+
+    fn remove(&mut self, id: MessageId) {
+        match self {
+            Children::One(only) if *only == id => *self = Children::Empty,
+            Children::Many(ids) => {
+                ids.retain(|c| *c != id);
+                match ids.as_slice() {
+                    [] => *self = Children::Empty,
+                    [only] => *self = Children::One(*only),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,8 +143,9 @@ pub struct Restored {
 #[derive(Clone, Debug)]
 pub struct Tree {
     /// By id. foldhash rather than SipHash: ids are server-made UUIDs, and every read of a path
-    /// is a chain of lookups here.
-    nodes: HashMap<MessageId, Node, RandomState>,
+    /// is a chain of lookups here. Boxed, so the table's spare slots (a hash table is never
+    /// full) cost a pointer each rather than a whole node.
+    nodes: HashMap<MessageId, Box<Node>, RandomState>,
     roots: Vec<MessageId>,
     branches: Vec<Branch>,
     active: BranchId,
@@ -177,7 +243,10 @@ impl Tree {
     }
 
     pub fn node(&self, id: MessageId) -> Result<&Node, TreeError> {
-        self.nodes.get(&id).ok_or(TreeError::MessageNotFound(id))
+        self.nodes
+            .get(&id)
+            .map(Box::as_ref)
+            .ok_or(TreeError::MessageNotFound(id))
     }
 
     pub fn message_count(&self) -> usize {
@@ -189,15 +258,16 @@ impl Tree {
     /// after every request; for the operator surface, not for accounting.
     pub fn approx_bytes(&self) -> usize {
         use std::mem::size_of;
-        let table = self.nodes.capacity() * (size_of::<(MessageId, Node)>() + 1);
-        let links = (self.nodes.len() + self.roots.capacity()) * size_of::<MessageId>();
+        let table = self.nodes.capacity() * (size_of::<(MessageId, Box<Node>)>() + 1)
+            + self.nodes.len() * size_of::<Node>();
+        let links = self.roots.capacity() * size_of::<MessageId>();
         let branches = self.branches.capacity() * (size_of::<Branch>() + 16);
         size_of::<Self>() + table + links + branches + self.content_bytes
     }
 
     /// All nodes, in no particular order.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.values()
+        self.nodes.values().map(Box::as_ref)
     }
 
     /// Number of messages on a branch's path.
@@ -375,7 +445,7 @@ impl Tree {
             if nodes.len() == limit {
                 break;
             }
-            let node = &self.nodes[&id];
+            let node: &Node = &self.nodes[&id];
             nodes.push(node);
             next = node.message.parent_id;
         }
@@ -436,7 +506,7 @@ impl Tree {
     pub fn sibling_position_of(&self, node: &Node) -> (usize, usize) {
         let id = node.message.id;
         let siblings = match node.message.parent_id {
-            Some(p) => &self.nodes[&p].children,
+            Some(p) => self.nodes[&p].children.as_slice(),
             None => &self.roots,
         };
         let index = siblings.binary_search(&id).unwrap_or(0);
@@ -468,7 +538,7 @@ impl Tree {
                     .nodes
                     .get_mut(&p)
                     .expect("link is only called with a present parent");
-                insert_sorted(&mut parent.children, id);
+                parent.children.insert(id);
                 (parent.depth + 1, Some(jump))
             }
             None => {
@@ -479,12 +549,12 @@ impl Tree {
         self.content_bytes += message_bytes(&message);
         self.nodes.insert(
             id,
-            Node {
+            Box::new(Node {
                 message,
-                children: Vec::new(),
+                children: Children::Empty,
                 depth,
                 jump,
-            },
+            }),
         );
     }
 
@@ -531,12 +601,13 @@ impl Tree {
         for id in &doomed {
             if let Some(node) = self.nodes.remove(id) {
                 self.content_bytes -= message_bytes(&node.message);
-                let siblings = match node.message.parent_id {
-                    Some(p) => self.nodes.get_mut(&p).map(|n| &mut n.children),
-                    None => Some(&mut self.roots),
-                };
-                if let Some(list) = siblings {
-                    list.retain(|c| c != id);
+                match node.message.parent_id {
+                    Some(p) => {
+                        if let Some(parent) = self.nodes.get_mut(&p) {
+                            parent.children.remove(*id);
+                        }
+                    }
+                    None => self.roots.retain(|c| c != id),
                 }
             }
         }
@@ -835,7 +906,7 @@ mod tests {
         expected.sort();
         assert_eq!(removed, expected);
         assert_eq!(f.tree.message_count(), 2);
-        assert_eq!(f.tree.node(a).unwrap().children, vec![b]);
+        assert_eq!(f.tree.node(a).unwrap().children.as_slice(), [b]);
         assert_eq!(f.texts(f.main), ["a", "b"]);
     }
 

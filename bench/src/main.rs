@@ -24,6 +24,10 @@ use clap::{Parser, Subcommand};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 
+/// mimalloc: less fragmentation and faster small allocations than glibc malloc (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Benchmark helpers for Arbor")]
 struct Cli {
