@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A MongoDB-wire-compatible server for tests and local runs. No MongoDB server package is
 # reachable from these machines, so this runs SecantusDB (a MongoDB wire protocol server on
-# WiredTiger): the faster `secantusd-rs` if it is on PATH (`cargo install secantus-mdb
-# --ignore-rust-version`, ~13 minutes), else `secantusd-py` from PyPI, installed into a venv.
+# WiredTiger): the faster `secantusd-rs` if it is on PATH (`apt-get install cmake; cargo install
+# secantus-mdb --version 0.5.3-beta.196 --ignore-rust-version --locked`, ~13 minutes), else
+# `secantusd-py` from PyPI, installed into a venv.
 #
 #   scripts/mongodb.sh setup               install SecantusDB into the venv (idempotent, ~15 s)
 #   scripts/mongodb.sh start DIR [PORT]    start a server storing its data in DIR, wait until it
