@@ -35,33 +35,38 @@ fn settings(config: &Path, adjust: impl FnOnce(&mut Settings)) -> anyhow::Result
 }
 
 /// Loads the configuration, lets `adjust` change it, builds the application and runs `body`
-/// on its chat registry inside an actix system.
+/// on its chat registry inside an actix system; flushes every chat afterwards.
 fn with_chats<F, Fut>(
     config: &Path,
     adjust: impl FnOnce(&mut Settings),
     body: F,
 ) -> anyhow::Result<()>
 where
-    F: FnOnce(Chats, UserId) -> Fut,
+    F: FnOnce(Chats) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let settings = settings(config, adjust)?;
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         let chats = app.chats().clone();
-        let user = UserRecord {
-            id: UserId::new(),
-            email: format!("inproc-{}@example.com", uuid::Uuid::new_v4().simple()),
-            username: None,
-            password_hash: String::new(),
-            created_at: chrono::Utc::now(),
-            is_admin: false,
-        };
-        chats.runtime().metadata.create_user(&user).await?;
-        let result = body(chats.clone(), user.id).await;
+        let result = body(chats.clone()).await;
         chats.shutdown().await;
         result
     })
+}
+
+/// A fresh account (written straight to the metadata store) to own the measured chats.
+async fn new_user(chats: &Chats) -> anyhow::Result<UserId> {
+    let user = UserRecord {
+        id: UserId::new(),
+        email: format!("inproc-{}@example.com", uuid::Uuid::new_v4().simple()),
+        username: None,
+        password_hash: String::new(),
+        created_at: chrono::Utc::now(),
+        is_admin: false,
+    };
+    chats.runtime().metadata.create_user(&user).await?;
+    Ok(user.id)
 }
 
 /// Content of the `i`-th question and answer: about 40 bytes each.
@@ -137,7 +142,8 @@ pub fn activation(config: &Path, count: usize, pairs: usize, rounds: usize) -> a
     with_chats(
         config,
         |_| {},
-        |chats, user| async move {
+        |chats| async move {
+            let user = new_user(&chats).await?;
             let (ids, _) = seed(&chats, user, count, pairs).await?;
             evict_all(&chats, &ids).await;
             let mut latencies = Latencies::default();
@@ -184,9 +190,10 @@ pub fn memory(config: &Path, count: usize, pairs: usize) -> anyhow::Result<()> {
     with_chats(
         config,
         |_| {},
-        |chats, user| {
+        |chats| {
             let state = state.clone();
             async move {
+                let user = new_user(&chats).await?;
                 let (ids, content) = seed(&chats, user, count, pairs).await?;
                 let mut text = format!("{user}\n{content}\n{}\n", pairs * 2);
                 for id in ids {
@@ -229,13 +236,11 @@ pub fn memory_measure(config: &Path, state: &Path) -> anyhow::Result<()> {
         .map(|l| l.parse::<ChatId>())
         .collect::<Result<Vec<_>, _>>()?;
     let count = ids.len();
-    let settings = settings(config, |s| {
+    let adjust = |s: &mut Settings| {
         s.actors.max_resident = (count as u64 + 1000).max(s.actors.max_resident);
         s.actors.idle_timeout_secs = 24 * 3600;
-    })?;
-    actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(settings).await?;
-        let chats = app.chats().clone();
+    };
+    with_chats(config, adjust, |chats| async move {
         let before = rss()?;
         let started = Instant::now();
         stream::iter(&ids)
@@ -266,7 +271,6 @@ pub fn memory_measure(config: &Path, state: &Path) -> anyhow::Result<()> {
             after.saturating_sub(before) as f64 / (1 << 20) as f64,
             per_chat - content_per_chat,
         );
-        chats.shutdown().await;
         Ok(())
     })
 }
@@ -277,7 +281,8 @@ pub fn lag(config: &Path, count: usize, rate: usize, seconds: u64) -> anyhow::Re
     with_chats(
         config,
         |_| {},
-        |chats, user| async move {
+        |chats| async move {
+            let user = new_user(&chats).await?;
             let (ids, _) = seed(&chats, user, count, 1).await?;
             let ids = Arc::new(ids);
             let histogram = chats.runtime().writer.stats.lag_seconds.clone();
