@@ -21,6 +21,10 @@
 # Default: every scenario. --memory-chats N sets the memory scenario's chat count.
 # --profile DIR records `perf record --call-graph dwarf` of Arbor during each HTTP scenario into
 # DIR/<scenario>.perf.data (read with `perf report -i ...`).
+# BENCH_CPU=1 prints, after each scenario, the CPU share of the busiest programs during it
+# (bench/tools/cpu_by_process.py).
+# BENCH_WRITER=1 prints, after each Arbor scenario, the writer's mean batch size and the mean time
+# of each commit stage during it (from /metrics).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -135,6 +139,11 @@ state_for() {
     echo "$file"
 }
 
+# The writer's histogram sums and counts, one `name{labels} value` pair per line.
+writer_snapshot() {
+    curl -fsS "http://127.0.0.1:$ARBOR_PORT/metrics" | grep -E '^arbor_writer_[a-z_]+_(sum|count)[{ ]'
+}
+
 # Prints the value of KEY in a `BENCH key=value ...` line.
 field() { tr ' ' '\n' <<< "$2" | sed -n "s/^$1=//p"; }
 
@@ -184,6 +193,11 @@ for scenario in "${SCENARIOS[@]}"; do
         perf record -q -F 499 ${PERF_CALL_GRAPH:---call-graph dwarf,16384} -p "$ARBOR_PID" -o "$PROFILE/$scenario.perf.data" \
             -- sleep "$DURATION" >/dev/null 2>&1 & PERF_PID=$!
     fi
+    [ -z "${BENCH_WRITER:-}" ] || writer_snapshot > "$WORK/writer.before"
+    CPU_PID=""
+    if [ -n "${BENCH_CPU:-}" ]; then
+        python3 bench/tools/cpu_by_process.py 1 $((DURATION > 2 ? DURATION - 2 : 1)) > "$WORK/cpu.txt" & CPU_PID=$!
+    fi
     line=$(BENCH_SCENARIO=$scenario wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
         -s bench/lua/scenario.lua "http://127.0.0.1:$port" 2>"$WORK/wrk.err" | grep '^BENCH' || true)
     [ -n "$line" ] || { cat "$WORK/wrk.err"; echo "wrk failed for $scenario" >&2; exit 1; }
@@ -213,6 +227,20 @@ for scenario in "${SCENARIOS[@]}"; do
         fi
     fi
     [ -s "$WORK/wrk.err" ] && sed 's/^/    /' "$WORK/wrk.err" | head -3
+    [ -z "$CPU_PID" ] || { wait "$CPU_PID" || true; sed 's/^/    /' "$WORK/cpu.txt"; }
+    if [ -n "${BENCH_WRITER:-}" ] && [ "$port" = "$ARBOR_PORT" ]; then
+        writer_snapshot | awk '
+            NR == FNR { before[$1] = $2; next }
+            { delta[$1] = $2 - before[$1] }
+            END {
+                printf "    writer:"
+                for (k in delta) if (k ~ /_count/ && delta[k] > 0) {
+                    base = k; sub(/_count/, "", base); sum = k; sub(/_count/, "_sum", sum)
+                    printf " %s mean %.3g (n=%d)", base, delta[sum] / delta[k] * (base ~ /seconds/ ? 1000 : 1), delta[k]
+                }
+                print ""
+            }' "$WORK/writer.before" -
+    fi
 done
 
 # Measurements that are not a request rate: one line each, with the target.

@@ -122,7 +122,9 @@ pub struct StorageSettings {
     pub sqlite_file: PathBuf,
     pub sqlite_synchronous: SqliteSync,
     pub ack_mode: AckMode,
-    /// Write-behind: wait at most this long for more changes before committing a batch.
+    /// Write-behind: wait at most this long for more changes before committing a batch. 0 (the
+    /// default) commits as soon as the writer is free: changes arriving during a commit form
+    /// the next batch anyway, and waiting only adds latency (measured in BENCHMARKS.md).
     pub flush_interval_ms: u64,
     /// Write-behind: commit once a batch holds this many rows.
     pub flush_max_rows: usize,
@@ -318,7 +320,7 @@ impl Default for Settings {
                 sqlite_file: "arbor.db".into(),
                 sqlite_synchronous: SqliteSync::Full,
                 ack_mode: AckMode::Durable,
-                flush_interval_ms: 2,
+                flush_interval_ms: 0,
                 flush_max_rows: 1024,
                 queue_capacity: 16_384,
                 durable_retry_ms: 5_000,

@@ -3,7 +3,7 @@
 //! registers them in its registry with [`Instruments::collectors`].
 
 use prometheus::core::Collector;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 
 /// Latency buckets in seconds, 250 µs to 30 s: in-process operations and store round trips.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -56,6 +56,20 @@ pub(crate) fn histogram(
         opts = opts.const_label(*k, *v);
     }
     Histogram::with_opts(opts).expect("valid histogram")
+}
+
+#[allow(clippy::expect_used)]
+pub(crate) fn histogram_vec(
+    name: &str,
+    help: &str,
+    variable: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        variable,
+    )
+    .expect("valid histogram vec")
 }
 
 fn const_labels(mut opts: Opts, labels: &[(&str, &str)]) -> Opts {

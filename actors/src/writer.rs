@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
-use prometheus::{Histogram, IntCounter, IntCounterVec};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -58,7 +58,7 @@ impl Default for WriterConfig {
         Self {
             ack_mode: AckMode::Durable,
             max_batch_ops: 1024,
-            linger: Duration::from_millis(2),
+            linger: Duration::ZERO,
             queue_capacity: 16_384,
             durable_retry_window: Duration::from_secs(5),
         }
@@ -140,6 +140,8 @@ pub struct WriterStats {
     pub store_errors: IntCounterVec,
     pub batch_rows: Histogram,
     pub flush_seconds: Histogram,
+    /// Each store call of a batch attempt, by stage (`messages`, `metadata`, `deletes`).
+    pub stage_seconds: HistogramVec,
     /// From a change's acknowledgement-ready enqueue to its batch's commit.
     pub lag_seconds: Histogram,
     /// A store is failing: the writer is retrying a batch that has not committed yet.
@@ -190,6 +192,12 @@ impl Default for WriterStats {
                 &[],
                 LATENCY_BUCKETS,
             ),
+            stage_seconds: histogram_vec(
+                "arbor_writer_stage_duration_seconds",
+                "Time of one store call of a write-behind batch, by stage (messages, metadata, deletes).",
+                &["stage"],
+                LATENCY_BUCKETS,
+            ),
             lag_seconds: histogram(
                 "arbor_writer_commit_lag_seconds",
                 "Time from a change entering the write-behind queue to its commit.",
@@ -225,6 +233,7 @@ impl crate::metrics::Instruments for WriterStats {
             self.store_errors,
             self.batch_rows,
             self.flush_seconds,
+            self.stage_seconds,
             self.lag_seconds,
         ]
     }
@@ -463,18 +472,28 @@ impl Writer {
     /// One attempt; a failure names the store that failed.
     async fn commit_once(&self, batch: &Coalesced) -> Result<(), (&'static str, StoreError)> {
         if !batch.inserts.is_empty() {
-            let inserted = self.messages.insert(&batch.inserts).await;
-            inserted.map_err(|e| ("messages", e))?;
+            let inserted = self.timed("messages", self.messages.insert(&batch.inserts));
+            inserted.await.map_err(|e| ("messages", e))?;
         }
         if !batch.meta.is_empty() {
-            let applied = self.metadata.apply(&batch.meta).await;
-            applied.map_err(|e| ("metadata", e))?;
+            let applied = self.timed("metadata", self.metadata.apply(&batch.meta));
+            applied.await.map_err(|e| ("metadata", e))?;
         }
         if !batch.deletes.is_empty() {
-            let deleted = self.messages.delete(&batch.deletes).await;
-            deleted.map_err(|e| ("messages", e))?;
+            let deleted = self.timed("deletes", self.messages.delete(&batch.deletes));
+            deleted.await.map_err(|e| ("messages", e))?;
         }
         Ok(())
+    }
+
+    async fn timed<T>(&self, stage: &str, call: impl std::future::Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let out = call.await;
+        self.stats
+            .stage_seconds
+            .with_label_values(&[stage])
+            .observe(started.elapsed().as_secs_f64());
+        out
     }
 }
 

@@ -182,31 +182,38 @@ const CHAT_COLUMNS: &str = "id, owner_id, title, system_prompt, description, act
                             created_at, updated_at, version";
 
 /// The whole batch in one statement (see the module docs).
-const APPLY: &str = "
+/// The upserts of a batch, one statement. Deletions are a separate statement, sent only when a
+/// batch has any: a generic plan for an `id = ANY($1) OR chat_id = ANY($2)` delete may be a
+/// sequential scan of `branches`, which grows with every fork.
+const UPSERT: &str = "
 WITH upsert_chats AS (
     INSERT INTO chats (id, owner_id, title, system_prompt, active_branch_id, created_at,
                        updated_at, version, description)
     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[],
-                         $6::timestamptz[], $7::timestamptz[], $8::int8[], $19::text[])
+                         $6::timestamptz[], $7::timestamptz[], $8::int8[], $17::text[])
     ON CONFLICT (id) DO UPDATE SET title = excluded.title,
         system_prompt = excluded.system_prompt, description = excluded.description,
         active_branch_id = excluded.active_branch_id,
         updated_at = excluded.updated_at, version = excluded.version
     WHERE excluded.version > chats.version
-), upsert_branches AS (
-    INSERT INTO branches (id, chat_id, name, head_id, forked_from_id, created_at, updated_at,
-                          version)
-    SELECT * FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::uuid[], $13::uuid[],
-                         $14::timestamptz[], $15::timestamptz[], $16::int8[])
-    ON CONFLICT (id) DO UPDATE SET name = excluded.name, head_id = excluded.head_id,
-        updated_at = excluded.updated_at, version = excluded.version
-    WHERE excluded.version >= branches.version
-), delete_branches AS (
-    DELETE FROM branches WHERE id = ANY($17::uuid[]) OR chat_id = ANY($18::uuid[])
-), delete_chats AS (
-    DELETE FROM chats WHERE id = ANY($18::uuid[])
 )
-SELECT 1";
+INSERT INTO branches (id, chat_id, name, head_id, forked_from_id, created_at, updated_at,
+                      version)
+SELECT * FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::uuid[], $13::uuid[],
+                     $14::timestamptz[], $15::timestamptz[], $16::int8[])
+ON CONFLICT (id) DO UPDATE SET name = excluded.name, head_id = excluded.head_id,
+    updated_at = excluded.updated_at, version = excluded.version
+WHERE excluded.version >= branches.version";
+
+/// Deleted branches ($1) and deleted chats with their branches ($2). Each condition gets its
+/// own index scan.
+const DELETE: &str = "
+WITH by_id AS (
+    DELETE FROM branches WHERE id = ANY($1::uuid[])
+), by_chat AS (
+    DELETE FROM branches WHERE chat_id = ANY($2::uuid[])
+)
+DELETE FROM chats WHERE id = ANY($2::uuid[])";
 
 fn uuids<T>(items: &[T], id: impl Fn(&T) -> Uuid) -> Vec<Uuid> {
     items.iter().map(id).collect()
@@ -320,11 +327,13 @@ impl MetadataStore for PostgresStore {
     async fn apply(&self, batch: &MetaBatch) -> Result<(), StoreError> {
         let chats = &batch.chats;
         let branches = &batch.branches;
+        let upserts = !chats.is_empty() || !branches.is_empty();
+        let deletes = !batch.deleted_branches.is_empty() || !batch.deleted_chats.is_empty();
         let times = |f: fn(&ChatMeta) -> DateTime<Utc>| chats.iter().map(f).collect::<Vec<_>>();
         let branch_times = |f: fn(&Branch) -> DateTime<Utc>| {
             branches.iter().map(|(b, _)| f(b)).collect::<Vec<_>>()
         };
-        let query = sqlx::query(APPLY)
+        let upsert = sqlx::query(UPSERT)
             .bind(uuids(chats, |c| *c.id.as_uuid()))
             .bind(uuids(chats, |c| *c.owner.as_uuid()))
             .bind(chats.iter().map(|c| c.title.clone()).collect::<Vec<_>>())
@@ -361,15 +370,34 @@ impl MetadataStore for PostgresStore {
             .bind(branch_times(|b| b.created_at))
             .bind(branch_times(|b| b.updated_at))
             .bind(branches.iter().map(|(_, v)| *v).collect::<Vec<_>>())
-            .bind(uuids(&batch.deleted_branches, |b| *b.as_uuid()))
-            .bind(uuids(&batch.deleted_chats, |c| *c.as_uuid()))
             .bind(
                 chats
                     .iter()
                     .map(|c| c.description.clone())
                     .collect::<Vec<_>>(),
             );
-        self.bounded(query.execute(&self.pool)).await?;
+        let delete = sqlx::query(DELETE)
+            .bind(uuids(&batch.deleted_branches, |b| *b.as_uuid()))
+            .bind(uuids(&batch.deleted_chats, |c| *c.as_uuid()));
+        // One statement is atomic on its own; both need a transaction.
+        match (upserts, deletes) {
+            (false, false) => {}
+            (true, false) => {
+                self.bounded(upsert.execute(&self.pool)).await?;
+            }
+            (false, true) => {
+                self.bounded(delete.execute(&self.pool)).await?;
+            }
+            (true, true) => {
+                self.bounded(async {
+                    let mut tx = self.pool.begin().await?;
+                    upsert.execute(&mut *tx).await?;
+                    delete.execute(&mut *tx).await?;
+                    tx.commit().await
+                })
+                .await?;
+            }
+        }
         Ok(())
     }
 
