@@ -144,6 +144,15 @@ writer_snapshot() {
     curl -fsS "http://127.0.0.1:$ARBOR_PORT/metrics" | grep -E '^arbor_writer_[a-z_]+_(sum|count)[{ ]'
 }
 
+# Waits (up to 2 minutes) until the writer's queue is empty.
+wait_writer_idle() {
+    for _ in $(seq 600); do
+        curl -fsS "http://127.0.0.1:$ARBOR_PORT/metrics" | grep -q '^arbor_writer_queue_depth 0$' && return
+        sleep 0.2
+    done
+    echo "the writer's queue did not drain" >&2
+}
+
 # Prints the value of KEY in a `BENCH key=value ...` line.
 field() { tr ' ' '\n' <<< "$2" | sed -n "s/^$1=//p"; }
 
@@ -228,6 +237,9 @@ for scenario in "${SCENARIOS[@]}"; do
     fi
     [ -s "$WORK/wrk.err" ] && sed 's/^/    /' "$WORK/wrk.err" | head -3
     [ -z "$CPU_PID" ] || { wait "$CPU_PID" || true; sed 's/^/    /' "$WORK/cpu.txt"; }
+    # Buffered writes may still be queued: let the writer catch up, so the next scenario does
+    # not pay for this one's backlog.
+    [ "$port" = "$ARBOR_PORT" ] && wait_writer_idle
     if [ -n "${BENCH_WRITER:-}" ] && [ "$port" = "$ARBOR_PORT" ]; then
         writer_snapshot | awk '
             NR == FNR { before[$1] = $2; next }

@@ -130,6 +130,9 @@ pub struct StorageSettings {
     pub flush_max_rows: usize,
     /// Write-behind: queued changes before new writes get 503 `overloaded`.
     pub queue_capacity: usize,
+    /// Write-behind: a write that finds the queue full waits up to this long for room before
+    /// its 503 `overloaded` (flow control: bursts slow down to the commit rate). 0: no wait.
+    pub queue_wait_ms: u64,
     /// Durable mode: how long a failing batch is retried before clients get 503.
     pub durable_retry_ms: u64,
 }
@@ -323,6 +326,7 @@ impl Default for Settings {
                 flush_interval_ms: 0,
                 flush_max_rows: 1024,
                 queue_capacity: 16_384,
+                queue_wait_ms: 100,
                 durable_retry_ms: 5_000,
             },
             actors: ActorSettings {

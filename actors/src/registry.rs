@@ -398,6 +398,7 @@ impl Chats {
         let id = ChatId::new();
         let (state, ops) = ChatState::create(id, owner, new);
         let view = ChatView::of(&state.meta, &state.tree);
+        self.inner.rt.writer.room().await;
         let slot = self
             .inner
             .rt
@@ -465,12 +466,12 @@ impl Chats {
         patch: ChatPatch,
     ) -> Result<ChatView, ChatError> {
         let msg = UpdateChat { user, patch };
-        let applied = self.call(chat, msg).await?;
+        let applied = self.write(chat, msg).await?;
         self.settle(applied).await
     }
 
     pub async fn delete(&self, user: UserId, chat: ChatId) -> Result<(), ChatError> {
-        let applied = self.call(chat, DeleteChat { user }).await?;
+        let applied = self.write(chat, DeleteChat { user }).await?;
         let result = self.settle(applied).await;
         // Drop the tombstoned actor either way: after a failure it reloads, after success the
         // chat is gone from the store.
@@ -501,7 +502,7 @@ impl Chats {
             reply: admission.as_ref().map(reply_spec),
             idempotency_key: req.idempotency_key,
         };
-        let applied = self.call(chat, msg).await?;
+        let applied = self.write(chat, msg).await?;
         let job = applied.value.generation.clone();
         let (outcome, generation) = self.launch(user, chat, admission, applied, job).await?;
         Ok(Sent {
@@ -554,7 +555,7 @@ impl Chats {
             name,
             activate,
         };
-        let applied = self.call(chat, msg).await?;
+        let applied = self.write(chat, msg).await?;
         self.settle(applied).await
     }
 
@@ -577,7 +578,7 @@ impl Chats {
             activate: req.activate,
             reply: admission.as_ref().map(reply_spec),
         };
-        let applied = self.call(chat, msg).await?;
+        let applied = self.write(chat, msg).await?;
         let job = applied.value.generation.clone();
         let (outcome, generation) = self.launch(user, chat, admission, applied, job).await?;
         Ok(Edited {
@@ -603,7 +604,7 @@ impl Chats {
             name,
             reply: reply_spec(&admission),
         };
-        let applied = self.call(chat, msg).await?;
+        let applied = self.write(chat, msg).await?;
         let job = applied.value.job.clone();
         let (outcome, generation) = self
             .launch(user, chat, Some(admission), applied, Some(job))
@@ -663,7 +664,7 @@ impl Chats {
         id: BranchId,
         name: String,
     ) -> Result<BranchView, ChatError> {
-        let applied = self.call(chat, RenameBranch { user, id, name }).await?;
+        let applied = self.write(chat, RenameBranch { user, id, name }).await?;
         self.settle(applied).await
     }
 
@@ -673,7 +674,7 @@ impl Chats {
         chat: ChatId,
         id: BranchId,
     ) -> Result<BranchDeletedView, ChatError> {
-        let applied = self.call(chat, DeleteBranch { user, id }).await?;
+        let applied = self.write(chat, DeleteBranch { user, id }).await?;
         self.settle(applied).await
     }
 
@@ -683,11 +684,23 @@ impl Chats {
         chat: ChatId,
         id: BranchId,
     ) -> Result<ChatView, ChatError> {
-        let applied = self.call(chat, SetActive { user, id }).await?;
+        let applied = self.write(chat, SetActive { user, id }).await?;
         self.settle(applied).await
     }
 
     /// Sends any message to a chat's actor (tests and operators use this for the rest).
+    /// [`call`](Self::call) for a message that changes the chat: when the writer's queue is
+    /// full, first waits a little for room (flow control) rather than failing at once.
+    async fn write<M, R>(&self, chat: ChatId, msg: M) -> Result<R, ChatError>
+    where
+        M: actix::Message<Result = Result<R, ChatError>> + Clone + Send + 'static,
+        R: Send + 'static,
+        ChatActor: Handler<M>,
+    {
+        self.inner.rt.writer.room().await;
+        self.call(chat, msg).await
+    }
+
     pub async fn call<M, R>(&self, chat: ChatId, msg: M) -> Result<R, ChatError>
     where
         M: actix::Message<Result = Result<R, ChatError>> + Clone + Send + 'static,

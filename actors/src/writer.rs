@@ -48,6 +48,9 @@ pub struct WriterConfig {
     pub linger: Duration,
     /// Queued chat writes before new changes are refused with `Overloaded`.
     pub queue_capacity: usize,
+    /// How long a write that finds the queue full waits for room before it is refused: flow
+    /// control for bursts, so clients slow down to the commit rate instead of retrying 503s.
+    pub queue_wait: Duration,
     /// In durable mode, how long a failing batch is retried before its clients get an error.
     /// Buffered batches are retried until they commit: they were acknowledged.
     pub durable_retry_window: Duration,
@@ -60,6 +63,7 @@ impl Default for WriterConfig {
             max_batch_ops: 1024,
             linger: Duration::ZERO,
             queue_capacity: 16_384,
+            queue_wait: Duration::from_millis(100),
             durable_retry_window: Duration::from_secs(5),
         }
     }
@@ -243,6 +247,7 @@ impl crate::metrics::Instruments for WriterStats {
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Command>,
+    queue_wait: Duration,
     pub stats: Arc<WriterStats>,
     pub ack_mode: AckMode,
 }
@@ -275,6 +280,7 @@ impl WriterHandle {
         let stats = Arc::new(WriterStats::default());
         let handle = Self {
             tx,
+            queue_wait: config.queue_wait,
             stats: stats.clone(),
             ack_mode: config.ack_mode,
         };
@@ -293,6 +299,16 @@ impl WriterHandle {
     /// Reserves a queue slot, or `None` when the queue is full (or the writer stopped).
     pub fn reserve(&self) -> Option<Slot> {
         self.tx.clone().try_reserve_owned().ok().map(Slot)
+    }
+
+    /// Returns at once while the queue has room; when it is full, waits (at most the configured
+    /// `queue_wait`) until a slot frees. Does not hold the slot: the change's own
+    /// [`reserve`](Self::reserve) still decides, so a write may be refused after waiting.
+    pub async fn room(&self) {
+        if self.tx.capacity() > 0 || self.queue_wait.is_zero() {
+            return;
+        }
+        let _ = tokio::time::timeout(self.queue_wait, self.tx.reserve()).await;
     }
 
     /// Resolves once everything queued before it has committed (or failed for good).

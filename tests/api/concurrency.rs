@@ -124,3 +124,63 @@ async fn a_full_mailbox_answers_503_and_adds_nothing() {
     let stored: HashSet<String> = app.path(&u, &chat, None).await.into_iter().collect();
     assert_eq!(stored, accepted);
 }
+
+/// A write that finds the write-behind queue full waits for room (up to `queue_wait_ms`) rather
+/// than failing at once, and lands when the writer catches up. The queue is made to fill for
+/// real: another connection holds SQLite's write lock, so the writer's commit cannot finish.
+#[actix_web::test]
+async fn a_full_write_queue_makes_writes_wait_for_room() {
+    let app = spawn_with(|s| {
+        s.storage.metadata = arbor::config::MetadataBackend::Sqlite;
+        s.storage.messages = arbor::config::MessageBackend::Sqlite;
+        s.storage.ack_mode = arbor::config::AckMode::Buffered;
+        s.storage.queue_capacity = 2;
+        s.storage.queue_wait_ms = 10_000;
+    })
+    .await;
+    let u = app.register("u@example.com").await;
+    let chat = id(&app.create_chat(&u, "waits").await);
+    app.say(&u, &chat, "before").await;
+    app.chats.runtime().writer.barrier().await;
+
+    use sqlx::Connection;
+    let db = app.settings.sqlite_path();
+    let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    // The writer takes the first send into a batch it cannot commit; the next two fill the
+    // queue behind it.
+    for n in 0..3 {
+        app.say(&u, &chat, &format!("queued {n}")).await;
+    }
+    let waiting = {
+        let client = app.client.clone();
+        let url = app.url(&format!("/api/v1/chats/{chat}/messages"));
+        let token = u.token.clone();
+        actix_web::rt::spawn(async move {
+            client
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&json!({ "content": "waited" }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a write into a full queue was answered at once"
+    );
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    assert_eq!(waiting.await.unwrap(), StatusCode::CREATED);
+    assert_eq!(
+        app.path(&u, &chat, None).await,
+        ["before", "queued 0", "queued 1", "queued 2", "waited"]
+    );
+}
