@@ -688,7 +688,6 @@ impl Chats {
         self.settle(applied).await
     }
 
-    /// Sends any message to a chat's actor (tests and operators use this for the rest).
     /// [`call`](Self::call) for a message that changes the chat: when the writer's queue is
     /// full, first waits a little for room (flow control) rather than failing at once.
     async fn write<M, R>(&self, chat: ChatId, msg: M) -> Result<R, ChatError>
@@ -701,6 +700,7 @@ impl Chats {
         self.call(chat, msg).await
     }
 
+    /// Sends any message to a chat's actor (tests and operators use this for the rest).
     pub async fn call<M, R>(&self, chat: ChatId, msg: M) -> Result<R, ChatError>
     where
         M: actix::Message<Result = Result<R, ChatError>> + Clone + Send + 'static,
