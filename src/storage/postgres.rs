@@ -1,8 +1,9 @@
 //! Metadata (users, chats, branches) in PostgreSQL, via sqlx.
 //!
-//! A write-behind batch is one statement: the chat and branch upserts come in as column arrays
-//! (`UNNEST`), the deletions as id arrays, all in data-modifying CTEs. One round trip, atomic on
-//! its own, and the same prepared statement whatever the batch holds.
+//! The upserts of a write-behind batch are one statement: the chat and branch rows come in as
+//! column arrays (`UNNEST`). One round trip, atomic on its own, and the same prepared statement
+//! whatever the batch holds. Deletions, rare, are a second statement sent only when a batch has
+//! any (in one transaction with the upserts then).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -181,7 +182,6 @@ fn branch_from(row: &PgRow) -> Result<Branch, StoreError> {
 const CHAT_COLUMNS: &str = "id, owner_id, title, system_prompt, description, active_branch_id, \
                             created_at, updated_at, version";
 
-/// The whole batch in one statement (see the module docs).
 /// The upserts of a batch, one statement. Deletions are a separate statement, sent only when a
 /// batch has any: a generic plan for an `id = ANY($1) OR chat_id = ANY($2)` delete may be a
 /// sequential scan of `branches`, which grows with every fork.
