@@ -24,7 +24,7 @@
 # BENCH_CPU=1 prints, after each scenario, the CPU share of the busiest programs during it
 # (bench/tools/cpu_by_process.py).
 # BENCH_WRITER=1 prints, after each Arbor scenario, the writer's mean batch size and the mean time
-# of each commit stage during it (from /metrics).
+# of each commit stage during it and the drain that follows it (from /metrics).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -304,8 +304,9 @@ impl WriterHandle {
     /// Returns at once while the queue has room; when it is full, waits (at most the configured
     /// `queue_wait`) until a slot frees. Does not hold the slot: the change's own
     /// [`reserve`](Self::reserve) still decides, so a write may be refused after waiting.
+    /// A queue full because a store is down is not waited on: no slot frees until it is back.
     pub async fn room(&self) {
-        if self.tx.capacity() > 0 || self.queue_wait.is_zero() {
+        if self.tx.capacity() > 0 || self.queue_wait.is_zero() || self.is_stalled() {
             return;
         }
         let _ = tokio::time::timeout(self.queue_wait, self.tx.reserve()).await;
