@@ -142,21 +142,16 @@ impl ChatState {
         }
         let tree = restored.tree;
         let mut idem: HashMap<Arc<str>, IdemEntry> = HashMap::new();
-        let mut keyed: Vec<&Message> = tree
-            .nodes()
-            .map(|n| &n.message)
-            .filter(|m| m.idempotency_key.is_some())
-            .collect();
-        keyed.sort_by_key(|m| m.id);
-        for m in keyed {
-            let Some(key) = m.idempotency_key.clone() else {
+        // In id order, so each send's messages are listed in the order they were added.
+        for m in tree.nodes() {
+            let Some(key) = m.idempotency_key().cloned() else {
                 continue;
             };
             idem.entry(key)
-                .and_modify(|e| e.messages.push(m.id))
+                .and_modify(|e| e.messages.push(m.id()))
                 .or_insert_with(|| IdemEntry {
-                    content: m.content.clone(),
-                    messages: vec![m.id],
+                    content: m.content().clone(),
+                    messages: vec![m.id()],
                     commit: committed(),
                     awaiting_reply: false,
                 });
@@ -438,8 +433,8 @@ impl ChatCore {
             });
         }
         turns.extend(path.into_iter().map(|m| Turn {
-            role: m.role,
-            content: m.content.clone(),
+            role: m.role(),
+            content: m.content().clone(),
         }));
         let generation =
             self.rt
@@ -650,10 +645,11 @@ impl ChatCore {
     /// A new reply to a message (or to the message an assistant reply answered), on a new branch
     /// from that message, made active; existing replies stay where they are.
     fn regenerate(&mut self, msg: Regenerate) -> Result<Applied<RegenerateOutcome>, ChatError> {
-        let target = &self.state.tree.node(msg.message)?.message;
-        let reply_to = match target.role {
-            Role::User => target.id,
-            Role::Assistant => target.parent_id.ok_or(ChatError::Invalid(
+        let tree = &self.state.tree;
+        let target = tree.node(msg.message)?;
+        let reply_to = match target.role() {
+            Role::User => target.id(),
+            Role::Assistant => tree.parent_id(target).ok_or(ChatError::Invalid(
                 "this assistant message answers nothing".into(),
             ))?,
             Role::System => {
@@ -662,7 +658,7 @@ impl ChatCore {
                 ))
             }
         };
-        if self.state.tree.node(reply_to)?.message.role != Role::User {
+        if tree.node(reply_to)?.role() != Role::User {
             return Err(ChatError::Invalid(
                 "only replies to user messages can be regenerated".into(),
             ));
@@ -690,7 +686,7 @@ impl ChatCore {
         let tree = &self.state.tree;
         let page = tree.page(branch, msg.limit, msg.before)?;
         let next_before = if page.has_more {
-            page.nodes.first().map(|n| n.message.id)
+            page.nodes.first().map(|n| n.id())
         } else {
             None
         };
@@ -714,18 +710,17 @@ impl ChatCore {
 
     fn get_tree(&mut self, _: GetTree) -> Result<TreeView, ChatError> {
         let tree = &self.state.tree;
-        let mut nodes: Vec<TreeNodeView> = tree
+        let nodes: Vec<TreeNodeView> = tree
             .nodes()
             .map(|n| TreeNodeView {
                 message: MessageView::of(tree, n),
-                children: n.children.to_vec(),
+                children: tree.children(n).iter().map(|c| c.id()).collect(),
             })
             .collect();
-        nodes.sort_by_key(|n| n.message.id);
-        let root_ids = nodes
-            .iter()
-            .filter(|n| n.message.parent_id.is_none())
-            .map(|n| n.message.id)
+        let root_ids = tree
+            .nodes()
+            .filter(|n| n.is_root())
+            .map(|n| n.id())
             .collect();
         Ok(TreeView {
             chat_id: self.state.meta.id,
@@ -767,7 +762,8 @@ impl ChatCore {
     }
 
     fn edit(&mut self, msg: Edit) -> Result<Applied<EditOutcome>, ChatError> {
-        let target = self.state.tree.node(msg.message)?.message.clone();
+        let tree = &self.state.tree;
+        let target = tree.message(tree.node(msg.message)?);
         if msg.reply.is_some() && target.role != Role::User {
             return Err(ChatError::Invalid(
                 "only a user message can be edited with `reply: true`".into(),

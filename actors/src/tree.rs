@@ -12,90 +12,101 @@
 //! - there is always at least one branch, and the active branch is one of them.
 //!
 //! Forking is O(1) in the conversation's length: a branch is a pointer, nothing is copied.
+//!
+//! Layout: a resident chat is mostly idle memory, so nodes are compact (72 bytes besides the
+//! content). They live in one arena and link to each other by position, not by id; a message is
+//! found by id with a binary search, over the arena itself while it is in id order (UUIDv7 ids
+//! are made in creation order, so it nearly always is) or else over a sorted index of positions.
+//! Siblings form a linked list, newest first, so the usual insertion (the newest message) is
+//! O(1). The chat id is the tree's, not each node's, and the fields most messages leave empty
+//! (model, metadata, idempotency key) live out of line.
 
-use std::collections::{HashMap, HashSet};
-
-use foldhash::fast::RandomState;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Branch, BranchId, Message, MessageId};
+use crate::model::{Branch, BranchId, ChatId, Message, MessageId, Role};
+
+/// A node's position in the tree's arena.
+type Idx = u32;
+
+/// No node: a root's parent and jump, a leaf's first child, the oldest sibling's next.
+const NIL: Idx = Idx::MAX;
 
 /// A message in the tree with its links.
 #[derive(Clone, Debug)]
 pub struct Node {
-    pub message: Message,
-    /// Child ids in creation order.
-    pub children: Children,
-    /// Distance from the root: the message's 0-based index in any path through it.
-    pub depth: u32,
+    id: MessageId,
+    content: Arc<str>,
+    /// Microseconds since the epoch (stores keep milliseconds, so nothing is lost).
+    created_us: i64,
+    parent: Idx,
     /// A farther ancestor (skew-binary jump pointer, Myers 1983): with the parent links it
-    /// reaches any ancestor in O(log depth) steps. `None` for a root.
-    jump: Option<MessageId>,
+    /// reaches any ancestor in O(log depth) steps. `NIL` for a root.
+    jump: Idx,
+    /// Distance from the root: the message's 0-based index in any path through it.
+    depth: u32,
+    /// The newest child; the others follow through `next_sibling`.
+    first_child: Idx,
+    /// The next older sibling.
+    next_sibling: Idx,
+    role: Role,
+    extra: Option<Box<Extra>>,
 }
 
-/// A node's child ids in id (creation) order: inline while there is at most one, which is most
-/// messages, so a plain conversation allocates nothing per message for its links.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Children {
-    #[default]
-    Empty,
-    One(MessageId),
-    Many(Vec<MessageId>),
+/// What most messages leave empty.
+#[derive(Clone, Debug)]
+struct Extra {
+    model: Option<Arc<str>>,
+    metadata: Option<Arc<serde_json::Value>>,
+    idempotency_key: Option<Arc<str>>,
 }
 
-impl Children {
-    pub fn as_slice(&self) -> &[MessageId] {
-        match self {
-            Children::Empty => &[],
-            Children::One(id) => std::slice::from_ref(id),
-            Children::Many(ids) => ids,
-        }
+impl Node {
+    pub fn id(&self) -> MessageId {
+        self.id
     }
 
-    pub fn len(&self) -> usize {
-        self.as_slice().len()
+    pub fn role(&self) -> Role {
+        self.role
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.as_slice().is_empty()
+    pub fn content(&self) -> &Arc<str> {
+        &self.content
     }
 
-    pub fn to_vec(&self) -> Vec<MessageId> {
-        self.as_slice().to_vec()
+    pub fn created_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.created_us).unwrap_or_default()
     }
 
-    fn insert(&mut self, id: MessageId) {
-        match self {
-            Children::Empty => *self = Children::One(id),
-            Children::One(first) => {
-                let first = *first;
-                let (a, b) = if first < id { (first, id) } else { (id, first) };
-                *self = Children::Many(vec![a, b]);
-            }
-            Children::Many(ids) => insert_sorted(ids, id),
-        }
+    /// The model that produced an assistant message (or the client's label for it).
+    pub fn model(&self) -> Option<&Arc<str>> {
+        self.extra.as_ref()?.model.as_ref()
     }
 
-    fn sort(&mut self) {
-        if let Children::Many(ids) = self {
-            ids.sort();
-        }
+    pub fn metadata(&self) -> Option<&Arc<serde_json::Value>> {
+        self.extra.as_ref()?.metadata.as_ref()
     }
 
-    fn remove(&mut self, id: MessageId) {
-        match self {
-            Children::One(only) if *only == id => *self = Children::Empty,
-            Children::Many(ids) => {
-                ids.retain(|c| *c != id);
-                match ids.as_slice() {
-                    [] => *self = Children::Empty,
-                    [only] => *self = Children::One(*only),
-                    _ => {}
-                }
-            }
-            _ => {}
-        }
+    pub fn idempotency_key(&self) -> Option<&Arc<str>> {
+        self.extra.as_ref()?.idempotency_key.as_ref()
+    }
+
+    /// The message's 0-based index in any path through it.
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.parent == NIL
+    }
+
+    /// The heap bytes the message's strings and metadata hold (metadata by its JSON size).
+    fn content_bytes(&self) -> usize {
+        self.content.len()
+            + self.model().map_or(0, |m| m.len())
+            + self.idempotency_key().map_or(0, |k| k.len())
+            + self.metadata().map_or(0, |v| v.to_string().len())
     }
 }
 
@@ -117,6 +128,8 @@ pub enum TreeError {
     Duplicate,
     #[error("a chat needs at least one branch")]
     NoBranches,
+    #[error("a chat holds at most {} messages", NIL - 1)]
+    Full,
 }
 
 /// One page of a branch's path, read from the head backwards.
@@ -134,7 +147,7 @@ pub struct Page<'a> {
 #[derive(Debug)]
 pub struct Restored {
     pub tree: Tree,
-    /// Messages that were dropped: orphans or unreachable from every branch.
+    /// Messages that were dropped: orphans, duplicates or unreachable from every branch.
     pub pruned: Vec<MessageId>,
     /// Branches whose head was missing and were reset to empty.
     pub reset_branches: Vec<BranchId>,
@@ -142,11 +155,13 @@ pub struct Restored {
 
 #[derive(Clone, Debug)]
 pub struct Tree {
-    /// By id. foldhash rather than SipHash: ids are server-made UUIDs, and every read of a path
-    /// is a chain of lookups here. Boxed, so the table's spare slots (a hash table is never
-    /// full) cost a pointer each rather than a whole node.
-    nodes: HashMap<MessageId, Box<Node>, RandomState>,
-    roots: Vec<MessageId>,
+    chat: ChatId,
+    /// Every node; links are positions in here.
+    nodes: Vec<Node>,
+    /// Positions sorted by id; empty while `nodes` itself is in id order.
+    by_id: Vec<Idx>,
+    /// The newest root; the others follow through `next_sibling`.
+    first_root: Idx,
     branches: Vec<Branch>,
     active: BranchId,
     /// Heap bytes the messages' strings and metadata take (kept as messages come and go).
@@ -156,12 +171,13 @@ pub struct Tree {
 impl Tree {
     /// A new chat: one empty branch, active.
     pub fn new(main: Branch) -> Self {
-        let active = main.id;
         Self {
-            nodes: HashMap::default(),
-            roots: Vec::new(),
+            chat: main.chat_id,
+            nodes: Vec::new(),
+            by_id: Vec::new(),
+            first_root: NIL,
+            active: main.id,
             branches: vec![main],
-            active,
             content_bytes: 0,
         }
     }
@@ -173,9 +189,10 @@ impl Tree {
         active: BranchId,
         mut messages: Vec<Message>,
     ) -> Result<Restored, TreeError> {
-        if branches.is_empty() {
+        let Some(first) = branches.first() else {
             return Err(TreeError::NoBranches);
-        }
+        };
+        let chat = first.chat_id;
         branches.sort_by_key(|b| b.id);
         let active = if branches.iter().any(|b| b.id == active) {
             active
@@ -183,21 +200,29 @@ impl Tree {
             branches[0].id
         };
         let mut tree = Self {
-            nodes: HashMap::with_capacity_and_hasher(messages.len(), RandomState::default()),
-            roots: Vec::new(),
+            chat,
+            nodes: Vec::with_capacity(messages.len()),
+            by_id: Vec::new(),
+            first_root: NIL,
             branches,
             active,
             content_bytes: 0,
         };
         messages.sort_by_key(|m| m.id);
+        let mut pruned = Vec::new();
         let mut pending = messages;
         loop {
             let before = pending.len();
             let mut deferred = Vec::new();
             for message in pending {
+                let id = message.id;
                 match message.parent_id {
-                    Some(p) if !tree.nodes.contains_key(&p) => deferred.push(message),
-                    _ => tree.link(message),
+                    Some(p) if tree.find(p).is_none() => deferred.push(message),
+                    _ => match tree.attach(message) {
+                        Ok(()) => {}
+                        Err(TreeError::Full) => return Err(TreeError::Full),
+                        Err(_) => pruned.push(id),
+                    },
                 }
             }
             pending = deferred;
@@ -205,17 +230,13 @@ impl Tree {
                 break;
             }
         }
-        let mut pruned: Vec<MessageId> = pending.into_iter().map(|m| m.id).collect();
-        if !pruned.is_empty() {
-            // Children were linked in arrival order; a deferred pass may have broken id order.
-            tree.sort_links();
-        }
+        pruned.extend(pending.into_iter().map(|m| m.id));
         let mut reset_branches = Vec::new();
-        for branch in &mut tree.branches {
-            if let Some(head) = branch.head {
-                if !tree.nodes.contains_key(&head) {
-                    branch.head = None;
-                    reset_branches.push(branch.id);
+        for i in 0..tree.branches.len() {
+            if let Some(head) = tree.branches[i].head {
+                if tree.find(head).is_none() {
+                    tree.branches[i].head = None;
+                    reset_branches.push(tree.branches[i].id);
                 }
             }
         }
@@ -225,6 +246,10 @@ impl Tree {
             pruned,
             reset_branches,
         })
+    }
+
+    pub fn chat(&self) -> ChatId {
+        self.chat
     }
 
     pub fn active(&self) -> BranchId {
@@ -243,9 +268,8 @@ impl Tree {
     }
 
     pub fn node(&self, id: MessageId) -> Result<&Node, TreeError> {
-        self.nodes
-            .get(&id)
-            .map(Box::as_ref)
+        self.find(id)
+            .map(|i| self.at(i))
             .ok_or(TreeError::MessageNotFound(id))
     }
 
@@ -253,27 +277,62 @@ impl Tree {
         self.nodes.len()
     }
 
-    /// Approximate memory this tree holds: its table of nodes, their links, branches (names
-    /// counted at a typical 16 bytes) and the messages' content. O(1), as the actor refreshes it
-    /// after every request; for the operator surface, not for accounting.
+    /// Approximate memory this tree holds: its nodes and index, branches (names counted at a
+    /// typical 16 bytes) and the messages' content. O(1), as the actor refreshes it after every
+    /// request; for the operator surface, not for accounting.
     pub fn approx_bytes(&self) -> usize {
         use std::mem::size_of;
-        let table = self.nodes.capacity() * (size_of::<(MessageId, Box<Node>)>() + 1)
-            + self.nodes.len() * size_of::<Node>();
-        let links = self.roots.capacity() * size_of::<MessageId>();
+        let nodes = self.nodes.capacity() * size_of::<Node>();
+        let index = self.by_id.capacity() * size_of::<Idx>();
         let branches = self.branches.capacity() * (size_of::<Branch>() + 16);
-        size_of::<Self>() + table + links + branches + self.content_bytes
+        size_of::<Self>() + nodes + index + branches + self.content_bytes
     }
 
-    /// All nodes, in no particular order.
+    /// All nodes, in id (creation) order.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.values().map(Box::as_ref)
+        let sorted = self.by_id.is_empty();
+        let direct = sorted.then(|| self.nodes.iter()).into_iter().flatten();
+        let indexed = self.by_id.iter().map(|&i| self.at(i));
+        direct.chain(indexed)
+    }
+
+    /// The id of a node's parent.
+    pub fn parent_id(&self, node: &Node) -> Option<MessageId> {
+        (node.parent != NIL).then(|| self.at(node.parent).id)
+    }
+
+    /// A node's children, oldest first.
+    pub fn children<'a>(&'a self, node: &'a Node) -> Vec<&'a Node> {
+        let mut children: Vec<&Node> = self.siblings_from(node.first_child).collect();
+        children.reverse();
+        children
+    }
+
+    pub fn children_count(&self, node: &Node) -> usize {
+        self.siblings_from(node.first_child).count()
+    }
+
+    /// The whole record of a node's message.
+    pub fn message(&self, node: &Node) -> Message {
+        Message {
+            id: node.id,
+            chat_id: self.chat,
+            parent_id: self.parent_id(node),
+            role: node.role,
+            content: node.content.clone(),
+            created_at: node.created_at(),
+            model: node.model().cloned(),
+            metadata: node.metadata().cloned(),
+            idempotency_key: node.idempotency_key().cloned(),
+        }
     }
 
     /// Number of messages on a branch's path.
     pub fn path_len(&self, branch: BranchId) -> Result<usize, TreeError> {
         let head = self.branch(branch)?.head;
-        Ok(head.map_or(0, |h| self.nodes[&h].depth as usize + 1))
+        Ok(self
+            .head_index(head)
+            .map_or(0, |h| self.at(h).depth as usize + 1))
     }
 
     /// The messages a new message on `branch` would follow: its parent is the head.
@@ -298,15 +357,17 @@ impl Tree {
     /// Adds `message` under its parent without moving any branch. The caller must point a branch
     /// at it (or at a descendant) in the same step, or the invariant breaks.
     pub fn attach(&mut self, message: Message) -> Result<(), TreeError> {
-        if self.nodes.contains_key(&message.id) {
+        if self.find(message.id).is_some() {
             return Err(TreeError::Duplicate);
         }
-        if let Some(parent) = message.parent_id {
-            if !self.nodes.contains_key(&parent) {
-                return Err(TreeError::MessageNotFound(parent));
-            }
+        let parent = match message.parent_id {
+            Some(p) => self.find(p).ok_or(TreeError::MessageNotFound(p))?,
+            None => NIL,
+        };
+        if self.nodes.len() >= (NIL - 1) as usize {
+            return Err(TreeError::Full);
         }
-        self.link(message);
+        self.link(parent, message);
         Ok(())
     }
 
@@ -346,7 +407,7 @@ impl Tree {
         mut branch: Branch,
     ) -> Result<(), TreeError> {
         let original = self.node(target)?;
-        if replacement.parent_id != original.message.parent_id {
+        if replacement.parent_id != self.parent_id(original) {
             return Err(TreeError::NotAtHead);
         }
         branch.head = Some(replacement.id);
@@ -362,27 +423,10 @@ impl Tree {
         if index >= len {
             return Err(TreeError::IndexOutOfRange { index, len });
         }
-        let head = self.branch(branch)?.head.ok_or(TreeError::NoBranches)?;
-        Ok(self.ancestor_at(head, index as u32))
-    }
-
-    /// The ancestor of `id` (or `id` itself) at `depth`, which must not exceed `id`'s depth:
-    /// O(log depth) through the jump pointers.
-    fn ancestor_at(&self, id: MessageId, depth: u32) -> MessageId {
-        let mut id = id;
-        loop {
-            let node = &self.nodes[&id];
-            if node.depth <= depth {
-                return id;
-            }
-            id = match node.jump {
-                Some(jump) if self.nodes[&jump].depth >= depth => jump,
-                _ => node
-                    .message
-                    .parent_id
-                    .expect("a node deeper than the target depth has a parent"),
-            };
-        }
+        let head = self
+            .head_index(self.branch(branch)?.head)
+            .ok_or(TreeError::NoBranches)?;
+        Ok(self.at(self.ancestor_at(head, index as u32)).id)
     }
 
     pub fn set_active(&mut self, branch: BranchId) -> Result<(), TreeError> {
@@ -427,40 +471,38 @@ impl Tree {
         limit: usize,
         before: Option<MessageId>,
     ) -> Result<Page<'_>, TreeError> {
-        let head = self.branch(branch)?.head;
-        let path_len = self.path_len(branch)?;
+        let head = self.head_index(self.branch(branch)?.head);
+        let path_len = head.map_or(0, |h| self.at(h).depth as usize + 1);
         let start = match before {
-            None => head,
+            None => head.unwrap_or(NIL),
             Some(cursor) => {
-                let node = self.node(cursor)?;
-                if !self.is_on_path(head, node) {
+                let at = self
+                    .find(cursor)
+                    .ok_or(TreeError::MessageNotFound(cursor))?;
+                if !self.is_on_path(head, at) {
                     return Err(TreeError::CursorNotOnPath);
                 }
-                node.message.parent_id
+                self.at(at).parent
             }
         };
         let mut nodes = Vec::with_capacity(limit.min(path_len));
         let mut next = start;
-        while let Some(id) = next {
-            if nodes.len() == limit {
-                break;
-            }
-            let node: &Node = &self.nodes[&id];
+        while next != NIL && nodes.len() < limit {
+            let node = self.at(next);
             nodes.push(node);
-            next = node.message.parent_id;
+            next = node.parent;
         }
         nodes.reverse();
         Ok(Page {
             nodes,
-            has_more: next.is_some(),
+            has_more: next != NIL,
             path_len,
         })
     }
 
     /// The whole path of a branch, root first.
-    pub fn path(&self, branch: BranchId) -> Result<Vec<&Message>, TreeError> {
-        let page = self.page(branch, usize::MAX, None)?;
-        Ok(page.nodes.into_iter().map(|n| &n.message).collect())
+    pub fn path(&self, branch: BranchId) -> Result<Vec<&Node>, TreeError> {
+        Ok(self.page(branch, usize::MAX, None)?.nodes)
     }
 
     /// The newest messages of the path ending at `last`, root side first, within `budget_chars`
@@ -469,19 +511,19 @@ impl Tree {
         &self,
         last: MessageId,
         budget_chars: usize,
-    ) -> Result<Vec<&Message>, TreeError> {
+    ) -> Result<Vec<&Node>, TreeError> {
         let mut out = Vec::new();
         let mut used = 0usize;
-        let mut cursor = Some(last);
-        while let Some(id) = cursor {
-            let message = &self.node(id)?.message;
-            let chars = message.content.chars().count();
+        let mut cursor = self.find(last).ok_or(TreeError::MessageNotFound(last))?;
+        while cursor != NIL {
+            let node = self.at(cursor);
+            let chars = node.content.chars().count();
             if !out.is_empty() && used + chars > budget_chars {
                 break;
             }
             used += chars;
-            out.push(message);
-            cursor = message.parent_id;
+            out.push(node);
+            cursor = node.parent;
         }
         out.reverse();
         Ok(out)
@@ -490,10 +532,10 @@ impl Tree {
     /// The oldest branch whose path contains `id`: the branch the message was added to (a
     /// message is its branch's head when added; any branch reaching it later was forked since).
     pub fn first_branch_through(&self, id: MessageId) -> Option<BranchId> {
-        let node = self.nodes.get(&id)?;
+        let at = self.find(id)?;
         self.branches
             .iter()
-            .find(|b| self.is_on_path(b.head, node))
+            .find(|b| self.is_on_path(self.head_index(b.head), at))
             .map(|b| b.id)
     }
 
@@ -502,23 +544,79 @@ impl Tree {
         Ok(self.sibling_position_of(self.node(id)?))
     }
 
-    /// [`Self::sibling_position`] of a node already at hand.
+    /// [`Self::sibling_position`] of a node already at hand: O(siblings).
     pub fn sibling_position_of(&self, node: &Node) -> (usize, usize) {
-        let id = node.message.id;
-        let siblings = match node.message.parent_id {
-            Some(p) => self.nodes[&p].children.as_slice(),
-            None => &self.roots,
+        let first = match node.parent {
+            NIL => self.first_root,
+            p => self.at(p).first_child,
         };
-        let index = siblings.binary_search(&id).unwrap_or(0);
-        (index, siblings.len())
+        let (mut newer, mut count) = (0, 0);
+        for sibling in self.siblings_from(first) {
+            if sibling.id > node.id {
+                newer += 1;
+            }
+            count += 1;
+        }
+        (count - newer - 1, count)
     }
 
-    /// Whether `node` is on the path ending at `head`: O(log depth).
-    fn is_on_path(&self, head: Option<MessageId>, node: &Node) -> bool {
-        head.is_some_and(|head| {
-            self.nodes[&head].depth >= node.depth
-                && self.ancestor_at(head, node.depth) == node.message.id
+    fn at(&self, idx: Idx) -> &Node {
+        &self.nodes[idx as usize]
+    }
+
+    fn at_mut(&mut self, idx: Idx) -> &mut Node {
+        &mut self.nodes[idx as usize]
+    }
+
+    /// The position of the message `id`: a binary search by id.
+    fn find(&self, id: MessageId) -> Option<Idx> {
+        if self.by_id.is_empty() {
+            let pos = self.nodes.binary_search_by(|n| n.id.cmp(&id)).ok()?;
+            Some(pos as Idx)
+        } else {
+            let pos = self
+                .by_id
+                .binary_search_by(|&i| self.at(i).id.cmp(&id))
+                .ok()?;
+            Some(self.by_id[pos])
+        }
+    }
+
+    fn head_index(&self, head: Option<MessageId>) -> Option<Idx> {
+        head.and_then(|h| self.find(h))
+    }
+
+    /// A sibling list from its newest member.
+    fn siblings_from(&self, first: Idx) -> impl Iterator<Item = &Node> {
+        let mut next = first;
+        std::iter::from_fn(move || {
+            let node = (next != NIL).then(|| self.at(next))?;
+            next = node.next_sibling;
+            Some(node)
         })
+    }
+
+    /// The ancestor of `idx` (or `idx` itself) at `depth`, which must not exceed its depth:
+    /// O(log depth) through the jump pointers.
+    fn ancestor_at(&self, idx: Idx, depth: u32) -> Idx {
+        let mut idx = idx;
+        loop {
+            let node = self.at(idx);
+            if node.depth <= depth {
+                return idx;
+            }
+            idx = if node.jump != NIL && self.at(node.jump).depth >= depth {
+                node.jump
+            } else {
+                node.parent
+            };
+        }
+    }
+
+    /// Whether the node at `idx` is on the path ending at `head`: O(log depth).
+    fn is_on_path(&self, head: Option<Idx>, idx: Idx) -> bool {
+        let depth = self.at(idx).depth;
+        head.is_some_and(|h| self.at(h).depth >= depth && self.ancestor_at(h, depth) == idx)
     }
 
     fn branch_index(&self, id: BranchId) -> Result<usize, TreeError> {
@@ -528,109 +626,180 @@ impl Tree {
             .ok_or(TreeError::BranchNotFound(id))
     }
 
-    /// Inserts a node whose parent (if any) is present, keeping sibling lists in id order.
-    fn link(&mut self, message: Message) {
-        let id = message.id;
-        let (depth, jump) = match message.parent_id {
-            Some(p) => {
-                let jump = self.jump_for(p);
-                let parent = self
-                    .nodes
-                    .get_mut(&p)
-                    .expect("link is only called with a present parent");
-                parent.children.insert(id);
-                (parent.depth + 1, Some(jump))
-            }
-            None => {
-                insert_sorted(&mut self.roots, id);
-                (0, None)
-            }
+    /// Adds a message under `parent` (present, or `NIL` for a root), keeping sibling lists and
+    /// the id index in order.
+    fn link(&mut self, parent: Idx, message: Message) {
+        let (depth, jump) = match parent {
+            NIL => (0, NIL),
+            p => (self.at(p).depth + 1, self.jump_for(p)),
         };
-        self.content_bytes += message_bytes(&message);
-        self.nodes.insert(
+        let Message {
             id,
-            Box::new(Node {
-                message,
-                children: Children::Empty,
-                depth,
-                jump,
-            }),
-        );
+            role,
+            content,
+            created_at,
+            model,
+            metadata,
+            idempotency_key,
+            ..
+        } = message;
+        let model = model.map(|m| self.shared_model(parent, m));
+        let extra =
+            (model.is_some() || metadata.is_some() || idempotency_key.is_some()).then(|| {
+                Box::new(Extra {
+                    model,
+                    metadata,
+                    idempotency_key,
+                })
+            });
+        let node = Node {
+            id,
+            content,
+            created_us: created_at.timestamp_micros(),
+            parent,
+            jump,
+            depth,
+            first_child: NIL,
+            next_sibling: NIL,
+            role,
+            extra,
+        };
+        self.content_bytes += node.content_bytes();
+        let idx = self.nodes.len() as Idx;
+        let in_order = self.nodes.last().is_none_or(|last| last.id < id);
+        if !in_order && self.by_id.is_empty() {
+            self.by_id = (0..idx).collect();
+        }
+        if !self.by_id.is_empty() {
+            let pos = self.by_id.partition_point(|&i| self.at(i).id < id);
+            self.by_id.insert(pos, idx);
+        }
+        self.nodes.push(node);
+        self.insert_sibling(idx);
+    }
+
+    /// A reply's model label shares the string of the one two messages up (the previous reply)
+    /// when they are equal, as they nearly always are.
+    fn shared_model(&self, parent: Idx, model: Arc<str>) -> Arc<str> {
+        let previous = match parent {
+            NIL => NIL,
+            p => self.at(p).parent,
+        };
+        match (previous != NIL)
+            .then(|| self.at(previous).model())
+            .flatten()
+        {
+            Some(earlier) if **earlier == *model => earlier.clone(),
+            _ => model,
+        }
+    }
+
+    /// Puts the node at `idx` into its parent's sibling list (newest first). A new message is
+    /// nearly always the newest, so this is usually O(1).
+    fn insert_sibling(&mut self, idx: Idx) {
+        let (id, parent) = (self.at(idx).id, self.at(idx).parent);
+        let first = match parent {
+            NIL => self.first_root,
+            p => self.at(p).first_child,
+        };
+        if first == NIL || self.at(first).id < id {
+            self.at_mut(idx).next_sibling = first;
+            match parent {
+                NIL => self.first_root = idx,
+                p => self.at_mut(p).first_child = idx,
+            }
+            return;
+        }
+        let mut prev = first;
+        loop {
+            let next = self.at(prev).next_sibling;
+            if next == NIL || self.at(next).id < id {
+                self.at_mut(idx).next_sibling = next;
+                self.at_mut(prev).next_sibling = idx;
+                return;
+            }
+            prev = next;
+        }
     }
 
     /// The jump pointer of a new child of `parent`: the parent's jump's jump when the parent's
     /// two jumps span equal distances (merging two skew-binary segments), else the parent.
-    fn jump_for(&self, parent: MessageId) -> MessageId {
-        let p = &self.nodes[&parent];
-        let Some(j) = p.jump else { return parent };
-        let jn = &self.nodes[&j];
-        match jn.jump {
-            Some(jj) if p.depth - jn.depth == jn.depth - self.nodes[&jj].depth => jj,
-            _ => parent,
+    fn jump_for(&self, parent: Idx) -> Idx {
+        let p = self.at(parent);
+        if p.jump == NIL {
+            return parent;
+        }
+        let j = self.at(p.jump);
+        if j.jump != NIL && p.depth - j.depth == j.depth - self.at(j.jump).depth {
+            j.jump
+        } else {
+            parent
         }
     }
 
-    fn sort_links(&mut self) {
-        self.roots.sort();
-        for node in self.nodes.values_mut() {
-            node.children.sort();
-        }
-    }
-
-    /// Drops every message that no branch head reaches; returns their ids.
+    /// Drops every message that no branch head reaches; returns their ids. Compacts the arena
+    /// (positions change), so O(messages) whenever anything goes.
     fn prune_unreachable(&mut self) -> Vec<MessageId> {
-        let mut reachable: HashSet<MessageId> = HashSet::with_capacity(self.nodes.len());
+        let mut keep = vec![false; self.nodes.len()];
         for branch in &self.branches {
-            let mut cursor = branch.head;
-            while let Some(id) = cursor {
-                if !reachable.insert(id) {
-                    break;
-                }
-                cursor = self.nodes[&id].message.parent_id;
+            let mut cursor = self.head_index(branch.head).unwrap_or(NIL);
+            while cursor != NIL && !keep[cursor as usize] {
+                keep[cursor as usize] = true;
+                cursor = self.at(cursor).parent;
             }
         }
-        if reachable.len() == self.nodes.len() {
+        if keep.iter().all(|k| *k) {
             return Vec::new();
         }
-        let doomed: Vec<MessageId> = self
-            .nodes
-            .keys()
-            .filter(|id| !reachable.contains(id))
-            .copied()
-            .collect();
-        for id in &doomed {
-            if let Some(node) = self.nodes.remove(id) {
-                self.content_bytes -= message_bytes(&node.message);
-                match node.message.parent_id {
-                    Some(p) => {
-                        if let Some(parent) = self.nodes.get_mut(&p) {
-                            parent.children.remove(*id);
-                        }
-                    }
-                    None => self.roots.retain(|c| c != id),
-                }
+        // New positions, in the same relative order. A kept node's ancestors are kept, so its
+        // parent and jump always map.
+        let mut remap = vec![NIL; keep.len()];
+        let mut next = 0;
+        for (old, kept) in keep.iter().enumerate() {
+            if *kept {
+                remap[old] = next;
+                next += 1;
             }
         }
-        doomed
-    }
-}
-
-/// The heap bytes a message's strings and metadata hold (metadata by its JSON size).
-fn message_bytes(m: &Message) -> usize {
-    m.content.len()
-        + m.model.as_deref().map_or(0, str::len)
-        + m.idempotency_key.as_deref().map_or(0, str::len)
-        + m.metadata.as_deref().map_or(0, |v| v.to_string().len())
-}
-
-fn insert_sorted(list: &mut Vec<MessageId>, id: MessageId) {
-    // New ids are almost always the largest (UUIDv7), so this is usually a push.
-    match list.last() {
-        Some(last) if *last > id => {
-            let pos = list.binary_search(&id).unwrap_or_else(|p| p);
-            list.insert(pos, id);
+        let map = |i: Idx| if i == NIL { NIL } else { remap[i as usize] };
+        let mut doomed = Vec::new();
+        let old = std::mem::take(&mut self.nodes);
+        self.nodes.reserve_exact(next as usize);
+        for (i, mut node) in old.into_iter().enumerate() {
+            if !keep[i] {
+                self.content_bytes -= node.content_bytes();
+                doomed.push(node.id);
+                continue;
+            }
+            node.parent = map(node.parent);
+            node.jump = map(node.jump);
+            node.first_child = NIL;
+            node.next_sibling = NIL;
+            self.nodes.push(node);
         }
-        _ => list.push(id),
+        // Relink siblings oldest first, so each goes to the front of its list.
+        self.first_root = NIL;
+        self.by_id.clear();
+        let sorted = self.nodes.windows(2).all(|w| w[0].id < w[1].id);
+        let order: Vec<Idx> = if sorted {
+            (0..self.nodes.len() as Idx).collect()
+        } else {
+            let mut order: Vec<Idx> = (0..self.nodes.len() as Idx).collect();
+            order.sort_by_key(|&i| self.at(i).id);
+            order
+        };
+        for &idx in &order {
+            let parent = self.at(idx).parent;
+            let first = match parent {
+                NIL => std::mem::replace(&mut self.first_root, idx),
+                p => std::mem::replace(&mut self.at_mut(p).first_child, idx),
+            };
+            self.at_mut(idx).next_sibling = first;
+        }
+        if !sorted {
+            self.by_id = order;
+        }
+        doomed
     }
 }
 
@@ -698,7 +867,7 @@ mod tests {
                 .path(branch)
                 .unwrap()
                 .iter()
-                .map(|m| m.content.to_string())
+                .map(|m| m.content().to_string())
                 .collect()
         }
 
@@ -723,7 +892,7 @@ mod tests {
         for i in 0..200 {
             side_path.push(f.push(side, &format!("s{i}")));
         }
-        let messages: Vec<Message> = f.tree.nodes().map(|n| n.message.clone()).collect();
+        let messages: Vec<Message> = f.tree.nodes().map(|n| f.tree.message(n)).collect();
         let branches = f.tree.branches().to_vec();
         let restored = Tree::restore(branches, f.main, messages).unwrap().tree;
         for tree in [&f.tree, &restored] {
@@ -738,7 +907,7 @@ mod tests {
             }
             // On-path checks through the cursor of a page.
             let page = tree.page(side, 5, Some(main_path[100])).unwrap();
-            assert_eq!(page.nodes.last().unwrap().message.id, main_path[99]);
+            assert_eq!(page.nodes.last().unwrap().id(), main_path[99]);
             assert_eq!(
                 tree.page(side, 5, Some(main_path[200])).unwrap_err(),
                 TreeError::CursorNotOnPath
@@ -774,7 +943,7 @@ mod tests {
         let restored = Tree::restore(
             f.tree.branches().to_vec(),
             f.main,
-            f.tree.nodes().map(|n| n.message.clone()).collect(),
+            f.tree.nodes().map(|n| f.tree.message(n)).collect(),
         )
         .unwrap()
         .tree;
@@ -795,7 +964,7 @@ mod tests {
                 .recent_path(d, budget)
                 .unwrap()
                 .iter()
-                .map(|m| m.content.to_string())
+                .map(|m| m.content().to_string())
                 .collect::<Vec<_>>()
         };
         assert_eq!(texts(usize::MAX), ["aaaa", "bbbb", "cc", "dddddddddd"]);
@@ -812,9 +981,9 @@ mod tests {
         let a = f.push(f.main, "a");
         let b = f.push(f.main, "b");
         assert_eq!(f.tree.head(f.main).unwrap(), Some(b));
-        assert_eq!(f.tree.node(b).unwrap().message.parent_id, Some(a));
+        assert_eq!(f.tree.parent_id(f.tree.node(b).unwrap()), Some(a));
         assert_eq!(f.texts(f.main), ["a", "b"]);
-        assert_eq!(f.tree.node(b).unwrap().depth, 1);
+        assert_eq!(f.tree.node(b).unwrap().depth(), 1);
     }
 
     #[test]
@@ -906,7 +1075,9 @@ mod tests {
         expected.sort();
         assert_eq!(removed, expected);
         assert_eq!(f.tree.message_count(), 2);
-        assert_eq!(f.tree.node(a).unwrap().children.as_slice(), [b]);
+        let a = f.tree.node(a).unwrap();
+        let children: Vec<_> = f.tree.children(a).iter().map(|n| n.id()).collect();
+        assert_eq!(children, [b]);
         assert_eq!(f.texts(f.main), ["a", "b"]);
     }
 
@@ -942,12 +1113,12 @@ mod tests {
         let mut f = fixture();
         let ids: Vec<_> = (0..7).map(|i| f.push(f.main, &i.to_string())).collect();
         let p1 = f.tree.page(f.main, 3, None).unwrap();
-        let got: Vec<_> = p1.nodes.iter().map(|n| n.message.id).collect();
+        let got: Vec<_> = p1.nodes.iter().map(|n| n.id()).collect();
         assert_eq!(got, ids[4..7]);
         assert!(p1.has_more);
         assert_eq!(p1.path_len, 7);
         let p2 = f.tree.page(f.main, 3, Some(ids[4])).unwrap();
-        let got: Vec<_> = p2.nodes.iter().map(|n| n.message.id).collect();
+        let got: Vec<_> = p2.nodes.iter().map(|n| n.id()).collect();
         assert_eq!(got, ids[1..4]);
         let p3 = f.tree.page(f.main, 3, Some(ids[1])).unwrap();
         assert_eq!(p3.nodes.len(), 1);
@@ -976,7 +1147,7 @@ mod tests {
         f.push(fork, "c");
         f.tree.set_active(fork).unwrap();
 
-        let mut messages: Vec<Message> = f.tree.nodes().map(|n| n.message.clone()).collect();
+        let mut messages: Vec<Message> = f.tree.nodes().map(|n| f.tree.message(n)).collect();
         // A message no branch reaches (a crash after the message store, before the metadata).
         messages.push(msg(f.chat, Some(a), "stray"));
         // An orphan whose parent never landed.
@@ -989,10 +1160,87 @@ mod tests {
         assert_eq!(t.active(), fork);
         assert_eq!(t.message_count(), 3);
         for b in [f.main, fork] {
-            let want: Vec<_> = f.tree.path(b).unwrap().into_iter().cloned().collect();
-            let got: Vec<_> = t.path(b).unwrap().into_iter().cloned().collect();
+            let want: Vec<_> = f
+                .tree
+                .path(b)
+                .unwrap()
+                .into_iter()
+                .map(|n| f.tree.message(n))
+                .collect();
+            let got: Vec<_> = t
+                .path(b)
+                .unwrap()
+                .into_iter()
+                .map(|n| t.message(n))
+                .collect();
             assert_eq!(got, want);
         }
+    }
+
+    /// Ids made out of creation order (another process's clock, a restore that had to defer a
+    /// child) move the tree onto its sorted index; lookups, sibling order and pruning hold.
+    #[test]
+    fn ids_out_of_creation_order_keep_lookups_sibling_order_and_pruning() {
+        let mut f = fixture();
+        let root = f.push(f.main, "root");
+        let ids: Vec<MessageId> = (0..6).map(|_| MessageId::new()).collect();
+        // Siblings under `root`, attached in a scrambled order, each on its own branch.
+        let mut branches = Vec::new();
+        for &i in &[3usize, 0, 5, 1, 4, 2] {
+            let mut m = msg(f.chat, Some(root), &format!("s{i}"));
+            m.id = ids[i];
+            f.tree.attach(m).unwrap();
+            branches.push((i, f.fork_at(ids[i])));
+        }
+        let root_node = f.tree.node(root).unwrap();
+        let children: Vec<_> = f.tree.children(root_node).iter().map(|n| n.id()).collect();
+        assert_eq!(children, ids);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(f.tree.node(*id).unwrap().id(), *id);
+            assert_eq!(f.tree.sibling_position(*id).unwrap(), (i, 6));
+        }
+        let all: Vec<_> = f.tree.nodes().map(|n| n.id()).collect();
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(all, sorted);
+        // Dropping the branches of s0, s3 and s4 prunes exactly those, and the rest still links.
+        for (i, b) in &branches {
+            if [0, 3, 4].contains(i) {
+                assert_eq!(f.tree.delete_branch(*b).unwrap(), [ids[*i]]);
+            }
+        }
+        let root_node = f.tree.node(root).unwrap();
+        let children: Vec<_> = f.tree.children(root_node).iter().map(|n| n.id()).collect();
+        assert_eq!(children, [ids[1], ids[2], ids[5]]);
+        for (i, b) in &branches {
+            if ![0, 3, 4].contains(i) {
+                assert_eq!(f.texts(*b), ["root".to_string(), format!("s{i}")]);
+                assert_eq!(f.tree.at_index(*b, 1).unwrap(), ids[*i]);
+            }
+        }
+        assert_eq!(f.tree.sibling_position(ids[5]).unwrap(), (2, 3));
+        assert!(f.tree.node(ids[0]).is_err());
+    }
+
+    #[test]
+    fn a_reply_shares_the_previous_replys_model_label() {
+        let mut f = fixture();
+        let mut model_of = Vec::new();
+        for i in 0..3 {
+            f.push(f.main, &format!("q{i}"));
+            let head = f.tree.head(f.main).unwrap();
+            let mut reply = msg(f.chat, head, "a");
+            reply.role = Role::Assistant;
+            reply.model = Some(Arc::from("openai/gpt"));
+            model_of.push(reply.id);
+            f.tree.append(f.main, reply).unwrap();
+        }
+        let models: Vec<_> = model_of
+            .iter()
+            .map(|id| f.tree.node(*id).unwrap().model().unwrap().clone())
+            .collect();
+        assert_eq!(&*models[2], "openai/gpt");
+        assert!(Arc::ptr_eq(&models[0], &models[1]) && Arc::ptr_eq(&models[1], &models[2]));
     }
 
     #[test]

@@ -38,19 +38,18 @@ pub struct MessageView {
 impl MessageView {
     pub fn of(tree: &Tree, node: &Node) -> Self {
         let (sibling_index, sibling_count) = tree.sibling_position_of(node);
-        let m = &node.message;
         Self {
-            id: m.id,
-            chat_id: m.chat_id,
-            parent_id: m.parent_id,
-            role: m.role,
-            content: m.content.clone(),
-            model: m.model.clone(),
-            metadata: m.metadata.clone(),
-            created_at: m.created_at,
+            id: node.id(),
+            chat_id: tree.chat(),
+            parent_id: tree.parent_id(node),
+            role: node.role(),
+            content: node.content().clone(),
+            model: node.model().cloned(),
+            metadata: node.metadata().cloned(),
+            created_at: node.created_at(),
             sibling_index,
             sibling_count,
-            children_count: node.children.len(),
+            children_count: tree.children_count(node),
         }
     }
 }
