@@ -33,7 +33,7 @@ use crate::llm::{Admission, JobOutcome, LlmPool};
 use crate::model::{BranchId, ChatId, GenerationId, MessageId, Role, UserId};
 use crate::ports::CompletionRequest;
 use crate::views::*;
-use crate::writer::{AckMode, WriteError};
+use crate::writer::{AckMode, CommitTicket, WriteError};
 
 pub(crate) type GoneSignal = Shared<oneshot::Receiver<()>>;
 
@@ -785,8 +785,13 @@ impl Chats {
         Ok(self.inner.llm.resolve(model)?.admit()?)
     }
 
-    /// Settles a change that may have started a reply; once it is committed, sets the reply
-    /// going with its provider.
+    /// Settles a change that may have started a reply, and sets the reply going with its
+    /// provider.
+    ///
+    /// With durable acks the model call starts while the question commits, so the commit is
+    /// not in the time to first token: the tokens wait in the generation's log, which nobody
+    /// can follow before this returns its id (after the commit), and the reply is stored only
+    /// once the question is (see [`Self::drive`]). A failed commit cancels the call.
     async fn launch<T>(
         &self,
         user: UserId,
@@ -795,14 +800,26 @@ impl Chats {
         applied: Applied<T>,
         job: Option<GenerationJob>,
     ) -> Result<(T, Option<Arc<Generation>>), ChatError> {
-        let value = self
-            .settle_or_abort(user, chat, applied, job.as_ref())
-            .await?;
-        let generation = match (admission, job) {
-            (Some(admission), Some(job)) => Some(self.drive(user, chat, admission, job)),
-            _ => None,
+        let (Some(admission), Some(job)) = (admission, job) else {
+            return Ok((self.settle(applied).await?, None));
         };
-        Ok((value, generation))
+        if self.inner.rt.writer.ack_mode != AckMode::Durable {
+            let value = self
+                .settle_or_abort(user, chat, applied, Some(&job))
+                .await?;
+            return Ok((value, Some(self.drive(user, chat, admission, job, None))));
+        }
+        let question = applied.commit.clone();
+        let generation = self.drive(user, chat, admission, job, Some(question));
+        match self.settle(applied).await {
+            Ok(value) => Ok((value, Some(generation))),
+            Err(e) => {
+                // The drive task saw the same commit fail: it cancels the call, frees the
+                // branch and ends the generation; answer once it has.
+                let _ = generation.outcome().await;
+                Err(e)
+            }
+        }
     }
 
     /// Settles a change; if it carried a generation and did not commit, releases its branch.
@@ -838,13 +855,16 @@ impl Chats {
     }
 
     /// Queues a started reply with its provider and, on the chat's arbiter (which outlives the
-    /// HTTP workers during shutdown), stores the result when it arrives.
+    /// HTTP workers during shutdown), stores the result when it arrives. With `question`, the
+    /// commit of the message being answered is still in flight: the reply is stored only if it
+    /// lands; if it fails, the call is cancelled, the branch freed and nothing stored.
     fn drive(
         &self,
         user: UserId,
         chat: ChatId,
         admission: Admission,
         job: GenerationJob,
+        question: Option<CommitTicket>,
     ) -> Arc<Generation> {
         let generation = job.generation.clone();
         generation.push(crate::generation::EventKind::UserMessage(
@@ -859,13 +879,26 @@ impl Chats {
         let this = self.clone();
         let arbiter = &self.inner.arbiters[arbiter_for(chat, self.inner.arbiters.len())];
         arbiter.spawn(async move {
+            let question = match question {
+                Some(commit) => commit.await.map_err(commit_error),
+                None => Ok(()),
+            };
+            if question.is_err() {
+                job.generation.cancel();
+            }
             let outcome = outcome.await.unwrap_or_else(|_| {
                 JobOutcome::Failed(crate::ports::LlmError::upstream(
                     None,
                     "the model provider task panicked",
                 ))
             });
-            let ended = this.store_reply(user, chat, &job, &provider, outcome).await;
+            let ended = match question {
+                Ok(()) => this.store_reply(user, chat, &job, &provider, outcome).await,
+                Err(e) => {
+                    this.abort(user, chat, &job).await;
+                    Err(e)
+                }
+            };
             job.generation.finish(ended);
             this.inner.rt.generations.ended(job.generation.id);
         });
@@ -933,11 +966,7 @@ impl Chats {
     /// Waits for a change's commit in durable mode; returns at once in buffered mode.
     async fn settle<T>(&self, applied: Applied<T>) -> Result<T, ChatError> {
         if self.inner.rt.writer.ack_mode == AckMode::Durable {
-            applied.commit.await.map_err(|e| match e {
-                WriteError::StorageUnavailable | WriteError::Fenced | WriteError::Stopped => {
-                    ChatError::StorageUnavailable
-                }
-            })?;
+            applied.commit.await.map_err(commit_error)?;
         }
         Ok(applied.value)
     }
@@ -1023,6 +1052,14 @@ impl Chats {
             probe,
             instance,
             capacity: self.inner.config.mailbox_capacity,
+        }
+    }
+}
+
+fn commit_error(e: WriteError) -> ChatError {
+    match e {
+        WriteError::StorageUnavailable | WriteError::Fenced | WriteError::Stopped => {
+            ChatError::StorageUnavailable
         }
     }
 }

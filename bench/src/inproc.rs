@@ -275,6 +275,53 @@ pub fn memory_measure(config: &Path, state: &Path) -> anyhow::Result<()> {
     })
 }
 
+/// The floor under [`memory`]: `count` actors with no state, started on two arbiters as the
+/// registry starts chat actors (mailbox bound lifted), each address held in a moka cache built
+/// as the registry's (size- and idle-bounded, with an eviction listener), keyed by a chat id.
+pub fn memory_floor(count: usize) -> anyhow::Result<()> {
+    use actix::{Actor, Arbiter, Context as ActorContext};
+    use moka::future::Cache;
+
+    struct Bare;
+    impl Actor for Bare {
+        type Context = ActorContext<Self>;
+    }
+
+    actix_web::rt::System::new().block_on(async move {
+        let arbiters = [Arbiter::new(), Arbiter::new()];
+        let cache: Cache<ChatId, (actix::Addr<Bare>, Arc<u64>)> = Cache::builder()
+            .max_capacity(count as u64 + 1000)
+            .time_to_idle(Duration::from_secs(24 * 3600))
+            .eviction_listener(|_, _, _| {})
+            .build();
+        let before = rss()?;
+        for i in 0..count {
+            let addr = Bare::start_in_arbiter(&arbiters[i % 2].handle(), |ctx| {
+                ctx.set_mailbox_capacity(0);
+                Bare
+            });
+            cache
+                .insert(ChatId::new(), (addr, Arc::new(i as u64)))
+                .await;
+        }
+        cache.run_pending_tasks().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss()?;
+        anyhow::ensure!(
+            cache.entry_count() as usize == count,
+            "entries went missing"
+        );
+        println!(
+            "BENCH memory_floor chats={count} per_chat_bytes={:.0}",
+            after.saturating_sub(before) as f64 / count as f64
+        );
+        for arbiter in arbiters {
+            arbiter.stop();
+        }
+        Ok(())
+    })
+}
+
 /// Write-behind lag at `rate` messages per second (Q&A pairs, so `rate / 2` sends per second,
 /// each to a random chat of `count`), for `seconds`, read from the writer's lag histogram.
 pub fn lag(config: &Path, count: usize, rate: usize, seconds: u64) -> anyhow::Result<()> {

@@ -98,6 +98,12 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         pairs: usize,
     },
+    /// In-process: resident memory of CHATS bare actix actors, each with a moka cache entry
+    /// holding its address: the per-chat floor of Arbor's shape, with no chat in it.
+    MemoryFloor {
+        #[arg(long, default_value_t = 100_000)]
+        chats: usize,
+    },
     /// The second, fresh-process half of `memory`.
     #[command(hide = true)]
     MemoryMeasure {
@@ -148,6 +154,7 @@ fn main() -> anyhow::Result<()> {
             pairs,
         } => inproc::memory(&config, chats, pairs),
         Command::MemoryMeasure { config, state } => inproc::memory_measure(&config, &state),
+        Command::MemoryFloor { chats } => inproc::memory_floor(chats),
         Command::Lag {
             config,
             chats,

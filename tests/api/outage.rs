@@ -146,6 +146,8 @@ async fn durable_outage(down: Store) {
     app.say(&u, &quiet, "one").await;
     let idle = id(&app.create_chat(&u, "idle").await);
     app.say(&u, &idle, "resident").await;
+    let asking = id(&app.create_chat(&u, "asking").await);
+    app.say(&u, &asking, "first").await;
     let busy: Vec<String> = {
         let mut v = Vec::new();
         for i in 0..4 {
@@ -208,6 +210,16 @@ async fn durable_outage(down: Store) {
         "took {:?}",
         started.elapsed()
     );
+    // A send that asks for a reply: the model call starts while the question commits; the
+    // commit fails, so the call is cancelled and neither the question nor a reply is stored.
+    let res = app
+        .post(
+            &u,
+            &format!("/api/v1/chats/{asking}/messages"),
+            json!({ "content": "lost question", "reply": true }),
+        )
+        .await;
+    assert_error(res, StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable").await;
     let (status, body) = readiness(&app).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["metadata_store"], down != Store::Postgres, "{body}");
@@ -226,6 +238,17 @@ async fn durable_outage(down: Store) {
         "{}",
         res.text().await.unwrap()
     );
+    // The failed reply freed its branch: the next one is answered.
+    let res = app
+        .post(
+            &u,
+            &format!("/api/v1/chats/{asking}/messages"),
+            json!({ "content": "asked", "reply": true }),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let sent: Value = res.json().await.unwrap();
+    assert_eq!(sent["messages"][1]["content"], "echo: asked", "{sent}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
@@ -239,6 +262,11 @@ async fn durable_outage(down: Store) {
         app.chats.evict(chat.parse().unwrap()).await;
     }
     assert_eq!(app.path(&u, &quiet, None).await, ["one", "after"]);
+    app.chats.evict(asking.parse().unwrap()).await;
+    assert_eq!(
+        app.path(&u, &asking, None).await,
+        ["first", "asked", "echo: asked"]
+    );
     let acked = acked.lock().unwrap().clone();
     for chat in &busy {
         let stored = app.path(&u, chat, None).await;
