@@ -136,6 +136,16 @@ async fn send(app: &TestApp, u: &User, chat: &str, content: &str) -> reqwest::Re
     .await
 }
 
+/// A send that asks the model for a reply.
+async fn ask(app: &TestApp, u: &User, chat: &str, content: &str) -> reqwest::Response {
+    app.post(
+        u,
+        &format!("/api/v1/chats/{chat}/messages"),
+        json!({ "content": content, "reply": true }),
+    )
+    .await
+}
+
 /// Durable writes fail within a bounded wait while the store is down and are not stored;
 /// resident chats stay readable; /ready reports it; writes acknowledged before, during (none)
 /// and after the outage are all stored exactly once.
@@ -212,13 +222,7 @@ async fn durable_outage(down: Store) {
     );
     // A send that asks for a reply: the model call starts while the question commits; the
     // commit fails, so the call is cancelled and neither the question nor a reply is stored.
-    let res = app
-        .post(
-            &u,
-            &format!("/api/v1/chats/{asking}/messages"),
-            json!({ "content": "lost question", "reply": true }),
-        )
-        .await;
+    let res = ask(&app, &u, &asking, "lost question").await;
     assert_error(res, StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable").await;
     let (status, body) = readiness(&app).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -239,13 +243,7 @@ async fn durable_outage(down: Store) {
         res.text().await.unwrap()
     );
     // The failed reply freed its branch: the next one is answered.
-    let res = app
-        .post(
-            &u,
-            &format!("/api/v1/chats/{asking}/messages"),
-            json!({ "content": "asked", "reply": true }),
-        )
-        .await;
+    let res = ask(&app, &u, &asking, "asked").await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let sent: Value = res.json().await.unwrap();
     assert_eq!(sent["messages"][1]["content"], "echo: asked", "{sent}");
