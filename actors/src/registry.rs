@@ -803,14 +803,10 @@ impl Chats {
         let (Some(admission), Some(job)) = (admission, job) else {
             return Ok((self.settle(applied).await?, None));
         };
-        if self.inner.rt.writer.ack_mode != AckMode::Durable {
-            let value = self
-                .settle_or_abort(user, chat, applied, Some(&job))
-                .await?;
-            return Ok((value, Some(self.drive(user, chat, admission, job, None))));
-        }
-        let question = applied.commit.clone();
-        let generation = self.drive(user, chat, admission, job, Some(question));
+        // Buffered acks do not wait for the commit, and neither does the reply.
+        let durable = self.inner.rt.writer.ack_mode == AckMode::Durable;
+        let question = durable.then(|| applied.commit.clone());
+        let generation = self.drive(user, chat, admission, job, question);
         match self.settle(applied).await {
             Ok(value) => Ok((value, Some(generation))),
             Err(e) => {
@@ -820,23 +816,6 @@ impl Chats {
                 Err(e)
             }
         }
-    }
-
-    /// Settles a change; if it carried a generation and did not commit, releases its branch.
-    async fn settle_or_abort<T>(
-        &self,
-        user: UserId,
-        chat: ChatId,
-        applied: Applied<T>,
-        job: Option<&GenerationJob>,
-    ) -> Result<T, ChatError> {
-        let result = self.settle(applied).await;
-        if let (Err(e), Some(job)) = (&result, job) {
-            self.abort(user, chat, job).await;
-            job.generation.finish(Err(e.clone()));
-            self.inner.rt.generations.ended(job.generation.id);
-        }
-        result
     }
 
     async fn abort(&self, user: UserId, chat: ChatId, job: &GenerationJob) {

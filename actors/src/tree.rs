@@ -290,10 +290,10 @@ impl Tree {
 
     /// All nodes, in id (creation) order.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        let sorted = self.by_id.is_empty();
-        let direct = sorted.then(|| self.nodes.iter()).into_iter().flatten();
-        let indexed = self.by_id.iter().map(|&i| self.at(i));
-        direct.chain(indexed)
+        (0..self.nodes.len()).map(|pos| match self.by_id.get(pos) {
+            Some(&idx) => self.at(idx),
+            None => &self.nodes[pos],
+        })
     }
 
     /// The id of a node's parent.
