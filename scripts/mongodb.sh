@@ -25,7 +25,7 @@ setup() {
     if [ -x "$VENV/bin/secantusd-py" ]; then return; fi
     mkdir -p "$(dirname "$VENV")"
     python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$PACKAGE"
+    "$VENV/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check "$PACKAGE"
 }
 
 server() {

@@ -36,5 +36,7 @@ TEST_BACKEND=sqlite cargo nextest run --workspace "$@"
 
 # The store contract and outage tests name their backends themselves: they ran above.
 echo "== API suite on PostgreSQL + MongoDB"
-TEST_BACKEND=postgres-mongodb cargo nextest run --package arbor --test api \
-    -E 'not (test(/^stores::/) | test(/^outage::/))' "$@"
+# `--workspace` as above, with the API binary picked by filter: `--package arbor` alone would
+# resolve features without the bench crate's and build every shared dependency a second time.
+TEST_BACKEND=postgres-mongodb cargo nextest run --workspace \
+    -E 'binary_id(arbor::api) & not (test(/^stores::/) | test(/^outage::/))' "$@"
