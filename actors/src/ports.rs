@@ -69,6 +69,29 @@ impl MessageDeletes {
     }
 }
 
+/// The rows of one write-behind batch, in the order they must reach the stores: message inserts,
+/// then the metadata that may point at them, then message deletions.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub inserts: Vec<Message>,
+    pub meta: MetaBatch,
+    pub deletes: MessageDeletes,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.inserts.is_empty() && self.meta.is_empty() && self.deletes.is_empty()
+    }
+}
+
+/// One database holding both metadata and messages (the embedded SQLite file) commits a whole
+/// batch as one transaction: one commit, and one sync to disk, instead of one per store.
+#[async_trait]
+pub trait BatchStore: Send + Sync + 'static {
+    /// Applies the batch atomically, with the same idempotence as the per-store calls.
+    async fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+}
+
 /// Users, chats and branches.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {

@@ -10,7 +10,8 @@
 //! Each batch is committed in three steps, each one transaction in its store: message inserts
 //! first, then metadata (so metadata never points at a message that is not stored), then message
 //! deletions (so nothing stored points at a deleted message). Every step is idempotent (inserts by
-//! id, versioned upserts, deletes), so a failed batch is retried whole.
+//! id, versioned upserts, deletes), so a failed batch is retried whole. When one database holds
+//! both stores ([`WriterStores::unified`]), the three steps are one transaction.
 //!
 //! If a batch fails for good, every chat in it is *fenced*: its later queued writes are refused
 //! too (they may build on the failed ones), and its actor is told to reload from the store, so a
@@ -28,7 +29,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::model::{Branch, BranchId, ChatId, ChatMeta, Message, MessageId};
-use crate::ports::{MessageDeletes, MessageStore, MetaBatch, MetadataStore, StoreError};
+use crate::ports::{
+    Batch, BatchStore, MessageDeletes, MessageStore, MetaBatch, MetadataStore, StoreError,
+};
 
 /// When the client's response is sent relative to the commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +183,7 @@ impl Default for WriterStats {
             ),
             store_errors: counter_vec(
                 "arbor_writer_store_errors_total",
-                "Failed store calls of the write-behind writer, by store and error kind.",
+                "Failed store calls of the write-behind writer, by store (metadata, messages; batch when one database takes the whole batch) and error kind.",
                 &[],
                 &["store", "kind"],
             ),
@@ -198,7 +201,7 @@ impl Default for WriterStats {
             ),
             stage_seconds: histogram_vec(
                 "arbor_writer_stage_duration_seconds",
-                "Time of one store call of a write-behind batch, by stage (messages, metadata, deletes).",
+                "Time of one store call of a write-behind batch, by stage (messages, metadata, deletes; batch when one database takes the whole batch).",
                 &["stage"],
                 LATENCY_BUCKETS,
             ),
@@ -243,6 +246,16 @@ impl crate::metrics::Instruments for WriterStats {
     }
 }
 
+/// Where the writer commits.
+#[derive(Clone)]
+pub struct WriterStores {
+    pub metadata: Arc<dyn MetadataStore>,
+    pub messages: Arc<dyn MessageStore>,
+    /// Set when one database holds both stores: each batch is then committed by it in one
+    /// transaction, instead of one transaction per store.
+    pub unified: Option<Arc<dyn BatchStore>>,
+}
+
 /// A cheap, cloneable handle to the writer task.
 #[derive(Clone)]
 pub struct WriterHandle {
@@ -271,11 +284,7 @@ impl Slot {
 
 impl WriterHandle {
     /// Spawns the writer on the current Tokio runtime.
-    pub fn spawn(
-        metadata: Arc<dyn MetadataStore>,
-        messages: Arc<dyn MessageStore>,
-        config: WriterConfig,
-    ) -> Self {
+    pub fn spawn(stores: WriterStores, config: WriterConfig) -> Self {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let stats = Arc::new(WriterStats::default());
         let handle = Self {
@@ -286,8 +295,7 @@ impl WriterHandle {
         };
         let writer = Writer {
             rx,
-            metadata,
-            messages,
+            stores,
             config,
             stats,
             fences: HashMap::new(),
@@ -341,8 +349,7 @@ impl WriterHandle {
 
 struct Writer {
     rx: mpsc::Receiver<Command>,
-    metadata: Arc<dyn MetadataStore>,
-    messages: Arc<dyn MessageStore>,
+    stores: WriterStores,
     config: WriterConfig,
     stats: Arc<WriterStats>,
     /// Chats whose writes below this generation are refused.
@@ -350,9 +357,7 @@ struct Writer {
 }
 
 struct Coalesced {
-    inserts: Vec<Message>,
-    meta: MetaBatch,
-    deletes: MessageDeletes,
+    batch: Batch,
     rows: usize,
 }
 
@@ -412,7 +417,7 @@ impl Writer {
             let batch = coalesce(writes.iter().map(|(w, _, _)| w));
             let started = std::time::Instant::now();
             let result = self
-                .commit(&batch, oldest.unwrap_or_else(Instant::now))
+                .commit(&batch.batch, oldest.unwrap_or_else(Instant::now))
                 .await;
             self.stats
                 .flush_seconds
@@ -452,7 +457,7 @@ impl Writer {
     /// of its oldest write (`queued`) has passed, so no client waits much longer than the window
     /// however long the queue; in buffered mode until it succeeds (those writes were
     /// acknowledged).
-    async fn commit(&self, batch: &Coalesced, queued: Instant) -> Result<(), StoreError> {
+    async fn commit(&self, batch: &Batch, queued: Instant) -> Result<(), StoreError> {
         let deadline = queued + self.config.durable_retry_window;
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -487,17 +492,25 @@ impl Writer {
     }
 
     /// One attempt; a failure names the store that failed.
-    async fn commit_once(&self, batch: &Coalesced) -> Result<(), (&'static str, StoreError)> {
+    async fn commit_once(&self, batch: &Batch) -> Result<(), (&'static str, StoreError)> {
+        let stores = &self.stores;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Some(unified) = &stores.unified {
+            let committed = self.timed("batch", unified.commit(batch));
+            return committed.await.map_err(|e| ("batch", e));
+        }
         if !batch.inserts.is_empty() {
-            let inserted = self.timed("messages", self.messages.insert(&batch.inserts));
+            let inserted = self.timed("messages", stores.messages.insert(&batch.inserts));
             inserted.await.map_err(|e| ("messages", e))?;
         }
         if !batch.meta.is_empty() {
-            let applied = self.timed("metadata", self.metadata.apply(&batch.meta));
+            let applied = self.timed("metadata", stores.metadata.apply(&batch.meta));
             applied.await.map_err(|e| ("metadata", e))?;
         }
         if !batch.deletes.is_empty() {
-            let deleted = self.timed("deletes", self.messages.delete(&batch.deletes));
+            let deleted = self.timed("deletes", stores.messages.delete(&batch.deletes));
             deleted.await.map_err(|e| ("messages", e))?;
         }
         Ok(())
@@ -581,9 +594,11 @@ fn coalesce<'a>(writes: impl Iterator<Item = &'a ChatWrite>) -> Coalesced {
     meta.chats = chats.into_values().collect();
     meta.branches = branches.into_values().collect();
     Coalesced {
-        inserts,
-        meta,
-        deletes,
+        batch: Batch {
+            inserts,
+            meta,
+            deletes,
+        },
         rows,
     }
 }

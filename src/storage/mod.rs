@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use arbor_actors::model::{Branch, ChatMeta};
-use arbor_actors::ports::{MessageStore, MetadataStore, StoreError};
+use arbor_actors::ports::{BatchStore, MessageStore, MetadataStore, StoreError};
 
 use crate::config::{MessageBackend, MetadataBackend, Settings};
 
@@ -42,6 +42,9 @@ pub(crate) fn fold_chat_rows<R>(
 pub struct Stores {
     pub metadata: Arc<dyn MetadataStore>,
     pub messages: Arc<dyn MessageStore>,
+    /// Both of the above, when one database holds them (SQLite for both): the writer commits
+    /// each batch through it in one transaction.
+    pub unified: Option<Arc<dyn BatchStore>>,
 }
 
 /// Connection pools to close in order at shutdown (the MongoDB client needs no closing).
@@ -104,8 +107,16 @@ pub async fn open(settings: &Settings) -> anyhow::Result<(Stores, Connections)> 
                 .shared()
         }
     };
+    let unified: Option<Arc<dyn BatchStore>> = match (storage.metadata, storage.messages) {
+        (MetadataBackend::Sqlite, MessageBackend::Sqlite) => Some(embedded()?),
+        _ => None,
+    };
     Ok((
-        Stores { metadata, messages },
+        Stores {
+            metadata,
+            messages,
+            unified,
+        },
         Connections { sqlite, postgres },
     ))
 }

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arbor_actors::model::{Branch, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord};
-use arbor_actors::ports::{MessageDeletes, MessageStore, MetaBatch, MetadataStore, StoreError};
+use arbor_actors::ports::{
+    Batch, BatchStore, MessageDeletes, MessageStore, MetaBatch, MetadataStore, StoreError,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -255,67 +257,7 @@ impl MetadataStore for SqliteStore {
 
     async fn apply(&self, batch: &MetaBatch) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
-        for chunk in batch.chats.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new(format!("INSERT INTO chats ({CHAT_COLUMNS}) "));
-            q.push_values(chunk, |mut b, c| {
-                b.push_bind(c.id.to_string())
-                    .push_bind(c.owner.to_string())
-                    .push_bind(c.title.clone())
-                    .push_bind(c.system_prompt.clone())
-                    .push_bind(c.description.clone())
-                    .push_bind(c.active_branch.to_string())
-                    .push_bind(c.created_at)
-                    .push_bind(c.updated_at)
-                    .push_bind(c.version);
-            });
-            q.push(
-                " ON CONFLICT (id) DO UPDATE SET title = excluded.title,
-                  system_prompt = excluded.system_prompt, description = excluded.description,
-                  active_branch_id = excluded.active_branch_id,
-                  updated_at = excluded.updated_at, version = excluded.version
-                  WHERE excluded.version > chats.version",
-            );
-            q.build().execute(&mut *tx).await.map_err(store_error)?;
-        }
-        for chunk in batch.branches.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO branches (id, chat_id, name, head_id, forked_from_id, created_at,
-                 updated_at, version) ",
-            );
-            q.push_values(chunk, |mut b, (br, version)| {
-                b.push_bind(br.id.to_string())
-                    .push_bind(br.chat_id.to_string())
-                    .push_bind(br.name.clone())
-                    .push_bind(br.head.map(|h| h.to_string()))
-                    .push_bind(br.forked_from.map(|h| h.to_string()))
-                    .push_bind(br.created_at)
-                    .push_bind(br.updated_at)
-                    .push_bind(*version);
-            });
-            q.push(
-                " ON CONFLICT (id) DO UPDATE SET name = excluded.name, head_id = excluded.head_id,
-                  updated_at = excluded.updated_at, version = excluded.version
-                  WHERE excluded.version >= branches.version",
-            );
-            q.build().execute(&mut *tx).await.map_err(store_error)?;
-        }
-        for chunk in batch.deleted_branches.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("DELETE FROM branches WHERE id IN (");
-            push_ids(&mut q, chunk);
-            q.build().execute(&mut *tx).await.map_err(store_error)?;
-        }
-        for chunk in batch.deleted_chats.chunks(CHUNK) {
-            for table in [
-                "DELETE FROM branches WHERE chat_id IN (",
-                "DELETE FROM chats WHERE id IN (",
-            ] {
-                let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(table);
-                push_ids(&mut q, chunk);
-                q.build().execute(&mut *tx).await.map_err(store_error)?;
-            }
-        }
+        apply_meta(&mut tx, batch).await?;
         tx.commit().await.map_err(store_error)
     }
 
@@ -340,42 +282,13 @@ fn push_ids<T: ToString>(q: &mut QueryBuilder<'_, Sqlite>, ids: &[T]) {
 impl MessageStore for SqliteStore {
     async fn insert(&self, messages: &[Message]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
-        for chunk in messages.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO messages (id, chat_id, parent_id, role, content, model, metadata,
-                 idempotency_key, created_at) ",
-            );
-            q.push_values(chunk, |mut b, m| {
-                b.push_bind(m.id.to_string())
-                    .push_bind(m.chat_id.to_string())
-                    .push_bind(m.parent_id.map(|p| p.to_string()))
-                    .push_bind(m.role.as_str())
-                    .push_bind(m.content.to_string())
-                    .push_bind(m.model.as_deref().map(str::to_owned))
-                    .push_bind(m.metadata.as_ref().map(|v| v.to_string()))
-                    .push_bind(m.idempotency_key.as_deref().map(str::to_owned))
-                    .push_bind(m.created_at);
-            });
-            q.push(" ON CONFLICT (id) DO NOTHING");
-            q.build().execute(&mut *tx).await.map_err(store_error)?;
-        }
+        insert_messages(&mut tx, messages).await?;
         tx.commit().await.map_err(store_error)
     }
 
     async fn delete(&self, deletes: &MessageDeletes) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
-        for chunk in deletes.messages.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("DELETE FROM messages WHERE id IN (");
-            push_ids::<MessageId>(&mut q, chunk);
-            q.build().execute(&mut *tx).await.map_err(store_error)?;
-        }
-        for chunk in deletes.chats.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("DELETE FROM messages WHERE chat_id IN (");
-            push_ids::<ChatId>(&mut q, chunk);
-            q.build().execute(&mut *tx).await.map_err(store_error)?;
-        }
+        delete_messages(&mut tx, deletes).await?;
         tx.commit().await.map_err(store_error)
     }
 
@@ -391,4 +304,127 @@ impl MessageStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         MetadataStore::ping(self).await
     }
+}
+
+/// Both stores are this one file: a whole batch is one transaction.
+#[async_trait]
+impl BatchStore for SqliteStore {
+    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        insert_messages(&mut tx, &batch.inserts).await?;
+        apply_meta(&mut tx, &batch.meta).await?;
+        delete_messages(&mut tx, &batch.deletes).await?;
+        tx.commit().await.map_err(store_error)
+    }
+}
+
+/// The metadata rows of a batch, on a connection inside a transaction.
+async fn apply_meta(conn: &mut SqliteConnection, batch: &MetaBatch) -> Result<(), StoreError> {
+    for chunk in batch.chats.chunks(CHUNK) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("INSERT INTO chats ({CHAT_COLUMNS}) "));
+        q.push_values(chunk, |mut b, c| {
+            b.push_bind(c.id.to_string())
+                .push_bind(c.owner.to_string())
+                .push_bind(c.title.clone())
+                .push_bind(c.system_prompt.clone())
+                .push_bind(c.description.clone())
+                .push_bind(c.active_branch.to_string())
+                .push_bind(c.created_at)
+                .push_bind(c.updated_at)
+                .push_bind(c.version);
+        });
+        q.push(
+            " ON CONFLICT (id) DO UPDATE SET title = excluded.title,
+              system_prompt = excluded.system_prompt, description = excluded.description,
+              active_branch_id = excluded.active_branch_id,
+              updated_at = excluded.updated_at, version = excluded.version
+              WHERE excluded.version > chats.version",
+        );
+        q.build().execute(&mut *conn).await.map_err(store_error)?;
+    }
+    for chunk in batch.branches.chunks(CHUNK) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO branches (id, chat_id, name, head_id, forked_from_id, created_at,
+             updated_at, version) ",
+        );
+        q.push_values(chunk, |mut b, (br, version)| {
+            b.push_bind(br.id.to_string())
+                .push_bind(br.chat_id.to_string())
+                .push_bind(br.name.clone())
+                .push_bind(br.head.map(|h| h.to_string()))
+                .push_bind(br.forked_from.map(|h| h.to_string()))
+                .push_bind(br.created_at)
+                .push_bind(br.updated_at)
+                .push_bind(*version);
+        });
+        q.push(
+            " ON CONFLICT (id) DO UPDATE SET name = excluded.name, head_id = excluded.head_id,
+              updated_at = excluded.updated_at, version = excluded.version
+              WHERE excluded.version >= branches.version",
+        );
+        q.build().execute(&mut *conn).await.map_err(store_error)?;
+    }
+    for chunk in batch.deleted_branches.chunks(CHUNK) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM branches WHERE id IN (");
+        push_ids(&mut q, chunk);
+        q.build().execute(&mut *conn).await.map_err(store_error)?;
+    }
+    for chunk in batch.deleted_chats.chunks(CHUNK) {
+        for table in [
+            "DELETE FROM branches WHERE chat_id IN (",
+            "DELETE FROM chats WHERE id IN (",
+        ] {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(table);
+            push_ids(&mut q, chunk);
+            q.build().execute(&mut *conn).await.map_err(store_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// Message inserts (idempotent by id), on a connection inside a transaction.
+async fn insert_messages(
+    conn: &mut SqliteConnection,
+    messages: &[Message],
+) -> Result<(), StoreError> {
+    for chunk in messages.chunks(CHUNK) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO messages (id, chat_id, parent_id, role, content, model, metadata,
+             idempotency_key, created_at) ",
+        );
+        q.push_values(chunk, |mut b, m| {
+            b.push_bind(m.id.to_string())
+                .push_bind(m.chat_id.to_string())
+                .push_bind(m.parent_id.map(|p| p.to_string()))
+                .push_bind(m.role.as_str())
+                .push_bind(m.content.to_string())
+                .push_bind(m.model.as_deref().map(str::to_owned))
+                .push_bind(m.metadata.as_ref().map(|v| v.to_string()))
+                .push_bind(m.idempotency_key.as_deref().map(str::to_owned))
+                .push_bind(m.created_at);
+        });
+        q.push(" ON CONFLICT (id) DO NOTHING");
+        q.build().execute(&mut *conn).await.map_err(store_error)?;
+    }
+    Ok(())
+}
+
+/// Message deletions, on a connection inside a transaction.
+async fn delete_messages(
+    conn: &mut SqliteConnection,
+    deletes: &MessageDeletes,
+) -> Result<(), StoreError> {
+    for chunk in deletes.messages.chunks(CHUNK) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM messages WHERE id IN (");
+        push_ids::<MessageId>(&mut q, chunk);
+        q.build().execute(&mut *conn).await.map_err(store_error)?;
+    }
+    for chunk in deletes.chats.chunks(CHUNK) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("DELETE FROM messages WHERE chat_id IN (");
+        push_ids::<ChatId>(&mut q, chunk);
+        q.build().execute(&mut *conn).await.map_err(store_error)?;
+    }
+    Ok(())
 }

@@ -480,3 +480,83 @@ async fn metadata_json_round_trips_exactly(store: Arc<dyn MessageStore>) {
     let loaded = store.load_chat(chat).await.unwrap();
     assert_eq!(loaded[0].metadata.as_deref(), Some(&value));
 }
+
+/// SQLite holds both stores, so the writer hands it whole batches (`BatchStore`): one
+/// transaction, with the per-store order and idempotence.
+mod unified_sqlite {
+    use super::*;
+    use arbor_actors::ports::{Batch, BatchStore};
+
+    fn a_batch() -> (Batch, ChatMeta, Message, Message) {
+        let (meta, mut branch) = chat(UserId::new(), 2);
+        let question = message(meta.id, None, "q");
+        let answer = message(meta.id, Some(question.id), "a");
+        let dropped = message(meta.id, Some(question.id), "created and deleted in one batch");
+        branch.head = Some(answer.id);
+        let batch = Batch {
+            inserts: vec![question.clone(), answer.clone(), dropped.clone()],
+            meta: MetaBatch {
+                chats: vec![meta.clone()],
+                branches: vec![(branch, meta.version)],
+                ..MetaBatch::default()
+            },
+            deletes: MessageDeletes {
+                messages: vec![dropped.id],
+                chats: vec![],
+            },
+        };
+        (batch, meta, question, answer)
+    }
+
+    #[actix_web::test]
+    async fn a_batch_commits_every_store_in_order_and_is_idempotent() {
+        let (store, _dir) = sqlite().await;
+        let (batch, meta, question, answer) = a_batch();
+        store.commit(&batch).await.unwrap();
+        // A retried batch changes nothing.
+        store.commit(&batch).await.unwrap();
+        let (loaded, branches) = MetadataStore::load_chat(&store, meta.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded, meta);
+        assert_eq!(branches.len(), 1);
+        assert_eq!(branches[0].head, Some(answer.id));
+        // Deletions run after the inserts of the same batch.
+        let messages = MessageStore::load_chat(&store, meta.id).await.unwrap();
+        assert_eq!(messages, vec![question, answer]);
+        store.commit(&Batch::default()).await.unwrap();
+    }
+
+    #[actix_web::test]
+    async fn a_failing_batch_leaves_nothing_behind() {
+        let (store, dir) = sqlite().await;
+        // Break the metadata step from outside: the messages before it must roll back with it.
+        let path = dir.as_ref().unwrap().path().join("t.db");
+        let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+            "sqlite://{}",
+            path.display()
+        ))
+        .await
+        .unwrap();
+        sqlx::query("ALTER TABLE branches RENAME TO branches_away")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let (batch, meta, _, _) = a_batch();
+        assert!(store.commit(&batch).await.is_err());
+        assert!(MessageStore::load_chat(&store, meta.id)
+            .await
+            .unwrap()
+            .is_empty());
+        sqlx::query("ALTER TABLE branches_away RENAME TO branches")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        store.commit(&batch).await.unwrap();
+        assert_eq!(
+            MessageStore::load_chat(&store, meta.id).await.unwrap().len(),
+            2
+        );
+    }
+}
