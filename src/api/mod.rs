@@ -21,84 +21,81 @@ use error::ApiError;
 
 /// Registers every route under `/api/v1`, plus health, readiness, the admin page, the seed
 /// dialects (`compat`) and (when `metrics` is true) `/metrics`.
+///
+/// actix-web tries routes in order and runs a regex with captures for every pattern with a
+/// `{segment}` it tries, so the order is part of the read path's cost: `/api/v1` comes before the
+/// seed dialects' root patterns (none of which can match under it), and everything about one
+/// chat sits in one `/chats/{chat_id}` scope, whose own routes are mostly static suffixes.
 pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
     if metrics {
         cfg.service(resource("/metrics").route(web::get().to(admin::metrics)));
     }
     cfg.route("/health", web::get().to(health::health))
         .route("/ready", web::get().to(health::ready))
-        .service(resource("/admin").route(web::get().to(admin::page)))
-        .configure(compat::root_routes)
         .service(
+            // The seed dialect's `/chats/create-chat`, `/chats/get-chat`, ... come before the
+            // `/chats/{chat_id}` scope, which would otherwise take them.
             compat::v1_routes(web::scope("/api/v1"))
-                .service(resource("/admin/actors").route(web::get().to(admin::actors)))
-                .service(resource("/admin/actors/{chat_id}").route(web::get().to(admin::actor)))
-                .service(
-                    resource("/admin/actors/{chat_id}/evict").route(web::post().to(admin::evict)),
-                )
-                .service(resource("/admin/stats").route(web::get().to(admin::stats)))
-                .service(resource("/auth/register").route(web::post().to(auth::register)))
-                .service(resource("/auth/login").route(web::post().to(auth::login)))
-                .service(resource("/auth/token").route(web::post().to(auth::token)))
-                .service(resource("/auth/me").route(web::get().to(auth::me)))
                 .service(
                     resource("/chats")
                         .route(web::post().to(chats::create))
                         .route(web::get().to(chats::list)),
                 )
-                .service(
-                    resource("/chats/{chat_id}")
-                        .route(web::get().to(chats::get))
-                        .route(web::patch().to(chats::update))
-                        .route(web::delete().to(chats::delete)),
-                )
-                .service(
-                    resource("/chats/{chat_id}/messages")
-                        .route(web::post().to(messages::send))
-                        .route(web::get().to(messages::list)),
-                )
-                .service(
-                    resource("/chats/{chat_id}/messages/{message_id}")
-                        .route(web::get().to(messages::get)),
-                )
-                .service(
-                    resource("/chats/{chat_id}/messages/{message_id}/edit")
-                        .route(web::post().to(messages::edit)),
-                )
-                .service(
-                    resource("/chats/{chat_id}/messages/{message_id}/regenerate")
-                        .route(web::post().to(messages::regenerate)),
-                )
-                .service(resource("/chats/{chat_id}/tree").route(web::get().to(messages::tree)))
-                .service(
-                    resource("/chats/{chat_id}/generations/{generation_id}")
-                        .route(web::get().to(generations::get)),
-                )
-                .service(
-                    resource("/chats/{chat_id}/generations/{generation_id}/events")
-                        .route(web::get().to(generations::events)),
-                )
-                .service(
-                    resource("/chats/{chat_id}/generations/{generation_id}/cancel")
-                        .route(web::post().to(generations::cancel)),
-                )
+                .service(web::scope("/chats/{chat_id}").configure(chat_routes))
+                .service(resource("/auth/register").route(web::post().to(auth::register)))
+                .service(resource("/auth/login").route(web::post().to(auth::login)))
+                .service(resource("/auth/token").route(web::post().to(auth::token)))
+                .service(resource("/auth/me").route(web::get().to(auth::me)))
                 .service(resource("/models").route(web::get().to(models::list)))
+                .service(resource("/admin/stats").route(web::get().to(admin::stats)))
+                .service(resource("/admin/actors").route(web::get().to(admin::actors)))
+                .service(resource("/admin/actors/{chat_id}").route(web::get().to(admin::actor)))
                 .service(
-                    resource("/chats/{chat_id}/branches")
-                        .route(web::post().to(branches::create))
-                        .route(web::get().to(branches::list)),
-                )
-                .service(
-                    resource("/chats/{chat_id}/branches/{branch_id}")
-                        .route(web::get().to(branches::get))
-                        .route(web::patch().to(branches::rename))
-                        .route(web::delete().to(branches::delete)),
-                )
-                .service(
-                    resource("/chats/{chat_id}/active-branch")
-                        .route(web::put().to(branches::set_active)),
+                    resource("/admin/actors/{chat_id}/evict").route(web::post().to(admin::evict)),
                 ),
-        );
+        )
+        .service(resource("/admin").route(web::get().to(admin::page)))
+        .configure(compat::root_routes);
+}
+
+/// `/api/v1/chats/{chat_id}...`: static suffixes first.
+fn chat_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("")
+            .route(web::get().to(chats::get))
+            .route(web::patch().to(chats::update))
+            .route(web::delete().to(chats::delete)),
+    )
+    .service(
+        resource("/messages")
+            .route(web::post().to(messages::send))
+            .route(web::get().to(messages::list)),
+    )
+    .service(
+        resource("/branches")
+            .route(web::post().to(branches::create))
+            .route(web::get().to(branches::list)),
+    )
+    .service(resource("/active-branch").route(web::put().to(branches::set_active)))
+    .service(resource("/tree").route(web::get().to(messages::tree)))
+    .service(
+        resource("/branches/{branch_id}")
+            .route(web::get().to(branches::get))
+            .route(web::patch().to(branches::rename))
+            .route(web::delete().to(branches::delete)),
+    )
+    .service(resource("/messages/{message_id}").route(web::get().to(messages::get)))
+    .service(resource("/messages/{message_id}/edit").route(web::post().to(messages::edit)))
+    .service(
+        resource("/messages/{message_id}/regenerate").route(web::post().to(messages::regenerate)),
+    )
+    .service(resource("/generations/{generation_id}").route(web::get().to(generations::get)))
+    .service(
+        resource("/generations/{generation_id}/events").route(web::get().to(generations::events)),
+    )
+    .service(
+        resource("/generations/{generation_id}/cancel").route(web::post().to(generations::cancel)),
+    );
 }
 
 /// A resource that answers unsupported methods with a JSON 405.

@@ -196,6 +196,36 @@ async fn bad_input_gets_a_stable_4xx_and_changes_nothing() {
             StatusCode::NOT_FOUND,
             "not_found",
         ),
+        // Unknown paths inside the `/api/v1` and `/chats/{chat_id}` scopes get the same answer.
+        (
+            app.client
+                .get(app.url("/api/v1/nowhere"))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            app.client
+                .get(app.url(&format!("/api/v1/chats/{chat}/nowhere")))
+                .bearer_auth(&u.token)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            app.client
+                .put(app.url(&format!("/api/v1/chats/{chat}/branches")))
+                .bearer_auth(&u.token)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
         (
             app.client
                 .put(app.url("/api/v1/chats"))

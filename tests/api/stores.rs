@@ -491,7 +491,11 @@ mod unified_sqlite {
         let (meta, mut branch) = chat(UserId::new(), 2);
         let question = message(meta.id, None, "q");
         let answer = message(meta.id, Some(question.id), "a");
-        let dropped = message(meta.id, Some(question.id), "created and deleted in one batch");
+        let dropped = message(
+            meta.id,
+            Some(question.id),
+            "created and deleted in one batch",
+        );
         branch.head = Some(answer.id);
         let batch = Batch {
             inserts: vec![question.clone(), answer.clone(), dropped.clone()],
@@ -555,7 +559,10 @@ mod unified_sqlite {
             .unwrap();
         store.commit(&batch).await.unwrap();
         assert_eq!(
-            MessageStore::load_chat(&store, meta.id).await.unwrap().len(),
+            MessageStore::load_chat(&store, meta.id)
+                .await
+                .unwrap()
+                .len(),
             2
         );
     }
