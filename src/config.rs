@@ -121,6 +121,11 @@ pub struct StorageSettings {
     /// SQLite file; relative paths are inside `data_dir`.
     pub sqlite_file: PathBuf,
     pub sqlite_synchronous: SqliteSync,
+    /// SQLite: copy the WAL back into the database file once it holds this many pages (4 KiB
+    /// each). The writer pays for that copy inside a commit; a page rewritten by many batches is
+    /// copied once per checkpoint, so rarer checkpoints cost less per commit (SQLite's own
+    /// default is 1,000; BENCHMARKS.md measures both).
+    pub sqlite_checkpoint_pages: u32,
     pub ack_mode: AckMode,
     /// Write-behind: wait at most this long for more changes before committing a batch. 0 (the
     /// default) commits as soon as the writer is free: changes arriving during a commit form
@@ -322,6 +327,7 @@ impl Default for Settings {
                 data_dir: "./data".into(),
                 sqlite_file: "arbor.db".into(),
                 sqlite_synchronous: SqliteSync::Full,
+                sqlite_checkpoint_pages: 10_000,
                 ack_mode: AckMode::Durable,
                 flush_interval_ms: 0,
                 flush_max_rows: 1024,

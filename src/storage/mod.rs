@@ -72,7 +72,12 @@ pub async fn open(settings: &Settings) -> anyhow::Result<(Stores, Connections)> 
         storage.metadata == MetadataBackend::Sqlite || storage.messages == MessageBackend::Sqlite;
     let sqlite = match uses_sqlite {
         true => Some(
-            sqlite::SqliteStore::open(&settings.sqlite_path(), storage.sqlite_synchronous).await?,
+            sqlite::SqliteStore::open(
+                &settings.sqlite_path(),
+                storage.sqlite_synchronous,
+                storage.sqlite_checkpoint_pages,
+            )
+            .await?,
         ),
         false => None,
     };

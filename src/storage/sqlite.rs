@@ -38,7 +38,12 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies the migrations.
-    pub async fn open(path: &Path, sync: SqliteSync) -> anyhow::Result<Self> {
+    /// `checkpoint_pages`: see `StorageSettings::sqlite_checkpoint_pages`.
+    pub async fn open(
+        path: &Path,
+        sync: SqliteSync,
+        checkpoint_pages: u32,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
@@ -53,13 +58,8 @@ impl SqliteStore {
                 SqliteSync::Normal => SqliteSynchronous::Normal,
             })
             .busy_timeout(Duration::from_secs(5))
-            // Checkpoint (copy the WAL back into the database file) every 10,000 pages (~40 MiB)
-            // rather than SQLite's 1,000: the writer runs the checkpoint inside its commit, and a
-            // page rewritten by many batches (a busy chat's row) is copied once per checkpoint,
-            // so fewer, larger checkpoints copy far fewer pages per commit. Measured: durable
-            // fork 8.0k → 10.8k req/s (BENCHMARKS.md). The WAL file is cut back to
-            // `JOURNAL_LIMIT` after each checkpoint.
-            .pragma("wal_autocheckpoint", "10000")
+            // The WAL file is cut back to `JOURNAL_LIMIT` after each checkpoint.
+            .pragma("wal_autocheckpoint", checkpoint_pages.max(1).to_string())
             .pragma("journal_size_limit", JOURNAL_LIMIT);
         let pool = |size| {
             SqlitePoolOptions::new()
