@@ -13,7 +13,7 @@ use anyhow::Context;
 use arbor_actors::chat::ChatRuntime;
 use arbor_actors::generation::Generations;
 use arbor_actors::llm::LlmPool;
-use arbor_actors::writer::{AckMode, WriterConfig, WriterHandle, WriterStores};
+use arbor_actors::writer::{AckMode, WriterConfig, WriterHandle};
 use arbor_actors::{Chats, RegistryConfig};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -165,11 +165,7 @@ impl Application {
 fn start_chats(settings: &Settings, stores: &Stores, llm: Arc<LlmPool>) -> Chats {
     let storage = &settings.storage;
     let writer = WriterHandle::spawn(
-        WriterStores {
-            metadata: stores.metadata.clone(),
-            messages: stores.messages.clone(),
-            unified: stores.unified.clone(),
-        },
+        stores.clone(),
         WriterConfig {
             ack_mode: match storage.ack_mode {
                 config::AckMode::Durable => AckMode::Durable,

@@ -92,6 +92,16 @@ pub trait BatchStore: Send + Sync + 'static {
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
 }
 
+/// The stores a server runs on.
+#[derive(Clone)]
+pub struct Stores {
+    pub metadata: Arc<dyn MetadataStore>,
+    pub messages: Arc<dyn MessageStore>,
+    /// Both of the above, when one database holds them (SQLite for both): the writer commits
+    /// each batch through it in one transaction instead of one per store.
+    pub unified: Option<Arc<dyn BatchStore>>,
+}
+
 /// Users, chats and branches.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {

@@ -11,7 +11,7 @@
 //! first, then metadata (so metadata never points at a message that is not stored), then message
 //! deletions (so nothing stored points at a deleted message). Every step is idempotent (inserts by
 //! id, versioned upserts, deletes), so a failed batch is retried whole. When one database holds
-//! both stores ([`WriterStores::unified`]), the three steps are one transaction.
+//! both stores ([`Stores::unified`]), the three steps are one transaction.
 //!
 //! If a batch fails for good, every chat in it is *fenced*: its later queued writes are refused
 //! too (they may build on the failed ones), and its actor is told to reload from the store, so a
@@ -29,9 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::model::{Branch, BranchId, ChatId, ChatMeta, Message, MessageId};
-use crate::ports::{
-    Batch, BatchStore, MessageDeletes, MessageStore, MetaBatch, MetadataStore, StoreError,
-};
+use crate::ports::{Batch, MessageDeletes, MetaBatch, StoreError, Stores};
 
 /// When the client's response is sent relative to the commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,16 +244,6 @@ impl crate::metrics::Instruments for WriterStats {
     }
 }
 
-/// Where the writer commits.
-#[derive(Clone)]
-pub struct WriterStores {
-    pub metadata: Arc<dyn MetadataStore>,
-    pub messages: Arc<dyn MessageStore>,
-    /// Set when one database holds both stores: each batch is then committed by it in one
-    /// transaction, instead of one transaction per store.
-    pub unified: Option<Arc<dyn BatchStore>>,
-}
-
 /// A cheap, cloneable handle to the writer task.
 #[derive(Clone)]
 pub struct WriterHandle {
@@ -284,7 +272,7 @@ impl Slot {
 
 impl WriterHandle {
     /// Spawns the writer on the current Tokio runtime.
-    pub fn spawn(stores: WriterStores, config: WriterConfig) -> Self {
+    pub fn spawn(stores: Stores, config: WriterConfig) -> Self {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let stats = Arc::new(WriterStats::default());
         let handle = Self {
@@ -349,7 +337,7 @@ impl WriterHandle {
 
 struct Writer {
     rx: mpsc::Receiver<Command>,
-    stores: WriterStores,
+    stores: Stores,
     config: WriterConfig,
     stats: Arc<WriterStats>,
     /// Chats whose writes below this generation are refused.
@@ -493,10 +481,10 @@ impl Writer {
 
     /// One attempt; a failure names the store that failed.
     async fn commit_once(&self, batch: &Batch) -> Result<(), (&'static str, StoreError)> {
-        let stores = &self.stores;
         if batch.is_empty() {
             return Ok(());
         }
+        let stores = &self.stores;
         if let Some(unified) = &stores.unified {
             let committed = self.timed("batch", unified.commit(batch));
             return committed.await.map_err(|e| ("batch", e));

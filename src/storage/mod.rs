@@ -37,15 +37,7 @@ pub(crate) fn fold_chat_rows<R>(
     Ok(Some((chat(first)?, branches)))
 }
 
-/// The two stores the server runs on.
-#[derive(Clone)]
-pub struct Stores {
-    pub metadata: Arc<dyn MetadataStore>,
-    pub messages: Arc<dyn MessageStore>,
-    /// Both of the above, when one database holds them (SQLite for both): the writer commits
-    /// each batch through it in one transaction.
-    pub unified: Option<Arc<dyn BatchStore>>,
-}
+pub use arbor_actors::ports::Stores;
 
 /// Connection pools to close in order at shutdown (the MongoDB client needs no closing).
 pub struct Connections {

@@ -207,22 +207,13 @@ async fn bad_input_gets_a_stable_4xx_and_changes_nothing() {
             "not_found",
         ),
         (
-            app.client
-                .get(app.url(&format!("/api/v1/chats/{chat}/nowhere")))
-                .bearer_auth(&u.token)
-                .send()
-                .await
-                .unwrap(),
+            app.get(&u, &format!("/api/v1/chats/{chat}/nowhere")).await,
             StatusCode::NOT_FOUND,
             "not_found",
         ),
         (
-            app.client
-                .put(app.url(&format!("/api/v1/chats/{chat}/branches")))
-                .bearer_auth(&u.token)
-                .send()
-                .await
-                .unwrap(),
+            app.put(&u, &format!("/api/v1/chats/{chat}/branches"), json!({}))
+                .await,
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
         ),

@@ -537,12 +537,10 @@ mod unified_sqlite {
         let (store, dir) = sqlite().await;
         // Break the metadata step from outside: the messages before it must roll back with it.
         let path = dir.as_ref().unwrap().path().join("t.db");
-        let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
-            "sqlite://{}",
-            path.display()
-        ))
-        .await
-        .unwrap();
+        use sqlx::Connection;
+        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
         sqlx::query("ALTER TABLE branches RENAME TO branches_away")
             .execute(&mut other)
             .await
