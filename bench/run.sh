@@ -25,6 +25,8 @@
 # (bench/tools/cpu_by_process.py).
 # BENCH_WRITER=1 prints, after each Arbor scenario, the writer's mean batch size and the mean time
 # of each commit stage during it and the drain that follows it (from /metrics).
+# BENCH_BIN=DIR runs the `arbor` and `arbor-bench` binaries in DIR instead of building them (an
+# A/B of two builds: copy each build's pair into its own directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,8 +67,12 @@ target() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-cargo build --release --quiet -p arbor -p arbor-bench --bin arbor --bin arbor-bench
-BIN=target/release
+if [ -n "${BENCH_BIN:-}" ]; then
+    BIN=$BENCH_BIN
+else
+    cargo build --release --quiet -p arbor -p arbor-bench --bin arbor --bin arbor-bench
+    BIN=target/release
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/arbor-bench.XXXXXX")
 PIDS=()
 cleanup() {
@@ -142,6 +148,21 @@ state_for() {
 # The writer's histogram sums and counts, one `name{labels} value` pair per line.
 writer_snapshot() {
     curl -fsS "http://127.0.0.1:$ARBOR_PORT/metrics" | grep -E '^arbor_writer_[a-z_]+_(sum|count)[{ ]'
+}
+
+# Prints the writer's mean stage times and batch size since "$WORK/writer.before".
+writer_delta() {
+    writer_snapshot | awk '
+        NR == FNR { before[$1] = $2; next }
+        { delta[$1] = $2 - before[$1] }
+        END {
+            printf "    writer:"
+            for (k in delta) if (k ~ /_count/ && delta[k] > 0) {
+                base = k; sub(/_count/, "", base); sum = k; sub(/_count/, "_sum", sum)
+                printf " %s mean %.3g (n=%d)", base, delta[sum] / delta[k] * (base ~ /seconds/ ? 1000 : 1), delta[k]
+            }
+            print ""
+        }' "$WORK/writer.before" -
 }
 
 # Waits (up to 2 minutes) until the writer's queue is empty.
@@ -241,17 +262,7 @@ for scenario in "${SCENARIOS[@]}"; do
     # not pay for this one's backlog.
     [ "$port" = "$ARBOR_PORT" ] && wait_writer_idle
     if [ -n "${BENCH_WRITER:-}" ] && [ "$port" = "$ARBOR_PORT" ]; then
-        writer_snapshot | awk '
-            NR == FNR { before[$1] = $2; next }
-            { delta[$1] = $2 - before[$1] }
-            END {
-                printf "    writer:"
-                for (k in delta) if (k ~ /_count/ && delta[k] > 0) {
-                    base = k; sub(/_count/, "", base); sum = k; sub(/_count/, "_sum", sum)
-                    printf " %s mean %.3g (n=%d)", base, delta[sum] / delta[k] * (base ~ /seconds/ ? 1000 : 1), delta[k]
-                }
-                print ""
-            }' "$WORK/writer.before" -
+        writer_delta
     fi
 done
 
@@ -273,6 +284,7 @@ run_inproc() {
     esac
 }
 for scenario in "${INPROC[@]}"; do
+    [ -z "${BENCH_WRITER:-}" ] || writer_snapshot > "$WORK/writer.before"
     line=$(run_inproc "$scenario" 2>"$WORK/inproc.err" | grep '^BENCH' || true)
     [ -n "$line" ] || { cat "$WORK/inproc.err"; echo "$scenario failed" >&2; exit 1; }
     case "$scenario" in
@@ -281,7 +293,8 @@ for scenario in "${INPROC[@]}"; do
             # for its commit (BENCHMARKS.md), so durable runs sit just above the target.
             ttft_limit=1
             echo "| ttft: Arbor adds $(field added_p50_ms "$line") ms p50 (direct $(field direct_p50_ms "$line"), through Arbor $(field arbor_p50_ms "$line") p50 / $(field arbor_p99_ms "$line") p99) | target ≤ $ttft_limit ms"
-            check_at_most ttft "$(field added_p50_ms "$line")" "$ttft_limit" ;;
+            check_at_most ttft "$(field added_p50_ms "$line")" "$ttft_limit"
+            [ -z "${BENCH_WRITER:-}" ] || writer_delta ;;
         activation)
             echo "| activation of a $(field messages "$line")-message chat: p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms ($(field samples "$line") samples; the stores alone: metadata $(field meta_read_p50_ms "$line") ms, messages $(field messages_read_p50_ms "$line") ms p50 / $(field messages_read_p99_ms "$line") p99) | target p50 ≤ 5, p99 ≤ 15"
             check_at_most activation_p99 "$(field p99_ms "$line")" 15 ;;

@@ -375,6 +375,42 @@ pub fn lag(config: &Path, count: usize, rate: usize, seconds: u64) -> anyhow::Re
     )
 }
 
+/// A lone question at a time to `count` chats in turn: the time from the send to its
+/// acknowledgement, which in durable mode includes its commit, by nothing else delayed.
+pub fn ack(config: &Path, count: usize, sends: usize) -> anyhow::Result<()> {
+    with_chats(
+        config,
+        |_| {},
+        |chats| async move {
+            let user = new_user(&chats).await?;
+            let (ids, _) = seed(&chats, user, count, 1).await?;
+            let mut latencies = Latencies::default();
+            for n in 0..sends {
+                let request = SendRequest {
+                    branch: None,
+                    role: Role::User,
+                    content: format!("lone question {n}").into(),
+                    response: None,
+                    model: None,
+                    metadata: None,
+                    reply: false,
+                    idempotency_key: None,
+                };
+                let started = Instant::now();
+                chats.send(user, ids[n % ids.len()], request).await?;
+                latencies.push(started.elapsed());
+            }
+            println!(
+                "BENCH ack samples={sends} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3}",
+                latencies.quantile_ms(0.5),
+                latencies.quantile_ms(0.9),
+                latencies.quantile_ms(0.99),
+            );
+            Ok(())
+        },
+    )
+}
+
 /// Cumulative `(upper bound, count)` pairs, ending with `(+Inf, total)`.
 fn buckets(histogram: &prometheus::Histogram) -> Vec<(f64, u64)> {
     let families = histogram.collect();

@@ -123,6 +123,16 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// In-process: one lone question at a time; time from the send to its acknowledgement
+    /// (in durable mode, its commit).
+    Ack {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        chats: usize,
+        #[arg(long, default_value_t = 2000)]
+        sends: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -161,6 +171,11 @@ fn main() -> anyhow::Result<()> {
             rate,
             seconds,
         } => inproc::lag(&config, chats, rate, seconds),
+        Command::Ack {
+            config,
+            chats,
+            sends,
+        } => inproc::ack(&config, chats, sends),
     }
 }
 

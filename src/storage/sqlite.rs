@@ -12,8 +12,8 @@ use arbor_actors::ports::{
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -75,6 +75,29 @@ impl SqliteStore {
             .context("applying SQLite migrations")?;
         let reads = pool(4).await.with_context(opening)?;
         Ok(Self { reads, writes })
+    }
+
+    /// Runs the statements `build` appends as one transaction, sent to the write connection's
+    /// worker thread as one script: one round trip instead of one per statement plus `BEGIN`
+    /// and `COMMIT` (each a thread handoff, a large part of a small commit's latency).
+    async fn transaction(
+        &self,
+        build: impl FnOnce(&mut QueryBuilder<'_, Sqlite>),
+    ) -> Result<(), StoreError> {
+        let mut q = QueryBuilder::new("BEGIN IMMEDIATE;\n");
+        build(&mut q);
+        q.push("COMMIT;");
+        let mut conn = self.writes.acquire().await.map_err(store_error)?;
+        let Err(error) = q.build().execute(&mut *conn).await else {
+            return Ok(());
+        };
+        // The script stops at the failed statement, leaving its transaction open (unless the
+        // failure was `BEGIN`'s own, or SQLite already rolled back): end it before the
+        // connection is reused, or drop the connection if that cannot be done.
+        if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+            conn.close_on_drop();
+        }
+        Err(store_error(error))
     }
 
     pub fn shared(self) -> Arc<Self> {
@@ -276,9 +299,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn apply(&self, batch: &MetaBatch) -> Result<(), StoreError> {
-        let mut tx = self.writes.begin().await.map_err(store_error)?;
-        apply_meta(&mut tx, batch).await?;
-        tx.commit().await.map_err(store_error)
+        self.transaction(|q| push_meta(q, batch)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -301,15 +322,11 @@ fn push_ids<T: ToString>(q: &mut QueryBuilder<'_, Sqlite>, ids: &[T]) {
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn insert(&self, messages: &[Message]) -> Result<(), StoreError> {
-        let mut tx = self.writes.begin().await.map_err(store_error)?;
-        insert_messages(&mut tx, messages).await?;
-        tx.commit().await.map_err(store_error)
+        self.transaction(|q| push_messages(q, messages)).await
     }
 
     async fn delete(&self, deletes: &MessageDeletes) -> Result<(), StoreError> {
-        let mut tx = self.writes.begin().await.map_err(store_error)?;
-        delete_messages(&mut tx, deletes).await?;
-        tx.commit().await.map_err(store_error)
+        self.transaction(|q| push_message_deletes(q, deletes)).await
     }
 
     async fn load_chat(&self, chat: ChatId) -> Result<Vec<Message>, StoreError> {
@@ -330,19 +347,19 @@ impl MessageStore for SqliteStore {
 #[async_trait]
 impl BatchStore for SqliteStore {
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        let mut tx = self.writes.begin().await.map_err(store_error)?;
-        insert_messages(&mut tx, &batch.inserts).await?;
-        apply_meta(&mut tx, &batch.meta).await?;
-        delete_messages(&mut tx, &batch.deletes).await?;
-        tx.commit().await.map_err(store_error)
+        self.transaction(|q| {
+            push_messages(q, &batch.inserts);
+            push_meta(q, &batch.meta);
+            push_message_deletes(q, &batch.deletes);
+        })
+        .await
     }
 }
 
-/// The metadata rows of a batch, on a connection inside a transaction.
-async fn apply_meta(conn: &mut SqliteConnection, batch: &MetaBatch) -> Result<(), StoreError> {
+/// Appends the statements for the metadata rows of a batch.
+fn push_meta(q: &mut QueryBuilder<'_, Sqlite>, batch: &MetaBatch) {
     for chunk in batch.chats.chunks(CHUNK) {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("INSERT INTO chats ({CHAT_COLUMNS}) "));
+        q.push(format!("INSERT INTO chats ({CHAT_COLUMNS}) "));
         q.push_values(chunk, |mut b, c| {
             b.push_bind(c.id.to_string())
                 .push_bind(c.owner.to_string())
@@ -359,12 +376,11 @@ async fn apply_meta(conn: &mut SqliteConnection, batch: &MetaBatch) -> Result<()
               system_prompt = excluded.system_prompt, description = excluded.description,
               active_branch_id = excluded.active_branch_id,
               updated_at = excluded.updated_at, version = excluded.version
-              WHERE excluded.version > chats.version",
+              WHERE excluded.version > chats.version;\n",
         );
-        q.build().execute(&mut *conn).await.map_err(store_error)?;
     }
     for chunk in batch.branches.chunks(CHUNK) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        q.push(
             "INSERT INTO branches (id, chat_id, name, head_id, forked_from_id, created_at,
              updated_at, version) ",
         );
@@ -381,35 +397,30 @@ async fn apply_meta(conn: &mut SqliteConnection, batch: &MetaBatch) -> Result<()
         q.push(
             " ON CONFLICT (id) DO UPDATE SET name = excluded.name, head_id = excluded.head_id,
               updated_at = excluded.updated_at, version = excluded.version
-              WHERE excluded.version >= branches.version",
+              WHERE excluded.version >= branches.version;\n",
         );
-        q.build().execute(&mut *conn).await.map_err(store_error)?;
     }
     for chunk in batch.deleted_branches.chunks(CHUNK) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM branches WHERE id IN (");
-        push_ids(&mut q, chunk);
-        q.build().execute(&mut *conn).await.map_err(store_error)?;
+        q.push("DELETE FROM branches WHERE id IN (");
+        push_ids(q, chunk);
+        q.push(";\n");
     }
     for chunk in batch.deleted_chats.chunks(CHUNK) {
         for table in [
             "DELETE FROM branches WHERE chat_id IN (",
             "DELETE FROM chats WHERE id IN (",
         ] {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(table);
-            push_ids(&mut q, chunk);
-            q.build().execute(&mut *conn).await.map_err(store_error)?;
+            q.push(table);
+            push_ids(q, chunk);
+            q.push(";\n");
         }
     }
-    Ok(())
 }
 
-/// Message inserts (idempotent by id), on a connection inside a transaction.
-async fn insert_messages(
-    conn: &mut SqliteConnection,
-    messages: &[Message],
-) -> Result<(), StoreError> {
+/// Appends the statements for message inserts (idempotent by id).
+fn push_messages(q: &mut QueryBuilder<'_, Sqlite>, messages: &[Message]) {
     for chunk in messages.chunks(CHUNK) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        q.push(
             "INSERT INTO messages (id, chat_id, parent_id, role, content, model, metadata,
              idempotency_key, created_at) ",
         );
@@ -424,27 +435,20 @@ async fn insert_messages(
                 .push_bind(m.idempotency_key.as_deref().map(str::to_owned))
                 .push_bind(m.created_at);
         });
-        q.push(" ON CONFLICT (id) DO NOTHING");
-        q.build().execute(&mut *conn).await.map_err(store_error)?;
+        q.push(" ON CONFLICT (id) DO NOTHING;\n");
     }
-    Ok(())
 }
 
-/// Message deletions, on a connection inside a transaction.
-async fn delete_messages(
-    conn: &mut SqliteConnection,
-    deletes: &MessageDeletes,
-) -> Result<(), StoreError> {
+/// Appends the statements for message deletions.
+fn push_message_deletes(q: &mut QueryBuilder<'_, Sqlite>, deletes: &MessageDeletes) {
     for chunk in deletes.messages.chunks(CHUNK) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM messages WHERE id IN (");
-        push_ids::<MessageId>(&mut q, chunk);
-        q.build().execute(&mut *conn).await.map_err(store_error)?;
+        q.push("DELETE FROM messages WHERE id IN (");
+        push_ids::<MessageId>(q, chunk);
+        q.push(";\n");
     }
     for chunk in deletes.chats.chunks(CHUNK) {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("DELETE FROM messages WHERE chat_id IN (");
-        push_ids::<ChatId>(&mut q, chunk);
-        q.build().execute(&mut *conn).await.map_err(store_error)?;
+        q.push("DELETE FROM messages WHERE chat_id IN (");
+        push_ids::<ChatId>(q, chunk);
+        q.push(";\n");
     }
-    Ok(())
 }
