@@ -16,7 +16,8 @@
 # actor round trip: the floor of Arbor's shape), read_path, add_pair, fork, reply; fork_20, fork_1k, fork_10k
 # (fork on 64 chats of 20, 1,000 and 10,000 messages; seeded only when asked for).
 # Other scenarios: ttft (Arbor's added time to first token, over HTTP, one request at a time);
-# in-process: activation (1,000-message chats), memory (100k idle chats of 10 messages), lag
+# in-process: ack (a lone write's acknowledgement, one at a time: in durable mode, its commit),
+# activation (1,000-message chats), memory (100k idle chats of 10 messages), lag
 # (write-behind lag at 5,000 messages/s).
 # Default: every scenario. --memory-chats N sets the memory scenario's chat count.
 # --profile DIR records `perf record --call-graph dwarf` of Arbor during each HTTP scenario into
@@ -50,7 +51,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(ceiling ceiling_body ceiling_actor read_path add_pair fork reply fork_20 fork_1k fork_10k
-                                         ttft activation lag memory)
+                                         ttft ack activation lag memory)
 command -v wrk >/dev/null || { echo "bench/run.sh needs wrk (Debian: apt-get install wrk)" >&2; exit 1; }
 
 # Targets in req/s (BENCHMARKS.md); the ceiling has none, read_path's is relative to it.
@@ -200,7 +201,7 @@ wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$CEILING_PORT/" >/dev/n
 INPROC=()
 for scenario in "${SCENARIOS[@]}"; do
     case "$scenario" in
-        ttft|activation|lag|memory) INPROC+=("$scenario"); continue ;;
+        ttft|ack|activation|lag|memory) INPROC+=("$scenario"); continue ;;
     esac
     port=$ARBOR_PORT
     case "$scenario" in
@@ -272,6 +273,8 @@ run_inproc() {
         ttft)
             "$BIN/arbor-bench" ttft --base "http://127.0.0.1:$ARBOR_PORT" --state "$(state_for ttft)" \
                 --stub "http://127.0.0.1:$STUB_PORT" --requests $((DURATION * 50)) ;;
+        ack)
+            "$BIN/arbor-bench" ack --config "$WORK/config.toml" --chats 100 --sends $((DURATION * 250)) ;;
         activation)
             "$BIN/arbor-bench" activation --config "$WORK/config.toml" --chats 20 --pairs 500 \
                 --rounds $(( DURATION > 5 ? 10 : 3 )) ;;
@@ -295,6 +298,10 @@ for scenario in "${INPROC[@]}"; do
             echo "| ttft: Arbor adds $(field added_p50_ms "$line") ms p50 (direct $(field direct_p50_ms "$line"), through Arbor $(field arbor_p50_ms "$line") p50 / $(field arbor_p99_ms "$line") p99) | target ≤ $ttft_limit ms"
             check_at_most ttft "$(field added_p50_ms "$line")" "$ttft_limit"
             [ -z "${BENCH_WRITER:-}" ] || writer_delta ;;
+        ack)
+            # No target of its own: what durable acks add to ttft (a lone write's commit).
+            stages=$(tr ' ' '\n' <<< "$line" | grep '_mean_ms=' | sed 's/_mean_ms=/ /' | tr '\n' ' ')
+            echo "| ack of a lone write (in-process, one at a time): p50 $(field p50_ms "$line") ms, p90 $(field p90_ms "$line"), p99 $(field p99_ms "$line"); mean per store call (ms): $stages| -" ;;
         activation)
             echo "| activation of a $(field messages "$line")-message chat: p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms ($(field samples "$line") samples; the stores alone: metadata $(field meta_read_p50_ms "$line") ms, messages $(field messages_read_p50_ms "$line") ms p50 / $(field messages_read_p99_ms "$line") p99) | target p50 ≤ 5, p99 ≤ 15"
             check_at_most activation_p99 "$(field p99_ms "$line")" 15 ;;

@@ -384,6 +384,8 @@ pub fn ack(config: &Path, count: usize, sends: usize) -> anyhow::Result<()> {
         |chats| async move {
             let user = new_user(&chats).await?;
             let (ids, _) = seed(&chats, user, count, 1).await?;
+            let stages = &chats.runtime().writer.stats.stage_seconds;
+            let before = stage_means(stages);
             let mut latencies = Latencies::default();
             for n in 0..sends {
                 let request = SendRequest {
@@ -400,15 +402,47 @@ pub fn ack(config: &Path, count: usize, sends: usize) -> anyhow::Result<()> {
                 chats.send(user, ids[n % ids.len()], request).await?;
                 latencies.push(started.elapsed());
             }
+            // Each store call's mean over this run: the commit's own share of an ack.
+            let stages: Vec<String> = stage_means(stages)
+                .into_iter()
+                .filter_map(|(stage, sum, count)| {
+                    let (sum0, count0) = before
+                        .iter()
+                        .find(|(s, _, _)| *s == stage)
+                        .map_or((0.0, 0), |(_, s, c)| (*s, *c));
+                    (count > count0).then(|| {
+                        let mean = (sum - sum0) / (count - count0) as f64 * 1e3;
+                        format!("{stage}_mean_ms={mean:.3}")
+                    })
+                })
+                .collect();
             println!(
-                "BENCH ack samples={sends} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3}",
+                "BENCH ack samples={sends} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} {}",
                 latencies.quantile_ms(0.5),
                 latencies.quantile_ms(0.9),
                 latencies.quantile_ms(0.99),
+                stages.join(" "),
             );
             Ok(())
         },
     )
+}
+
+/// `(stage, sum of seconds, count)` of each stage of the writer's commits so far.
+fn stage_means(stages: &prometheus::HistogramVec) -> Vec<(String, f64, u64)> {
+    stages.collect()[0]
+        .get_metric()
+        .iter()
+        .map(|m| {
+            let stage = m
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "stage")
+                .map_or_else(String::new, |l| l.value().to_owned());
+            let h = m.get_histogram();
+            (stage, h.get_sample_sum(), h.get_sample_count())
+        })
+        .collect()
 }
 
 /// Cumulative `(upper bound, count)` pairs, ending with `(+Inf, total)`.
