@@ -69,6 +69,23 @@ async fn new_user(chats: &Chats) -> anyhow::Result<UserId> {
     Ok(user.id)
 }
 
+/// [`with_chats`] on `count` fresh chats of one Q&A pair each, owned by a fresh account.
+fn with_seeded_chats<F, Fut>(config: &Path, count: usize, body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Chats, UserId, Vec<ChatId>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    with_chats(
+        config,
+        |_| {},
+        |chats| async move {
+            let user = new_user(&chats).await?;
+            let (ids, _) = seed(&chats, user, count, 1).await?;
+            body(chats, user, ids).await
+        },
+    )
+}
+
 /// Content of the `i`-th question and answer: about 40 bytes each.
 fn pair(i: usize) -> (String, String) {
     (
@@ -77,20 +94,25 @@ fn pair(i: usize) -> (String, String) {
     )
 }
 
-/// Sends a Q&A pair, retrying while the write queue sheds load.
-async fn add_pair(chats: &Chats, user: UserId, chat: ChatId, i: usize) -> anyhow::Result<usize> {
-    let (question, answer) = pair(i);
-    let bytes = question.len() + answer.len();
-    let request = SendRequest {
+/// A user message on the active branch, with an already written answer if `response` is set.
+fn question_request(content: String, response: Option<String>) -> SendRequest {
+    SendRequest {
         branch: None,
         role: Role::User,
-        content: question.into(),
-        response: Some(answer.into()),
+        content: content.into(),
+        response: response.map(Into::into),
         model: None,
         metadata: None,
         reply: false,
         idempotency_key: None,
-    };
+    }
+}
+
+/// Sends a Q&A pair, retrying while the write queue sheds load.
+async fn add_pair(chats: &Chats, user: UserId, chat: ChatId, i: usize) -> anyhow::Result<usize> {
+    let (question, answer) = pair(i);
+    let bytes = question.len() + answer.len();
+    let request = question_request(question, Some(answer));
     loop {
         match chats.send(user, chat, request.clone()).await {
             Ok(_) => return Ok(bytes),
@@ -325,44 +347,39 @@ pub fn memory_floor(count: usize) -> anyhow::Result<()> {
 /// Write-behind lag at `rate` messages per second (Q&A pairs, so `rate / 2` sends per second,
 /// each to a random chat of `count`), for `seconds`, read from the writer's lag histogram.
 pub fn lag(config: &Path, count: usize, rate: usize, seconds: u64) -> anyhow::Result<()> {
-    with_chats(
-        config,
-        |_| {},
-        |chats| async move {
-            let user = new_user(&chats).await?;
-            let (ids, _) = seed(&chats, user, count, 1).await?;
-            let ids = Arc::new(ids);
-            let histogram = chats.runtime().writer.stats.lag_seconds.clone();
-            let before = buckets(&histogram);
-            let sends = rate / 2;
-            let interval = Duration::from_secs(1) / sends.max(1) as u32;
-            let started = tokio::time::Instant::now();
-            let total = sends * seconds as usize;
-            let mut tasks = Vec::with_capacity(total);
-            let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-            for n in 0..total {
-                tokio::time::sleep_until(started + interval * n as u32).await;
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let chat = ids[(seed % ids.len() as u64) as usize];
-                let chats = chats.clone();
-                tasks.push(tokio::spawn(async move {
-                    add_pair(&chats, user, chat, n).await
-                }));
-            }
-            let offered = started.elapsed();
-            for task in tasks {
-                task.await??;
-            }
-            chats.runtime().writer.barrier().await;
-            let after = buckets(&histogram);
-            let delta: Vec<(f64, u64)> = after
-                .iter()
-                .zip(&before)
-                .map(|((bound, a), (_, b))| (*bound, a - b))
-                .collect();
-            println!(
+    with_seeded_chats(config, count, |chats, user, ids| async move {
+        let ids = Arc::new(ids);
+        let histogram = chats.runtime().writer.stats.lag_seconds.clone();
+        let before = buckets(&histogram);
+        let sends = rate / 2;
+        let interval = Duration::from_secs(1) / sends.max(1) as u32;
+        let started = tokio::time::Instant::now();
+        let total = sends * seconds as usize;
+        let mut tasks = Vec::with_capacity(total);
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for n in 0..total {
+            tokio::time::sleep_until(started + interval * n as u32).await;
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let chat = ids[(seed % ids.len() as u64) as usize];
+            let chats = chats.clone();
+            tasks.push(tokio::spawn(async move {
+                add_pair(&chats, user, chat, n).await
+            }));
+        }
+        let offered = started.elapsed();
+        for task in tasks {
+            task.await??;
+        }
+        chats.runtime().writer.barrier().await;
+        let after = buckets(&histogram);
+        let delta: Vec<(f64, u64)> = after
+            .iter()
+            .zip(&before)
+            .map(|((bound, a), (_, b))| (*bound, a - b))
+            .collect();
+        println!(
             "BENCH lag offered_msgs_per_s={:.0} samples={} p50_ms={:.2} p99_ms={:.2} le_50ms={:.4}",
             (total * 2) as f64 / offered.as_secs_f64(),
             delta.last().map_or(0, |d| d.1),
@@ -370,62 +387,46 @@ pub fn lag(config: &Path, count: usize, rate: usize, seconds: u64) -> anyhow::Re
             histogram_quantile(&delta, 0.99) * 1e3,
             fraction_below(&delta, 0.05),
         );
-            Ok(())
-        },
-    )
+        Ok(())
+    })
 }
 
 /// A lone question at a time to `count` chats in turn: the time from the send to its
 /// acknowledgement, which in durable mode includes its commit, by nothing else delayed.
 pub fn ack(config: &Path, count: usize, sends: usize) -> anyhow::Result<()> {
-    with_chats(
-        config,
-        |_| {},
-        |chats| async move {
-            let user = new_user(&chats).await?;
-            let (ids, _) = seed(&chats, user, count, 1).await?;
-            let stages = &chats.runtime().writer.stats.stage_seconds;
-            let before = stage_means(stages);
-            let mut latencies = Latencies::default();
-            for n in 0..sends {
-                let request = SendRequest {
-                    branch: None,
-                    role: Role::User,
-                    content: format!("lone question {n}").into(),
-                    response: None,
-                    model: None,
-                    metadata: None,
-                    reply: false,
-                    idempotency_key: None,
-                };
-                let started = Instant::now();
-                chats.send(user, ids[n % ids.len()], request).await?;
-                latencies.push(started.elapsed());
-            }
-            // Each store call's mean over this run: the commit's own share of an ack.
-            let stages: Vec<String> = stage_means(stages)
-                .into_iter()
-                .filter_map(|(stage, sum, count)| {
-                    let (sum0, count0) = before
-                        .iter()
-                        .find(|(s, _, _)| *s == stage)
-                        .map_or((0.0, 0), |(_, s, c)| (*s, *c));
-                    (count > count0).then(|| {
-                        let mean = (sum - sum0) / (count - count0) as f64 * 1e3;
-                        format!("{stage}_mean_ms={mean:.3}")
-                    })
+    with_seeded_chats(config, count, |chats, user, ids| async move {
+        let stages = &chats.runtime().writer.stats.stage_seconds;
+        let before = stage_means(stages);
+        let mut latencies = Latencies::default();
+        for n in 0..sends {
+            let request = question_request(format!("lone question {n}"), None);
+            let started = Instant::now();
+            chats.send(user, ids[n % ids.len()], request).await?;
+            latencies.push(started.elapsed());
+        }
+        // Each store call's mean over this run: the commit's own share of an ack.
+        let stages: Vec<String> = stage_means(stages)
+            .into_iter()
+            .filter_map(|(stage, sum, count)| {
+                let (sum0, count0) = before
+                    .iter()
+                    .find(|(s, _, _)| *s == stage)
+                    .map_or((0.0, 0), |(_, s, c)| (*s, *c));
+                (count > count0).then(|| {
+                    let mean = (sum - sum0) / (count - count0) as f64 * 1e3;
+                    format!("{stage}_mean_ms={mean:.3}")
                 })
-                .collect();
-            println!(
-                "BENCH ack samples={sends} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} {}",
-                latencies.quantile_ms(0.5),
-                latencies.quantile_ms(0.9),
-                latencies.quantile_ms(0.99),
-                stages.join(" "),
-            );
-            Ok(())
-        },
-    )
+            })
+            .collect();
+        println!(
+            "BENCH ack samples={sends} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} {}",
+            latencies.quantile_ms(0.5),
+            latencies.quantile_ms(0.9),
+            latencies.quantile_ms(0.99),
+            stages.join(" "),
+        );
+        Ok(())
+    })
 }
 
 /// `(stage, sum of seconds, count)` of each stage of the writer's commits so far.
