@@ -11,6 +11,7 @@ use arbor_actors::ports::{
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -25,6 +26,23 @@ const JOURNAL_LIMIT: &str = "67108864";
 
 /// Rows per multi-row statement (SQLite allows 32,766 bound parameters).
 const CHUNK: usize = 500;
+
+/// The write connection while a transaction's script runs. Unless the transaction is known to
+/// have ended (committed or rolled back), the connection is closed instead of going back to the
+/// pool: a script whose future is dropped midway may have stopped after `BEGIN`, and a pooled
+/// connection left inside a transaction would fail every later write.
+struct Script {
+    conn: PoolConnection<Sqlite>,
+    ended: bool,
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.conn.close_on_drop();
+        }
+    }
+}
 
 /// Reads go through a small pool; every write goes through one dedicated connection. SQLite
 /// takes one writer at a time anyway, and a connection's page cache is dropped whenever another
@@ -87,17 +105,22 @@ impl SqliteStore {
         let mut q = QueryBuilder::new("BEGIN IMMEDIATE;\n");
         build(&mut q);
         q.push("COMMIT;");
-        let mut conn = self.writes.acquire().await.map_err(store_error)?;
-        let Err(error) = q.build().execute(&mut *conn).await else {
-            return Ok(());
+        let mut script = Script {
+            conn: self.writes.acquire().await.map_err(store_error)?,
+            ended: false,
         };
-        // The script stops at the failed statement, leaving its transaction open (unless the
-        // failure was `BEGIN`'s own, or SQLite already rolled back): end it before the
-        // connection is reused, or drop the connection if that cannot be done.
-        if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-            conn.close_on_drop();
-        }
-        Err(store_error(error))
+        let result = q.build().execute(&mut *script.conn).await;
+        // A failed script stops at the failed statement, leaving its transaction open (unless
+        // the failure was `BEGIN`'s own, or SQLite already rolled back): end it before the
+        // connection is reused. If that fails, `script` closes the connection when dropped.
+        script.ended = match &result {
+            Ok(_) => true,
+            Err(_) => sqlx::query("ROLLBACK")
+                .execute(&mut *script.conn)
+                .await
+                .is_ok(),
+        };
+        result.map(|_| ()).map_err(store_error)
     }
 
     pub fn shared(self) -> Arc<Self> {

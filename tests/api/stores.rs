@@ -535,6 +535,34 @@ mod unified_sqlite {
     }
 
     #[actix_web::test]
+    async fn a_commit_dropped_midway_is_all_or_nothing_and_the_store_stays_writable() {
+        let (store, _dir) = sqlite().await;
+        let chat = ChatId::new();
+        // Large enough that its script is still running when the caller gives up on it.
+        let inserts: Vec<Message> = (0..20_000)
+            .map(|i| message(chat, None, &format!("message {i}")))
+            .collect();
+        let big = Batch {
+            inserts,
+            ..Batch::default()
+        };
+        let given_up =
+            tokio::time::timeout(std::time::Duration::from_millis(2), store.commit(&big)).await;
+        assert!(given_up.is_err(), "the commit ended before it was dropped");
+        let (batch, meta, question, answer) = a_batch();
+        store.commit(&batch).await.unwrap();
+        assert_eq!(
+            MessageStore::load_chat(&store, meta.id).await.unwrap(),
+            vec![question, answer]
+        );
+        let stored = MessageStore::load_chat(&store, chat).await.unwrap().len();
+        assert!(
+            stored == 0 || stored == big.inserts.len(),
+            "{stored} stored"
+        );
+    }
+
+    #[actix_web::test]
     async fn a_failing_batch_leaves_nothing_behind() {
         let (store, dir) = sqlite().await;
         // Break the metadata step from outside: the messages before it must roll back with it.
