@@ -459,7 +459,7 @@ async fn large_batches_span_many_chats(store: Arc<dyn MessageStore>) {
             all.push(message(*chat, parent, &format!("{chat} {round}")));
         }
     }
-    // As a retried batch: part of it (across several of a store's insert calls) went in before.
+    // As a retried batch: an earlier attempt stored part of it.
     store.insert(&all[..700]).await.unwrap();
     store.insert(&all).await.unwrap();
     for chat in chats.iter().step_by(7) {
