@@ -12,10 +12,10 @@
 
 use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
+use actix::WeakAddr;
 
 use crate::error::ChatError;
 use crate::generation::{Generation, Generations};
@@ -24,12 +24,15 @@ use crate::model::{
     Branch, BranchId, ChatId, ChatMeta, GenerationId, Message, MessageId, Role, UserId,
 };
 use crate::ports::{MessageStore, MetadataStore, Turn};
+use crate::registry::Liveness;
 use crate::tree::Tree;
 use crate::views::{
     BranchDeletedView, BranchView, ChatView, EditView, MessagePage, MessageView, RegenerateView,
     SendView, TreeNodeView, TreeView,
 };
-use crate::writer::{committed, ChatWrite, CommitTicket, Slot, WriteFailed, WriteOp, WriterHandle};
+use crate::writer::{
+    committed, ChatWrite, CommitTicket, Slot, WriteFailed, WriteOp, WriteOwner, WriterHandle,
+};
 
 /// What every chat actor shares: the writer, the stores and the generation table.
 pub struct ChatRuntime {
@@ -84,7 +87,36 @@ struct IdemEntry {
 pub struct ChatState {
     pub meta: ChatMeta,
     pub tree: Tree,
-    idem: HashMap<Arc<str>, IdemEntry>,
+    idem: IdemMap,
+}
+
+/// Recorded idempotent sends by key. Boxed only once one exists: most chats never have any, and
+/// an empty map inline would cost every resident chat 40 bytes.
+#[derive(Default)]
+#[allow(clippy::box_collection)] // The point: 8 bytes inline, not the map's 48.
+struct IdemMap(Option<Box<HashMap<Arc<str>, IdemEntry>>>);
+
+impl IdemMap {
+    fn get(&self, key: &str) -> Option<&IdemEntry> {
+        self.0.as_ref()?.get(key)
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut IdemEntry> {
+        self.0.as_mut()?.get_mut(key)
+    }
+
+    fn insert(&mut self, key: Arc<str>, entry: IdemEntry) {
+        self.0.get_or_insert_default().insert(key, entry);
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&Arc<str>, &mut IdemEntry) -> bool) {
+        if let Some(map) = &mut self.0 {
+            map.retain(keep);
+            if map.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
 }
 
 impl ChatState {
@@ -118,7 +150,7 @@ impl ChatState {
         let state = Self {
             meta,
             tree: Tree::new(main),
-            idem: HashMap::new(),
+            idem: IdemMap::default(),
         };
         (state, ops)
     }
@@ -144,18 +176,19 @@ impl ChatState {
         let mut idem: HashMap<Arc<str>, IdemEntry> = HashMap::new();
         // In id order, so each send's messages are listed in the order they were added.
         for m in tree.nodes() {
-            let Some(key) = m.idempotency_key().cloned() else {
+            let Some(key) = tree.idempotency_key(m).cloned() else {
                 continue;
             };
             idem.entry(key)
                 .and_modify(|e| e.messages.push(m.id()))
                 .or_insert_with(|| IdemEntry {
-                    content: m.content().clone(),
+                    content: Arc::from(tree.content(m)),
                     messages: vec![m.id()],
                     commit: committed(),
                     awaiting_reply: false,
                 });
         }
+        let idem = IdemMap((!idem.is_empty()).then(|| Box::new(idem)));
         Ok(Self { meta, tree, idem })
     }
 }
@@ -198,32 +231,16 @@ fn next_generation() -> u64 {
 
 pub struct ChatActor {
     core: ChatCore,
-    /// Registry entry of live actors: removed (and waiters released) when this actor is gone.
-    alive: AliveToken,
+    /// This actor among the chat's successive ones: its entry in the registry's live set.
+    instance: u64,
+    liveness: Arc<Liveness>,
 }
 
-/// Removes the actor from the registry's live set when dropped, releasing activations that wait
-/// for this actor's final flush.
-pub(crate) struct AliveToken {
-    pub(crate) chat: ChatId,
-    pub(crate) instance: u64,
-    pub(crate) live: Arc<Mutex<HashMap<ChatId, (u64, crate::registry::GoneSignal)>>>,
-    pub(crate) done: Option<oneshot::Sender<()>>,
-}
-
-impl Drop for AliveToken {
+/// Leaves the registry's live set once gone (after the final flush), releasing activations of
+/// this chat that wait for it.
+impl Drop for ChatActor {
     fn drop(&mut self) {
-        if let Ok(mut live) = self.live.lock() {
-            if live
-                .get(&self.chat)
-                .is_some_and(|(i, _)| *i == self.instance)
-            {
-                live.remove(&self.chat);
-            }
-        }
-        if let Some(done) = self.done.take() {
-            let _ = done.send(());
-        }
+        self.liveness.gone(self.core.state.meta.id, self.instance);
     }
 }
 
@@ -231,7 +248,7 @@ impl ChatActor {
     pub(crate) fn new(
         state: ChatState,
         rt: Arc<ChatRuntime>,
-        alive: AliveToken,
+        (instance, liveness): (u64, Arc<Liveness>),
         probe: Arc<ActorProbe>,
     ) -> Self {
         Self {
@@ -243,7 +260,8 @@ impl ChatActor {
                 me: None,
                 probe,
             },
-            alive,
+            instance,
+            liveness,
         }
     }
 
@@ -263,7 +281,7 @@ impl ChatActor {
                 result
             }
             Err(_) => {
-                tracing::error!(chat = %self.alive.chat, "chat actor panicked; restarting it from stored state");
+                tracing::error!(chat = %self.core.state.meta.id, "chat actor panicked; restarting it from stored state");
                 self.core.generation = next_generation();
                 self.reload(ctx);
                 Err(ChatError::Internal("chat actor panicked".into()))
@@ -275,7 +293,7 @@ impl ChatActor {
     /// The mailbox waits meanwhile.
     fn reload(&mut self, ctx: &mut Context<Self>) {
         let rt = self.core.rt.clone();
-        let id = self.alive.chat;
+        let id = self.core.state.meta.id;
         let fut = async move {
             rt.writer.barrier().await;
             load_chat(&rt, id).await
@@ -290,7 +308,7 @@ impl ChatActor {
                 ctx.stop();
             }
             Err(error) => {
-                tracing::error!(chat = %act.alive.chat, %error, "chat reload failed; stopping the actor");
+                tracing::error!(chat = %act.core.state.meta.id, %error, "chat reload failed; stopping the actor");
                 ctx.stop();
             }
         }));
@@ -301,7 +319,7 @@ impl Actor for ChatActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.core.me = Some(ctx.address().recipient());
+        self.core.me = Some(ctx.address().downgrade());
     }
 }
 
@@ -313,7 +331,8 @@ pub struct ChatCore {
     /// a failed generation.
     generation: u64,
     deleted: bool,
-    me: Option<Recipient<WriteFailed>>,
+    /// Where the writer reports this actor's failed writes.
+    me: Option<WeakAddr<ChatActor>>,
     /// What the operator surface reads of this actor.
     probe: Arc<ActorProbe>,
 }
@@ -335,8 +354,10 @@ impl ChatCore {
             chat: self.state.meta.id,
             generation: self.generation,
             ops,
-            on_fail: self.me.clone(),
-            pending: Some(self.probe.pending_writes.clone()),
+            owner: self.me.clone().map(|actor| WriteOwner {
+                actor,
+                probe: self.probe.clone(),
+            }),
         })
     }
 
@@ -434,7 +455,7 @@ impl ChatCore {
         }
         turns.extend(path.into_iter().map(|m| Turn {
             role: m.role(),
-            content: m.content().clone(),
+            content: Arc::from(self.state.tree.content(m)),
         }));
         let generation =
             self.rt
@@ -1066,7 +1087,7 @@ impl Handler<WriteFailed> for ChatActor {
         if msg.generation < self.core.generation {
             return; // Already reloaded past that failure.
         }
-        tracing::warn!(chat = %self.alive.chat, "a write of this chat failed; reloading it from the store");
+        tracing::warn!(chat = %self.core.state.meta.id, "a write of this chat failed; reloading it from the store");
         self.core.generation = next_generation();
         self.reload(ctx);
     }

@@ -6,7 +6,6 @@
 //! the registry that never waits on a busy mailbox.
 
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -79,7 +78,7 @@ pub struct ActorProbe {
     /// Requests sent to the actor and not yet answered.
     pub(crate) depth: AtomicUsize,
     /// Writes queued by the actor and not yet committed (shared with the writer).
-    pub(crate) pending_writes: Arc<AtomicUsize>,
+    pub(crate) pending_writes: AtomicUsize,
     messages: AtomicUsize,
     branches: AtomicUsize,
     tree_bytes: AtomicUsize,
@@ -95,7 +94,7 @@ impl ActorProbe {
             resident_since: now,
             last_activity_ms: AtomicI64::new(now.timestamp_millis()),
             depth: AtomicUsize::new(0),
-            pending_writes: Arc::default(),
+            pending_writes: AtomicUsize::new(0),
             messages: AtomicUsize::new(0),
             branches: AtomicUsize::new(0),
             tree_bytes: AtomicUsize::new(0),

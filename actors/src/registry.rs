@@ -4,9 +4,9 @@
 //! any reason, sends the actor [`Evict`]: it flushes what it queued and stops. moka processes
 //! expirations lazily, so a sweeper task drives them every `sweep_interval`.
 //!
-//! Activation and eviction never overlap for one chat: every live actor has an entry in `live`
-//! until it is dropped (after its final flush), and activating a chat first waits for the previous
-//! actor's entry to go. A request that reached an actor just as it stopped gets `Closed` from its
+//! Activation and eviction never overlap for one chat: every live actor has an entry in
+//! [`Liveness`] until it is dropped (after its final flush), and activating a chat first waits for
+//! the previous actor's entry to go. A request that reached an actor just as it stopped gets `Closed` from its
 //! mailbox and is retried on a fresh activation; a request the actor accepted is always answered.
 
 use std::collections::HashMap;
@@ -16,12 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures_util::future::{FutureExt, Shared};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 
 use crate::chat::*;
 use crate::error::ChatError;
@@ -35,7 +34,48 @@ use crate::ports::CompletionRequest;
 use crate::views::*;
 use crate::writer::{AckMode, CommitTicket, WriteError};
 
-pub(crate) type GoneSignal = Shared<oneshot::Receiver<()>>;
+/// The chat actors alive (resident or still flushing), by chat: the instance of each.
+///
+/// One `Notify` for all of them rather than a signal per actor: an actor is gone rarely while
+/// someone waits for it, and a per-actor signal cost every resident chat ~180 bytes.
+#[derive(Default)]
+pub(crate) struct Liveness {
+    live: Mutex<HashMap<ChatId, u64>>,
+    gone: Notify,
+}
+
+impl Liveness {
+    fn born(&self, chat: ChatId, instance: u64) {
+        if let Ok(mut live) = self.live.lock() {
+            live.insert(chat, instance);
+        }
+    }
+
+    /// Called by a chat actor when it is dropped.
+    pub(crate) fn gone(&self, chat: ChatId, instance: u64) {
+        if let Ok(mut live) = self.live.lock() {
+            if live.get(&chat) == Some(&instance) {
+                live.remove(&chat);
+            }
+        }
+        self.gone.notify_waiters();
+    }
+
+    /// Waits until `done` holds of the live set.
+    async fn until(&self, done: impl Fn(&HashMap<ChatId, u64>) -> bool) {
+        loop {
+            let notified = self.gone.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a departure between the check and the wait wakes it.
+            notified.as_mut().enable();
+            match self.live.lock() {
+                Ok(live) if !done(&live) => {}
+                _ => return,
+            }
+            notified.await;
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
@@ -179,7 +219,7 @@ impl crate::metrics::Instruments for RegistryStats {
 struct Inner {
     cache: Cache<ChatId, ChatHandle>,
     rt: Arc<ChatRuntime>,
-    live: Arc<Mutex<HashMap<ChatId, (u64, GoneSignal)>>>,
+    live: Arc<Liveness>,
     arbiters: Vec<ArbiterHandle>,
     config: RegistryConfig,
     next_instance: AtomicU64,
@@ -410,8 +450,10 @@ impl Chats {
             chat: id,
             generation: 0,
             ops,
-            on_fail: Some(handle.addr.clone().recipient()),
-            pending: Some(handle.probe.pending_writes.clone()),
+            owner: Some(crate::writer::WriteOwner {
+                actor: handle.addr.downgrade(),
+                probe: handle.probe.clone(),
+            }),
         });
         self.inner.cache.insert(id, handle).await;
         self.settle(Applied {
@@ -769,11 +811,7 @@ impl Chats {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
         self.inner.cache.invalidate_all();
         self.inner.cache.run_pending_tasks().await;
-        let pending: Vec<GoneSignal> = match self.inner.live.lock() {
-            Ok(live) => live.values().map(|(_, gone)| gone.clone()).collect(),
-            Err(_) => Vec::new(),
-        };
-        futures_util::future::join_all(pending).await;
+        self.inner.live.until(HashMap::is_empty).await;
         self.inner.rt.writer.barrier().await;
         for arbiter in &self.inner.arbiters {
             arbiter.stop();
@@ -981,13 +1019,10 @@ impl Chats {
 
     /// Waits until no actor of this chat is alive (the previous one has flushed and stopped).
     async fn wait_gone(&self, chat: ChatId) {
-        let previous = match self.inner.live.lock() {
-            Ok(live) => live.get(&chat).map(|(_, gone)| gone.clone()),
-            Err(_) => None,
-        };
-        if let Some(gone) = previous {
-            let _ = gone.await;
-        }
+        self.inner
+            .live
+            .until(|live| !live.contains_key(&chat))
+            .await;
     }
 
     /// Removes a stopped actor's handle (unless a newer actor already replaced it).
@@ -1006,16 +1041,8 @@ impl Chats {
 
     fn spawn(&self, chat: ChatId, state: ChatState) -> ChatHandle {
         let instance = self.inner.next_instance.fetch_add(1, Ordering::Relaxed);
-        let (done, gone) = oneshot::channel();
-        if let Ok(mut live) = self.inner.live.lock() {
-            live.insert(chat, (instance, gone.shared()));
-        }
-        let token = AliveToken {
-            chat,
-            instance,
-            live: self.inner.live.clone(),
-            done: Some(done),
-        };
+        self.inner.live.born(chat, instance);
+        let liveness = (instance, self.inner.live.clone());
         let rt = self.inner.rt.clone();
         let probe = Arc::new(ActorProbe::new(chat, state.meta.owner, &state.tree));
         let shared = probe.clone();
@@ -1024,7 +1051,7 @@ impl Chats {
             // The registry bounds each mailbox itself (see `ChatHandle::ask`); actix's own
             // bound parks senders instead of refusing, so it is lifted (0 = never park).
             ctx.set_mailbox_capacity(0);
-            ChatActor::new(state, rt, token, shared)
+            ChatActor::new(state, rt, liveness, shared)
         });
         ChatHandle {
             addr,

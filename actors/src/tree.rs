@@ -33,13 +33,15 @@ type Idx = u32;
 /// No node: a root's parent and jump, a leaf's first child, the oldest sibling's next.
 const NIL: Idx = Idx::MAX;
 
-/// A message in the tree with its links.
+/// A message in the tree with its links. Its content is a range of the tree's text.
 #[derive(Clone, Debug)]
 pub struct Node {
     id: MessageId,
-    content: Arc<str>,
     /// Microseconds since the epoch (stores keep milliseconds, so nothing is lost).
     created_us: i64,
+    /// Where the content is in the tree's text, and its length in bytes.
+    text_at: u32,
+    text_len: u32,
     parent: Idx,
     /// A farther ancestor (skew-binary jump pointer, Myers 1983): with the parent links it
     /// reaches any ancestor in O(log depth) steps. `NIL` for a root.
@@ -51,12 +53,14 @@ pub struct Node {
     /// The next older sibling.
     next_sibling: Idx,
     role: Role,
-    extra: Option<Box<Extra>>,
+    /// The message has an entry in the tree's `extras`.
+    has_extra: bool,
 }
 
-/// What most messages leave empty.
+/// What most messages leave empty, kept aside by message id.
 #[derive(Clone, Debug)]
 struct Extra {
+    id: MessageId,
     model: Option<Arc<str>>,
     metadata: Option<Arc<serde_json::Value>>,
     idempotency_key: Option<Arc<str>>,
@@ -71,25 +75,8 @@ impl Node {
         self.role
     }
 
-    pub fn content(&self) -> &Arc<str> {
-        &self.content
-    }
-
     pub fn created_at(&self) -> DateTime<Utc> {
         DateTime::from_timestamp_micros(self.created_us).unwrap_or_default()
-    }
-
-    /// The model that produced an assistant message (or the client's label for it).
-    pub fn model(&self) -> Option<&Arc<str>> {
-        self.extra.as_ref()?.model.as_ref()
-    }
-
-    pub fn metadata(&self) -> Option<&Arc<serde_json::Value>> {
-        self.extra.as_ref()?.metadata.as_ref()
-    }
-
-    pub fn idempotency_key(&self) -> Option<&Arc<str>> {
-        self.extra.as_ref()?.idempotency_key.as_ref()
     }
 
     /// The message's 0-based index in any path through it.
@@ -100,13 +87,14 @@ impl Node {
     pub fn is_root(&self) -> bool {
         self.parent == NIL
     }
+}
 
-    /// The heap bytes the message's strings and metadata hold (metadata by its JSON size).
-    fn content_bytes(&self) -> usize {
-        self.content.len()
-            + self.model().map_or(0, |m| m.len())
-            + self.idempotency_key().map_or(0, |k| k.len())
-            + self.metadata().map_or(0, |v| v.to_string().len())
+impl Extra {
+    /// The heap bytes its strings and metadata hold (metadata by its JSON size).
+    fn bytes(&self) -> usize {
+        self.model.as_ref().map_or(0, |m| m.len())
+            + self.idempotency_key.as_ref().map_or(0, |k| k.len())
+            + self.metadata.as_ref().map_or(0, |v| v.to_string().len())
     }
 }
 
@@ -155,26 +143,36 @@ pub struct Restored {
 
 #[derive(Clone, Debug)]
 pub struct Tree {
-    chat: ChatId,
     /// Every node; links are positions in here.
     nodes: Vec<Node>,
-    /// Positions sorted by id; empty while `nodes` itself is in id order.
-    by_id: Vec<Idx>,
+    /// Every message's content, one after the other (in node order).
+    text: String,
+    /// What most chats never need; boxed so that they do not carry it inline.
+    rare: Option<Box<Rare>>,
     /// The newest root; the others follow through `next_sibling`.
     first_root: Idx,
+    /// Heap bytes the messages' strings and metadata take (kept as messages come and go; an
+    /// approximation for the operator surface, so it saturates rather than overflows).
+    content_bytes: u32,
     branches: Vec<Branch>,
     active: BranchId,
-    /// Heap bytes the messages' strings and metadata take (kept as messages come and go).
-    content_bytes: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Rare {
+    /// Models, metadata and idempotency keys, in id order, for the messages that have any.
+    extras: Vec<Extra>,
+    /// Positions sorted by id; empty while `nodes` itself is in id order.
+    by_id: Vec<Idx>,
 }
 
 impl Tree {
     /// A new chat: one empty branch, active.
     pub fn new(main: Branch) -> Self {
         Self {
-            chat: main.chat_id,
             nodes: Vec::new(),
-            by_id: Vec::new(),
+            text: String::new(),
+            rare: None,
             first_root: NIL,
             active: main.id,
             branches: vec![main],
@@ -189,10 +187,9 @@ impl Tree {
         active: BranchId,
         mut messages: Vec<Message>,
     ) -> Result<Restored, TreeError> {
-        let Some(first) = branches.first() else {
+        if branches.is_empty() {
             return Err(TreeError::NoBranches);
-        };
-        let chat = first.chat_id;
+        }
         branches.sort_by_key(|b| b.id);
         let active = if branches.iter().any(|b| b.id == active) {
             active
@@ -200,9 +197,9 @@ impl Tree {
             branches[0].id
         };
         let mut tree = Self {
-            chat,
             nodes: Vec::with_capacity(messages.len()),
-            by_id: Vec::new(),
+            text: String::with_capacity(messages.iter().map(|m| m.content.len()).sum()),
+            rare: None,
             first_root: NIL,
             branches,
             active,
@@ -249,7 +246,8 @@ impl Tree {
     }
 
     pub fn chat(&self) -> ChatId {
-        self.chat
+        // A chat always has a branch.
+        self.branches[0].chat_id
     }
 
     pub fn active(&self) -> BranchId {
@@ -273,6 +271,42 @@ impl Tree {
             .ok_or(TreeError::MessageNotFound(id))
     }
 
+    /// A message's content.
+    pub fn content<'a>(&'a self, node: &Node) -> &'a str {
+        let at = node.text_at as usize;
+        &self.text[at..at + node.text_len as usize]
+    }
+
+    /// The model that produced an assistant message (or the client's label for it).
+    pub fn model<'a>(&'a self, node: &Node) -> Option<&'a Arc<str>> {
+        self.extra(node)?.model.as_ref()
+    }
+
+    pub fn metadata<'a>(&'a self, node: &Node) -> Option<&'a Arc<serde_json::Value>> {
+        self.extra(node)?.metadata.as_ref()
+    }
+
+    pub fn idempotency_key<'a>(&'a self, node: &Node) -> Option<&'a Arc<str>> {
+        self.extra(node)?.idempotency_key.as_ref()
+    }
+
+    fn extra(&self, node: &Node) -> Option<&Extra> {
+        if !node.has_extra {
+            return None;
+        }
+        let extras = self.extras();
+        let at = extras.binary_search_by(|e| e.id.cmp(&node.id)).ok()?;
+        Some(&extras[at])
+    }
+
+    fn extras(&self) -> &[Extra] {
+        self.rare.as_ref().map_or(&[], |r| &r.extras)
+    }
+
+    fn by_id(&self) -> &[Idx] {
+        self.rare.as_ref().map_or(&[], |r| &r.by_id)
+    }
+
     pub fn message_count(&self) -> usize {
         self.nodes.len()
     }
@@ -283,14 +317,19 @@ impl Tree {
     pub fn approx_bytes(&self) -> usize {
         use std::mem::size_of;
         let nodes = self.nodes.capacity() * size_of::<Node>();
-        let index = self.by_id.capacity() * size_of::<Idx>();
+        let rare = self.rare.as_ref().map_or(0, |r| {
+            size_of::<Rare>()
+                + r.by_id.capacity() * size_of::<Idx>()
+                + r.extras.capacity() * size_of::<Extra>()
+        });
         let branches = self.branches.capacity() * (size_of::<Branch>() + 16);
-        size_of::<Self>() + nodes + index + branches + self.content_bytes
+        let slack = self.text.capacity() - self.text.len();
+        size_of::<Self>() + nodes + rare + branches + slack + self.content_bytes as usize
     }
 
     /// All nodes, in id (creation) order.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        (0..self.nodes.len()).map(|pos| match self.by_id.get(pos) {
+        (0..self.nodes.len()).map(|pos| match self.by_id().get(pos) {
             Some(&idx) => self.at(idx),
             None => &self.nodes[pos],
         })
@@ -316,14 +355,14 @@ impl Tree {
     pub fn message(&self, node: &Node) -> Message {
         Message {
             id: node.id,
-            chat_id: self.chat,
+            chat_id: self.chat(),
             parent_id: self.parent_id(node),
             role: node.role,
-            content: node.content.clone(),
+            content: Arc::from(self.content(node)),
             created_at: node.created_at(),
-            model: node.model().cloned(),
-            metadata: node.metadata().cloned(),
-            idempotency_key: node.idempotency_key().cloned(),
+            model: self.model(node).cloned(),
+            metadata: self.metadata(node).cloned(),
+            idempotency_key: self.idempotency_key(node).cloned(),
         }
     }
 
@@ -364,7 +403,9 @@ impl Tree {
             Some(p) => self.find(p).ok_or(TreeError::MessageNotFound(p))?,
             None => NIL,
         };
-        if self.nodes.len() >= (NIL - 1) as usize {
+        if self.nodes.len() >= (NIL - 1) as usize
+            || self.text.len() + message.content.len() > u32::MAX as usize
+        {
             return Err(TreeError::Full);
         }
         self.link(parent, message);
@@ -517,7 +558,7 @@ impl Tree {
         let mut cursor = self.find(last).ok_or(TreeError::MessageNotFound(last))?;
         while cursor != NIL {
             let node = self.at(cursor);
-            let chars = node.content.chars().count();
+            let chars = self.content(node).chars().count();
             if !out.is_empty() && used + chars > budget_chars {
                 break;
             }
@@ -570,15 +611,13 @@ impl Tree {
 
     /// The position of the message `id`: a binary search by id.
     fn find(&self, id: MessageId) -> Option<Idx> {
-        if self.by_id.is_empty() {
+        let by_id = self.by_id();
+        if by_id.is_empty() {
             let pos = self.nodes.binary_search_by(|n| n.id.cmp(&id)).ok()?;
             Some(pos as Idx)
         } else {
-            let pos = self
-                .by_id
-                .binary_search_by(|&i| self.at(i).id.cmp(&id))
-                .ok()?;
-            Some(self.by_id[pos])
+            let pos = by_id.binary_search_by(|&i| self.at(i).id.cmp(&id)).ok()?;
+            Some(by_id[pos])
         }
     }
 
@@ -644,35 +683,47 @@ impl Tree {
             ..
         } = message;
         let model = model.map(|m| self.shared_model(parent, m));
-        let extra =
-            (model.is_some() || metadata.is_some() || idempotency_key.is_some()).then(|| {
-                Box::new(Extra {
-                    model,
-                    metadata,
-                    idempotency_key,
-                })
-            });
+        let has_extra = model.is_some() || metadata.is_some() || idempotency_key.is_some();
+        if has_extra {
+            let extra = Extra {
+                id,
+                model,
+                metadata,
+                idempotency_key,
+            };
+            self.content_bytes = self
+                .content_bytes
+                .saturating_add(u32::try_from(extra.bytes()).unwrap_or(u32::MAX));
+            let extras = &mut self.rare.get_or_insert_default().extras;
+            let at = extras.partition_point(|e| e.id < id);
+            extras.insert(at, extra);
+        }
         let node = Node {
             id,
-            content,
             created_us: created_at.timestamp_micros(),
+            // `attach` keeps the text within u32.
+            text_at: self.text.len() as u32,
+            text_len: content.len() as u32,
             parent,
             jump,
             depth,
             first_child: NIL,
             next_sibling: NIL,
             role,
-            extra,
+            has_extra,
         };
-        self.content_bytes += node.content_bytes();
+        self.text.push_str(&content);
+        self.content_bytes = self.content_bytes.saturating_add(content.len() as u32);
         let idx = self.nodes.len() as Idx;
         let in_order = self.nodes.last().is_none_or(|last| last.id < id);
-        if !in_order && self.by_id.is_empty() {
-            self.by_id = (0..idx).collect();
+        if !in_order && self.by_id().is_empty() {
+            self.rare.get_or_insert_default().by_id = (0..idx).collect();
         }
-        if !self.by_id.is_empty() {
-            let pos = self.by_id.partition_point(|&i| self.at(i).id < id);
-            self.by_id.insert(pos, idx);
+        if !self.by_id().is_empty() {
+            let pos = self.by_id().partition_point(|&i| self.at(i).id < id);
+            if let Some(rare) = &mut self.rare {
+                rare.by_id.insert(pos, idx);
+            }
         }
         self.nodes.push(node);
         self.insert_sibling(idx);
@@ -686,7 +737,7 @@ impl Tree {
             p => self.at(p).parent,
         };
         match (previous != NIL)
-            .then(|| self.at(previous).model())
+            .then(|| self.model(self.at(previous)))
             .flatten()
         {
             Some(earlier) if **earlier == *model => earlier.clone(),
@@ -764,13 +815,18 @@ impl Tree {
         let map = |i: Idx| if i == NIL { NIL } else { remap[i as usize] };
         let mut doomed = Vec::new();
         let old = std::mem::take(&mut self.nodes);
+        let old_text = std::mem::take(&mut self.text);
         self.nodes.reserve_exact(next as usize);
         for (i, mut node) in old.into_iter().enumerate() {
             if !keep[i] {
-                self.content_bytes -= node.content_bytes();
+                self.content_bytes = self.content_bytes.saturating_sub(node.text_len);
                 doomed.push(node.id);
                 continue;
             }
+            let at = node.text_at as usize;
+            node.text_at = self.text.len() as u32;
+            self.text
+                .push_str(&old_text[at..at + node.text_len as usize]);
             node.parent = map(node.parent);
             node.jump = map(node.jump);
             node.first_child = NIL;
@@ -779,7 +835,9 @@ impl Tree {
         }
         // Relink siblings oldest first, so each goes to the front of its list.
         self.first_root = NIL;
-        self.by_id.clear();
+        if let Some(rare) = &mut self.rare {
+            rare.by_id.clear();
+        }
         let sorted = self.nodes.windows(2).all(|w| w[0].id < w[1].id);
         let order: Vec<Idx> = if sorted {
             (0..self.nodes.len() as Idx).collect()
@@ -797,7 +855,26 @@ impl Tree {
             self.at_mut(idx).next_sibling = first;
         }
         if !sorted {
-            self.by_id = order;
+            self.rare.get_or_insert_default().by_id = order;
+        }
+        self.text.shrink_to_fit();
+        if let Some(rare) = &mut self.rare {
+            let mut sorted = doomed.clone();
+            sorted.sort_unstable();
+            let gone = |e: &Extra| sorted.binary_search(&e.id).is_ok();
+            let freed: usize = rare
+                .extras
+                .iter()
+                .filter(|e| gone(e))
+                .map(Extra::bytes)
+                .sum();
+            self.content_bytes = self
+                .content_bytes
+                .saturating_sub(u32::try_from(freed).unwrap_or(u32::MAX));
+            rare.extras.retain(|e| !gone(e));
+            if rare.extras.is_empty() && rare.by_id.is_empty() {
+                self.rare = None;
+            }
         }
         doomed
     }
@@ -867,7 +944,7 @@ mod tests {
                 .path(branch)
                 .unwrap()
                 .iter()
-                .map(|m| m.content().to_string())
+                .map(|m| self.tree.content(m).to_string())
                 .collect()
         }
 
@@ -964,7 +1041,7 @@ mod tests {
                 .recent_path(d, budget)
                 .unwrap()
                 .iter()
-                .map(|m| m.content().to_string())
+                .map(|m| f.tree.content(m).to_string())
                 .collect::<Vec<_>>()
         };
         assert_eq!(texts(usize::MAX), ["aaaa", "bbbb", "cc", "dddddddddd"]);
@@ -1237,7 +1314,7 @@ mod tests {
         }
         let models: Vec<_> = model_of
             .iter()
-            .map(|id| f.tree.node(*id).unwrap().model().unwrap().clone())
+            .map(|id| f.tree.model(f.tree.node(*id).unwrap()).unwrap().clone())
             .collect();
         assert_eq!(&*models[2], "openai/gpt");
         assert!(Arc::ptr_eq(&models[0], &models[1]) && Arc::ptr_eq(&models[1], &models[2]));

@@ -18,16 +18,19 @@
 //! refused write never stays visible.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use actix::WeakAddr;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::chat::ChatActor;
+use crate::inspect::ActorProbe;
 use crate::model::{Branch, BranchId, ChatId, ChatMeta, Message, MessageId};
 use crate::ports::{Batch, MessageDeletes, MetaBatch, StoreError, Stores};
 
@@ -124,9 +127,15 @@ pub struct ChatWrite {
     /// The actor's generation: bumped when it reloads after a failure; older writes are fenced.
     pub generation: u64,
     pub ops: Vec<WriteOp>,
-    pub on_fail: Option<Recipient<WriteFailed>>,
-    /// The chat's count of writes not yet committed: raised when queued, lowered when settled.
-    pub pending: Option<Arc<AtomicUsize>>,
+    pub owner: Option<WriteOwner>,
+}
+
+/// The actor a write comes from: told when the write fails, and its probe counts the write
+/// while it is pending. Weak, so a queued write does not keep a stopped actor's mailbox open.
+#[derive(Clone)]
+pub struct WriteOwner {
+    pub actor: WeakAddr<ChatActor>,
+    pub probe: Arc<ActorProbe>,
 }
 
 enum Command {
@@ -259,8 +268,8 @@ pub struct Slot(mpsc::OwnedPermit<Command>);
 
 impl Slot {
     pub fn send(self, write: ChatWrite) -> CommitTicket {
-        if let Some(pending) = &write.pending {
-            pending.fetch_add(1, Ordering::Relaxed);
+        if let Some(owner) = &write.owner {
+            owner.probe.pending_writes.fetch_add(1, Ordering::Relaxed);
         }
         let (tx, rx) = oneshot::channel();
         self.0.send(Command::Write(write, tx, Instant::now()));
@@ -426,7 +435,7 @@ impl Writer {
                     for (w, ack, _) in writes {
                         let fence = self.fences.entry(w.chat).or_insert(0);
                         *fence = (*fence).max(w.generation + 1);
-                        if let Some(actor) = &w.on_fail {
+                        if let Some(actor) = w.owner.as_ref().and_then(|o| o.actor.upgrade()) {
                             actor.do_send(WriteFailed {
                                 generation: w.generation,
                             });
@@ -521,8 +530,8 @@ fn settle(
     ack: oneshot::Sender<Result<(), WriteError>>,
     outcome: Result<(), WriteError>,
 ) {
-    if let Some(pending) = &write.pending {
-        pending.fetch_sub(1, Ordering::Relaxed);
+    if let Some(owner) = &write.owner {
+        owner.probe.pending_writes.fetch_sub(1, Ordering::Relaxed);
     }
     let _ = ack.send(outcome);
 }

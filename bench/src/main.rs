@@ -25,6 +25,8 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 
 /// mimalloc: less fragmentation and faster small allocations than glibc malloc (BENCHMARKS.md).
+/// The `system-alloc` feature leaves it out, for heap profilers that hook malloc (heaptrack).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
