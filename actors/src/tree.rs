@@ -1300,6 +1300,64 @@ mod tests {
     }
 
     #[test]
+    fn pruning_keeps_every_survivors_content_and_extras() {
+        let mut f = fixture();
+        let mut kept = Vec::new();
+        let mut doomed = Vec::new();
+        // Every other message carries a model, metadata and a key; contents differ in length.
+        let with_extras = |mut m: Message, i: usize| {
+            if i % 2 == 0 {
+                m.model = Some(Arc::from(format!("model-{i}")));
+                m.metadata = Some(Arc::new(serde_json::json!({ "i": i })));
+                m.idempotency_key = Some(Arc::from(format!("key-{i}")));
+            }
+            m
+        };
+        for i in 0..6 {
+            let head = f.tree.head(f.main).unwrap();
+            let m = with_extras(msg(f.chat, head, &"m".repeat(i + 1)), i);
+            kept.push(m.clone());
+            f.tree.append(f.main, m).unwrap();
+        }
+        let fork = f.fork_at(kept[2].id);
+        for i in 6..10 {
+            let head = f.tree.head(fork).unwrap();
+            let m = with_extras(msg(f.chat, head, &"f".repeat(i * 3)), i);
+            doomed.push(m.id);
+            f.tree.append(fork, m).unwrap();
+        }
+        // Messages after the fork on main again, so survivors sit on both sides of the doomed.
+        for i in 10..13 {
+            let head = f.tree.head(f.main).unwrap();
+            let m = with_extras(msg(f.chat, head, &format!("late {i}")), i);
+            kept.push(m.clone());
+            f.tree.append(f.main, m).unwrap();
+        }
+
+        let mut removed = f.tree.delete_branch(fork).unwrap();
+        removed.sort();
+        doomed.sort();
+        assert_eq!(removed, doomed);
+        for want in &kept {
+            let node = f.tree.node(want.id).unwrap();
+            let mut got = f.tree.message(node);
+            got.created_at = want.created_at; // the tree keeps microseconds
+            assert_eq!(&got, want);
+        }
+        for id in &doomed {
+            assert!(f.tree.node(*id).is_err());
+        }
+        // Nothing of the doomed stays behind.
+        let with = kept.iter().filter(|m| m.model.is_some()).count();
+        assert_eq!(f.tree.extras().len(), with);
+        let restored = Tree::restore(f.tree.branches().to_vec(), f.main, kept.clone())
+            .unwrap()
+            .tree;
+        assert_eq!(restored.content_bytes, f.tree.content_bytes);
+        assert_eq!(restored.text, f.tree.text);
+    }
+
+    #[test]
     fn a_reply_shares_the_previous_replys_model_label() {
         let mut f = fixture();
         let mut model_of = Vec::new();
