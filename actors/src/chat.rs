@@ -24,7 +24,7 @@ use crate::model::{
     Branch, BranchId, ChatId, ChatMeta, GenerationId, Message, MessageId, Role, UserId,
 };
 use crate::ports::{MessageStore, MetadataStore, Turn};
-use crate::registry::Liveness;
+use crate::registry::{Birth, Liveness};
 use crate::tree::Tree;
 use crate::views::{
     BranchDeletedView, BranchView, ChatView, EditView, MessagePage, MessageView, RegenerateView,
@@ -248,9 +248,10 @@ impl ChatActor {
     pub(crate) fn new(
         state: ChatState,
         rt: Arc<ChatRuntime>,
-        (instance, liveness): (u64, Arc<Liveness>),
+        birth: Birth,
         probe: Arc<ActorProbe>,
     ) -> Self {
+        let (instance, liveness) = birth.claim();
         Self {
             core: ChatCore {
                 state,

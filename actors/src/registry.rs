@@ -5,9 +5,10 @@
 //! expirations lazily, so a sweeper task drives them every `sweep_interval`.
 //!
 //! Activation and eviction never overlap for one chat: every live actor has an entry in
-//! [`Liveness`] until it is dropped (after its final flush), and activating a chat first waits for
-//! the previous actor's entry to go. A request that reached an actor just as it stopped gets `Closed` from its
-//! mailbox and is retried on a fresh activation; a request the actor accepted is always answered.
+//! [`Liveness`] until it is dropped (after its final flush), and activating a chat first waits
+//! for the previous actor's entry to go. A request that reached an actor just as it stopped gets
+//! `Closed` from its mailbox and is retried on a fresh activation; a request the actor accepted is
+//! always answered.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -34,6 +35,30 @@ use crate::ports::CompletionRequest;
 use crate::views::*;
 use crate::writer::{AckMode, CommitTicket, WriteError};
 
+/// A new actor's entry in [`Liveness`], on its way to the actor.
+pub(crate) struct Birth {
+    chat: ChatId,
+    instance: u64,
+    liveness: Arc<Liveness>,
+    claimed: bool,
+}
+
+impl Birth {
+    /// Hands the entry to the actor, which leaves `Liveness` when dropped.
+    pub(crate) fn claim(mut self) -> (u64, Arc<Liveness>) {
+        self.claimed = true;
+        (self.instance, self.liveness.clone())
+    }
+}
+
+impl Drop for Birth {
+    fn drop(&mut self) {
+        if !self.claimed {
+            self.liveness.gone(self.chat, self.instance);
+        }
+    }
+}
+
 /// The chat actors alive (resident or still flushing), by chat: the instance of each.
 ///
 /// One `Notify` for all of them rather than a signal per actor: an actor is gone rarely while
@@ -45,9 +70,17 @@ pub(crate) struct Liveness {
 }
 
 impl Liveness {
-    fn born(&self, chat: ChatId, instance: u64) {
+    /// Enters a new actor of `chat`. Its entry goes when the actor is dropped, or when the
+    /// returned `Birth` is dropped unclaimed (the actor was never built: its arbiter had stopped).
+    fn born(self: &Arc<Self>, chat: ChatId, instance: u64) -> Birth {
         if let Ok(mut live) = self.live.lock() {
             live.insert(chat, instance);
+        }
+        Birth {
+            chat,
+            instance,
+            liveness: self.clone(),
+            claimed: false,
         }
     }
 
@@ -1041,8 +1074,7 @@ impl Chats {
 
     fn spawn(&self, chat: ChatId, state: ChatState) -> ChatHandle {
         let instance = self.inner.next_instance.fetch_add(1, Ordering::Relaxed);
-        self.inner.live.born(chat, instance);
-        let liveness = (instance, self.inner.live.clone());
+        let birth = self.inner.live.born(chat, instance);
         let rt = self.inner.rt.clone();
         let probe = Arc::new(ActorProbe::new(chat, state.meta.owner, &state.tree));
         let shared = probe.clone();
@@ -1051,7 +1083,7 @@ impl Chats {
             // The registry bounds each mailbox itself (see `ChatHandle::ask`); actix's own
             // bound parks senders instead of refusing, so it is lifted (0 = never park).
             ctx.set_mailbox_capacity(0);
-            ChatActor::new(state, rt, liveness, shared)
+            ChatActor::new(state, rt, birth, shared)
         });
         ChatHandle {
             addr,
@@ -1081,4 +1113,38 @@ fn arbiter_for(chat: ChatId, n: usize) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     chat.hash(&mut h);
     (h.finish() % n as u64) as usize
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// An actor that was never built (its arbiter had stopped) must not leave an entry behind:
+    /// the chat's next activation, and shutdown, would wait for it forever.
+    #[actix_rt::test]
+    async fn an_unclaimed_birth_leaves_and_wakes_whoever_waits() {
+        let liveness = Arc::new(Liveness::default());
+        let chat = ChatId::new();
+        let birth = liveness.born(chat, 1);
+        let waiter = {
+            let liveness = liveness.clone();
+            actix_rt::spawn(async move { liveness.until(|live| !live.contains_key(&chat)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "waited past a live entry");
+        drop(birth);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+
+        // A claimed entry stays until its actor goes, and only its own instance removes it.
+        let (instance, claimed) = liveness.born(chat, 2).claim();
+        assert!(liveness.live.lock().unwrap().contains_key(&chat));
+        claimed.gone(chat, instance + 1);
+        assert!(liveness.live.lock().unwrap().contains_key(&chat));
+        claimed.gone(chat, instance);
+        assert!(liveness.live.lock().unwrap().is_empty());
+    }
 }
