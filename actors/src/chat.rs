@@ -1093,3 +1093,14 @@ impl Handler<WriteFailed> for ChatActor {
         self.reload(ctx);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// tokio rounds a task up to 128 bytes, and a resident chat's task is this actor inside
+    /// actix's context: heaptrack measured 768 bytes a task at 320 bytes of actor, 896 at 416
+    /// (BENCHMARKS.md, memory). Growing past 320 risks the next 128.
+    #[test]
+    fn a_chat_actor_stays_within_its_task_size_class() {
+        assert!(std::mem::size_of::<super::ChatActor>() <= 320);
+    }
+}

@@ -33,29 +33,33 @@ type Idx = u32;
 /// No node: a root's parent and jump, a leaf's first child, the oldest sibling's next.
 const NIL: Idx = Idx::MAX;
 
-/// A message in the tree with its links. Its content is a range of the tree's text.
+/// A message in the tree with its links: 48 bytes, all of them 4-byte aligned. Its content is
+/// the tree's text from its `text_at` to the next node's (nodes and text are in the same order).
 #[derive(Clone, Debug)]
 pub struct Node {
     id: MessageId,
-    /// Microseconds since the epoch (stores keep milliseconds, so nothing is lost).
-    created_us: i64,
-    /// Where the content is in the tree's text, and its length in bytes.
+    /// Microseconds since the epoch (stores keep milliseconds, so nothing is lost), as two
+    /// halves so that the node needs only 4-byte alignment.
+    created_us: [u32; 2],
+    /// Where the content starts in the tree's text.
     text_at: u32,
-    text_len: u32,
     parent: Idx,
     /// A farther ancestor (skew-binary jump pointer, Myers 1983): with the parent links it
     /// reaches any ancestor in O(log depth) steps. `NIL` for a root.
     jump: Idx,
-    /// Distance from the root: the message's 0-based index in any path through it.
-    depth: u32,
+    /// The depth (low bits), the role and whether the message has an entry in the tree's
+    /// extras (see [`Self::depth`], [`Self::role`]).
+    packed: u32,
     /// The newest child; the others follow through `next_sibling`.
     first_child: Idx,
     /// The next older sibling.
     next_sibling: Idx,
-    role: Role,
-    /// The message has an entry in the tree's `extras`.
-    has_extra: bool,
 }
+
+/// Bits of `Node::packed` under the role: the depth.
+const DEPTH_BITS: u32 = 29;
+const DEPTH_MASK: u32 = (1 << DEPTH_BITS) - 1;
+const EXTRA_BIT: u32 = 1 << 31;
 
 /// What most messages leave empty, kept aside by message id.
 #[derive(Clone, Debug)]
@@ -72,16 +76,35 @@ impl Node {
     }
 
     pub fn role(&self) -> Role {
-        self.role
+        match (self.packed >> DEPTH_BITS) & 0b11 {
+            0 => Role::User,
+            1 => Role::Assistant,
+            _ => Role::System,
+        }
+    }
+
+    fn has_extra(&self) -> bool {
+        self.packed & EXTRA_BIT != 0
+    }
+
+    fn pack(depth: u32, role: Role, has_extra: bool) -> u32 {
+        let role = match role {
+            Role::User => 0,
+            Role::Assistant => 1,
+            Role::System => 2,
+        };
+        depth | role << DEPTH_BITS | if has_extra { EXTRA_BIT } else { 0 }
     }
 
     pub fn created_at(&self) -> DateTime<Utc> {
-        DateTime::from_timestamp_micros(self.created_us).unwrap_or_default()
+        let [low, high] = self.created_us;
+        let us = (u64::from(high) << 32 | u64::from(low)) as i64;
+        DateTime::from_timestamp_micros(us).unwrap_or_default()
     }
 
     /// The message's 0-based index in any path through it.
     pub fn depth(&self) -> u32 {
-        self.depth
+        self.packed & DEPTH_MASK
     }
 
     pub fn is_root(&self) -> bool {
@@ -116,7 +139,7 @@ pub enum TreeError {
     Duplicate,
     #[error("a chat needs at least one branch")]
     NoBranches,
-    #[error("a chat holds at most {} messages", NIL - 1)]
+    #[error("the chat is full (at most {} messages, {} on one path)", NIL - 1, DEPTH_MASK)]
     Full,
 }
 
@@ -273,8 +296,8 @@ impl Tree {
 
     /// A message's content.
     pub fn content<'a>(&'a self, node: &Node) -> &'a str {
-        let at = node.text_at as usize;
-        &self.text[at..at + node.text_len as usize]
+        let (at, end) = self.text_span(node);
+        &self.text[at..end]
     }
 
     /// The model that produced an assistant message (or the client's label for it).
@@ -290,8 +313,25 @@ impl Tree {
         self.extra(node)?.idempotency_key.as_ref()
     }
 
+    /// Where a node's content starts and ends in the text: it ends where the next node's starts.
+    fn text_span(&self, node: &Node) -> (usize, usize) {
+        // The node's position, from its address in the arena (or, for a node that is not one
+        // of this tree's, by id).
+        let offset = (node as *const Node as usize).wrapping_sub(self.nodes.as_ptr() as usize);
+        let at = offset / std::mem::size_of::<Node>();
+        let pos = match self.nodes.get(at) {
+            Some(n) if std::ptr::eq(n, node) => Some(at),
+            _ => self.find(node.id).map(|i| i as usize),
+        };
+        let end = match pos.and_then(|p| self.nodes.get(p + 1)) {
+            Some(next) => next.text_at as usize,
+            None => self.text.len(),
+        };
+        (node.text_at as usize, end)
+    }
+
     fn extra(&self, node: &Node) -> Option<&Extra> {
-        if !node.has_extra {
+        if !node.has_extra() {
             return None;
         }
         let extras = self.extras();
@@ -357,7 +397,7 @@ impl Tree {
             id: node.id,
             chat_id: self.chat(),
             parent_id: self.parent_id(node),
-            role: node.role,
+            role: node.role(),
             content: Arc::from(self.content(node)),
             created_at: node.created_at(),
             model: self.model(node).cloned(),
@@ -371,7 +411,7 @@ impl Tree {
         let head = self.branch(branch)?.head;
         Ok(self
             .head_index(head)
-            .map_or(0, |h| self.at(h).depth as usize + 1))
+            .map_or(0, |h| self.at(h).depth() as usize + 1))
     }
 
     /// The messages a new message on `branch` would follow: its parent is the head.
@@ -405,6 +445,7 @@ impl Tree {
         };
         if self.nodes.len() >= (NIL - 1) as usize
             || self.text.len() + message.content.len() > u32::MAX as usize
+            || (parent != NIL && self.at(parent).depth() >= DEPTH_MASK)
         {
             return Err(TreeError::Full);
         }
@@ -513,7 +554,7 @@ impl Tree {
         before: Option<MessageId>,
     ) -> Result<Page<'_>, TreeError> {
         let head = self.head_index(self.branch(branch)?.head);
-        let path_len = head.map_or(0, |h| self.at(h).depth as usize + 1);
+        let path_len = head.map_or(0, |h| self.at(h).depth() as usize + 1);
         let start = match before {
             None => head.unwrap_or(NIL),
             Some(cursor) => {
@@ -641,10 +682,10 @@ impl Tree {
         let mut idx = idx;
         loop {
             let node = self.at(idx);
-            if node.depth <= depth {
+            if node.depth() <= depth {
                 return idx;
             }
-            idx = if node.jump != NIL && self.at(node.jump).depth >= depth {
+            idx = if node.jump != NIL && self.at(node.jump).depth() >= depth {
                 node.jump
             } else {
                 node.parent
@@ -654,8 +695,8 @@ impl Tree {
 
     /// Whether the node at `idx` is on the path ending at `head`: O(log depth).
     fn is_on_path(&self, head: Option<Idx>, idx: Idx) -> bool {
-        let depth = self.at(idx).depth;
-        head.is_some_and(|h| self.at(h).depth >= depth && self.ancestor_at(h, depth) == idx)
+        let depth = self.at(idx).depth();
+        head.is_some_and(|h| self.at(h).depth() >= depth && self.ancestor_at(h, depth) == idx)
     }
 
     fn branch_index(&self, id: BranchId) -> Result<usize, TreeError> {
@@ -670,7 +711,7 @@ impl Tree {
     fn link(&mut self, parent: Idx, message: Message) {
         let (depth, jump) = match parent {
             NIL => (0, NIL),
-            p => (self.at(p).depth + 1, self.jump_for(p)),
+            p => (self.at(p).depth() + 1, self.jump_for(p)),
         };
         let Message {
             id,
@@ -700,17 +741,17 @@ impl Tree {
         }
         let node = Node {
             id,
-            created_us: created_at.timestamp_micros(),
+            created_us: {
+                let us = created_at.timestamp_micros() as u64;
+                [us as u32, (us >> 32) as u32]
+            },
             // `attach` keeps the text within u32.
             text_at: self.text.len() as u32,
-            text_len: content.len() as u32,
             parent,
             jump,
-            depth,
+            packed: Node::pack(depth, role, has_extra),
             first_child: NIL,
             next_sibling: NIL,
-            role,
-            has_extra,
         };
         self.text.push_str(&content);
         self.content_bytes = self.content_bytes.saturating_add(content.len() as u32);
@@ -781,7 +822,7 @@ impl Tree {
             return parent;
         }
         let j = self.at(p.jump);
-        if j.jump != NIL && p.depth - j.depth == j.depth - self.at(j.jump).depth {
+        if j.jump != NIL && p.depth() - j.depth() == j.depth() - self.at(j.jump).depth() {
             j.jump
         } else {
             parent
@@ -816,17 +857,25 @@ impl Tree {
         let mut doomed = Vec::new();
         let old = std::mem::take(&mut self.nodes);
         let old_text = std::mem::take(&mut self.text);
+        // Where each old node's content ends: where the next one's starts.
+        let ends: Vec<usize> = (0..old.len())
+            .map(|i| {
+                old.get(i + 1)
+                    .map_or(old_text.len(), |n| n.text_at as usize)
+            })
+            .collect();
         self.nodes.reserve_exact(next as usize);
         for (i, mut node) in old.into_iter().enumerate() {
+            let content = &old_text[node.text_at as usize..ends[i]];
             if !keep[i] {
-                self.content_bytes = self.content_bytes.saturating_sub(node.text_len);
+                self.content_bytes = self
+                    .content_bytes
+                    .saturating_sub(u32::try_from(content.len()).unwrap_or(u32::MAX));
                 doomed.push(node.id);
                 continue;
             }
-            let at = node.text_at as usize;
             node.text_at = self.text.len() as u32;
-            self.text
-                .push_str(&old_text[at..at + node.text_len as usize]);
+            self.text.push_str(content);
             node.parent = map(node.parent);
             node.jump = map(node.jump);
             node.first_child = NIL;
@@ -989,6 +1038,33 @@ mod tests {
                 tree.page(side, 5, Some(main_path[200])).unwrap_err(),
                 TreeError::CursorNotOnPath
             );
+        }
+    }
+
+    /// Every resident message pays for a node: a field added here is a cost to every chat.
+    #[test]
+    fn a_node_stays_48_bytes() {
+        assert_eq!(std::mem::size_of::<Node>(), 48);
+    }
+
+    #[test]
+    fn the_packed_fields_round_trip() {
+        for role in [Role::User, Role::Assistant, Role::System] {
+            for depth in [0, 1, DEPTH_MASK] {
+                for extra in [false, true] {
+                    let n = Node {
+                        id: MessageId::new(),
+                        created_us: [0, 0],
+                        text_at: 0,
+                        parent: NIL,
+                        jump: NIL,
+                        packed: Node::pack(depth, role, extra),
+                        first_child: NIL,
+                        next_sibling: NIL,
+                    };
+                    assert_eq!((n.depth(), n.role(), n.has_extra()), (depth, role, extra));
+                }
+            }
         }
     }
 
@@ -1341,6 +1417,10 @@ mod tests {
         for want in &kept {
             let node = f.tree.node(want.id).unwrap();
             let mut got = f.tree.message(node);
+            assert_eq!(
+                got.created_at.timestamp_micros(),
+                want.created_at.timestamp_micros()
+            );
             got.created_at = want.created_at; // the tree keeps microseconds
             assert_eq!(&got, want);
         }
