@@ -263,18 +263,26 @@ pub fn memory_measure(config: &Path, state: &Path) -> anyhow::Result<()> {
         s.actors.idle_timeout_secs = 24 * 3600;
     };
     with_chats(config, adjust, |chats| async move {
+        let activate = |ids: &[ChatId]| {
+            let chats = &chats;
+            stream::iter(ids.to_vec())
+                .map(move |id| async move { chats.list_messages(user, id, None, 1, None).await })
+                .buffer_unordered(CONCURRENCY)
+                .try_for_each(|_| async { Ok(()) })
+        };
+        // Halves, so that the second half's growth is the marginal cost of a chat: what the
+        // first activations fill once (the stores' page caches) is not in it.
+        let (first, second) = ids.split_at(count / 2);
         let before = rss()?;
         let started = Instant::now();
-        stream::iter(&ids)
-            .map(|&id| {
-                let chats = &chats;
-                async move { chats.list_messages(user, id, None, 1, None).await }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .try_for_each(|_| async { Ok(()) })
-            .await?;
-        let activated = started.elapsed();
+        activate(first).await?;
+        let first_took = started.elapsed();
         // Let the registry's bookkeeping (cache maintenance) settle before measuring.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let middle = rss()?;
+        let started = Instant::now();
+        activate(second).await?;
+        let activated = first_took + started.elapsed();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = rss()?;
         let resident = chats.resident();
@@ -283,15 +291,18 @@ pub fn memory_measure(config: &Path, state: &Path) -> anyhow::Result<()> {
             "only {resident} of {count} chats resident"
         );
         let per_chat = after.saturating_sub(before) as f64 / count as f64;
+        let marginal = after.saturating_sub(middle) as f64 / second.len().max(1) as f64;
         let content_per_chat = content as f64 / count as f64;
         println!(
             "BENCH memory chats={count} messages={messages} activated_s={:.1} rss_mib={:.1} \
              chats_mib={:.1} per_chat_bytes={per_chat:.0} \
-             content_per_chat_bytes={content_per_chat:.0} overhead_per_chat_bytes={:.0}",
+             content_per_chat_bytes={content_per_chat:.0} overhead_per_chat_bytes={:.0} \
+             marginal_overhead_per_chat_bytes={:.0}",
             activated.as_secs_f64(),
             after as f64 / (1 << 20) as f64,
             after.saturating_sub(before) as f64 / (1 << 20) as f64,
             per_chat - content_per_chat,
+            marginal - content_per_chat,
         );
         if std::env::var_os("BENCH_MEMORY_EXIT").is_some() {
             std::process::exit(0);
