@@ -314,6 +314,7 @@ impl Tree {
     }
 
     /// Where a node's content starts and ends in the text: it ends where the next node's starts.
+    /// Empty for a node of another tree whose id this one does not hold.
     fn text_span(&self, node: &Node) -> (usize, usize) {
         // The node's position, from its address in the arena (or, for a node that is not one
         // of this tree's, by id).
@@ -323,11 +324,15 @@ impl Tree {
             Some(n) if std::ptr::eq(n, node) => Some(at),
             _ => self.find(node.id).map(|i| i as usize),
         };
-        let end = match pos.and_then(|p| self.nodes.get(p + 1)) {
-            Some(next) => next.text_at as usize,
-            None => self.text.len(),
+        let Some(pos) = pos else {
+            return (0, 0);
         };
-        (node.text_at as usize, end)
+        let start = self.nodes[pos].text_at as usize;
+        let end = self
+            .nodes
+            .get(pos + 1)
+            .map_or(self.text.len(), |next| next.text_at as usize);
+        (start, end)
     }
 
     fn extra(&self, node: &Node) -> Option<&Extra> {
@@ -1066,6 +1071,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A node handed to another tree (a clone that has since changed, or an unrelated one) reads
+    /// that tree's content for its id, or nothing; it never slices out of bounds.
+    #[test]
+    fn content_of_a_node_from_another_tree_is_looked_up_by_id() {
+        let mut f = fixture();
+        let a = f.push(f.main, "first message");
+        let b = f.push(f.main, "second");
+        let copy = f.tree.clone();
+        let mut other = fixture();
+        other.push(other.main, "x");
+        let foreign = copy.node(b).unwrap();
+        assert_eq!(f.tree.content(foreign), "second");
+        assert_eq!(other.tree.content(foreign), "");
+        assert_eq!(other.tree.content(copy.node(a).unwrap()), "");
     }
 
     #[test]
