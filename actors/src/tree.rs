@@ -13,13 +13,13 @@
 //!
 //! Forking is O(1) in the conversation's length: a branch is a pointer, nothing is copied.
 //!
-//! Layout: a resident chat is mostly idle memory, so nodes are compact (72 bytes besides the
-//! content). They live in one arena and link to each other by position, not by id; a message is
-//! found by id with a binary search, over the arena itself while it is in id order (UUIDv7 ids
-//! are made in creation order, so it nearly always is) or else over a sorted index of positions.
-//! Siblings form a linked list, newest first, so the usual insertion (the newest message) is
-//! O(1). The chat id is the tree's, not each node's, and the fields most messages leave empty
-//! (model, metadata, idempotency key) live out of line.
+//! Layout: a resident chat is mostly idle memory, so nodes are compact (48 bytes, no pointer).
+//! They live in one arena and link to each other by position, not by id; their content is one
+//! string per tree, in node order. A message is found by id with a binary search, over the arena
+//! itself while it is in id order (UUIDv7 ids are made in creation order, so it nearly always is)
+//! or else over a sorted index of positions. Siblings form a linked list, newest first, so the
+//! usual insertion (the newest message) is O(1). The chat id is the tree's, not each node's, and
+//! the fields most messages leave empty (model, metadata, idempotency key) live out of line.
 
 use std::sync::Arc;
 
@@ -174,9 +174,6 @@ pub struct Tree {
     rare: Option<Box<Rare>>,
     /// The newest root; the others follow through `next_sibling`.
     first_root: Idx,
-    /// Heap bytes the messages' strings and metadata take (kept as messages come and go; an
-    /// approximation for the operator surface, so it saturates rather than overflows).
-    content_bytes: u32,
     branches: Vec<Branch>,
     active: BranchId,
 }
@@ -187,6 +184,8 @@ struct Rare {
     extras: Vec<Extra>,
     /// Positions sorted by id; empty while `nodes` itself is in id order.
     by_id: Vec<Idx>,
+    /// Heap bytes the extras' strings and metadata take (kept as messages come and go).
+    extra_bytes: usize,
 }
 
 impl Tree {
@@ -199,7 +198,6 @@ impl Tree {
             first_root: NIL,
             active: main.id,
             branches: vec![main],
-            content_bytes: 0,
         }
     }
 
@@ -226,7 +224,6 @@ impl Tree {
             first_root: NIL,
             branches,
             active,
-            content_bytes: 0,
         };
         messages.sort_by_key(|m| m.id);
         let mut pruned = Vec::new();
@@ -352,6 +349,12 @@ impl Tree {
         self.rare.as_ref().map_or(&[], |r| &r.by_id)
     }
 
+    /// Heap bytes the messages' content, models, metadata and keys take.
+    #[cfg(test)]
+    fn content_bytes(&self) -> usize {
+        self.text.len() + self.rare.as_ref().map_or(0, |r| r.extra_bytes)
+    }
+
     pub fn message_count(&self) -> usize {
         self.nodes.len()
     }
@@ -366,10 +369,10 @@ impl Tree {
             size_of::<Rare>()
                 + r.by_id.capacity() * size_of::<Idx>()
                 + r.extras.capacity() * size_of::<Extra>()
+                + r.extra_bytes
         });
         let branches = self.branches.capacity() * (size_of::<Branch>() + 16);
-        let slack = self.text.capacity() - self.text.len();
-        size_of::<Self>() + nodes + rare + branches + slack + self.content_bytes as usize
+        size_of::<Self>() + nodes + rare + branches + self.text.capacity()
     }
 
     /// All nodes, in id (creation) order.
@@ -737,12 +740,10 @@ impl Tree {
                 metadata,
                 idempotency_key,
             };
-            self.content_bytes = self
-                .content_bytes
-                .saturating_add(u32::try_from(extra.bytes()).unwrap_or(u32::MAX));
-            let extras = &mut self.rare.get_or_insert_default().extras;
-            let at = extras.partition_point(|e| e.id < id);
-            extras.insert(at, extra);
+            let rare = self.rare.get_or_insert_default();
+            rare.extra_bytes += extra.bytes();
+            let at = rare.extras.partition_point(|e| e.id < id);
+            rare.extras.insert(at, extra);
         }
         let node = Node {
             id,
@@ -759,7 +760,6 @@ impl Tree {
             next_sibling: NIL,
         };
         self.text.push_str(&content);
-        self.content_bytes = self.content_bytes.saturating_add(content.len() as u32);
         let idx = self.nodes.len() as Idx;
         let in_order = self.nodes.last().is_none_or(|last| last.id < id);
         if !in_order && self.by_id().is_empty() {
@@ -871,14 +871,11 @@ impl Tree {
             .collect();
         self.nodes.reserve_exact(next as usize);
         for (i, mut node) in old.into_iter().enumerate() {
-            let content = &old_text[node.text_at as usize..ends[i]];
             if !keep[i] {
-                self.content_bytes = self
-                    .content_bytes
-                    .saturating_sub(u32::try_from(content.len()).unwrap_or(u32::MAX));
                 doomed.push(node.id);
                 continue;
             }
+            let content = &old_text[node.text_at as usize..ends[i]];
             node.text_at = self.text.len() as u32;
             self.text.push_str(content);
             node.parent = map(node.parent);
@@ -922,9 +919,7 @@ impl Tree {
                 .filter(|e| gone(e))
                 .map(Extra::bytes)
                 .sum();
-            self.content_bytes = self
-                .content_bytes
-                .saturating_sub(u32::try_from(freed).unwrap_or(u32::MAX));
+            rare.extra_bytes -= freed;
             rare.extras.retain(|e| !gone(e));
             if rare.extras.is_empty() && rare.by_id.is_empty() {
                 self.rare = None;
@@ -1121,7 +1116,7 @@ mod tests {
         )
         .unwrap()
         .tree;
-        assert_eq!(restored.content_bytes, f.tree.content_bytes);
+        assert_eq!(restored.content_bytes(), f.tree.content_bytes());
     }
 
     #[test]
@@ -1454,7 +1449,7 @@ mod tests {
         let restored = Tree::restore(f.tree.branches().to_vec(), f.main, kept.clone())
             .unwrap()
             .tree;
-        assert_eq!(restored.content_bytes, f.tree.content_bytes);
+        assert_eq!(restored.content_bytes(), f.tree.content_bytes());
         assert_eq!(restored.text, f.tree.text);
     }
 

@@ -151,6 +151,15 @@ async fn seed(
     Ok((seeded.into_iter().map(|(c, _)| c).collect(), bytes))
 }
 
+/// Activates each chat (a one-message page), `CONCURRENCY` at a time.
+async fn activate(chats: &Chats, user: UserId, ids: &[ChatId]) -> Result<(), ChatError> {
+    stream::iter(ids)
+        .map(|&id| chats.list_messages(user, id, None, 1, None))
+        .buffer_unordered(CONCURRENCY)
+        .try_for_each(|_| async { Ok(()) })
+        .await
+}
+
 async fn evict_all(chats: &Chats, ids: &[ChatId]) {
     stream::iter(ids)
         .for_each_concurrent(CONCURRENCY, |&id| async move {
@@ -263,25 +272,18 @@ pub fn memory_measure(config: &Path, state: &Path) -> anyhow::Result<()> {
         s.actors.idle_timeout_secs = 24 * 3600;
     };
     with_chats(config, adjust, |chats| async move {
-        let activate = |ids: &[ChatId]| {
-            let chats = &chats;
-            stream::iter(ids.to_vec())
-                .map(move |id| async move { chats.list_messages(user, id, None, 1, None).await })
-                .buffer_unordered(CONCURRENCY)
-                .try_for_each(|_| async { Ok(()) })
-        };
         // Halves, so that the second half's growth is the marginal cost of a chat: what the
         // first activations fill once (the stores' page caches) is not in it.
         let (first, second) = ids.split_at(count / 2);
         let before = rss()?;
         let started = Instant::now();
-        activate(first).await?;
+        activate(&chats, user, first).await?;
         let first_took = started.elapsed();
         // Let the registry's bookkeeping (cache maintenance) settle before measuring.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let middle = rss()?;
         let started = Instant::now();
-        activate(second).await?;
+        activate(&chats, user, second).await?;
         let activated = first_took + started.elapsed();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = rss()?;
