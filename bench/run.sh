@@ -9,7 +9,8 @@
 #   bench/run.sh --backend postgres-mongodb        PostgreSQL + MongoDB-wire (SecantusDB)
 #   bench/run.sh --duration 3 --chats 200 --min-fraction 0.1
 #                                                  the CI smoke run: fails when a scenario
-#                                                  falls below a tenth of its target
+#                                                  falls below a tenth of its target twice
+#                                                  (a miss is run once more)
 #
 # HTTP scenarios (wrk): ceiling, ceiling_body (the trivial handler answering with a static body
 # the size of read_path's response), ceiling_actor (the same after checking a token and one
@@ -178,13 +179,13 @@ wait_writer_idle() {
 # Prints the value of KEY in a `BENCH key=value ...` line.
 field() { tr ' ' '\n' <<< "$2" | sed -n "s/^$1=//p"; }
 
-# Fails the run (with --min-fraction F) when VALUE is worse than LIMIT / F (latencies).
+# Marks the scenario missed (with --min-fraction F) when VALUE is worse than LIMIT / F (latencies).
 check_at_most() {
     local name=$1 value=$2 limit=$3
     [ -n "$MIN_FRACTION" ] || return 0
     if awk -v v="$value" -v l="$limit" -v f="$MIN_FRACTION" 'BEGIN { exit !(v > l / f) }'; then
-        echo "REGRESSION: $name at $value (limit $limit, allowed $(awk -v l="$limit" -v f="$MIN_FRACTION" 'BEGIN { print l / f }'))" >&2
-        FAILED=1
+        echo "over the limit: $name at $value (limit $limit, allowed $(awk -v l="$limit" -v f="$MIN_FRACTION" 'BEGIN { print l / f }'))" >&2
+        MISSED=1
     fi
 }
 
@@ -218,53 +219,65 @@ for scenario in "${SCENARIOS[@]}"; do
         *) BENCH_STATE=$(state_for "$scenario") ;;
     esac
     export BENCH_STATE
-    PERF_PID=""
-    if [ -n "$PROFILE" ] && [ "$scenario" != ceiling ]; then
-        mkdir -p "$PROFILE"
-        perf record -q -F 499 ${PERF_CALL_GRAPH:---call-graph dwarf,16384} -p "$ARBOR_PID" -o "$PROFILE/$scenario.perf.data" \
-            -- sleep "$DURATION" >/dev/null 2>&1 & PERF_PID=$!
-    fi
-    [ -z "${BENCH_WRITER:-}" ] || writer_snapshot > "$WORK/writer.before"
-    CPU_PID=""
-    if [ -n "${BENCH_CPU:-}" ]; then
-        python3 bench/tools/cpu_by_process.py 1 $((DURATION > 2 ? DURATION - 2 : 1)) > "$WORK/cpu.txt" & CPU_PID=$!
-    fi
-    line=$(BENCH_SCENARIO=$scenario wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
-        -s bench/lua/scenario.lua "http://127.0.0.1:$port" 2>"$WORK/wrk.err" | grep '^BENCH' || true)
-    [ -n "$line" ] || { cat "$WORK/wrk.err"; echo "wrk failed for $scenario" >&2; exit 1; }
-    [ -z "$PERF_PID" ] || wait "$PERF_PID" || true
-    eval "${line#BENCH }"
-    # Successful responses only: a 503 `overloaded` is load shed, not throughput.
-    rps=$(awk -v r="$requests" -v e="$errors" -v n="$non2xx" -v s="$seconds" \
-        'BEGIN { printf "%d", (r - e - n) / s }')
-    [ "$scenario" = ceiling ] && CEILING_RPS=$rps
-    [ "$scenario" = ceiling_body ] && BODY_RPS=$rps
-    ratio="-"
-    [ -n "$CEILING_RPS" ] && [ "$scenario" != ceiling ] && ratio=$(awk -v a="$rps" -v b="$CEILING_RPS" 'BEGIN { printf "%.2f", a / b }')
-    # The read path is also compared with moving a body of its size (its floor on this machine).
-    [ "$scenario" = read_path ] && [ -n "$BODY_RPS" ] && \
-        ratio="$ratio ($(awk -v a="$rps" -v b="$BODY_RPS" 'BEGIN { printf "%.2f", a / b }') of ceiling_body)"
-    goal=$(target "$scenario")
-    # The read path's target is half the trivial handler's rate.
-    [ "$scenario" = read_path ] && [ -n "$CEILING_RPS" ] && goal=$((CEILING_RPS / 2))
-    bad=$((errors + non2xx))
-    printf '| %-12s | %9s | %8s | %8s | %8s | %6s | %s\n' "$scenario" "$rps" "$p50_ms" "$p99_ms" "$ratio" "$bad" \
-        "$([ "$goal" -gt 0 ] && echo "≥ $goal req/s" || echo "-")"
-    if [ -n "$MIN_FRACTION" ]; then
-        floor=$(awk -v g="$goal" -v f="$MIN_FRACTION" 'BEGIN { printf "%d", g * f }')
-        if [ "$bad" -gt 0 ] || [ "$rps" -lt "$floor" ]; then
-            echo "REGRESSION: $scenario at $rps req/s with $bad errors (floor $floor)" >&2
+    # In a guard run (--min-fraction) a scenario that misses its floor runs once more before it
+    # counts: a stall of this shared VM (its disk, its CPU) takes every scenario down at once,
+    # a regression takes it down both times.
+    for attempt in 1 2; do
+        MISSED=0
+        PERF_PID=""
+        if [ -n "$PROFILE" ] && [ "$scenario" != ceiling ]; then
+            mkdir -p "$PROFILE"
+            perf record -q -F 499 ${PERF_CALL_GRAPH:---call-graph dwarf,16384} -p "$ARBOR_PID" -o "$PROFILE/$scenario.perf.data" \
+                -- sleep "$DURATION" >/dev/null 2>&1 & PERF_PID=$!
+        fi
+        [ -z "${BENCH_WRITER:-}" ] || writer_snapshot > "$WORK/writer.before"
+        CPU_PID=""
+        if [ -n "${BENCH_CPU:-}" ]; then
+            python3 bench/tools/cpu_by_process.py 1 $((DURATION > 2 ? DURATION - 2 : 1)) > "$WORK/cpu.txt" & CPU_PID=$!
+        fi
+        line=$(BENCH_SCENARIO=$scenario wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
+            -s bench/lua/scenario.lua "http://127.0.0.1:$port" 2>"$WORK/wrk.err" | grep '^BENCH' || true)
+        [ -n "$line" ] || { cat "$WORK/wrk.err"; echo "wrk failed for $scenario" >&2; exit 1; }
+        [ -z "$PERF_PID" ] || wait "$PERF_PID" || true
+        eval "${line#BENCH }"
+        # Successful responses only: a 503 `overloaded` is load shed, not throughput.
+        rps=$(awk -v r="$requests" -v e="$errors" -v n="$non2xx" -v s="$seconds" \
+            'BEGIN { printf "%d", (r - e - n) / s }')
+        [ "$scenario" = ceiling ] && CEILING_RPS=$rps
+        [ "$scenario" = ceiling_body ] && BODY_RPS=$rps
+        ratio="-"
+        [ -n "$CEILING_RPS" ] && [ "$scenario" != ceiling ] && ratio=$(awk -v a="$rps" -v b="$CEILING_RPS" 'BEGIN { printf "%.2f", a / b }')
+        # The read path is also compared with moving a body of its size (its floor on this machine).
+        [ "$scenario" = read_path ] && [ -n "$BODY_RPS" ] && \
+            ratio="$ratio ($(awk -v a="$rps" -v b="$BODY_RPS" 'BEGIN { printf "%.2f", a / b }') of ceiling_body)"
+        goal=$(target "$scenario")
+        # The read path's target is half the trivial handler's rate.
+        [ "$scenario" = read_path ] && [ -n "$CEILING_RPS" ] && goal=$((CEILING_RPS / 2))
+        bad=$((errors + non2xx))
+        printf '| %-12s | %9s | %8s | %8s | %8s | %6s | %s\n' "$scenario" "$rps" "$p50_ms" "$p99_ms" "$ratio" "$bad" \
+            "$([ "$goal" -gt 0 ] && echo "≥ $goal req/s" || echo "-")"
+        if [ -n "$MIN_FRACTION" ]; then
+            floor=$(awk -v g="$goal" -v f="$MIN_FRACTION" 'BEGIN { printf "%d", g * f }')
+            if [ "$bad" -gt 0 ] || [ "$rps" -lt "$floor" ]; then
+                MISSED=1
+            fi
+        fi
+        [ -s "$WORK/wrk.err" ] && sed 's/^/    /' "$WORK/wrk.err" | head -3
+        [ -z "$CPU_PID" ] || { wait "$CPU_PID" || true; sed 's/^/    /' "$WORK/cpu.txt"; }
+        # Buffered writes may still be queued: let the writer catch up, so the next scenario does
+        # not pay for this one's backlog.
+        [ "$port" = "$ARBOR_PORT" ] && wait_writer_idle
+        if [ -n "${BENCH_WRITER:-}" ] && [ "$port" = "$ARBOR_PORT" ]; then
+            writer_delta
+        fi
+        [ "$MISSED" = 1 ] || break
+        if [ "$attempt" = 1 ]; then
+            echo "below the floor ($rps req/s, $bad errors, floor $floor): running $scenario once more" >&2
+        else
+            echo "REGRESSION: $scenario at $rps req/s with $bad errors (floor $floor), twice" >&2
             FAILED=1
         fi
-    fi
-    [ -s "$WORK/wrk.err" ] && sed 's/^/    /' "$WORK/wrk.err" | head -3
-    [ -z "$CPU_PID" ] || { wait "$CPU_PID" || true; sed 's/^/    /' "$WORK/cpu.txt"; }
-    # Buffered writes may still be queued: let the writer catch up, so the next scenario does
-    # not pay for this one's backlog.
-    [ "$port" = "$ARBOR_PORT" ] && wait_writer_idle
-    if [ -n "${BENCH_WRITER:-}" ] && [ "$port" = "$ARBOR_PORT" ]; then
-        writer_delta
-    fi
+    done
 done
 
 # Measurements that are not a request rate: one line each, with the target.
@@ -293,31 +306,41 @@ for scenario in "${INPROC[@]}"; do
         state_for ttft > /dev/null
         writer_snapshot > "$WORK/writer.before"
     fi
-    line=$(run_inproc "$scenario" 2>"$WORK/inproc.err" | grep '^BENCH' || true)
-    [ -n "$line" ] || { cat "$WORK/inproc.err"; echo "$scenario failed" >&2; exit 1; }
-    case "$scenario" in
-        ttft)
-            # Durable acks store the question before the reply starts: the first token waits
-            # for its commit (BENCHMARKS.md), so durable runs sit just above the target.
-            ttft_limit=1
-            echo "| ttft: Arbor adds $(field added_p50_ms "$line") ms p50 (direct $(field direct_p50_ms "$line"), through Arbor $(field arbor_p50_ms "$line") p50 / $(field arbor_p99_ms "$line") p99) | target ≤ $ttft_limit ms"
-            check_at_most ttft "$(field added_p50_ms "$line")" "$ttft_limit"
-            [ -z "${BENCH_WRITER:-}" ] || writer_delta ;;
-        ack)
-            # No target of its own: what durable acks add to ttft (a lone write's commit).
-            stages=$(tr ' ' '\n' <<< "$line" | grep '_mean_ms=' | sed 's/_mean_ms=/ /' | tr '\n' ' ')
-            echo "| ack of a lone write (in-process, one at a time): p50 $(field p50_ms "$line") ms, p90 $(field p90_ms "$line"), p99 $(field p99_ms "$line"); mean per store call (ms): $stages| -" ;;
-        activation)
-            echo "| activation of a $(field messages "$line")-message chat: p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms ($(field samples "$line") samples; the stores alone: metadata $(field meta_read_p50_ms "$line") ms, messages $(field messages_read_p50_ms "$line") ms p50 / $(field messages_read_p99_ms "$line") p99) | target p50 ≤ 5, p99 ≤ 15"
-            check_at_most activation_p99 "$(field p99_ms "$line")" 15 ;;
-        lag)
-            echo "| write-behind lag at $(field offered_msgs_per_s "$line") msg/s: p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms, $(field le_50ms "$line") within 50 ms | target p99 ≤ 50"
-            check_at_most lag_p99 "$(field p99_ms "$line")" 50 ;;
-        memory)
-            floor=$(echo "$line" | grep memory_floor || true)
-            line=$(echo "$line" | grep -v memory_floor)
-            echo "| memory: $(field chats "$line") chats of $(field messages "$line") messages: RSS $(field rss_mib "$line") MiB, $(field per_chat_bytes "$line") B per chat, $(field overhead_per_chat_bytes "$line") B above its content ($(field content_per_chat_bytes "$line") B; the second half's chats alone $(field marginal_overhead_per_chat_bytes "$line") B); the shape's floor (a bare actor and its cache entry) $(field per_chat_bytes "$floor") B | target ≤ 2048 B above content, 100k chats ≤ 1 GiB"
-            check_at_most memory_overhead "$(field overhead_per_chat_bytes "$line")" 2048 ;;
-    esac
+    for attempt in 1 2; do
+        MISSED=0
+        line=$(run_inproc "$scenario" 2>"$WORK/inproc.err" | grep '^BENCH' || true)
+        [ -n "$line" ] || { cat "$WORK/inproc.err"; echo "$scenario failed" >&2; exit 1; }
+        case "$scenario" in
+            ttft)
+                # Durable acks store the question before the reply starts: the first token waits
+                # for its commit (BENCHMARKS.md), so durable runs sit just above the target.
+                ttft_limit=1
+                echo "| ttft: Arbor adds $(field added_p50_ms "$line") ms p50 (direct $(field direct_p50_ms "$line"), through Arbor $(field arbor_p50_ms "$line") p50 / $(field arbor_p99_ms "$line") p99) | target ≤ $ttft_limit ms"
+                check_at_most ttft "$(field added_p50_ms "$line")" "$ttft_limit"
+                [ -z "${BENCH_WRITER:-}" ] || writer_delta ;;
+            ack)
+                # No target of its own: what durable acks add to ttft (a lone write's commit).
+                stages=$(tr ' ' '\n' <<< "$line" | grep '_mean_ms=' | sed 's/_mean_ms=/ /' | tr '\n' ' ')
+                echo "| ack of a lone write (in-process, one at a time): p50 $(field p50_ms "$line") ms, p90 $(field p90_ms "$line"), p99 $(field p99_ms "$line"); mean per store call (ms): $stages| -" ;;
+            activation)
+                echo "| activation of a $(field messages "$line")-message chat: p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms ($(field samples "$line") samples; the stores alone: metadata $(field meta_read_p50_ms "$line") ms, messages $(field messages_read_p50_ms "$line") ms p50 / $(field messages_read_p99_ms "$line") p99) | target p50 ≤ 5, p99 ≤ 15"
+                check_at_most activation_p99 "$(field p99_ms "$line")" 15 ;;
+            lag)
+                echo "| write-behind lag at $(field offered_msgs_per_s "$line") msg/s: p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms, $(field le_50ms "$line") within 50 ms | target p99 ≤ 50"
+                check_at_most lag_p99 "$(field p99_ms "$line")" 50 ;;
+            memory)
+                floor=$(echo "$line" | grep memory_floor || true)
+                line=$(echo "$line" | grep -v memory_floor)
+                echo "| memory: $(field chats "$line") chats of $(field messages "$line") messages: RSS $(field rss_mib "$line") MiB, $(field per_chat_bytes "$line") B per chat, $(field overhead_per_chat_bytes "$line") B above its content ($(field content_per_chat_bytes "$line") B; the second half's chats alone $(field marginal_overhead_per_chat_bytes "$line") B); the shape's floor (a bare actor and its cache entry) $(field per_chat_bytes "$floor") B | target ≤ 2048 B above content, 100k chats ≤ 1 GiB"
+                check_at_most memory_overhead "$(field overhead_per_chat_bytes "$line")" 2048 ;;
+        esac
+        [ "$MISSED" = 1 ] || break
+        if [ "$attempt" = 1 ]; then
+            echo "running $scenario once more" >&2
+        else
+            echo "REGRESSION: $scenario, twice" >&2
+            FAILED=1
+        fi
+    done
 done
 exit $FAILED
