@@ -404,13 +404,14 @@ impl ChatCore {
         model: Option<Arc<str>>,
         key: Option<Arc<str>>,
     ) -> Message {
+        let (id, created_at) = MessageId::new_with_time();
         Message {
-            id: MessageId::new(),
+            id,
             chat_id: self.state.meta.id,
             parent_id: parent,
             role,
             content,
-            created_at: crate::model::now(),
+            created_at,
             model,
             metadata: None,
             idempotency_key: key,

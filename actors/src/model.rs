@@ -73,6 +73,27 @@ id_type!(
     /// Identifies an immutable message node.
     MessageId
 );
+impl MessageId {
+    /// The millisecond a version-7 id was made at (its first 48 bits); `None` for another
+    /// version.
+    pub fn timestamp(&self) -> Option<DateTime<Utc>> {
+        if self.0.get_version_num() != 7 {
+            return None;
+        }
+        let b = self.0.as_bytes();
+        let ms = u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]);
+        DateTime::from_timestamp_millis(ms as i64)
+    }
+
+    /// A fresh id and the millisecond it was made at: a message created now carries both, so
+    /// its creation time need not be kept apart from its id.
+    pub fn new_with_time() -> (Self, DateTime<Utc>) {
+        let id = Self::new();
+        let at = id.timestamp().unwrap_or_else(now);
+        (id, at)
+    }
+}
+
 id_type!(
     /// Identifies a branch: a named pointer to a head message.
     BranchId

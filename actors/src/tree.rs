@@ -13,13 +13,14 @@
 //!
 //! Forking is O(1) in the conversation's length: a branch is a pointer, nothing is copied.
 //!
-//! Layout: a resident chat is mostly idle memory, so nodes are compact (48 bytes, no pointer).
+//! Layout: a resident chat is mostly idle memory, so nodes are compact (40 bytes, no pointer).
 //! They live in one arena and link to each other by position, not by id; their content is one
 //! string per tree, in node order. A message is found by id with a binary search, over the arena
 //! itself while it is in id order (UUIDv7 ids are made in creation order, so it nearly always is)
 //! or else over a sorted index of positions. Siblings form a linked list, newest first, so the
-//! usual insertion (the newest message) is O(1). The chat id is the tree's, not each node's, and
-//! the fields most messages leave empty (model, metadata, idempotency key) live out of line.
+//! usual insertion (the newest message) is O(1). The chat id is the tree's, not each node's, a
+//! message's creation time is its id's, and the fields most messages leave empty (model,
+//! metadata, idempotency key, a creation time its id does not carry) live out of line.
 
 use std::sync::Arc;
 
@@ -33,14 +34,13 @@ type Idx = u32;
 /// No node: a root's parent and jump, a leaf's first child, the oldest sibling's next.
 const NIL: Idx = Idx::MAX;
 
-/// A message in the tree with its links: 48 bytes, all of them 4-byte aligned. Its content is
-/// the tree's text from its `text_at` to the next node's (nodes and text are in the same order).
+/// A message in the tree with its links: 40 bytes, all of them 4-byte aligned. Its content is
+/// the tree's text from its `text_at` to the next node's (nodes and text are in the same order);
+/// its creation time is its id's (UUIDv7), unless the tree keeps another one aside
+/// ([`Tree::created_at`]).
 #[derive(Clone, Debug)]
 pub struct Node {
     id: MessageId,
-    /// Microseconds since the epoch (stores keep milliseconds, so nothing is lost), as two
-    /// halves so that the node needs only 4-byte alignment.
-    created_us: [u32; 2],
     /// Where the content starts in the tree's text.
     text_at: u32,
     parent: Idx,
@@ -94,12 +94,6 @@ impl Node {
             Role::System => 2,
         };
         depth | role << DEPTH_BITS | if has_extra { EXTRA_BIT } else { 0 }
-    }
-
-    pub fn created_at(&self) -> DateTime<Utc> {
-        let [low, high] = self.created_us;
-        let us = (u64::from(high) << 32 | u64::from(low)) as i64;
-        DateTime::from_timestamp_micros(us).unwrap_or_default()
     }
 
     /// The message's 0-based index in any path through it.
@@ -186,6 +180,15 @@ struct Rare {
     by_id: Vec<Idx>,
     /// Heap bytes the extras' strings and metadata take (kept as messages come and go).
     extra_bytes: usize,
+    /// Creation times that are not their message's id's, by id (messages made elsewhere, or
+    /// before ids carried them).
+    created: Vec<(MessageId, DateTime<Utc>)>,
+}
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.extras.is_empty() && self.by_id.is_empty() && self.created.is_empty()
+    }
 }
 
 impl Tree {
@@ -341,6 +344,15 @@ impl Tree {
         Some(&extras[at])
     }
 
+    /// When a message was created: its id's time, or the one kept aside for it.
+    pub fn created_at(&self, node: &Node) -> DateTime<Utc> {
+        let aside = self.rare.as_ref().map_or(&[][..], |r| &r.created);
+        match aside.binary_search_by(|(id, _)| id.cmp(&node.id)) {
+            Ok(at) => aside[at].1,
+            Err(_) => node.id.timestamp().unwrap_or_default(),
+        }
+    }
+
     fn extras(&self) -> &[Extra] {
         self.rare.as_ref().map_or(&[], |r| &r.extras)
     }
@@ -369,6 +381,7 @@ impl Tree {
             size_of::<Rare>()
                 + r.by_id.capacity() * size_of::<Idx>()
                 + r.extras.capacity() * size_of::<Extra>()
+                + r.created.capacity() * size_of::<(MessageId, DateTime<Utc>)>()
                 + r.extra_bytes
         });
         let branches = self.branches.capacity() * (size_of::<Branch>() + 16);
@@ -407,7 +420,7 @@ impl Tree {
             parent_id: self.parent_id(node),
             role: node.role(),
             content: Arc::from(self.content(node)),
-            created_at: node.created_at(),
+            created_at: self.created_at(node),
             model: self.model(node).cloned(),
             metadata: self.metadata(node).cloned(),
             idempotency_key: self.idempotency_key(node).cloned(),
@@ -745,12 +758,13 @@ impl Tree {
             let at = rare.extras.partition_point(|e| e.id < id);
             rare.extras.insert(at, extra);
         }
+        if id.timestamp() != Some(created_at) {
+            let created = &mut self.rare.get_or_insert_default().created;
+            let at = created.partition_point(|(c, _)| *c < id);
+            created.insert(at, (id, created_at));
+        }
         let node = Node {
             id,
-            created_us: {
-                let us = created_at.timestamp_micros() as u64;
-                [us as u32, (us >> 32) as u32]
-            },
             // `attach` keeps the text within u32.
             text_at: self.text.len() as u32,
             parent,
@@ -921,7 +935,9 @@ impl Tree {
                 .sum();
             rare.extra_bytes -= freed;
             rare.extras.retain(|e| !gone(e));
-            if rare.extras.is_empty() && rare.by_id.is_empty() {
+            rare.created
+                .retain(|(id, _)| sorted.binary_search(id).is_err());
+            if rare.is_empty() {
                 self.rare = None;
             }
         }
@@ -955,13 +971,14 @@ mod tests {
     }
 
     fn msg(chat: ChatId, parent: Option<MessageId>, text: &str) -> Message {
+        let (id, created_at) = MessageId::new_with_time();
         Message {
-            id: MessageId::new(),
+            id,
             chat_id: chat,
             parent_id: parent,
             role: Role::User,
             content: Arc::from(text),
-            created_at: crate::model::now(),
+            created_at,
             model: None,
             metadata: None,
             idempotency_key: None,
@@ -1043,8 +1060,30 @@ mod tests {
 
     /// Every resident message pays for a node: a field added here is a cost to every chat.
     #[test]
-    fn a_node_stays_48_bytes() {
-        assert_eq!(std::mem::size_of::<Node>(), 48);
+    fn a_node_stays_40_bytes() {
+        assert_eq!(std::mem::size_of::<Node>(), 40);
+    }
+
+    /// A message's creation time is its id's unless it was made apart from it; then the tree
+    /// keeps it aside, to the microsecond.
+    #[test]
+    fn creation_times_come_from_ids_or_are_kept_aside() {
+        let mut f = fixture();
+        let own = msg(f.chat, None, "made here");
+        let mut imported = msg(f.chat, Some(own.id), "made elsewhere");
+        imported.created_at = DateTime::from_timestamp_micros(978_307_200_123_456).unwrap();
+        let mut foreign = msg(f.chat, Some(imported.id), "not a v7 id");
+        foreign.id = MessageId::from_uuid(uuid::Uuid::from_u128(u128::MAX / 2 + 12_345));
+        for m in [&own, &imported, &foreign] {
+            f.tree.append(f.main, m.clone()).unwrap();
+        }
+        assert_eq!(own.id.timestamp(), Some(own.created_at));
+        assert_eq!(foreign.id.timestamp(), None);
+        for m in [&own, &imported, &foreign] {
+            assert_eq!(f.tree.created_at(f.tree.node(m.id).unwrap()), m.created_at);
+        }
+        let aside = f.tree.rare.as_ref().map(|r| r.created.len());
+        assert_eq!(aside, Some(2), "only the two made apart from their ids");
     }
 
     #[test]
@@ -1054,7 +1093,6 @@ mod tests {
                 for extra in [false, true] {
                     let n = Node {
                         id: MessageId::new(),
-                        created_us: [0, 0],
                         text_at: 0,
                         parent: NIL,
                         jump: NIL,
@@ -1396,12 +1434,16 @@ mod tests {
         let mut f = fixture();
         let mut kept = Vec::new();
         let mut doomed = Vec::new();
-        // Every other message carries a model, metadata and a key; contents differ in length.
+        // Every other message carries a model, metadata and a key, every third a creation time
+        // its id does not carry; contents differ in length.
         let with_extras = |mut m: Message, i: usize| {
             if i % 2 == 0 {
                 m.model = Some(Arc::from(format!("model-{i}")));
                 m.metadata = Some(Arc::new(serde_json::json!({ "i": i })));
                 m.idempotency_key = Some(Arc::from(format!("key-{i}")));
+            }
+            if i % 3 == 0 {
+                m.created_at = DateTime::from_timestamp_micros(1_000_000 * i as i64 + 7).unwrap();
             }
             m
         };
@@ -1432,13 +1474,7 @@ mod tests {
         assert_eq!(removed, doomed);
         for want in &kept {
             let node = f.tree.node(want.id).unwrap();
-            let mut got = f.tree.message(node);
-            assert_eq!(
-                got.created_at.timestamp_micros(),
-                want.created_at.timestamp_micros()
-            );
-            got.created_at = want.created_at; // the tree keeps microseconds
-            assert_eq!(&got, want);
+            assert_eq!(&f.tree.message(node), want);
         }
         for id in &doomed {
             assert!(f.tree.node(*id).is_err());
@@ -1446,6 +1482,11 @@ mod tests {
         // Nothing of the doomed stays behind.
         let with = kept.iter().filter(|m| m.model.is_some()).count();
         assert_eq!(f.tree.extras().len(), with);
+        let aside = kept
+            .iter()
+            .filter(|m| m.id.timestamp() != Some(m.created_at))
+            .count();
+        assert_eq!(f.tree.rare.as_ref().unwrap().created.len(), aside);
         let restored = Tree::restore(f.tree.branches().to_vec(), f.main, kept.clone())
             .unwrap()
             .tree;

@@ -46,7 +46,7 @@ impl MessageView {
             content: Arc::from(tree.content(node)),
             model: tree.model(node).cloned(),
             metadata: tree.metadata(node).cloned(),
-            created_at: node.created_at(),
+            created_at: tree.created_at(node),
             sibling_index,
             sibling_count,
             children_count: tree.children_count(node),

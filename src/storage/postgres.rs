@@ -71,6 +71,20 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(timeout)
+            // sqlx pings every connection it hands out by default: a round trip before each
+            // store call (a tenth of a lone write's commit). A connection in use moments ago is
+            // alive; one idle for longer (a server restart may have cut it) is still checked.
+            // sqlx tests every connection as it comes back to the pool, too, and closes a
+            // broken one.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= UNCHECKED_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(options);
         Ok(Self {
             pool,
@@ -98,6 +112,9 @@ impl PostgresStore {
         }
     }
 }
+
+/// How long a pooled connection may sit idle and still be handed out without a ping.
+const UNCHECKED_IDLE: Duration = Duration::from_secs(1);
 
 /// A plain identifier, safe to splice into `CREATE SCHEMA` unquoted.
 fn valid_schema(name: &str) -> bool {

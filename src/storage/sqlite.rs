@@ -83,6 +83,9 @@ impl SqliteStore {
             SqlitePoolOptions::new()
                 .max_connections(size)
                 .acquire_timeout(Duration::from_secs(5))
+                // A connection to a local file does not drop; sqlx's default ping before
+                // handing one out is a round trip to its worker thread per store call.
+                .test_before_acquire(false)
                 .connect_with(options.clone())
         };
         let opening = || format!("opening SQLite database {}", path.display());
