@@ -5,7 +5,7 @@
 //! actor refreshes its sizes after every change. Listing thousands of actors is then a walk over
 //! the registry that never waits on a busy mailbox.
 
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -76,11 +76,11 @@ pub struct ActorProbe {
     pub resident_since: DateTime<Utc>,
     last_activity_ms: AtomicI64,
     /// Requests sent to the actor and not yet answered.
-    pub(crate) depth: AtomicUsize,
+    pub(crate) depth: AtomicU32,
     /// Writes queued by the actor and not yet committed (shared with the writer).
-    pub(crate) pending_writes: AtomicUsize,
-    messages: AtomicUsize,
-    branches: AtomicUsize,
+    pub(crate) pending_writes: AtomicU32,
+    messages: AtomicU32,
+    branches: AtomicU32,
     tree_bytes: AtomicUsize,
     evict_reason: AtomicU8,
 }
@@ -93,10 +93,10 @@ impl ActorProbe {
             owner,
             resident_since: now,
             last_activity_ms: AtomicI64::new(now.timestamp_millis()),
-            depth: AtomicUsize::new(0),
-            pending_writes: AtomicUsize::new(0),
-            messages: AtomicUsize::new(0),
-            branches: AtomicUsize::new(0),
+            depth: AtomicU32::new(0),
+            pending_writes: AtomicU32::new(0),
+            messages: AtomicU32::new(0),
+            branches: AtomicU32::new(0),
             tree_bytes: AtomicUsize::new(0),
             evict_reason: AtomicU8::new(EvictReason::Stopped as u8),
         };
@@ -112,9 +112,11 @@ impl ActorProbe {
 
     /// Refreshes the sizes after a change (all O(1)).
     pub(crate) fn observe(&self, tree: &Tree) {
-        self.messages.store(tree.message_count(), Ordering::Relaxed);
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.messages
+            .store(count(tree.message_count()), Ordering::Relaxed);
         self.branches
-            .store(tree.branches().len(), Ordering::Relaxed);
+            .store(count(tree.branches().len()), Ordering::Relaxed);
         self.tree_bytes
             .store(tree.approx_bytes(), Ordering::Relaxed);
     }
@@ -128,11 +130,11 @@ impl ActorProbe {
     }
 
     pub fn mailbox_depth(&self) -> usize {
-        self.depth.load(Ordering::Relaxed)
+        self.depth.load(Ordering::Relaxed) as usize
     }
 
     pub fn pending_writes(&self) -> usize {
-        self.pending_writes.load(Ordering::Relaxed)
+        self.pending_writes.load(Ordering::Relaxed) as usize
     }
 
     pub fn approx_memory_bytes(&self) -> usize {
@@ -150,8 +152,8 @@ impl ActorProbe {
                 .unwrap_or(self.resident_since),
             mailbox_depth: self.mailbox_depth(),
             pending_writes: self.pending_writes(),
-            message_count: self.messages.load(Ordering::Relaxed),
-            branch_count: self.branches.load(Ordering::Relaxed),
+            message_count: self.messages.load(Ordering::Relaxed) as usize,
+            branch_count: self.branches.load(Ordering::Relaxed) as usize,
             approx_memory_bytes: self.approx_memory_bytes(),
         }
     }
@@ -209,8 +211,8 @@ impl ActorTotals {
     pub(crate) fn add(&mut self, probe: &ActorProbe) {
         let depth = probe.mailbox_depth();
         self.resident += 1;
-        self.messages += probe.messages.load(Ordering::Relaxed);
-        self.branches += probe.branches.load(Ordering::Relaxed);
+        self.messages += probe.messages.load(Ordering::Relaxed) as usize;
+        self.branches += probe.branches.load(Ordering::Relaxed) as usize;
         self.mailbox_depth += depth;
         self.mailbox_depth_max = self.mailbox_depth_max.max(depth);
         self.pending_writes += probe.pending_writes();

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -136,14 +136,16 @@ impl Default for RegistryConfig {
     }
 }
 
-/// A caller's reference to one chat actor. Never exposes the `Addr`.
+/// A caller's reference to one chat actor. Never exposes the `Addr`. One pointer: the cache
+/// entry holds it and every lookup clones it, where cloning an `Addr` allocates twice.
 #[derive(Clone)]
-pub struct ChatHandle {
+pub struct ChatHandle(Arc<HandleInner>);
+
+struct HandleInner {
     addr: Addr<ChatActor>,
     /// Shared with the actor: mailbox depth, last activity, sizes (see [`crate::inspect`]).
     probe: Arc<ActorProbe>,
     instance: u64,
-    capacity: usize,
 }
 
 enum AskError {
@@ -152,26 +154,28 @@ enum AskError {
 }
 
 impl ChatHandle {
-    async fn ask<M>(&self, msg: M) -> Result<M::Result, AskError>
+    /// Sends `msg` unless `capacity` requests already wait in the actor's mailbox.
+    async fn ask<M>(&self, msg: M, capacity: usize) -> Result<M::Result, AskError>
     where
         M: actix::Message + Send + 'static,
         M::Result: Send,
         ChatActor: Handler<M>,
     {
-        self.probe.touch();
-        let depth = &self.probe.depth;
+        let HandleInner { addr, probe, .. } = &*self.0;
+        probe.touch();
+        let depth = &probe.depth;
         let _queued = DepthGuard(depth);
-        if depth.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+        if depth.fetch_add(1, Ordering::AcqRel) as usize >= capacity {
             return Err(AskError::Overloaded);
         }
-        self.addr.send(msg).await.map_err(|e| match e {
+        addr.send(msg).await.map_err(|e| match e {
             MailboxError::Closed => AskError::Closed,
             MailboxError::Timeout => AskError::Overloaded,
         })
     }
 }
 
-struct DepthGuard<'a>(&'a AtomicUsize);
+struct DepthGuard<'a>(&'a AtomicU32);
 
 impl Drop for DepthGuard<'_> {
     fn drop(&mut self) {
@@ -358,13 +362,13 @@ impl Chats {
                     _ if stopping.load(Ordering::Relaxed) => EvictReason::Shutdown,
                     RemovalCause::Expired => EvictReason::Idle,
                     RemovalCause::Size => EvictReason::Capacity,
-                    RemovalCause::Explicit => handle.probe.evict_reason(),
+                    RemovalCause::Explicit => handle.0.probe.evict_reason(),
                 };
                 evictions
                     .evictions
                     .with_label_values(&[reason.as_str()])
                     .inc();
-                handle.addr.do_send(Evict);
+                handle.0.addr.do_send(Evict);
             })
             .build();
         let arbiters = (0..config.arbiters.max(1))
@@ -418,7 +422,7 @@ impl Chats {
         self.inner
             .cache
             .iter()
-            .map(|(_, handle)| handle.probe.snapshot())
+            .map(|(_, handle)| handle.0.probe.snapshot())
             .collect()
     }
 
@@ -437,7 +441,7 @@ impl Chats {
     pub fn actor_totals(&self) -> ActorTotals {
         let mut totals = ActorTotals::default();
         for (_, handle) in self.inner.cache.iter() {
-            totals.add(&handle.probe);
+            totals.add(&handle.0.probe);
         }
         totals
     }
@@ -446,7 +450,8 @@ impl Chats {
     /// activated for this). Waits for the actor to reach the request in its mailbox.
     pub async fn actor(&self, chat: ChatId) -> Option<ActorDetail> {
         let handle = self.inner.cache.get(&chat).await?;
-        let state = handle.ask(Inspect).await.ok()?;
+        let capacity = self.inner.config.mailbox_capacity;
+        let state = handle.ask(Inspect, capacity).await.ok()?;
         let generations = self
             .inner
             .rt
@@ -457,7 +462,7 @@ impl Chats {
             .map(|g| g.view())
             .collect();
         Some(ActorDetail {
-            info: handle.probe.snapshot(),
+            info: handle.0.probe.snapshot(),
             title: state.title,
             active_branch_id: state.active_branch,
             active_branch_name: state.active_branch_name,
@@ -484,8 +489,8 @@ impl Chats {
             generation: 0,
             ops,
             owner: Some(crate::writer::WriteOwner {
-                actor: handle.addr.downgrade(),
-                probe: handle.probe.clone(),
+                actor: handle.0.addr.downgrade(),
+                probe: handle.0.probe.clone(),
             }),
         });
         self.inner.cache.insert(id, handle).await;
@@ -782,12 +787,13 @@ impl Chats {
         R: Send + 'static,
         ChatActor: Handler<M>,
     {
+        let capacity = self.inner.config.mailbox_capacity;
         for _ in 0..4 {
             let handle = self.handle(chat).await?;
-            match handle.ask(msg.clone()).await {
+            match handle.ask(msg.clone(), capacity).await {
                 Ok(result) => return result,
                 Err(AskError::Overloaded) => return Err(ChatError::Overloaded),
-                Err(AskError::Closed) => self.forget(chat, handle.instance).await,
+                Err(AskError::Closed) => self.forget(chat, handle.0.instance).await,
             }
         }
         Err(ChatError::Internal(format!("chat {chat} kept stopping")))
@@ -809,7 +815,7 @@ impl Chats {
             .and_compute_with(|entry| async move {
                 match entry {
                     Some(e) => {
-                        e.value().probe.set_evict_reason(reason);
+                        e.value().0.probe.set_evict_reason(reason);
                         Op::Remove
                     }
                     None => Op::Nop,
@@ -1065,7 +1071,7 @@ impl Chats {
             .entry(chat)
             .and_compute_with(|entry| async move {
                 match entry {
-                    Some(e) if e.value().instance == instance => Op::Remove,
+                    Some(e) if e.value().0.instance == instance => Op::Remove,
                     _ => Op::Nop,
                 }
             })
@@ -1085,12 +1091,11 @@ impl Chats {
             ctx.set_mailbox_capacity(0);
             ChatActor::new(state, rt, birth, shared)
         });
-        ChatHandle {
+        ChatHandle(Arc::new(HandleInner {
             addr,
             probe,
             instance,
-            capacity: self.inner.config.mailbox_capacity,
-        }
+        }))
     }
 }
 
@@ -1119,6 +1124,14 @@ fn arbiter_for(chat: ChatId, n: usize) -> usize {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Every resident chat pays for these: the cache entry holds the handle inline, and the
+    /// probe's allocation (with its reference counts) stays within mimalloc's 96-byte class.
+    #[test]
+    fn a_handle_is_one_pointer_and_a_probe_stays_within_its_size_class() {
+        assert_eq!(std::mem::size_of::<ChatHandle>(), 8);
+        assert!(std::mem::size_of::<ActorProbe>() <= 80);
+    }
 
     /// An actor that was never built (its arbiter had stopped) must not leave an entry behind:
     /// the chat's next activation, and shutdown, would wait for it forever.
