@@ -31,7 +31,7 @@ impl Browser {
             .spawn()
             .expect("chromedriver is needed (Debian packages chromium and chromium-driver; .ci/run installs them)");
         let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        let client = crate::helpers::test_client();
         let started = Instant::now();
         while client.get(format!("{base}/status")).send().await.is_err() {
             assert!(

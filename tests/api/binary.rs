@@ -59,7 +59,7 @@ impl Server {
         }
         let child = command.stderr(Stdio::inherit()).spawn().unwrap();
         let base = format!("http://127.0.0.1:{}", settings.server.port);
-        let client = reqwest::Client::new();
+        let client = crate::helpers::test_client();
         let started = Instant::now();
         loop {
             if let Ok(res) = client.get(format!("{base}/ready")).send().await {

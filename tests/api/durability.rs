@@ -38,7 +38,7 @@ async fn a_kill_9_loses_no_acknowledged_message() {
     s.server.port = free_port();
     s.storage.ack_mode = AckMode::Durable;
     let server = Server::start(&s, dir.path()).await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::test_client();
     let api = format!("{}/api/v1", server.base);
     let token = send(
         &client,

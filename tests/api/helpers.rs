@@ -1,6 +1,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use arbor::config::{AckMode, MessageBackend, MetadataBackend, Secret, Settings};
@@ -106,6 +107,16 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     app
 }
 
+/// A client that lets go of an idle connection well before the server's keep-alive (actix-web:
+/// 5 s) closes it: a request sent on a connection just as the server closes it fails with
+/// "incomplete message" (seen after a test paused for a store restart of about 5 s).
+pub fn test_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
 /// Starts a server on existing settings (e.g. the same data directory again).
 pub async fn start(settings: Settings) -> TestApp {
     let app = Application::build(settings.clone()).await.unwrap();
@@ -116,7 +127,7 @@ pub async fn start(settings: Settings) -> TestApp {
     let task = actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         base,
-        client: reqwest::Client::new(),
+        client: test_client(),
         handle,
         settings,
         chats,

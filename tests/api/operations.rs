@@ -565,7 +565,7 @@ async fn sigterm_drains_ends_replies_cleanly_and_flushes_every_write() {
     stub.configure(&mut s);
     let mut server = Server::start(&s, dir.path()).await;
     let base = server.base.clone();
-    let client = reqwest::Client::new();
+    let client = crate::helpers::test_client();
     let token = register(&client, &base, "drain@example.com").await;
     let post = |path: String, body: Value| {
         client
@@ -688,7 +688,7 @@ async fn json_logs_carry_the_request_id_on_every_line_of_a_request() {
     s.log.format = LogFormat::Json;
     s.admin.emails = vec!["ops@example.com".into()];
     let server = Server::start_logged(&s, dir.path()).await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::test_client();
     let token = register(&client, &server.base, "ops@example.com").await;
     let res = client
         .post(format!("{}/api/v1/chats", server.base))

@@ -178,7 +178,7 @@ async fn durable_outage(down: Store) {
             acked.clone(),
         );
         writers.push(actix_web::rt::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = crate::helpers::test_client();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 let content = format!("{chat} {n}");
