@@ -189,6 +189,19 @@ check_at_most() {
     fi
 }
 
+# After attempt $1 of a scenario ($2 says what ran): succeeds when it missed for the first time
+# and runs again; fails the run on a second miss.
+missed_once() {
+    [ "$MISSED" = 1 ] || return 1
+    if [ "$1" = 1 ]; then
+        echo "missed: $2; running it once more" >&2
+        return 0
+    fi
+    echo "REGRESSION: $2, twice" >&2
+    FAILED=1
+    return 1
+}
+
 export BENCH_LUA_DIR="$PWD/bench/lua" BENCH_THREADS="$THREADS"
 echo
 echo "backend=$BACKEND ack=$ACK chats=$CHATS pairs=$PAIRS connections=$CONNECTIONS duration=${DURATION}s" \
@@ -270,13 +283,7 @@ for scenario in "${SCENARIOS[@]}"; do
         if [ -n "${BENCH_WRITER:-}" ] && [ "$port" = "$ARBOR_PORT" ]; then
             writer_delta
         fi
-        [ "$MISSED" = 1 ] || break
-        if [ "$attempt" = 1 ]; then
-            echo "below the floor ($rps req/s, $bad errors, floor $floor): running $scenario once more" >&2
-        else
-            echo "REGRESSION: $scenario at $rps req/s with $bad errors (floor $floor), twice" >&2
-            FAILED=1
-        fi
+        missed_once "$attempt" "$scenario at $rps req/s with $bad errors (floor $floor)" || break
     done
 done
 
@@ -334,13 +341,7 @@ for scenario in "${INPROC[@]}"; do
                 echo "| memory: $(field chats "$line") chats of $(field messages "$line") messages: RSS $(field rss_mib "$line") MiB, $(field per_chat_bytes "$line") B per chat, $(field overhead_per_chat_bytes "$line") B above its content ($(field content_per_chat_bytes "$line") B; the second half's chats alone $(field marginal_overhead_per_chat_bytes "$line") B); the shape's floor (a bare actor and its cache entry) $(field per_chat_bytes "$floor") B | target ≤ 2048 B above content, 100k chats ≤ 1 GiB"
                 check_at_most memory_overhead "$(field overhead_per_chat_bytes "$line")" 2048 ;;
         esac
-        [ "$MISSED" = 1 ] || break
-        if [ "$attempt" = 1 ]; then
-            echo "running $scenario once more" >&2
-        else
-            echo "REGRESSION: $scenario, twice" >&2
-            FAILED=1
-        fi
+        missed_once "$attempt" "$scenario" || break
     done
 done
 exit $FAILED
