@@ -170,7 +170,8 @@ writer_delta() {
 # Waits (up to 2 minutes) until the writer's queue is empty.
 wait_writer_idle() {
     for _ in $(seq 600); do
-        curl -fsS "http://127.0.0.1:$ARBOR_PORT/metrics" | grep -q '^arbor_writer_queue_depth 0$' && return
+        # The whole body is read (not `grep -q`): under pipefail, a curl cut off mid-body fails.
+        curl -fsS "http://127.0.0.1:$ARBOR_PORT/metrics" | grep -x 'arbor_writer_queue_depth 0' > /dev/null && return
         sleep 0.2
     done
     echo "the writer's queue did not drain" >&2
