@@ -180,15 +180,15 @@ fn start_chats(settings: &Settings, stores: &Stores, llm: Arc<LlmPool>) -> Chats
     );
     let actors = &settings.actors;
     Chats::start(
-        ChatRuntime {
+        ChatRuntime::new(
             writer,
-            metadata: stores.metadata.clone(),
-            messages: stores.messages.clone(),
-            generations: Arc::new(Generations::new(
+            stores.metadata.clone(),
+            stores.messages.clone(),
+            Arc::new(Generations::new(
                 Duration::from_secs(settings.llm.event_retention_secs),
                 settings.llm.max_retained_generations.max(1),
             )),
-        },
+        ),
         RegistryConfig {
             max_resident: actors.max_resident.max(1),
             idle_timeout: Duration::from_secs(actors.idle_timeout_secs.max(1)),

@@ -68,10 +68,9 @@ impl EvictReason {
     }
 }
 
-/// The live, shared facts about one resident actor.
+/// The live, shared facts about one resident actor (its chat id is the registry's key).
 #[derive(Debug)]
 pub struct ActorProbe {
-    pub chat: ChatId,
     pub owner: UserId,
     pub resident_since: DateTime<Utc>,
     last_activity_ms: AtomicI64,
@@ -86,10 +85,9 @@ pub struct ActorProbe {
 }
 
 impl ActorProbe {
-    pub(crate) fn new(chat: ChatId, owner: UserId, tree: &Tree) -> Self {
+    pub(crate) fn new(owner: UserId, tree: &Tree) -> Self {
         let now = Utc::now();
         let probe = Self {
-            chat,
             owner,
             resident_since: now,
             last_activity_ms: AtomicI64::new(now.timestamp_millis()),
@@ -141,9 +139,9 @@ impl ActorProbe {
         ACTOR_OVERHEAD_BYTES + self.tree_bytes.load(Ordering::Relaxed)
     }
 
-    pub fn snapshot(&self) -> ActorInfo {
+    pub fn snapshot(&self, chat: ChatId) -> ActorInfo {
         ActorInfo {
-            chat_id: self.chat,
+            chat_id: chat,
             owner_id: self.owner,
             resident_since: self.resident_since,
             last_activity: Utc

@@ -45,9 +45,8 @@ pub(crate) struct Birth {
 
 impl Birth {
     /// Hands the entry to the actor, which leaves `Liveness` when dropped.
-    pub(crate) fn claim(mut self) -> (u64, Arc<Liveness>) {
+    pub(crate) fn claim(mut self) {
         self.claimed = true;
-        (self.instance, self.liveness.clone())
     }
 }
 
@@ -143,9 +142,10 @@ pub struct ChatHandle(Arc<HandleInner>);
 
 struct HandleInner {
     addr: Addr<ChatActor>,
-    /// Shared with the actor: mailbox depth, last activity, sizes (see [`crate::inspect`]).
-    probe: Arc<ActorProbe>,
+    /// This actor among the chat's successive ones: its entry in the registry's live set.
     instance: u64,
+    /// Mailbox depth, last activity, sizes (see [`crate::inspect`]).
+    probe: ActorProbe,
 }
 
 enum AskError {
@@ -154,6 +154,18 @@ enum AskError {
 }
 
 impl ChatHandle {
+    pub(crate) fn addr(&self) -> &Addr<ChatActor> {
+        &self.0.addr
+    }
+
+    pub(crate) fn instance(&self) -> u64 {
+        self.0.instance
+    }
+
+    pub(crate) fn probe(&self) -> &ActorProbe {
+        &self.0.probe
+    }
+
     /// Sends `msg` unless `capacity` requests already wait in the actor's mailbox.
     async fn ask<M>(&self, msg: M, capacity: usize) -> Result<M::Result, AskError>
     where
@@ -256,7 +268,6 @@ impl crate::metrics::Instruments for RegistryStats {
 struct Inner {
     cache: Cache<ChatId, ChatHandle>,
     rt: Arc<ChatRuntime>,
-    live: Arc<Liveness>,
     arbiters: Vec<ArbiterHandle>,
     config: RegistryConfig,
     next_instance: AtomicU64,
@@ -377,7 +388,6 @@ impl Chats {
         let inner = Arc::new(Inner {
             cache,
             rt: Arc::new(rt),
-            live: Arc::default(),
             arbiters,
             config,
             next_instance: AtomicU64::new(1),
@@ -422,7 +432,7 @@ impl Chats {
         self.inner
             .cache
             .iter()
-            .map(|(_, handle)| handle.0.probe.snapshot())
+            .map(|(chat, handle)| handle.0.probe.snapshot(*chat))
             .collect()
     }
 
@@ -462,7 +472,7 @@ impl Chats {
             .map(|g| g.view())
             .collect();
         Some(ActorDetail {
-            info: handle.0.probe.snapshot(),
+            info: handle.0.probe.snapshot(chat),
             title: state.title,
             active_branch_id: state.active_branch,
             active_branch_name: state.active_branch_name,
@@ -475,7 +485,7 @@ impl Chats {
     pub async fn create(&self, owner: UserId, new: NewChat) -> Result<ChatView, ChatError> {
         let id = ChatId::new();
         let (state, ops) = ChatState::create(id, owner, new);
-        let view = ChatView::of(&state.meta, &state.tree);
+        let view = ChatView::of(&state.row, &state.tree);
         self.inner.rt.writer.room().await;
         let slot = self
             .inner
@@ -488,10 +498,7 @@ impl Chats {
             chat: id,
             generation: 0,
             ops,
-            owner: Some(crate::writer::WriteOwner {
-                actor: handle.0.addr.downgrade(),
-                probe: handle.0.probe.clone(),
-            }),
+            owner: Some(handle.clone()),
         });
         self.inner.cache.insert(id, handle).await;
         self.settle(Applied {
@@ -850,7 +857,7 @@ impl Chats {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
         self.inner.cache.invalidate_all();
         self.inner.cache.run_pending_tasks().await;
-        self.inner.live.until(HashMap::is_empty).await;
+        self.inner.rt.live.until(HashMap::is_empty).await;
         self.inner.rt.writer.barrier().await;
         for arbiter in &self.inner.arbiters {
             arbiter.stop();
@@ -1059,6 +1066,7 @@ impl Chats {
     /// Waits until no actor of this chat is alive (the previous one has flushed and stopped).
     async fn wait_gone(&self, chat: ChatId) {
         self.inner
+            .rt
             .live
             .until(|live| !live.contains_key(&chat))
             .await;
@@ -1080,22 +1088,26 @@ impl Chats {
 
     fn spawn(&self, chat: ChatId, state: ChatState) -> ChatHandle {
         let instance = self.inner.next_instance.fetch_add(1, Ordering::Relaxed);
-        let birth = self.inner.live.born(chat, instance);
+        let birth = self.inner.rt.live.born(chat, instance);
         let rt = self.inner.rt.clone();
-        let probe = Arc::new(ActorProbe::new(chat, state.meta.owner, &state.tree));
-        let shared = probe.clone();
-        let arbiter = &self.inner.arbiters[arbiter_for(chat, self.inner.arbiters.len())];
-        let addr = ChatActor::start_in_arbiter(arbiter, move |ctx| {
-            // The registry bounds each mailbox itself (see `ChatHandle::ask`); actix's own
-            // bound parks senders instead of refusing, so it is lifted (0 = never park).
-            ctx.set_mailbox_capacity(0);
-            ChatActor::new(state, rt, birth, shared)
-        });
-        ChatHandle(Arc::new(HandleInner {
-            addr,
-            probe,
+        // What `Actor::start_in_arbiter` does, but with the address known before the actor is
+        // built: the actor keeps its handle (address, instance and probe in one allocation).
+        // The registry bounds each mailbox itself (see `ChatHandle::ask`); actix's own bound
+        // parks senders instead of refusing, so the channel has none (0 = unbounded).
+        let (tx, rx) = actix::dev::channel::channel(0);
+        let handle = ChatHandle(Arc::new(HandleInner {
+            addr: Addr::new(tx),
             instance,
-        }))
+            probe: ActorProbe::new(state.row.owner, &state.tree),
+        }));
+        let own = handle.clone();
+        let arbiter = &self.inner.arbiters[arbiter_for(chat, self.inner.arbiters.len())];
+        arbiter.spawn_fn(move || {
+            let ctx = actix::Context::with_receiver(rx);
+            let actor = ChatActor::new(state, rt, birth, own);
+            actix::spawn(ctx.into_future(actor));
+        });
+        handle
     }
 }
 
@@ -1125,12 +1137,13 @@ fn arbiter_for(chat: ChatId, n: usize) -> usize {
 mod tests {
     use super::*;
 
-    /// Every resident chat pays for these: the cache entry holds the handle inline, and the
-    /// probe's allocation (with its reference counts) stays within mimalloc's 96-byte class.
+    /// Every resident chat pays for these: the cache entry and the actor hold the handle
+    /// inline, and its allocation (address, instance and probe, with the reference counts)
+    /// stays within mimalloc's 112-byte class.
     #[test]
-    fn a_handle_is_one_pointer_and_a_probe_stays_within_its_size_class() {
+    fn a_handle_is_one_pointer_to_one_allocation_within_its_size_class() {
         assert_eq!(std::mem::size_of::<ChatHandle>(), 8);
-        assert!(std::mem::size_of::<ActorProbe>() <= 80);
+        assert!(std::mem::size_of::<HandleInner>() + 16 <= 112);
     }
 
     /// An actor that was never built (its arbiter had stopped) must not leave an entry behind:
@@ -1153,11 +1166,11 @@ mod tests {
             .unwrap();
 
         // A claimed entry stays until its actor goes, and only its own instance removes it.
-        let (instance, claimed) = liveness.born(chat, 2).claim();
+        liveness.born(chat, 2).claim();
         assert!(liveness.live.lock().unwrap().contains_key(&chat));
-        claimed.gone(chat, instance + 1);
+        liveness.gone(chat, 3);
         assert!(liveness.live.lock().unwrap().contains_key(&chat));
-        claimed.gone(chat, instance);
+        liveness.gone(chat, 2);
         assert!(liveness.live.lock().unwrap().is_empty());
     }
 }

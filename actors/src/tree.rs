@@ -25,6 +25,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use thin_vec::ThinVec;
 
 use crate::model::{Branch, BranchId, ChatId, Message, MessageId, Role};
 
@@ -160,15 +161,17 @@ pub struct Restored {
 
 #[derive(Clone, Debug)]
 pub struct Tree {
-    /// Every node; links are positions in here.
-    nodes: Vec<Node>,
+    /// Every node; links are positions in here. A `ThinVec` (one pointer inline, its length and
+    /// capacity in the allocation), like `branches`: the tree is inline in its chat's actor,
+    /// which must stay within its task's size class (see `chat.rs`).
+    nodes: ThinVec<Node>,
     /// Every message's content, one after the other (in node order).
     text: String,
     /// What most chats never need; boxed so that they do not carry it inline.
     rare: Option<Box<Rare>>,
     /// The newest root; the others follow through `next_sibling`.
     first_root: Idx,
-    branches: Vec<Branch>,
+    branches: ThinVec<Branch>,
     active: BranchId,
 }
 
@@ -195,12 +198,12 @@ impl Tree {
     /// A new chat: one empty branch, active.
     pub fn new(main: Branch) -> Self {
         Self {
-            nodes: Vec::new(),
+            nodes: ThinVec::new(),
             text: String::new(),
             rare: None,
             first_root: NIL,
             active: main.id,
-            branches: vec![main],
+            branches: thin_vec::thin_vec![main],
         }
     }
 
@@ -221,11 +224,11 @@ impl Tree {
             branches[0].id
         };
         let mut tree = Self {
-            nodes: Vec::with_capacity(messages.len()),
+            nodes: ThinVec::with_capacity(messages.len()),
             text: String::with_capacity(messages.iter().map(|m| m.content.len()).sum()),
             rare: None,
             first_root: NIL,
-            branches,
+            branches: branches.into_iter().collect(),
             active,
         };
         messages.sort_by_key(|m| m.id);
@@ -376,7 +379,12 @@ impl Tree {
     /// request; for the operator surface, not for accounting.
     pub fn approx_bytes(&self) -> usize {
         use std::mem::size_of;
-        let nodes = self.nodes.capacity() * size_of::<Node>();
+        // A `ThinVec` keeps its length and capacity in its allocation (16 bytes), if it has one.
+        let thin = |capacity: usize, each: usize| match capacity {
+            0 => 0,
+            n => 16 + n * each,
+        };
+        let nodes = thin(self.nodes.capacity(), size_of::<Node>());
         let rare = self.rare.as_ref().map_or(0, |r| {
             size_of::<Rare>()
                 + r.by_id.capacity() * size_of::<Idx>()
@@ -384,7 +392,8 @@ impl Tree {
                 + r.created.capacity() * size_of::<(MessageId, DateTime<Utc>)>()
                 + r.extra_bytes
         });
-        let branches = self.branches.capacity() * (size_of::<Branch>() + 16);
+        let branches =
+            thin(self.branches.capacity(), size_of::<Branch>()) + self.branches.len() * 16;
         size_of::<Self>() + nodes + rare + branches + self.text.capacity()
     }
 

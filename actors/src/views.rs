@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::generation::GenerationStatus;
-use crate::model::{Branch, BranchId, ChatId, ChatMeta, GenerationId, MessageId, Role};
+use crate::model::{Branch, BranchId, ChatId, ChatMeta, ChatRow, GenerationId, MessageId, Role};
 use crate::tree::{Node, Tree};
 
 #[cfg(feature = "openapi")]
@@ -107,12 +107,12 @@ pub struct ChatView {
 }
 
 impl ChatView {
-    pub fn of(meta: &ChatMeta, tree: &Tree) -> Self {
+    pub fn of(row: &ChatRow, tree: &Tree) -> Self {
         Self {
-            id: meta.id,
-            title: meta.title.clone(),
-            system_prompt: meta.system_prompt.clone(),
-            description: meta.description.clone(),
+            id: row.id,
+            title: row.title().map(str::to_owned),
+            system_prompt: row.system_prompt().map(str::to_owned),
+            description: row.description().map(str::to_owned),
             active_branch_id: tree.active(),
             message_count: tree.message_count(),
             branches: tree
@@ -120,8 +120,8 @@ impl ChatView {
                 .iter()
                 .map(|b| BranchView::of(tree, b))
                 .collect(),
-            created_at: meta.created_at,
-            updated_at: meta.updated_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
         }
     }
 }

@@ -23,16 +23,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix::WeakAddr;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::chat::ChatActor;
-use crate::inspect::ActorProbe;
 use crate::model::{Branch, BranchId, ChatId, ChatMeta, Message, MessageId};
 use crate::ports::{Batch, MessageDeletes, MetaBatch, StoreError, Stores};
+use crate::registry::ChatHandle;
 
 /// When the client's response is sent relative to the commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,15 +125,9 @@ pub struct ChatWrite {
     /// The actor's generation: bumped when it reloads after a failure; older writes are fenced.
     pub generation: u64,
     pub ops: Vec<WriteOp>,
-    pub owner: Option<WriteOwner>,
-}
-
-/// The actor a write comes from: told when the write fails, and its probe counts the write
-/// while it is pending. Weak, so a queued write does not keep a stopped actor's mailbox open.
-#[derive(Clone)]
-pub struct WriteOwner {
-    pub actor: WeakAddr<ChatActor>,
-    pub probe: Arc<ActorProbe>,
+    /// The actor the write comes from: told when the write fails, and its probe counts the
+    /// write while it is pending.
+    pub owner: Option<ChatHandle>,
 }
 
 enum Command {
@@ -269,7 +261,7 @@ pub struct Slot(mpsc::OwnedPermit<Command>);
 impl Slot {
     pub fn send(self, write: ChatWrite) -> CommitTicket {
         if let Some(owner) = &write.owner {
-            owner.probe.pending_writes.fetch_add(1, Ordering::Relaxed);
+            owner.probe().pending_writes.fetch_add(1, Ordering::Relaxed);
         }
         let (tx, rx) = oneshot::channel();
         self.0.send(Command::Write(write, tx, Instant::now()));
@@ -435,8 +427,8 @@ impl Writer {
                     for (w, ack, _) in writes {
                         let fence = self.fences.entry(w.chat).or_insert(0);
                         *fence = (*fence).max(w.generation + 1);
-                        if let Some(actor) = w.owner.as_ref().and_then(|o| o.actor.upgrade()) {
-                            actor.do_send(WriteFailed {
+                        if let Some(owner) = &w.owner {
+                            owner.addr().do_send(WriteFailed {
                                 generation: w.generation,
                             });
                         }
@@ -531,7 +523,7 @@ fn settle(
     outcome: Result<(), WriteError>,
 ) {
     if let Some(owner) = &write.owner {
-        owner.probe.pending_writes.fetch_sub(1, Ordering::Relaxed);
+        owner.probe().pending_writes.fetch_sub(1, Ordering::Relaxed);
     }
     let _ = ack.send(outcome);
 }
