@@ -257,7 +257,9 @@ pub struct ChatActor {
 impl Drop for ChatActor {
     fn drop(&mut self) {
         let core = &self.core;
-        core.rt.live.gone(core.state.row.id, core.handle.instance());
+        core.rt
+            .live
+            .gone(core.state.tree.chat(), core.handle.instance());
     }
 }
 
@@ -299,7 +301,7 @@ impl ChatActor {
                 result
             }
             Err(_) => {
-                tracing::error!(chat = %self.core.state.row.id, "chat actor panicked; restarting it from stored state");
+                tracing::error!(chat = %self.core.state.tree.chat(), "chat actor panicked; restarting it from stored state");
                 self.core.generation = next_generation();
                 self.reload(ctx);
                 Err(ChatError::Internal("chat actor panicked".into()))
@@ -311,7 +313,7 @@ impl ChatActor {
     /// The mailbox waits meanwhile.
     fn reload(&mut self, ctx: &mut Context<Self>) {
         let rt = self.core.rt.clone();
-        let id = self.core.state.row.id;
+        let id = self.core.state.tree.chat();
         let fut = async move {
             rt.writer.barrier().await;
             load_chat(&rt, id).await
@@ -326,7 +328,7 @@ impl ChatActor {
                 ctx.stop();
             }
             Err(error) => {
-                tracing::error!(chat = %act.core.state.row.id, %error, "chat reload failed; stopping the actor");
+                tracing::error!(chat = %act.core.state.tree.chat(), %error, "chat reload failed; stopping the actor");
                 ctx.stop();
             }
         }));
@@ -364,7 +366,7 @@ fn reserve(rt: &ChatRuntime) -> Result<Slot, ChatError> {
 impl ChatCore {
     fn write(&self, slot: Slot, ops: Vec<WriteOp>) -> CommitTicket {
         slot.send(ChatWrite {
-            chat: self.state.row.id,
+            chat: self.state.tree.chat(),
             generation: self.generation,
             ops,
             owner: Some(self.handle.clone()),
@@ -376,11 +378,12 @@ impl ChatCore {
         let row = &mut self.state.row;
         row.version += 1;
         row.updated_at = crate::model::now();
-        WriteOp::UpsertChat(row.meta(self.state.tree.active()))
+        let tree = &self.state.tree;
+        WriteOp::UpsertChat(row.meta(tree.chat(), tree.active()))
     }
 
     fn branch_row(&self, id: BranchId) -> Result<WriteOp, ChatError> {
-        let branch = self.state.tree.branch(id)?.clone();
+        let branch = self.state.tree.branch_row(id)?;
         Ok(WriteOp::UpsertBranch(branch, self.state.row.version))
     }
 
@@ -415,7 +418,7 @@ impl ChatCore {
         let (id, created_at) = MessageId::new_with_time();
         Message {
             id,
-            chat_id: self.state.row.id,
+            chat_id: self.state.tree.chat(),
             parent_id: parent,
             role,
             content,
@@ -430,7 +433,7 @@ impl ChatCore {
         let now = crate::model::now();
         Branch {
             id: BranchId::new(),
-            chat_id: self.state.row.id,
+            chat_id: self.state.tree.chat(),
             name: name
                 .unwrap_or_else(|| format!("{prefix}-{}", self.state.tree.branches().len() + 1)),
             head: None,
@@ -467,10 +470,13 @@ impl ChatCore {
             role: m.role(),
             content: Arc::from(self.state.tree.content(m)),
         }));
-        let generation =
-            self.rt
-                .generations
-                .begin(row.id, row.owner, branch, reply_to, spec.model.clone())?;
+        let generation = self.rt.generations.begin(
+            self.state.tree.chat(),
+            row.owner,
+            branch,
+            reply_to,
+            spec.model.clone(),
+        )?;
         Ok(GenerationJob {
             generation,
             reply_to: self.message_view(reply_to)?,
@@ -480,7 +486,7 @@ impl ChatCore {
     }
 
     fn busy(&self, branch: BranchId) -> bool {
-        self.rt.generations.busy(self.state.row.id, branch)
+        self.rt.generations.busy(self.state.tree.chat(), branch)
     }
 
     fn get_chat(&mut self, _: GetChat) -> Result<ChatView, ChatError> {
@@ -512,7 +518,7 @@ impl ChatCore {
     fn delete_chat(&mut self, _: DeleteChat) -> Result<Applied<()>, ChatError> {
         let slot = reserve(&self.rt)?;
         self.deleted = true;
-        let commit = self.write(slot, vec![WriteOp::DeleteChat(self.state.row.id)]);
+        let commit = self.write(slot, vec![WriteOp::DeleteChat(self.state.tree.chat())]);
         Ok(Applied::new((), commit))
     }
 
@@ -571,7 +577,7 @@ impl ChatCore {
             .map(|id| self.message_view(*id))
             .collect::<Result<_, _>>()?;
         let view = SendView {
-            chat_id: self.state.row.id,
+            chat_id: self.state.tree.chat(),
             branch_id: branch,
             messages,
             generation_id: generation.as_ref().map(|g| g.generation.id),
@@ -601,7 +607,7 @@ impl ChatCore {
                 "idempotent send lost its branch".into(),
             ))?;
         let view = SendView {
-            chat_id: self.state.row.id,
+            chat_id: self.state.tree.chat(),
             branch_id,
             messages,
             generation_id: None,
@@ -662,7 +668,7 @@ impl ChatCore {
     ) {
         self.rt
             .generations
-            .release(generation, self.state.row.id, branch);
+            .release(generation, self.state.tree.chat(), branch);
         if let Some(entry) = key.and_then(|k| self.state.idem.get_mut(k)) {
             entry.awaiting_reply = false;
         }
@@ -722,7 +728,7 @@ impl ChatCore {
             None
         };
         Ok(MessagePage {
-            chat_id: self.state.row.id,
+            chat_id: self.state.tree.chat(),
             branch_id: branch,
             messages: page
                 .nodes
@@ -754,7 +760,7 @@ impl ChatCore {
             .map(|n| n.id())
             .collect();
         Ok(TreeView {
-            chat_id: self.state.row.id,
+            chat_id: self.state.tree.chat(),
             active_branch_id: tree.active(),
             root_ids,
             nodes,
@@ -1071,7 +1077,7 @@ impl Handler<Inspect> for ChatActor {
             active_branch_name: state
                 .tree
                 .branch(active)
-                .map(|b| b.name.clone())
+                .map(|b| b.name.to_string())
                 .unwrap_or_default(),
             version: state.row.version,
         }
@@ -1099,7 +1105,7 @@ impl Handler<WriteFailed> for ChatActor {
         if msg.generation < self.core.generation {
             return; // Already reloaded past that failure.
         }
-        tracing::warn!(chat = %self.core.state.row.id, "a write of this chat failed; reloading it from the store");
+        tracing::warn!(chat = %self.core.state.tree.chat(), "a write of this chat failed; reloading it from the store");
         self.core.generation = next_generation();
         self.reload(ctx);
     }

@@ -194,13 +194,12 @@ pub struct ChatMeta {
     pub version: i64,
 }
 
-/// A chat's own row as its actor keeps it: [`ChatMeta`] without the active branch (the tree
-/// holds that), its texts boxed, and the two that most chats leave empty boxed together. 88
-/// bytes against `ChatMeta`'s 152: the row is inline in the actor, which must stay within its
-/// task's size class (see `chat.rs`).
+/// A chat's own row as its actor keeps it: [`ChatMeta`] without the id and the active branch
+/// (the tree holds those), its texts boxed, and the two that most chats leave empty boxed
+/// together. 72 bytes against `ChatMeta`'s 152: the row is inline in the actor, which must stay
+/// within its task's size class (see `chat.rs`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChatRow {
-    pub id: ChatId,
     pub owner: UserId,
     title: Option<Box<str>>,
     texts: Option<Box<ChatTexts>>,
@@ -218,7 +217,6 @@ struct ChatTexts {
 impl ChatRow {
     pub fn new(meta: ChatMeta) -> Self {
         let mut row = Self {
-            id: meta.id,
             owner: meta.owner,
             title: meta.title.map(String::into_boxed_str),
             texts: None,
@@ -233,10 +231,10 @@ impl ChatRow {
         row
     }
 
-    /// The stored row, with the tree's active branch.
-    pub fn meta(&self, active_branch: BranchId) -> ChatMeta {
+    /// The stored row of chat `id`, with the tree's active branch.
+    pub fn meta(&self, id: ChatId, active_branch: BranchId) -> ChatMeta {
         ChatMeta {
-            id: self.id,
+            id,
             owner: self.owner,
             title: self.title().map(str::to_owned),
             system_prompt: self.system_prompt().map(str::to_owned),

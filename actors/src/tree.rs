@@ -13,7 +13,7 @@
 //!
 //! Forking is O(1) in the conversation's length: a branch is a pointer, nothing is copied.
 //!
-//! Layout: a resident chat is mostly idle memory, so nodes are compact (40 bytes, no pointer).
+//! Layout: a resident chat is mostly idle memory, so nodes are compact (36 bytes, no pointer).
 //! They live in one arena and link to each other by position, not by id; their content is one
 //! string per tree, in node order. A message is found by id with a binary search, over the arena
 //! itself while it is in id order (UUIDv7 ids are made in creation order, so it nearly always is)
@@ -32,35 +32,47 @@ use crate::model::{Branch, BranchId, ChatId, Message, MessageId, Role};
 /// A node's position in the tree's arena.
 type Idx = u32;
 
-/// No node: a root's parent and jump, a leaf's first child, the oldest sibling's next.
-const NIL: Idx = Idx::MAX;
+/// Bits of a node's position in a link; the rest of each link's word holds part of the tag.
+const IDX_BITS: u32 = 25;
+const IDX_MASK: u32 = (1 << IDX_BITS) - 1;
 
-/// A message in the tree with its links: 40 bytes, all of them 4-byte aligned. Its content is
+/// No node: a root's parent and jump, a leaf's first child, the oldest sibling's next.
+const NIL: Idx = IDX_MASK;
+
+/// A message in the tree with its links: 36 bytes, all of them 4-byte aligned. Its content is
 /// the tree's text from its `text_at` to the next node's (nodes and text are in the same order);
 /// its creation time is its id's (UUIDv7), unless the tree keeps another one aside
 /// ([`Tree::created_at`]).
+///
+/// The four links are positions of 25 bits (so a chat holds at most 2^25 - 2 messages); the 7
+/// bits above each hold a quarter of the tag: the depth (25 bits, low first), the role (2) and
+/// whether the message has an entry in the tree's extras (1). Ten nodes take 360 bytes, within
+/// mimalloc's 384-byte class (at 40 bytes they took the 448-byte one).
 #[derive(Clone, Debug)]
 pub struct Node {
     id: MessageId,
     /// Where the content starts in the tree's text.
     text_at: u32,
-    parent: Idx,
-    /// A farther ancestor (skew-binary jump pointer, Myers 1983): with the parent links it
-    /// reaches any ancestor in O(log depth) steps. `NIL` for a root.
-    jump: Idx,
-    /// The depth (low bits), the role and whether the message has an entry in the tree's
-    /// extras (see [`Self::depth`], [`Self::role`]).
-    packed: u32,
-    /// The newest child; the others follow through `next_sibling`.
-    first_child: Idx,
-    /// The next older sibling.
-    next_sibling: Idx,
+    /// `PARENT`, `JUMP`, `FIRST_CHILD`, `NEXT_SIBLING`, each with its part of the tag.
+    links: [u32; 4],
 }
 
-/// Bits of `Node::packed` under the role: the depth.
-const DEPTH_BITS: u32 = 29;
+/// The parent.
+const PARENT: usize = 0;
+/// A farther ancestor (skew-binary jump pointer, Myers 1983): with the parent links it reaches
+/// any ancestor in O(log depth) steps. `NIL` for a root.
+const JUMP: usize = 1;
+/// The newest child; the others follow through `NEXT_SIBLING`.
+const FIRST_CHILD: usize = 2;
+/// The next older sibling.
+const NEXT_SIBLING: usize = 3;
+
+/// Bits of a node's tag under the role: the depth.
+const DEPTH_BITS: u32 = 25;
 const DEPTH_MASK: u32 = (1 << DEPTH_BITS) - 1;
-const EXTRA_BIT: u32 = 1 << 31;
+const EXTRA_BIT: u32 = 1 << (DEPTH_BITS + 2);
+/// Bits of the tag each link's word holds.
+const TAG_PART: u32 = 32 - IDX_BITS;
 
 /// What most messages leave empty, kept aside by message id.
 #[derive(Clone, Debug)]
@@ -72,23 +84,54 @@ struct Extra {
 }
 
 impl Node {
+    fn new(id: MessageId, text_at: u32, parent: Idx, jump: Idx, tag: u32) -> Self {
+        let mut node = Self {
+            id,
+            text_at,
+            links: [parent, jump, NIL, NIL],
+        };
+        for (i, word) in node.links.iter_mut().enumerate() {
+            *word |= (tag >> (TAG_PART * i as u32) & ((1 << TAG_PART) - 1)) << IDX_BITS;
+        }
+        node
+    }
+
     pub fn id(&self) -> MessageId {
         self.id
     }
 
-    pub fn role(&self) -> Role {
-        match (self.packed >> DEPTH_BITS) & 0b11 {
-            0 => Role::User,
-            1 => Role::Assistant,
-            _ => Role::System,
-        }
+    fn link(&self, which: usize) -> Idx {
+        self.links[which] & IDX_MASK
     }
 
-    fn has_extra(&self) -> bool {
-        self.packed & EXTRA_BIT != 0
+    fn set_link(&mut self, which: usize, to: Idx) {
+        self.links[which] = self.links[which] & !IDX_MASK | to;
     }
 
-    fn pack(depth: u32, role: Role, has_extra: bool) -> u32 {
+    fn parent(&self) -> Idx {
+        self.link(PARENT)
+    }
+
+    fn jump(&self) -> Idx {
+        self.link(JUMP)
+    }
+
+    fn first_child(&self) -> Idx {
+        self.link(FIRST_CHILD)
+    }
+
+    fn next_sibling(&self) -> Idx {
+        self.link(NEXT_SIBLING)
+    }
+
+    /// The depth, role and extras flag (see [`Self::tag_of`]).
+    fn tag(&self) -> u32 {
+        self.links.iter().enumerate().fold(0, |tag, (i, word)| {
+            tag | (word >> IDX_BITS) << (TAG_PART * i as u32)
+        })
+    }
+
+    fn tag_of(depth: u32, role: Role, has_extra: bool) -> u32 {
         let role = match role {
             Role::User => 0,
             Role::Assistant => 1,
@@ -97,13 +140,25 @@ impl Node {
         depth | role << DEPTH_BITS | if has_extra { EXTRA_BIT } else { 0 }
     }
 
+    pub fn role(&self) -> Role {
+        match (self.tag() >> DEPTH_BITS) & 0b11 {
+            0 => Role::User,
+            1 => Role::Assistant,
+            _ => Role::System,
+        }
+    }
+
+    fn has_extra(&self) -> bool {
+        self.tag() & EXTRA_BIT != 0
+    }
+
     /// The message's 0-based index in any path through it.
     pub fn depth(&self) -> u32 {
-        self.packed & DEPTH_MASK
+        self.tag() & DEPTH_MASK
     }
 
     pub fn is_root(&self) -> bool {
-        self.parent == NIL
+        self.parent() == NIL
     }
 }
 
@@ -171,8 +226,37 @@ pub struct Tree {
     rare: Option<Box<Rare>>,
     /// The newest root; the others follow through `next_sibling`.
     first_root: Idx,
-    branches: ThinVec<Branch>,
+    branches: ThinVec<BranchRef>,
     active: BranchId,
+    chat: ChatId,
+}
+
+/// A branch as the tree keeps it: [`Branch`] without the chat id (the tree's own) and with its
+/// name boxed. 96 bytes against 120, so that a chat's one branch, with the 16 bytes of its
+/// `ThinVec`'s header, fits mimalloc's 112-byte class. [`Tree::branch_row`] gives the stored row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BranchRef {
+    pub id: BranchId,
+    pub name: Box<str>,
+    /// `None` only for a branch that has no messages yet (a new chat's `main`).
+    pub head: Option<MessageId>,
+    /// The message this branch was forked or edited from, for display.
+    pub forked_from: Option<MessageId>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Branch> for BranchRef {
+    fn from(branch: Branch) -> Self {
+        Self {
+            id: branch.id,
+            name: branch.name.into_boxed_str(),
+            head: branch.head,
+            forked_from: branch.forked_from,
+            created_at: branch.created_at,
+            updated_at: branch.updated_at,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -203,7 +287,8 @@ impl Tree {
             rare: None,
             first_root: NIL,
             active: main.id,
-            branches: thin_vec::thin_vec![main],
+            chat: main.chat_id,
+            branches: thin_vec::thin_vec![main.into()],
         }
     }
 
@@ -228,7 +313,8 @@ impl Tree {
             text: String::with_capacity(messages.iter().map(|m| m.content.len()).sum()),
             rare: None,
             first_root: NIL,
-            branches: branches.into_iter().collect(),
+            chat: branches[0].chat_id,
+            branches: branches.into_iter().map(BranchRef::from).collect(),
             active,
         };
         messages.sort_by_key(|m| m.id);
@@ -272,23 +358,44 @@ impl Tree {
     }
 
     pub fn chat(&self) -> ChatId {
-        // A chat always has a branch.
-        self.branches[0].chat_id
+        self.chat
     }
 
     pub fn active(&self) -> BranchId {
         self.active
     }
 
-    pub fn branches(&self) -> &[Branch] {
+    pub fn branches(&self) -> &[BranchRef] {
         &self.branches
     }
 
-    pub fn branch(&self, id: BranchId) -> Result<&Branch, TreeError> {
+    pub fn branch(&self, id: BranchId) -> Result<&BranchRef, TreeError> {
         self.branches
             .iter()
             .find(|b| b.id == id)
             .ok_or(TreeError::BranchNotFound(id))
+    }
+
+    /// A branch's row, as the stores keep it.
+    pub fn branch_row(&self, id: BranchId) -> Result<Branch, TreeError> {
+        let b = self.branch(id)?;
+        Ok(Branch {
+            id: b.id,
+            chat_id: self.chat,
+            name: b.name.to_string(),
+            head: b.head,
+            forked_from: b.forked_from,
+            created_at: b.created_at,
+            updated_at: b.updated_at,
+        })
+    }
+
+    /// Every branch's row, as the stores keep them.
+    pub fn branch_rows(&self) -> Vec<Branch> {
+        self.branches
+            .iter()
+            .filter_map(|b| self.branch_row(b.id).ok())
+            .collect()
     }
 
     pub fn node(&self, id: MessageId) -> Result<&Node, TreeError> {
@@ -393,7 +500,7 @@ impl Tree {
                 + r.extra_bytes
         });
         let branches =
-            thin(self.branches.capacity(), size_of::<Branch>()) + self.branches.len() * 16;
+            thin(self.branches.capacity(), size_of::<BranchRef>()) + self.branches.len() * 16;
         size_of::<Self>() + nodes + rare + branches + self.text.capacity()
     }
 
@@ -407,18 +514,18 @@ impl Tree {
 
     /// The id of a node's parent.
     pub fn parent_id(&self, node: &Node) -> Option<MessageId> {
-        (node.parent != NIL).then(|| self.at(node.parent).id)
+        (node.parent() != NIL).then(|| self.at(node.parent()).id)
     }
 
     /// A node's children, oldest first.
     pub fn children<'a>(&'a self, node: &'a Node) -> Vec<&'a Node> {
-        let mut children: Vec<&Node> = self.siblings_from(node.first_child).collect();
+        let mut children: Vec<&Node> = self.siblings_from(node.first_child()).collect();
         children.reverse();
         children
     }
 
     pub fn children_count(&self, node: &Node) -> usize {
-        self.siblings_from(node.first_child).count()
+        self.siblings_from(node.first_child()).count()
     }
 
     /// The whole record of a node's message.
@@ -506,7 +613,7 @@ impl Tree {
         if self.branches.iter().any(|b| b.id == branch.id) {
             return Err(TreeError::Duplicate);
         }
-        self.branches.push(branch);
+        self.branches.push(branch.into());
         Ok(())
     }
 
@@ -525,7 +632,7 @@ impl Tree {
         branch.head = Some(replacement.id);
         branch.forked_from = Some(target);
         self.attach(replacement)?;
-        self.branches.push(branch);
+        self.branches.push(branch.into());
         Ok(())
     }
 
@@ -554,7 +661,7 @@ impl Tree {
         at: DateTime<Utc>,
     ) -> Result<(), TreeError> {
         let idx = self.branch_index(branch)?;
-        self.branches[idx].name = name;
+        self.branches[idx].name = name.into_boxed_str();
         self.branches[idx].updated_at = at;
         Ok(())
     }
@@ -594,7 +701,7 @@ impl Tree {
                 if !self.is_on_path(head, at) {
                     return Err(TreeError::CursorNotOnPath);
                 }
-                self.at(at).parent
+                self.at(at).parent()
             }
         };
         let mut nodes = Vec::with_capacity(limit.min(path_len));
@@ -602,7 +709,7 @@ impl Tree {
         while next != NIL && nodes.len() < limit {
             let node = self.at(next);
             nodes.push(node);
-            next = node.parent;
+            next = node.parent();
         }
         nodes.reverse();
         Ok(Page {
@@ -635,7 +742,7 @@ impl Tree {
             }
             used += chars;
             out.push(node);
-            cursor = node.parent;
+            cursor = node.parent();
         }
         out.reverse();
         Ok(out)
@@ -658,9 +765,9 @@ impl Tree {
 
     /// [`Self::sibling_position`] of a node already at hand: O(siblings).
     pub fn sibling_position_of(&self, node: &Node) -> (usize, usize) {
-        let first = match node.parent {
+        let first = match node.parent() {
             NIL => self.first_root,
-            p => self.at(p).first_child,
+            p => self.at(p).first_child(),
         };
         let (mut newer, mut count) = (0, 0);
         for sibling in self.siblings_from(first) {
@@ -701,7 +808,7 @@ impl Tree {
         let mut next = first;
         std::iter::from_fn(move || {
             let node = (next != NIL).then(|| self.at(next))?;
-            next = node.next_sibling;
+            next = node.next_sibling();
             Some(node)
         })
     }
@@ -715,10 +822,10 @@ impl Tree {
             if node.depth() <= depth {
                 return idx;
             }
-            idx = if node.jump != NIL && self.at(node.jump).depth() >= depth {
-                node.jump
+            idx = if node.jump() != NIL && self.at(node.jump()).depth() >= depth {
+                node.jump()
             } else {
-                node.parent
+                node.parent()
             };
         }
     }
@@ -772,16 +879,15 @@ impl Tree {
             let at = created.partition_point(|(c, _)| *c < id);
             created.insert(at, (id, created_at));
         }
-        let node = Node {
+        // `attach` keeps the text within u32.
+        let text_at = self.text.len() as u32;
+        let node = Node::new(
             id,
-            // `attach` keeps the text within u32.
-            text_at: self.text.len() as u32,
+            text_at,
             parent,
             jump,
-            packed: Node::pack(depth, role, has_extra),
-            first_child: NIL,
-            next_sibling: NIL,
-        };
+            Node::tag_of(depth, role, has_extra),
+        );
         self.text.push_str(&content);
         let idx = self.nodes.len() as Idx;
         let in_order = self.nodes.last().is_none_or(|last| last.id < id);
@@ -803,7 +909,7 @@ impl Tree {
     fn shared_model(&self, parent: Idx, model: Arc<str>) -> Arc<str> {
         let previous = match parent {
             NIL => NIL,
-            p => self.at(p).parent,
+            p => self.at(p).parent(),
         };
         match (previous != NIL)
             .then(|| self.model(self.at(previous)))
@@ -817,25 +923,25 @@ impl Tree {
     /// Puts the node at `idx` into its parent's sibling list (newest first). A new message is
     /// nearly always the newest, so this is usually O(1).
     fn insert_sibling(&mut self, idx: Idx) {
-        let (id, parent) = (self.at(idx).id, self.at(idx).parent);
+        let (id, parent) = (self.at(idx).id, self.at(idx).parent());
         let first = match parent {
             NIL => self.first_root,
-            p => self.at(p).first_child,
+            p => self.at(p).first_child(),
         };
         if first == NIL || self.at(first).id < id {
-            self.at_mut(idx).next_sibling = first;
+            self.at_mut(idx).set_link(NEXT_SIBLING, first);
             match parent {
                 NIL => self.first_root = idx,
-                p => self.at_mut(p).first_child = idx,
+                p => self.at_mut(p).set_link(FIRST_CHILD, idx),
             }
             return;
         }
         let mut prev = first;
         loop {
-            let next = self.at(prev).next_sibling;
+            let next = self.at(prev).next_sibling();
             if next == NIL || self.at(next).id < id {
-                self.at_mut(idx).next_sibling = next;
-                self.at_mut(prev).next_sibling = idx;
+                self.at_mut(idx).set_link(NEXT_SIBLING, next);
+                self.at_mut(prev).set_link(NEXT_SIBLING, idx);
                 return;
             }
             prev = next;
@@ -846,12 +952,12 @@ impl Tree {
     /// two jumps span equal distances (merging two skew-binary segments), else the parent.
     fn jump_for(&self, parent: Idx) -> Idx {
         let p = self.at(parent);
-        if p.jump == NIL {
+        if p.jump() == NIL {
             return parent;
         }
-        let j = self.at(p.jump);
-        if j.jump != NIL && p.depth() - j.depth() == j.depth() - self.at(j.jump).depth() {
-            j.jump
+        let j = self.at(p.jump());
+        if j.jump() != NIL && p.depth() - j.depth() == j.depth() - self.at(j.jump()).depth() {
+            j.jump()
         } else {
             parent
         }
@@ -865,7 +971,7 @@ impl Tree {
             let mut cursor = self.head_index(branch.head).unwrap_or(NIL);
             while cursor != NIL && !keep[cursor as usize] {
                 keep[cursor as usize] = true;
-                cursor = self.at(cursor).parent;
+                cursor = self.at(cursor).parent();
             }
         }
         if keep.iter().all(|k| *k) {
@@ -901,10 +1007,10 @@ impl Tree {
             let content = &old_text[node.text_at as usize..ends[i]];
             node.text_at = self.text.len() as u32;
             self.text.push_str(content);
-            node.parent = map(node.parent);
-            node.jump = map(node.jump);
-            node.first_child = NIL;
-            node.next_sibling = NIL;
+            node.set_link(PARENT, map(node.parent()));
+            node.set_link(JUMP, map(node.jump()));
+            node.set_link(FIRST_CHILD, NIL);
+            node.set_link(NEXT_SIBLING, NIL);
             self.nodes.push(node);
         }
         // Relink siblings oldest first, so each goes to the front of its list.
@@ -921,12 +1027,17 @@ impl Tree {
             order
         };
         for &idx in &order {
-            let parent = self.at(idx).parent;
+            let parent = self.at(idx).parent();
             let first = match parent {
                 NIL => std::mem::replace(&mut self.first_root, idx),
-                p => std::mem::replace(&mut self.at_mut(p).first_child, idx),
+                p => {
+                    let parent = self.at_mut(p);
+                    let first = parent.first_child();
+                    parent.set_link(FIRST_CHILD, idx);
+                    first
+                }
             };
-            self.at_mut(idx).next_sibling = first;
+            self.at_mut(idx).set_link(NEXT_SIBLING, first);
         }
         if !sorted {
             self.rare.get_or_insert_default().by_id = order;
@@ -1045,7 +1156,7 @@ mod tests {
             side_path.push(f.push(side, &format!("s{i}")));
         }
         let messages: Vec<Message> = f.tree.nodes().map(|n| f.tree.message(n)).collect();
-        let branches = f.tree.branches().to_vec();
+        let branches = f.tree.branch_rows();
         let restored = Tree::restore(branches, f.main, messages).unwrap().tree;
         for tree in [&f.tree, &restored] {
             for (branch, path) in [(f.main, &main_path), (side, &side_path)] {
@@ -1069,8 +1180,14 @@ mod tests {
 
     /// Every resident message pays for a node: a field added here is a cost to every chat.
     #[test]
-    fn a_node_stays_40_bytes() {
-        assert_eq!(std::mem::size_of::<Node>(), 40);
+    fn a_node_stays_36_bytes() {
+        assert_eq!(std::mem::size_of::<Node>(), 36);
+    }
+
+    /// A chat's one branch and its `ThinVec` header fit mimalloc's 112-byte class.
+    #[test]
+    fn a_branch_stays_within_its_size_class() {
+        assert!(std::mem::size_of::<BranchRef>() + 16 <= 112);
     }
 
     /// A message's creation time is its id's unless it was made apart from it; then the tree
@@ -1100,16 +1217,14 @@ mod tests {
         for role in [Role::User, Role::Assistant, Role::System] {
             for depth in [0, 1, DEPTH_MASK] {
                 for extra in [false, true] {
-                    let n = Node {
-                        id: MessageId::new(),
-                        text_at: 0,
-                        parent: NIL,
-                        jump: NIL,
-                        packed: Node::pack(depth, role, extra),
-                        first_child: NIL,
-                        next_sibling: NIL,
-                    };
+                    let tag = Node::tag_of(depth, role, extra);
+                    let mut n = Node::new(MessageId::new(), 0, NIL, 5, tag);
                     assert_eq!((n.depth(), n.role(), n.has_extra()), (depth, role, extra));
+                    n.set_link(FIRST_CHILD, NIL - 1);
+                    n.set_link(JUMP, 0);
+                    assert_eq!((n.depth(), n.role(), n.has_extra()), (depth, role, extra));
+                    let links = (n.parent(), n.jump(), n.first_child(), n.next_sibling());
+                    assert_eq!(links, (NIL, 0, NIL - 1, NIL));
                 }
             }
         }
@@ -1157,7 +1272,7 @@ mod tests {
             "deleting the branch freed its message: {after}"
         );
         let restored = Tree::restore(
-            f.tree.branches().to_vec(),
+            f.tree.branch_rows(),
             f.main,
             f.tree.nodes().map(|n| f.tree.message(n)).collect(),
         )
@@ -1369,8 +1484,7 @@ mod tests {
         // An orphan whose parent never landed.
         messages.push(msg(f.chat, Some(MessageId::new()), "orphan"));
         messages.reverse();
-        let restored =
-            Tree::restore(f.tree.branches().to_vec(), f.tree.active(), messages).unwrap();
+        let restored = Tree::restore(f.tree.branch_rows(), f.tree.active(), messages).unwrap();
         assert_eq!(restored.pruned.len(), 2);
         let t = restored.tree;
         assert_eq!(t.active(), fork);
@@ -1496,7 +1610,7 @@ mod tests {
             .filter(|m| m.id.timestamp() != Some(m.created_at))
             .count();
         assert_eq!(f.tree.rare.as_ref().unwrap().created.len(), aside);
-        let restored = Tree::restore(f.tree.branches().to_vec(), f.main, kept.clone())
+        let restored = Tree::restore(f.tree.branch_rows(), f.main, kept.clone())
             .unwrap()
             .tree;
         assert_eq!(restored.content_bytes(), f.tree.content_bytes());
@@ -1540,7 +1654,7 @@ mod tests {
     #[test]
     fn restore_resets_a_head_whose_message_is_missing() {
         let f = fixture();
-        let mut b = f.tree.branches()[0].clone();
+        let mut b = f.tree.branch_rows().remove(0);
         b.head = Some(MessageId::new());
         let restored = Tree::restore(vec![b], f.main, Vec::new()).unwrap();
         assert_eq!(restored.reset_branches, vec![f.main]);

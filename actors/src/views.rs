@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::generation::GenerationStatus;
-use crate::model::{Branch, BranchId, ChatId, ChatMeta, ChatRow, GenerationId, MessageId, Role};
-use crate::tree::{Node, Tree};
+use crate::model::{BranchId, ChatId, ChatMeta, ChatRow, GenerationId, MessageId, Role};
+use crate::tree::{BranchRef, Node, Tree};
 
 #[cfg(feature = "openapi")]
 use utoipa::ToSchema;
@@ -74,11 +74,11 @@ pub struct BranchView {
 }
 
 impl BranchView {
-    pub fn of(tree: &Tree, branch: &Branch) -> Self {
+    pub fn of(tree: &Tree, branch: &BranchRef) -> Self {
         Self {
             id: branch.id,
-            chat_id: branch.chat_id,
-            name: branch.name.clone(),
+            chat_id: tree.chat(),
+            name: branch.name.to_string(),
             head_message_id: branch.head,
             forked_from_message_id: branch.forked_from,
             message_count: tree.path_len(branch.id).unwrap_or(0),
@@ -109,7 +109,7 @@ pub struct ChatView {
 impl ChatView {
     pub fn of(row: &ChatRow, tree: &Tree) -> Self {
         Self {
-            id: row.id,
+            id: tree.chat(),
             title: row.title().map(str::to_owned),
             system_prompt: row.system_prompt().map(str::to_owned),
             description: row.description().map(str::to_owned),

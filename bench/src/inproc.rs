@@ -271,22 +271,24 @@ pub fn memory_measure(config: &Path, state: &Path) -> anyhow::Result<()> {
         s.actors.max_resident = (count as u64 + 1000).max(s.actors.max_resident);
         s.actors.idle_timeout_secs = 24 * 3600;
     };
+    #[cfg(not(feature = "system-alloc"))]
+    crate::heap::start();
     with_chats(config, adjust, |chats| async move {
         // Halves, so that the second half's growth is the marginal cost of a chat: what the
         // first activations fill once (the stores' page caches) is not in it.
         let (first, second) = ids.split_at(count / 2);
-        let before = rss()?;
+        let (before, heap_before) = (rss()?, heap_live());
         let started = Instant::now();
         activate(&chats, user, first).await?;
         let first_took = started.elapsed();
         // Let the registry's bookkeeping (cache maintenance) settle before measuring.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let middle = rss()?;
+        let (middle, heap_middle) = (rss()?, heap_live());
         let started = Instant::now();
         activate(&chats, user, second).await?;
         let activated = first_took + started.elapsed();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let after = rss()?;
+        let (after, heap_after) = (rss()?, heap_live());
         let resident = chats.resident();
         anyhow::ensure!(
             resident as usize >= count,
@@ -295,16 +297,21 @@ pub fn memory_measure(config: &Path, state: &Path) -> anyhow::Result<()> {
         let per_chat = after.saturating_sub(before) as f64 / count as f64;
         let marginal = after.saturating_sub(middle) as f64 / second.len().max(1) as f64;
         let content_per_chat = content as f64 / count as f64;
+        let heap_per_chat = (heap_after - heap_before) as f64 / count as f64;
+        let heap_marginal = (heap_after - heap_middle) as f64 / second.len().max(1) as f64;
         println!(
             "BENCH memory chats={count} messages={messages} activated_s={:.1} rss_mib={:.1} \
              chats_mib={:.1} per_chat_bytes={per_chat:.0} \
              content_per_chat_bytes={content_per_chat:.0} overhead_per_chat_bytes={:.0} \
-             marginal_overhead_per_chat_bytes={:.0}",
+             marginal_overhead_per_chat_bytes={:.0} heap_overhead_per_chat_bytes={:.0} \
+             heap_marginal_overhead_per_chat_bytes={:.0}",
             activated.as_secs_f64(),
             after as f64 / (1 << 20) as f64,
             after.saturating_sub(before) as f64 / (1 << 20) as f64,
             per_chat - content_per_chat,
             marginal - content_per_chat,
+            heap_per_chat - content_per_chat,
+            heap_marginal - content_per_chat,
         );
         if std::env::var_os("BENCH_MEMORY_EXIT").is_some() {
             std::process::exit(0);
@@ -505,6 +512,15 @@ fn fraction_below(buckets: &[(f64, u64)], bound: f64) -> f64 {
 }
 
 /// The process's resident set (`VmRSS` in /proc/self/status), in bytes.
+/// Bytes of mimalloc blocks in use (relative to when counting started; see `heap`), or 0 when
+/// built with the system allocator.
+fn heap_live() -> isize {
+    #[cfg(not(feature = "system-alloc"))]
+    return crate::heap::live();
+    #[cfg(feature = "system-alloc")]
+    0
+}
+
 fn rss() -> anyhow::Result<u64> {
     let status =
         std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;

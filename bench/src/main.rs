@@ -9,6 +9,8 @@
 //! - `ttft`: Arbor's added time to first token, against the stub;
 //! - `activation`, `memory`, `lag`: in-process measurements (see `inproc`).
 
+#[cfg(not(feature = "system-alloc"))]
+mod heap;
 mod inproc;
 mod stats;
 mod ttft;
@@ -24,11 +26,12 @@ use clap::{Parser, Subcommand};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 
-/// mimalloc: less fragmentation and faster small allocations than glibc malloc (BENCHMARKS.md).
-/// The `system-alloc` feature leaves it out, for heap profilers that hook malloc (heaptrack).
+/// mimalloc: less fragmentation and faster small allocations than glibc malloc (BENCHMARKS.md),
+/// counting the blocks in use when `memory` measures (see `heap`). The `system-alloc` feature
+/// leaves it out, for heap profilers that hook malloc (heaptrack).
 #[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: heap::Counting = heap::Counting;
 
 #[derive(Parser)]
 #[command(about = "Benchmark helpers for Arbor")]
