@@ -342,7 +342,7 @@ for scenario in "${INPROC[@]}"; do
             memory)
                 floor=$(echo "$line" | grep memory_floor || true)
                 line=$(echo "$line" | grep -v memory_floor)
-                echo "| memory: $(field chats "$line") chats of $(field messages "$line") messages: RSS $(field rss_mib "$line") MiB, $(field per_chat_bytes "$line") B per chat, $(field overhead_per_chat_bytes "$line") B above its content ($(field content_per_chat_bytes "$line") B; the second half's chats alone $(field marginal_overhead_per_chat_bytes "$line") B; in mimalloc blocks in use $(field heap_overhead_per_chat_bytes "$line") B, second half $(field heap_marginal_overhead_per_chat_bytes "$line") B); the shape's floor (a bare actor and its cache entry) $(field per_chat_bytes "$floor") B | target ≤ 2048 B above content, 100k chats ≤ 1 GiB"
+                echo "| memory: $(field chats "$line") chats of $(field messages "$line") messages: RSS $(field rss_mib "$line") MiB, $(field per_chat_bytes "$line") B per chat, $(field overhead_per_chat_bytes "$line") B above its content ($(field content_per_chat_bytes "$line") B; the second half's chats alone $(field marginal_overhead_per_chat_bytes "$line") B; in mimalloc blocks in use $(field heap_overhead_per_chat_bytes "$line") B, second half $(field heap_marginal_overhead_per_chat_bytes "$line") B); the shape's floor (a bare actor and its cache entry) $(field per_chat_bytes "$floor") B, in blocks $(field heap_per_chat_bytes "$floor") B | target ≤ 2048 B above content, 100k chats ≤ 1 GiB"
                 check_at_most memory_overhead "$(field overhead_per_chat_bytes "$line")" 2048 ;;
         esac
         missed_once "$attempt" "$scenario" || break

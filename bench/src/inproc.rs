@@ -332,6 +332,8 @@ pub fn memory_floor(count: usize) -> anyhow::Result<()> {
         type Context = ActorContext<Self>;
     }
 
+    #[cfg(not(feature = "system-alloc"))]
+    crate::heap::start();
     actix_web::rt::System::new().block_on(async move {
         let arbiters = [Arbiter::new(), Arbiter::new()];
         let cache: Cache<ChatId, (actix::Addr<Bare>, Arc<u64>)> = Cache::builder()
@@ -339,7 +341,7 @@ pub fn memory_floor(count: usize) -> anyhow::Result<()> {
             .time_to_idle(Duration::from_secs(24 * 3600))
             .eviction_listener(|_, _, _| {})
             .build();
-        let before = rss()?;
+        let (before, heap_before) = (rss()?, heap_live());
         for i in 0..count {
             let addr = Bare::start_in_arbiter(&arbiters[i % 2].handle(), |ctx| {
                 ctx.set_mailbox_capacity(0);
@@ -351,14 +353,15 @@ pub fn memory_floor(count: usize) -> anyhow::Result<()> {
         }
         cache.run_pending_tasks().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let after = rss()?;
+        let (after, heap_after) = (rss()?, heap_live());
         anyhow::ensure!(
             cache.entry_count() as usize == count,
             "entries went missing"
         );
         println!(
-            "BENCH memory_floor chats={count} per_chat_bytes={:.0}",
-            after.saturating_sub(before) as f64 / count as f64
+            "BENCH memory_floor chats={count} per_chat_bytes={:.0} heap_per_chat_bytes={:.0}",
+            after.saturating_sub(before) as f64 / count as f64,
+            (heap_after - heap_before) as f64 / count as f64
         );
         for arbiter in arbiters {
             arbiter.stop();
