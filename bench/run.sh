@@ -285,7 +285,7 @@ for scenario in "${SCENARIOS[@]}"; do
         if [ -n "${BENCH_WRITER:-}" ] && [ "$port" = "$ARBOR_PORT" ]; then
             writer_delta
         fi
-        missed_once "$attempt" "$scenario at $rps req/s with $bad errors (floor $floor)" || break
+        missed_once "$attempt" "$scenario at $rps req/s with $bad errors (floor ${floor:-none})" || break
     done
 done
 
