@@ -277,6 +277,17 @@ struct Inner {
     shutting_down: Arc<AtomicBool>,
 }
 
+/// A registry dropped without `shutdown` (a test's, an embedder's) takes its actors with it:
+/// each holds its own handle, so none would stop for want of addresses. Their writes are the
+/// writer's already; `shutdown` is what waits for those.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+}
+
 /// Every chat operation, routed to the chat's actor. Cheap to clone.
 #[derive(Clone)]
 pub struct Chats {

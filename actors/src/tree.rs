@@ -378,8 +378,16 @@ impl Tree {
 
     /// A branch's row, as the stores keep it.
     pub fn branch_row(&self, id: BranchId) -> Result<Branch, TreeError> {
-        let b = self.branch(id)?;
-        Ok(Branch {
+        self.branch(id).map(|b| self.row_of(b))
+    }
+
+    /// Every branch's row, as the stores keep them.
+    pub fn branch_rows(&self) -> Vec<Branch> {
+        self.branches.iter().map(|b| self.row_of(b)).collect()
+    }
+
+    fn row_of(&self, b: &BranchRef) -> Branch {
+        Branch {
             id: b.id,
             chat_id: self.chat,
             name: b.name.to_string(),
@@ -387,15 +395,7 @@ impl Tree {
             forked_from: b.forked_from,
             created_at: b.created_at,
             updated_at: b.updated_at,
-        })
-    }
-
-    /// Every branch's row, as the stores keep them.
-    pub fn branch_rows(&self) -> Vec<Branch> {
-        self.branches
-            .iter()
-            .filter_map(|b| self.branch_row(b.id).ok())
-            .collect()
+        }
     }
 
     pub fn node(&self, id: MessageId) -> Result<&Node, TreeError> {
