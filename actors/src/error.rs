@@ -20,6 +20,9 @@ pub enum ChatError {
     CursorNotOnPath,
     #[error("a chat must keep at least one branch")]
     LastBranch,
+    /// The chat holds as many messages as a chat can, or the path is as deep as one can be.
+    #[error("{0}")]
+    ChatFull(String),
     #[error("a reply is already being generated on this branch")]
     GenerationInProgress,
     #[error("this Idempotency-Key was already used for a different request")]
@@ -56,6 +59,7 @@ impl From<TreeError> for ChatError {
             TreeError::IndexOutOfRange { index, len } => ChatError::IndexOutOfRange { index, len },
             TreeError::CursorNotOnPath => ChatError::CursorNotOnPath,
             TreeError::LastBranch => ChatError::LastBranch,
+            full @ TreeError::Full => ChatError::ChatFull(full.to_string()),
             other => ChatError::Internal(other.to_string()),
         }
     }
@@ -75,5 +79,20 @@ impl From<LlmError> for ChatError {
             },
             LlmError::Timeout => ChatError::UpstreamTimeout,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full chat is the client's limit to hear about (409 `chat_full`), not an internal error.
+    #[test]
+    fn a_full_tree_is_a_full_chat() {
+        let error = ChatError::from(TreeError::Full);
+        assert!(
+            matches!(&error, ChatError::ChatFull(m) if m.contains("at most")),
+            "{error:?}"
+        );
     }
 }

@@ -127,6 +127,7 @@ impl From<ChatError> for ApiError {
             }
             ChatError::CursorNotOnPath => (S::UNPROCESSABLE_ENTITY, "invalid_cursor"),
             ChatError::LastBranch => (S::CONFLICT, "last_branch"),
+            ChatError::ChatFull(_) => (S::CONFLICT, "chat_full"),
             ChatError::GenerationInProgress => (S::CONFLICT, "generation_in_progress"),
             ChatError::IdempotencyMismatch => (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             ChatError::Invalid(_) => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
