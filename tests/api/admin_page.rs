@@ -115,14 +115,26 @@ impl Browser {
         .await;
     }
 
+    /// Clicks the element `css` selects. The page re-renders its table every second, so an
+    /// element found just before a refresh can be stale when clicked: it is found again then.
     async fn click(&self, css: &str) {
-        let element = self.find(css).await;
-        self.session_call(
-            reqwest::Method::POST,
-            &format!("/element/{element}/click"),
-            json!({}),
-        )
-        .await;
+        for _ in 0..5 {
+            let element = self.find(css).await;
+            let url = format!(
+                "{}/session/{}/element/{element}/click",
+                self.base, self.session
+            );
+            let res = self.client.post(url).json(&json!({})).send().await.unwrap();
+            if res.status().is_success() {
+                return;
+            }
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(
+                body["value"]["error"], "stale element reference",
+                "WebDriver click on {css}: {body}"
+            );
+        }
+        panic!("{css} went stale five times in a row");
     }
 
     async fn script(&self, script: &str) -> Value {
