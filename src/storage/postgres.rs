@@ -46,10 +46,7 @@ impl PostgresStore {
                 "storage.postgres_schema must be lower-case letters, digits and '_', not starting with a digit"
             );
         }
-        let mut admin = tokio::time::timeout(timeout, sqlx::PgConnection::connect_with(&options))
-            .await
-            .context("PostgreSQL did not answer in time")?
-            .context("connecting to PostgreSQL")?;
+        let mut admin = connect_at_startup(&options, timeout).await?;
         if !schema.is_empty() {
             sqlx::raw_sql(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
@@ -428,5 +425,43 @@ impl MetadataStore for PostgresStore {
 impl PostgresStore {
     pub fn shared(self) -> Arc<Self> {
         Arc::new(self)
+    }
+}
+
+/// How long startup keeps trying to reach PostgreSQL. Each attempt is bounded by the store
+/// timeout, which is a per-call bound (2 s by default, less in tests). A database that is still
+/// starting, or a machine busy for a few seconds, should not fail a server's start.
+const STARTUP_WAIT: Duration = Duration::from_secs(15);
+
+/// The first connection, retried for [`STARTUP_WAIT`] while PostgreSQL does not answer, refuses
+/// connections or is still starting up (SQLSTATE 57P03); any other error (a wrong password, an
+/// unknown database) fails at once.
+async fn connect_at_startup(
+    options: &PgConnectOptions,
+    timeout: Duration,
+) -> anyhow::Result<sqlx::PgConnection> {
+    let started = std::time::Instant::now();
+    loop {
+        let error =
+            match tokio::time::timeout(timeout, sqlx::PgConnection::connect_with(options)).await {
+                Ok(Ok(connection)) => return Ok(connection),
+                Ok(Err(e)) => {
+                    let retry = match &e {
+                        sqlx::Error::Io(_) => true,
+                        sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
+                        _ => false,
+                    };
+                    if !retry {
+                        return Err(anyhow::Error::new(e).context("connecting to PostgreSQL"));
+                    }
+                    e.to_string()
+                }
+                Err(_) => format!("no answer within {timeout:?}"),
+            };
+        if started.elapsed() >= STARTUP_WAIT {
+            anyhow::bail!("PostgreSQL did not answer within {STARTUP_WAIT:?} ({error})");
+        }
+        tracing::warn!(%error, "PostgreSQL is not answering yet; retrying");
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
