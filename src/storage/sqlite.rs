@@ -485,6 +485,7 @@ fn push_message_deletes(q: &mut QueryBuilder<'_, Sqlite>, deletes: &MessageDelet
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
