@@ -131,15 +131,19 @@ done
 curl -fsS "http://127.0.0.1:$ARBOR_PORT/ready" >/dev/null || { cat "$WORK/arbor.log"; exit 1; }
 
 # The chats a scenario runs on, seeded on first use: CHATS chats of PAIRS pairs, or 64 chats of
-# 10, 500 or 5,000 pairs for the fork_* scenarios. Prints the state file.
+# 10, 500 or 5,000 pairs for the fork_* scenarios. reply and ttft get chats of their own: a
+# reply sends its branch as context, and add_pair grows the shared chats' branches (by ~130
+# messages each in a full run), which made the reply rate depend on the scenarios before it.
+# Prints the state file.
 state_for() {
-    local chats=$CHATS pairs=$PAIRS
+    local chats=$CHATS pairs=$PAIRS own=""
     case "$1" in
         fork_20) chats=64 pairs=10 ;;
         fork_1k) chats=64 pairs=500 ;;
         fork_10k) chats=64 pairs=5000 ;;
+        reply | ttft) own="-$1" ;;
     esac
-    local file="$WORK/state-$chats-$pairs.txt"
+    local file="$WORK/state-$chats-$pairs$own.txt"
     if [ ! -s "$file" ]; then
         "$BIN/arbor-bench" seed --base "http://127.0.0.1:$ARBOR_PORT" --chats "$chats" \
             --pairs "$pairs" --concurrency 64 --out "$file" >&2

@@ -299,13 +299,34 @@ fn stub_stream(model: &str) -> String {
     out
 }
 
+/// What the stub reads of a request; the rest (the messages) is skipped unread.
+#[derive(serde::Deserialize)]
+struct StubRequest {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: bool,
+}
+
 fn stub_llm(port: u16) -> anyhow::Result<()> {
-    async fn completions(body: web::Json<Value>) -> HttpResponse {
-        let model = body["model"].as_str().unwrap_or("stub").to_owned();
-        if body["stream"].as_bool() == Some(true) {
+    use std::cell::RefCell;
+    thread_local! {
+        /// The last model's streamed reply, built once: every request names the same model.
+        static STREAM: RefCell<(String, actix_web::web::Bytes)> = RefCell::default();
+    }
+    async fn completions(body: web::Json<StubRequest>) -> HttpResponse {
+        let model = body.model.as_deref().unwrap_or("stub");
+        if body.stream {
+            let reply = STREAM.with_borrow_mut(|(name, reply)| {
+                if reply.is_empty() || name != model {
+                    *name = model.to_owned();
+                    *reply = stub_stream(model).into();
+                }
+                reply.clone()
+            });
             HttpResponse::Ok()
                 .content_type("text/event-stream")
-                .body(stub_stream(&model))
+                .body(reply)
         } else {
             HttpResponse::Ok().json(json!({
                 "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": model,
