@@ -81,8 +81,9 @@ impl SqliteStore {
             .pragma("journal_size_limit", JOURNAL_LIMIT)
             // Statement journals in memory: a batch's multi-row statement keeps one (to undo
             // itself alone if it fails midway), and past 64 KiB SQLite spilled it to a new temp
-            // file (create, write, unlink) per statement: a fifth of the write thread's time
-            // under the reply load. It lives only as long as its statement.
+            // file (create, write, unlink) per statement: a fifth of the write thread's
+            // statement time under the reply load. It lives only as long as its statement.
+            // Sorts too would stay in memory; every query here reads a chat's rows by index.
             .pragma("temp_store", "memory");
         let pool = |size| {
             SqlitePoolOptions::new()
