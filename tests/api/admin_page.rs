@@ -64,7 +64,13 @@ impl Browser {
         browser
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+    /// One WebDriver command: its `value`, or its status and whole body when it failed.
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> Result<Value, (reqwest::StatusCode, Value)> {
         let res = self
             .client
             .request(method, format!("{}{path}", self.base))
@@ -73,9 +79,19 @@ impl Browser {
             .await
             .unwrap();
         let status = res.status();
-        let body: Value = res.json().await.unwrap();
-        assert!(status.is_success(), "WebDriver {path}: {status} {body}");
-        body["value"].clone()
+        let mut body: Value = res.json().await.unwrap();
+        if status.is_success() {
+            Ok(body["value"].take())
+        } else {
+            Err((status, body))
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        match self.try_call(method, path, body).await {
+            Ok(value) => value,
+            Err((status, body)) => panic!("WebDriver {path}: {status} {body}"),
+        }
     }
 
     async fn session_call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
@@ -120,19 +136,14 @@ impl Browser {
     async fn click(&self, css: &str) {
         for _ in 0..5 {
             let element = self.find(css).await;
-            let url = format!(
-                "{}/session/{}/element/{element}/click",
-                self.base, self.session
-            );
-            let res = self.client.post(url).json(&json!({})).send().await.unwrap();
-            if res.status().is_success() {
-                return;
+            let path = format!("/session/{}/element/{element}/click", self.session);
+            match self.try_call(reqwest::Method::POST, &path, json!({})).await {
+                Ok(_) => return,
+                Err((status, body)) => assert_eq!(
+                    body["value"]["error"], "stale element reference",
+                    "WebDriver click on {css}: {status} {body}"
+                ),
             }
-            let body: Value = res.json().await.unwrap();
-            assert_eq!(
-                body["value"]["error"], "stale element reference",
-                "WebDriver click on {css}: {body}"
-            );
         }
         panic!("{css} went stale five times in a row");
     }
