@@ -146,6 +146,7 @@ impl ChatState {
             forked_from: None,
             created_at: now,
             updated_at: now,
+            fallback: None,
         };
         let meta = ChatMeta {
             id,
@@ -211,11 +212,11 @@ impl ChatState {
 
 /// Loads a chat from the stores: one metadata query and one message query, run together.
 ///
-/// Messages are committed before the metadata that points at them, so a message read that
-/// started before a metadata read could miss the messages of a head that read sees. No write of
-/// a chat is in flight when it activates (eviction flushes first), but should one be, a head
-/// missing from the messages read gets the messages read once more (now after the metadata
-/// read) before restore treats it as a crash remnant.
+/// Messages and the metadata that points at them commit together, so a message read that started
+/// before a metadata read could miss the messages of a head that read sees. No write of a chat is
+/// in flight when it activates (eviction flushes first), but should one be, a head missing from
+/// the messages read gets the messages read once more (now after the metadata read) before
+/// restore treats it as a crash remnant (and moves it back to its fallback).
 pub async fn load_chat(rt: &ChatRuntime, id: ChatId) -> Result<Option<ChatState>, ChatError> {
     let (meta, messages) =
         futures_util::future::join(rt.metadata.load_chat(id), rt.messages.load_chat(id)).await;
@@ -440,6 +441,7 @@ impl ChatCore {
             forked_from: None,
             created_at: now,
             updated_at: now,
+            fallback: None,
         }
     }
 

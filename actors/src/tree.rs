@@ -210,7 +210,8 @@ pub struct Restored {
     pub tree: Tree,
     /// Messages that were dropped: orphans, duplicates or unreachable from every branch.
     pub pruned: Vec<MessageId>,
-    /// Branches whose head was missing and were reset to empty.
+    /// Branches whose head was missing: moved back to their stored fallback, or reset to empty
+    /// without one (or if it is missing too).
     pub reset_branches: Vec<BranchId>,
 }
 
@@ -303,6 +304,7 @@ impl Tree {
             return Err(TreeError::NoBranches);
         }
         branches.sort_by_key(|b| b.id);
+        let fallbacks: Vec<Option<MessageId>> = branches.iter().map(|b| b.fallback).collect();
         let active = if branches.iter().any(|b| b.id == active) {
             active
         } else {
@@ -341,12 +343,14 @@ impl Tree {
         }
         pruned.extend(pending.into_iter().map(|m| m.id));
         let mut reset_branches = Vec::new();
-        for i in 0..tree.branches.len() {
-            if let Some(head) = tree.branches[i].head {
-                if tree.find(head).is_none() {
-                    tree.branches[i].head = None;
-                    reset_branches.push(tree.branches[i].id);
-                }
+        for (i, fallback) in fallbacks.into_iter().enumerate() {
+            let Some(head) = tree.branches[i].head else {
+                continue;
+            };
+            if tree.find(head).is_none() {
+                let fallback = fallback.filter(|f| tree.find(*f).is_some());
+                tree.branches[i].head = fallback;
+                reset_branches.push(tree.branches[i].id);
             }
         }
         pruned.extend(tree.prune_unreachable());
@@ -395,6 +399,7 @@ impl Tree {
             forked_from: b.forked_from,
             created_at: b.created_at,
             updated_at: b.updated_at,
+            fallback: None,
         }
     }
 
@@ -1087,6 +1092,7 @@ mod tests {
             forked_from: None,
             created_at: crate::model::now(),
             updated_at: crate::model::now(),
+            fallback: None,
         }
     }
 
@@ -1658,6 +1664,27 @@ mod tests {
         b.head = Some(MessageId::new());
         let restored = Tree::restore(vec![b], f.main, Vec::new()).unwrap();
         assert_eq!(restored.reset_branches, vec![f.main]);
+        assert_eq!(restored.tree.head(f.main).unwrap(), None);
+    }
+
+    /// A crash between the two stores' commits: the branch row moved its head to a message
+    /// (and its parent) that never landed; the row's fallback, stored with it, did.
+    #[test]
+    fn restore_moves_a_missing_head_back_to_its_fallback() {
+        let mut f = fixture();
+        f.push(f.main, "q");
+        let a = f.push(f.main, "a");
+        let stored: Vec<Message> = f.tree.nodes().map(|n| f.tree.message(n)).collect();
+        let mut row = f.tree.branch_rows().remove(0);
+        row.head = Some(MessageId::new());
+        row.fallback = Some(a);
+        let restored = Tree::restore(vec![row.clone()], f.main, stored.clone()).unwrap();
+        assert_eq!(restored.reset_branches, vec![f.main]);
+        assert_eq!(restored.tree.head(f.main).unwrap(), Some(a));
+        assert!(restored.pruned.is_empty());
+        // A fallback that is missing too resets the branch, as without one.
+        row.fallback = Some(MessageId::new());
+        let restored = Tree::restore(vec![row], f.main, stored).unwrap();
         assert_eq!(restored.tree.head(f.main).unwrap(), None);
     }
 }

@@ -7,11 +7,14 @@
 //! when the batch holding the change has committed; in `durable` mode the HTTP response waits for
 //! it, in `buffered` mode it does not.
 //!
-//! Each batch is committed in three steps, each one transaction in its store: message inserts
-//! first, then metadata (so metadata never points at a message that is not stored), then message
-//! deletions (so nothing stored points at a deleted message). Every step is idempotent (inserts by
-//! id, versioned upserts, deletes), so a failed batch is retried whole. When one database holds
-//! both stores ([`Stores::unified`]), the three steps are one transaction.
+//! Each batch is committed in two steps, each one transaction per store: message inserts and
+//! metadata together (the two stores at once), then message deletions (so nothing stored points
+//! at a deleted message). A crash between the two stores' commits can leave metadata pointing at
+//! a message that did not land; each branch row that moves its head to a new message carries a
+//! fallback, the head's nearest ancestor stored by an earlier batch, and a restore moves such a
+//! head back there (`set_fallbacks`, `Tree::restore`). Every step is idempotent (inserts by id,
+//! versioned upserts, deletes), so a failed batch is retried whole. When one database holds both
+//! stores ([`Stores::unified`]), the steps are one transaction.
 //!
 //! If a batch fails for good, every chat in it is *fenced*: its later queued writes are refused
 //! too (they may build on the failed ones), and its actor is told to reload from the store, so a
@@ -490,14 +493,24 @@ impl Writer {
             let committed = self.timed("batch", unified.commit(batch));
             return committed.await.map_err(|e| ("batch", e));
         }
-        if !batch.inserts.is_empty() {
+        // Both stores at once: a lone write waits for the slower of the two, not for both in
+        // turn. Branch rows carry their fallback (`set_fallbacks`) for a crash between them.
+        let insert = async {
+            if batch.inserts.is_empty() {
+                return Ok(());
+            }
             let inserted = self.timed("messages", stores.messages.insert(&batch.inserts));
-            inserted.await.map_err(|e| ("messages", e))?;
-        }
-        if !batch.meta.is_empty() {
+            inserted.await.map_err(|e| ("messages", e))
+        };
+        let apply = async {
+            if batch.meta.is_empty() {
+                return Ok(());
+            }
             let applied = self.timed("metadata", stores.metadata.apply(&batch.meta));
-            applied.await.map_err(|e| ("metadata", e))?;
-        }
+            applied.await.map_err(|e| ("metadata", e))
+        };
+        let (inserted, applied) = futures_util::future::join(insert, apply).await;
+        inserted.and(applied)?;
         if !batch.deletes.is_empty() {
             let deleted = self.timed("deletes", stores.messages.delete(&batch.deletes));
             deleted.await.map_err(|e| ("messages", e))?;
@@ -532,6 +545,31 @@ fn rows_of(command: &Command) -> usize {
     match command {
         Command::Write(w, _, _) => w.ops.iter().map(WriteOp::rows).sum(),
         Command::Barrier(_) => 0,
+    }
+}
+
+/// Gives each branch row whose head is one of the batch's new messages the head's nearest
+/// ancestor outside the batch: stored by an earlier batch (batches commit one after the other),
+/// or `None` if the branch reached no stored message before. The two stores commit a batch at
+/// once; if a crash lets the row land without its messages, a restore moves the head back there.
+fn set_fallbacks(branches: &mut [(Branch, i64)], inserts: &[Message]) {
+    if inserts.is_empty() || branches.is_empty() {
+        return;
+    }
+    let parents: HashMap<MessageId, Option<MessageId>> =
+        inserts.iter().map(|m| (m.id, m.parent_id)).collect();
+    for (branch, _) in branches {
+        let Some(mut at) = branch.head.and_then(|h| parents.get(&h).copied()) else {
+            continue;
+        };
+        // Each step leaves a new message behind; the bound only guards against a cycle.
+        for _ in 0..parents.len() {
+            match at.and_then(|p| parents.get(&p)) {
+                Some(&up) => at = up,
+                None => break,
+            }
+        }
+        branch.fallback = at;
     }
 }
 
@@ -582,6 +620,7 @@ fn coalesce<'a>(writes: impl Iterator<Item = &'a ChatWrite>) -> Coalesced {
     }
     meta.chats = chats.into_values().collect();
     meta.branches = branches.into_values().collect();
+    set_fallbacks(&mut meta.branches, &inserts);
     Coalesced {
         batch: Batch {
             inserts,
@@ -589,5 +628,63 @@ fn coalesce<'a>(writes: impl Iterator<Item = &'a ChatWrite>) -> Coalesced {
             deletes,
         },
         rows,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{now, Role};
+
+    fn message(chat: ChatId, parent: Option<MessageId>) -> Message {
+        Message {
+            id: MessageId::new(),
+            chat_id: chat,
+            parent_id: parent,
+            role: Role::User,
+            content: Arc::from("x"),
+            created_at: now(),
+            model: None,
+            metadata: None,
+            idempotency_key: None,
+        }
+    }
+
+    fn branch(chat: ChatId, head: Option<MessageId>) -> (Branch, i64) {
+        let branch = Branch {
+            id: BranchId::new(),
+            chat_id: chat,
+            name: "b".into(),
+            head,
+            forked_from: None,
+            created_at: now(),
+            updated_at: now(),
+            fallback: None,
+        };
+        (branch, 1)
+    }
+
+    #[test]
+    fn a_head_among_the_new_messages_falls_back_to_its_nearest_stored_ancestor() {
+        let chat = ChatId::new();
+        let stored = MessageId::new();
+        let q = message(chat, Some(stored));
+        let a = message(chat, Some(q.id));
+        let first = message(chat, None);
+        let edit = message(chat, Some(stored));
+        let mut branches = vec![
+            // Two new messages on top of a stored one: back to the stored one.
+            branch(chat, Some(a.id)),
+            // The first message of an empty branch: back to nothing.
+            branch(chat, Some(first.id)),
+            // A head stored by an earlier batch needs no fallback.
+            branch(chat, Some(stored)),
+            branch(chat, None),
+            // A new branch (an edit) whose head is a new sibling: its stored parent.
+            branch(chat, Some(edit.id)),
+        ];
+        set_fallbacks(&mut branches, &[q, a.clone(), first, edit]);
+        let fallbacks: Vec<_> = branches.iter().map(|(b, _)| b.fallback).collect();
+        assert_eq!(fallbacks, [Some(stored), None, None, None, Some(stored)]);
     }
 }

@@ -190,6 +190,7 @@ fn branch_from(row: &PgRow) -> Result<Branch, StoreError> {
         forked_from: get::<Option<Uuid>>(row, "b_forked_from_id")?.map(MessageId::from_uuid),
         created_at: get(row, "b_created_at")?,
         updated_at: get(row, "b_updated_at")?,
+        fallback: get::<Option<Uuid>>(row, "b_fallback_id")?.map(MessageId::from_uuid),
     })
 }
 
@@ -212,11 +213,12 @@ WITH upsert_chats AS (
     WHERE excluded.version > chats.version
 )
 INSERT INTO branches (id, chat_id, name, head_id, forked_from_id, created_at, updated_at,
-                      version)
+                      version, fallback_id)
 SELECT * FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::uuid[], $13::uuid[],
-                     $14::timestamptz[], $15::timestamptz[], $16::int8[])
+                     $14::timestamptz[], $15::timestamptz[], $16::int8[], $18::uuid[])
 ON CONFLICT (id) DO UPDATE SET name = excluded.name, head_id = excluded.head_id,
-    updated_at = excluded.updated_at, version = excluded.version
+    updated_at = excluded.updated_at, version = excluded.version,
+    fallback_id = excluded.fallback_id
 WHERE excluded.version >= branches.version";
 
 /// Deleted branches ($1) and deleted chats with their branches ($2). Each condition gets its
@@ -300,7 +302,8 @@ impl MetadataStore for PostgresStore {
                             c.created_at, c.updated_at, c.version,
                             b.id AS b_id, b.chat_id AS b_chat_id, b.name AS b_name,
                             b.head_id AS b_head_id, b.forked_from_id AS b_forked_from_id,
-                            b.created_at AS b_created_at, b.updated_at AS b_updated_at
+                            b.created_at AS b_created_at, b.updated_at AS b_updated_at,
+                            b.fallback_id AS b_fallback_id
                      FROM chats c LEFT JOIN branches b ON b.chat_id = c.id
                      WHERE c.id = $1 ORDER BY b.id",
                 )
@@ -388,6 +391,12 @@ impl MetadataStore for PostgresStore {
                 chats
                     .iter()
                     .map(|c| c.description.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                branches
+                    .iter()
+                    .map(|(b, _)| b.fallback.map(|h| *h.as_uuid()))
                     .collect::<Vec<_>>(),
             );
         let delete = sqlx::query(DELETE)

@@ -213,6 +213,7 @@ fn branch_from(row: &SqliteRow) -> Result<Branch, StoreError> {
         forked_from: opt_id(row, "b_forked_from_id")?,
         created_at: time(row, "b_created_at")?,
         updated_at: time(row, "b_updated_at")?,
+        fallback: opt_id(row, "b_fallback_id")?,
     })
 }
 
@@ -294,7 +295,7 @@ impl MetadataStore for SqliteStore {
                     c.updated_at, c.version,
                     b.id AS b_id, b.chat_id AS b_chat_id, b.name AS b_name, b.head_id AS b_head_id,
                     b.forked_from_id AS b_forked_from_id, b.created_at AS b_created_at,
-                    b.updated_at AS b_updated_at
+                    b.updated_at AS b_updated_at, b.fallback_id AS b_fallback_id
              FROM chats c LEFT JOIN branches b ON b.chat_id = c.id
              WHERE c.id = ? ORDER BY b.id",
         )
@@ -414,7 +415,7 @@ fn push_meta(q: &mut QueryBuilder<'_, Sqlite>, batch: &MetaBatch) {
     for chunk in batch.branches.chunks(CHUNK) {
         q.push(
             "INSERT INTO branches (id, chat_id, name, head_id, forked_from_id, created_at,
-             updated_at, version) ",
+             updated_at, version, fallback_id) ",
         );
         q.push_values(chunk, |mut b, (br, version)| {
             b.push_bind(br.id.to_string())
@@ -424,11 +425,13 @@ fn push_meta(q: &mut QueryBuilder<'_, Sqlite>, batch: &MetaBatch) {
                 .push_bind(br.forked_from.map(|h| h.to_string()))
                 .push_bind(br.created_at)
                 .push_bind(br.updated_at)
-                .push_bind(*version);
+                .push_bind(*version)
+                .push_bind(br.fallback.map(|h| h.to_string()));
         });
         q.push(
             " ON CONFLICT (id) DO UPDATE SET name = excluded.name, head_id = excluded.head_id,
-              updated_at = excluded.updated_at, version = excluded.version
+              updated_at = excluded.updated_at, version = excluded.version,
+              fallback_id = excluded.fallback_id
               WHERE excluded.version >= branches.version;\n",
         );
     }

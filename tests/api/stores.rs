@@ -119,6 +119,7 @@ fn chat(owner: UserId, version: i64) -> (ChatMeta, Branch) {
         forked_from: None,
         created_at: t,
         updated_at: t,
+        fallback: None,
     };
     let meta = ChatMeta {
         id,
@@ -234,6 +235,7 @@ async fn chats_and_branches_round_trip(store: Arc<dyn MetadataStore>) {
         forked_from: Some(head),
         created_at: now(),
         updated_at: now(),
+        fallback: Some(MessageId::new()),
     };
     store
         .apply(&MetaBatch {
@@ -262,6 +264,7 @@ async fn an_older_version_never_overwrites_a_newer_one(store: Arc<dyn MetadataSt
     newer.title = Some("newer".into());
     let mut newer_branch = main.clone();
     newer_branch.head = Some(MessageId::new());
+    newer_branch.fallback = Some(MessageId::new());
     store
         .apply(&MetaBatch {
             chats: vec![newer.clone()],
@@ -275,6 +278,7 @@ async fn an_older_version_never_overwrites_a_newer_one(store: Arc<dyn MetadataSt
     meta.version = 2;
     meta.title = Some("stale".into());
     main.head = Some(MessageId::new());
+    main.fallback = None;
     store
         .apply(&MetaBatch {
             chats: vec![meta.clone()],
