@@ -7,13 +7,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arbor_actors::model::{Branch, BranchId, ChatId, ChatMeta, MessageId, UserId, UserRecord};
 use arbor_actors::ports::{MetaBatch, MetadataStore, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 use uuid::Uuid;
 
@@ -23,6 +23,20 @@ use super::fold_chat_rows;
 pub struct PostgresStore {
     pool: PgPool,
     timeout: Duration,
+    /// The write-behind writer's own connection (`apply`), beside the pool: one batch at a time
+    /// needs one connection, and keeping it spares each batch the pool's check-out and the
+    /// `Sync` round trip sqlx sends on every connection coming back to the pool (which
+    /// PostgreSQL serves while the next batch's statement is on its way). Dropped on any error;
+    /// the next batch connects again.
+    writer: Arc<tokio::sync::Mutex<Option<Held>>>,
+    options: PgConnectOptions,
+    connect_timeout: Duration,
+}
+
+/// A connection kept between calls, and when it last answered.
+struct Held {
+    conn: PgConnection,
+    used: Instant,
 }
 
 impl PostgresStore {
@@ -82,17 +96,37 @@ impl PostgresStore {
                     Ok(true)
                 })
             })
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
         Ok(Self {
             pool,
             // Last resort for a server that stopped answering altogether (the connection is not
             // closed): beyond the acquire and statement bounds above.
             timeout: timeout * 2 + Duration::from_secs(1),
+            writer: Arc::default(),
+            options,
+            connect_timeout: timeout,
         })
     }
 
     pub async fn close(&self) {
+        if let Some(held) = self.writer.lock().await.take() {
+            let _ = held.conn.close().await;
+        }
         self.pool.close().await;
+    }
+
+    /// The writer's connection: the one kept from the last call (pinged first if it has been
+    /// idle, like the pool's), or a new one.
+    async fn writer_connection(&self, held: Option<Held>) -> Result<PgConnection, sqlx::Error> {
+        if let Some(Held { mut conn, used }) = held {
+            if used.elapsed() < UNCHECKED_IDLE || conn.ping().await.is_ok() {
+                return Ok(conn);
+            }
+        }
+        let connect = PgConnection::connect_with(&self.options);
+        tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
     }
 
     /// Runs one store call within the last-resort bound.
@@ -402,26 +436,36 @@ impl MetadataStore for PostgresStore {
         let delete = sqlx::query(DELETE)
             .bind(uuids(&batch.deleted_branches, |b| *b.as_uuid()))
             .bind(uuids(&batch.deleted_chats, |c| *c.as_uuid()));
-        // One statement is atomic on its own; both need a transaction.
-        match (upserts, deletes) {
-            (false, false) => {}
-            (true, false) => {
-                self.bounded(upsert.execute(&self.pool)).await?;
-            }
-            (false, true) => {
-                self.bounded(delete.execute(&self.pool)).await?;
-            }
-            (true, true) => {
-                self.bounded(async {
-                    let mut tx = self.pool.begin().await?;
+        if !upserts && !deletes {
+            return Ok(());
+        }
+        self.bounded(async {
+            // Taken out for the call: if it fails, or this future is dropped midway (the
+            // bound), the connection goes with it rather than back in a state nobody knows.
+            let mut held = self.writer.lock().await;
+            let mut conn = self.writer_connection(held.take()).await?;
+            // One statement is atomic on its own; both need a transaction.
+            match (upserts, deletes) {
+                (true, false) => {
+                    upsert.execute(&mut conn).await?;
+                }
+                (false, true) => {
+                    delete.execute(&mut conn).await?;
+                }
+                _ => {
+                    let mut tx = conn.begin().await?;
                     upsert.execute(&mut *tx).await?;
                     delete.execute(&mut *tx).await?;
-                    tx.commit().await
-                })
-                .await?;
+                    tx.commit().await?;
+                }
             }
-        }
-        Ok(())
+            *held = Some(Held {
+                conn,
+                used: Instant::now(),
+            });
+            Ok(())
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
