@@ -406,7 +406,12 @@ impl Writer {
             }
         }
         if !writes.is_empty() {
-            let batch = coalesce(writes.iter().map(|(w, _, _)| w));
+            let mut batch = coalesce(writes.iter().map(|(w, _, _)| w));
+            // One database commits a batch in one transaction: nothing to fall back from.
+            if self.stores.unified.is_none() {
+                let batch = &mut batch.batch;
+                set_fallbacks(&mut batch.meta.branches, &batch.inserts);
+            }
             let started = std::time::Instant::now();
             let result = self
                 .commit(&batch.batch, oldest.unwrap_or_else(Instant::now))
@@ -620,7 +625,6 @@ fn coalesce<'a>(writes: impl Iterator<Item = &'a ChatWrite>) -> Coalesced {
     }
     meta.chats = chats.into_values().collect();
     meta.branches = branches.into_values().collect();
-    set_fallbacks(&mut meta.branches, &inserts);
     Coalesced {
         batch: Batch {
             inserts,
