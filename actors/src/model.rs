@@ -180,8 +180,8 @@ pub struct Branch {
     /// Where a restore puts the head if the head's message never landed: the writer commits a
     /// batch's messages and its branch rows to their two stores at once, so a crash can leave
     /// the row without the messages it points at. The writer sets it to the head's nearest
-    /// ancestor stored before the batch (`None`: the head was stored before, or the branch held
-    /// nothing before it); the tree does not keep it.
+    /// ancestor stored before the batch (`None`: the head was stored before, the branch held
+    /// nothing before it, or one database holds both stores); the tree does not keep it.
     pub fallback: Option<MessageId>,
 }
 
