@@ -126,7 +126,15 @@ impl PostgresStore {
         let connect = PgConnection::connect_with(&self.options);
         tokio::time::timeout(self.connect_timeout, connect)
             .await
-            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+            .unwrap_or_else(|_| {
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "connecting to PostgreSQL took over {:?}",
+                        self.connect_timeout
+                    ),
+                )))
+            })
     }
 
     /// Runs one store call within the last-resort bound.
