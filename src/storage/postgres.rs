@@ -22,6 +22,8 @@ use super::fold_chat_rows;
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Where the pool's calls run (see [`PoolThread`]).
+    io: Arc<PoolThread>,
     timeout: Duration,
     /// The write-behind writer's own connection (`apply`), beside the pool: one batch at a time
     /// needs one connection, and keeping it spares each batch the pool's check-out and the
@@ -31,6 +33,45 @@ pub struct PostgresStore {
     writer: Arc<tokio::sync::Mutex<Option<Held>>>,
     options: PgConnectOptions,
     connect_timeout: Duration,
+}
+
+/// The pool's own thread, running a tokio runtime the store owns: every pool call runs there.
+///
+/// A connection belongs to the runtime that opened it, and breaks when that runtime stops. Chats
+/// activate on the HTTP workers' threads, each a runtime of its own that stops with the HTTP
+/// server, and the shutdown that follows still loads chats (to store the replies it cut short):
+/// a connection opened on a worker would fail it. The writer's connection is opened on the
+/// writer's runtime, which lives until the end.
+struct PoolThread {
+    handle: tokio::runtime::Handle,
+    /// Dropped with the store: the thread's runtime ends, cancelling what still runs on it.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl PoolThread {
+    fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("arbor-postgres".into())
+            .spawn(move || runtime.block_on(async move { stopped.await.ok() }))?;
+        Ok(Self {
+            handle,
+            _stop: stop,
+        })
+    }
+}
+
+/// Cancels the pool call when its caller goes away, as awaiting the query in place would.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A connection kept between calls, and when it last answered.
@@ -99,6 +140,7 @@ impl PostgresStore {
             .connect_lazy_with(options.clone());
         Ok(Self {
             pool,
+            io: Arc::new(PoolThread::start().context("starting the PostgreSQL pool's thread")?),
             // Last resort for a server that stopped answering altogether (the connection is not
             // closed): beyond the acquire and statement bounds above.
             timeout: timeout * 2 + Duration::from_secs(1),
@@ -135,6 +177,26 @@ impl PostgresStore {
                     ),
                 )))
             })
+    }
+
+    /// Runs one pool call on the pool's thread (see [`PoolThread`]), within the last-resort
+    /// bound. `call` gets the pool.
+    async fn pooled<T, F>(&self, call: impl FnOnce(PgPool) -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut task = AbortOnDrop(self.io.handle.spawn(call(self.pool.clone())));
+        match tokio::time::timeout(self.timeout, &mut task.0).await {
+            Ok(Ok(result)) => result.map_err(store_error),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+                "the PostgreSQL call did not finish: {e}"
+            ))),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "PostgreSQL did not answer within {:?}",
+                self.timeout
+            ))),
+        }
     }
 
     /// Runs one store call within the last-resort bound.
@@ -280,7 +342,8 @@ fn uuids<T>(items: &[T], id: impl Fn(&T) -> Uuid) -> Vec<Uuid> {
 #[async_trait]
 impl MetadataStore for PostgresStore {
     async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        self.bounded(
+        let user = user.clone();
+        self.pooled(|pool| async move {
             sqlx::query(
                 "INSERT INTO users (id, email, username, password_hash, is_admin, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6)",
@@ -291,45 +354,51 @@ impl MetadataStore for PostgresStore {
             .bind(&user.password_hash)
             .bind(user.is_admin)
             .bind(user.created_at)
-            .execute(&self.pool),
-        )
+            .execute(&pool)
+            .await
+        })
         .await?;
         Ok(())
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
         let row = self
-            .bounded(
+            .pooled(|pool| async move {
                 sqlx::query("SELECT * FROM users WHERE id = $1")
                     .bind(id.as_uuid())
-                    .fetch_optional(&self.pool),
-            )
+                    .fetch_optional(&pool)
+                    .await
+            })
             .await?;
         row.as_ref().map(user_from).transpose()
     }
 
     async fn user_by_login(&self, login: &str) -> Result<Option<UserRecord>, StoreError> {
+        let login = login.to_owned();
         let row = self
-            .bounded(
+            .pooled(|pool| async move {
                 sqlx::query(
                     "SELECT * FROM users WHERE email = lower($1) OR lower(username) = lower($1)
                      LIMIT 1",
                 )
                 .bind(login)
-                .fetch_optional(&self.pool),
-            )
+                .fetch_optional(&pool)
+                .await
+            })
             .await?;
         row.as_ref().map(user_from).transpose()
     }
 
     async fn set_admin(&self, email: &str, admin: bool) -> Result<Option<UserRecord>, StoreError> {
+        let email = email.trim().to_owned();
         let row = self
-            .bounded(
+            .pooled(|pool| async move {
                 sqlx::query("UPDATE users SET is_admin = $1 WHERE email = lower($2) RETURNING *")
                     .bind(admin)
-                    .bind(email.trim())
-                    .fetch_optional(&self.pool),
-            )
+                    .bind(email)
+                    .fetch_optional(&pool)
+                    .await
+            })
             .await?;
         row.as_ref().map(user_from).transpose()
     }
@@ -337,7 +406,7 @@ impl MetadataStore for PostgresStore {
     async fn load_chat(&self, id: ChatId) -> Result<Option<(ChatMeta, Vec<Branch>)>, StoreError> {
         // One query: the chat row repeated on each of its branches.
         let rows = self
-            .bounded(
+            .pooled(|pool| async move {
                 sqlx::query(
                     "SELECT c.id, c.owner_id, c.title, c.system_prompt, c.description,
                             c.active_branch_id,
@@ -350,8 +419,9 @@ impl MetadataStore for PostgresStore {
                      WHERE c.id = $1 ORDER BY b.id",
                 )
                 .bind(id.as_uuid())
-                .fetch_all(&self.pool),
-            )
+                .fetch_all(&pool)
+                .await
+            })
             .await?;
         fold_chat_rows(&rows, chat_from, |row| {
             match get::<Option<Uuid>>(row, "b_id")?.is_some() {
@@ -368,7 +438,7 @@ impl MetadataStore for PostgresStore {
         before: Option<ChatId>,
     ) -> Result<Vec<ChatMeta>, StoreError> {
         let rows = self
-            .bounded(
+            .pooled(|pool| async move {
                 sqlx::query(&format!(
                     "SELECT {CHAT_COLUMNS} FROM chats
                      WHERE owner_id = $1 AND ($2::uuid IS NULL OR id < $2)
@@ -377,8 +447,9 @@ impl MetadataStore for PostgresStore {
                 .bind(owner.as_uuid())
                 .bind(before.map(|b| *b.as_uuid()))
                 .bind(i64::from(limit))
-                .fetch_all(&self.pool),
-            )
+                .fetch_all(&pool)
+                .await
+            })
             .await?;
         rows.iter().map(chat_from).collect()
     }
@@ -477,7 +548,7 @@ impl MetadataStore for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(sqlx::query("SELECT 1").execute(&self.pool))
+        self.pooled(|pool| async move { sqlx::query("SELECT 1").execute(&pool).await })
             .await?;
         Ok(())
     }

@@ -78,6 +78,7 @@ macro_rules! metadata_cases {
             deletions_remove_rows,
             a_batch_is_idempotent_and_spans_many_chats,
             chats_are_listed_newest_first_per_owner,
+            calls_outlive_the_runtime_they_were_made_on,
         );)+
     };
 }
@@ -90,6 +91,7 @@ macro_rules! message_cases {
             deletes_by_id_and_by_chat,
             large_batches_span_many_chats,
             metadata_json_round_trips_exactly,
+            reads_outlive_the_runtime_they_were_made_on,
         );)+
     };
 }
@@ -159,6 +161,67 @@ fn batch(chats: &[(ChatMeta, Branch)]) -> MetaBatch {
         branches: chats.iter().map(|(c, b)| (b.clone(), c.version)).collect(),
         ..MetaBatch::default()
     }
+}
+
+/// Callers run on many runtimes (each HTTP worker thread has its own) that may stop before the
+/// store does, and the shutdown after them still loads chats: calls made on a runtime that has
+/// stopped since must not break the calls that follow (a connection belongs to the runtime that
+/// opened it).
+async fn calls_outlive_the_runtime_they_were_made_on(store: Arc<dyn MetadataStore>) {
+    let (meta, branch) = chat(UserId::new(), 1);
+    let id = meta.id;
+    store.apply(&batch(&[(meta, branch)])).await.unwrap();
+    let caller = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // At once, so the pool opens connections for them.
+            let loads = (0..4).map(|_| caller.load_chat(id));
+            for loaded in futures_util::future::join_all(loads).await {
+                assert!(loaded.unwrap().is_some());
+            }
+        });
+    })
+    .await
+    .unwrap();
+    for _ in 0..4 {
+        let loaded = store.load_chat(id).await;
+        assert!(loaded.unwrap().is_some());
+    }
+    assert!(store.user_by_id(UserId::new()).await.unwrap().is_none());
+}
+
+/// As [`calls_outlive_the_runtime_they_were_made_on`], for the message stores.
+async fn reads_outlive_the_runtime_they_were_made_on(store: Arc<dyn MessageStore>) {
+    let id = ChatId::new();
+    let first = message(id, None, "q");
+    store.insert(std::slice::from_ref(&first)).await.unwrap();
+    let caller = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let loads = (0..4).map(|_| caller.load_chat(id));
+            for loaded in futures_util::future::join_all(loads).await {
+                assert_eq!(loaded.unwrap().len(), 1);
+            }
+        });
+    })
+    .await
+    .unwrap();
+    for _ in 0..4 {
+        assert_eq!(store.load_chat(id).await.unwrap().len(), 1);
+    }
+    store
+        .insert(&[message(id, Some(first.id), "a")])
+        .await
+        .unwrap();
+    assert_eq!(store.load_chat(id).await.unwrap().len(), 2);
 }
 
 async fn admin_role_is_granted_and_revoked_by_email(store: Arc<dyn MetadataStore>) {
