@@ -75,6 +75,14 @@ pub enum AckMode {
     Buffered,
 }
 
+/// Which thread a chat's actor runs on (see `arbor_actors::Placement`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActorPlacement {
+    Local,
+    Spread,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SqliteSync {
@@ -151,7 +159,11 @@ pub struct ActorSettings {
     pub idle_timeout_secs: u64,
     /// Requests queued for one chat before new ones get 503 `overloaded`.
     pub mailbox_capacity: usize,
-    /// Threads hosting chat actors; 0 means one per core.
+    /// Where a chat's actor runs: `local` (the HTTP worker thread that activated it) or `spread`
+    /// (the chat arbiters, by chat id).
+    pub placement: ActorPlacement,
+    /// The registry's own threads: they host the actors `spread` places and store replies;
+    /// 0 means one per core.
     pub arbiters: usize,
 }
 
@@ -339,6 +351,7 @@ impl Default for Settings {
                 max_resident: 100_000,
                 idle_timeout_secs: 600,
                 mailbox_capacity: 256,
+                placement: ActorPlacement::Local,
                 arbiters: 0,
             },
             limits: LimitSettings {

@@ -14,13 +14,13 @@ use arbor_actors::chat::ChatRuntime;
 use arbor_actors::generation::Generations;
 use arbor_actors::llm::LlmPool;
 use arbor_actors::writer::{AckMode, WriterConfig, WriterHandle};
-use arbor_actors::{Chats, RegistryConfig};
+use arbor_actors::{Chats, Placement, RegistryConfig};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::{self, docs::ApiDoc, error::extractors};
 use crate::auth::{load_or_create_secret, Accounts, Tokens};
-use crate::config::{self, Settings};
+use crate::config::{self, ActorPlacement, Settings};
 use crate::lifecycle::{self, Lifecycle};
 use crate::metrics::Metrics;
 use crate::storage::{self, Connections, Stores};
@@ -194,6 +194,10 @@ fn start_chats(settings: &Settings, stores: &Stores, llm: Arc<LlmPool>) -> Chats
             idle_timeout: Duration::from_secs(actors.idle_timeout_secs.max(1)),
             sweep_interval: Duration::from_secs(1),
             mailbox_capacity: actors.mailbox_capacity.max(1),
+            placement: match actors.placement {
+                ActorPlacement::Local => Placement::Local,
+                ActorPlacement::Spread => Placement::Spread,
+            },
             arbiters: if actors.arbiters == 0 {
                 Settings::cores()
             } else {

@@ -260,7 +260,7 @@ impl Drop for ChatActor {
         let core = &self.core;
         core.rt
             .live
-            .gone(core.state.tree.chat(), core.handle.instance());
+            .gone(core.state.tree.chat(), core.handle.instance(), core.flushed);
     }
 }
 
@@ -281,6 +281,7 @@ impl ChatActor {
                 rt,
                 generation: next_generation(),
                 deleted: false,
+                flushed: false,
                 handle,
             },
         }
@@ -326,10 +327,12 @@ impl ChatActor {
             }
             Ok(None) => {
                 act.core.deleted = true;
+                act.core.flushed = true;
                 ctx.stop();
             }
             Err(error) => {
                 tracing::error!(chat = %act.core.state.tree.chat(), %error, "chat reload failed; stopping the actor");
+                act.core.flushed = true;
                 ctx.stop();
             }
         }));
@@ -348,6 +351,9 @@ pub struct ChatCore {
     /// a failed generation.
     generation: u64,
     deleted: bool,
+    /// Set when it stops after flushing. Dropped without it (its arbiter stopped under it), the
+    /// chat's next activation waits for the writer before loading.
+    flushed: bool,
     /// This actor's own handle: the writer reports its failed writes to the address and counts
     /// its pending ones in the probe, which the operator surface reads.
     handle: ChatHandle,
@@ -1096,7 +1102,10 @@ impl Handler<Evict> for ChatActor {
 
     fn handle(&mut self, _: Evict, ctx: &mut Self::Context) {
         let barrier = self.core.rt.writer.barrier();
-        ctx.wait(barrier.into_actor(self).map(|_, _, ctx| ctx.stop()));
+        ctx.wait(barrier.into_actor(self).map(|_, act, ctx| {
+            act.core.flushed = true;
+            ctx.stop();
+        }));
     }
 }
 

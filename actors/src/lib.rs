@@ -29,4 +29,6 @@ pub mod views;
 pub mod writer;
 
 pub use error::ChatError;
-pub use registry::{Chats, EditRequest, Edited, Regenerated, RegistryConfig, SendRequest, Sent};
+pub use registry::{
+    Chats, EditRequest, Edited, Placement, Regenerated, RegistryConfig, SendRequest, Sent,
+};

@@ -10,7 +10,7 @@
 //! `Closed` from its mailbox and is retried on a fresh activation; a request the actor accepted is
 //! always answered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,7 +53,8 @@ impl Birth {
 impl Drop for Birth {
     fn drop(&mut self) {
         if !self.claimed {
-            self.liveness.gone(self.chat, self.instance);
+            // Never built, so it queued nothing.
+            self.liveness.gone(self.chat, self.instance, true);
         }
     }
 }
@@ -65,6 +66,9 @@ impl Drop for Birth {
 #[derive(Default)]
 pub(crate) struct Liveness {
     live: Mutex<HashMap<ChatId, u64>>,
+    /// Chats whose last actor was dropped without its final flush (its arbiter stopped under
+    /// it: an HTTP worker's, at shutdown). Their next activation waits for the writer first.
+    unflushed: Mutex<HashSet<ChatId>>,
     gone: Notify,
 }
 
@@ -83,14 +87,28 @@ impl Liveness {
         }
     }
 
-    /// Called by a chat actor when it is dropped.
-    pub(crate) fn gone(&self, chat: ChatId, instance: u64) {
+    /// Called by a chat actor when it is dropped; `flushed`: after its final flush.
+    pub(crate) fn gone(&self, chat: ChatId, instance: u64, flushed: bool) {
+        if !flushed {
+            // Marked before the entry goes, so whoever sees the chat gone also sees this.
+            if let Ok(mut unflushed) = self.unflushed.lock() {
+                unflushed.insert(chat);
+            }
+        }
         if let Ok(mut live) = self.live.lock() {
             if live.get(&chat) == Some(&instance) {
                 live.remove(&chat);
             }
         }
         self.gone.notify_waiters();
+    }
+
+    /// Whether the chat's last actor went without its final flush (and forgets it).
+    fn take_unflushed(&self, chat: ChatId) -> bool {
+        self.unflushed
+            .lock()
+            .map(|mut unflushed| unflushed.remove(&chat))
+            .unwrap_or(false)
     }
 
     /// Waits until `done` holds of the live set.
@@ -119,8 +137,25 @@ pub struct RegistryConfig {
     pub sweep_interval: Duration,
     /// Requests queued for one chat before new ones get `Overloaded`.
     pub mailbox_capacity: usize,
-    /// Threads (actix arbiters) the chat actors are spread over.
+    /// Where a chat's actor is started.
+    pub placement: Placement,
+    /// Threads (actix arbiters) of the registry's own: they host the actors `Placement::Spread`
+    /// puts there and those activated outside any arbiter, and the tasks that store replies.
     pub arbiters: usize,
+}
+
+/// Which thread a chat's actor runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// On the arbiter of the thread that activates the chat: for a request, the HTTP worker
+    /// that received it. Requests reaching that worker then call the actor without waking
+    /// another thread (with N workers, about 1 in N of a chat's requests when its clients'
+    /// connections are spread evenly; all of them for a client on one connection).
+    #[default]
+    Local,
+    /// On one of the registry's arbiters, chosen by the chat's id: every request crosses
+    /// threads twice.
+    Spread,
 }
 
 impl Default for RegistryConfig {
@@ -130,6 +165,7 @@ impl Default for RegistryConfig {
             idle_timeout: Duration::from_secs(600),
             sweep_interval: Duration::from_secs(1),
             mailbox_capacity: 256,
+            placement: Placement::Local,
             arbiters: 2,
         }
     }
@@ -1060,6 +1096,10 @@ impl Chats {
 
     async fn activate(&self, chat: ChatId) -> Result<ChatHandle, ChatError> {
         self.wait_gone(chat).await;
+        if self.inner.rt.live.take_unflushed(chat) {
+            // What its last actor queued may not be stored yet: load after it is.
+            self.inner.rt.writer.barrier().await;
+        }
         let started = std::time::Instant::now();
         let stats = &self.inner.stats;
         let state = load_chat(&self.inner.rt, chat)
@@ -1112,7 +1152,13 @@ impl Chats {
             probe: ActorProbe::new(state.row.owner, &state.tree),
         }));
         let own = handle.clone();
-        let arbiter = &self.inner.arbiters[arbiter_for(chat, self.inner.arbiters.len())];
+        let local = match self.inner.config.placement {
+            Placement::Local => Arbiter::try_current(),
+            Placement::Spread => None,
+        };
+        let arbiter = local.unwrap_or_else(|| {
+            self.inner.arbiters[arbiter_for(chat, self.inner.arbiters.len())].clone()
+        });
         arbiter.spawn_fn(move || {
             let ctx = actix::Context::with_receiver(rx);
             let actor = ChatActor::new(state, rt, birth, own);
@@ -1179,9 +1225,28 @@ mod tests {
         // A claimed entry stays until its actor goes, and only its own instance removes it.
         liveness.born(chat, 2).claim();
         assert!(liveness.live.lock().unwrap().contains_key(&chat));
-        liveness.gone(chat, 3);
+        liveness.gone(chat, 3, true);
         assert!(liveness.live.lock().unwrap().contains_key(&chat));
-        liveness.gone(chat, 2);
+        liveness.gone(chat, 2, true);
         assert!(liveness.live.lock().unwrap().is_empty());
+        assert!(
+            !liveness.take_unflushed(chat),
+            "an unclaimed birth queued nothing"
+        );
+    }
+
+    /// An actor dropped without its final flush marks its chat, once, for the next activation.
+    #[test]
+    fn an_actor_gone_unflushed_is_remembered_until_its_chat_activates() {
+        let liveness = Arc::new(Liveness::default());
+        let (chat, other) = (ChatId::new(), ChatId::new());
+        liveness.born(chat, 1).claim();
+        liveness.born(other, 2).claim();
+        liveness.gone(chat, 1, false);
+        liveness.gone(other, 2, true);
+        assert!(liveness.live.lock().unwrap().is_empty());
+        assert!(!liveness.take_unflushed(other));
+        assert!(liveness.take_unflushed(chat));
+        assert!(!liveness.take_unflushed(chat), "taken once");
     }
 }

@@ -101,3 +101,65 @@ async fn a_panic_in_one_chat_leaves_the_others_working() {
     let res = app.get(&u, &format!("/api/v1/chats/{a}/tree")).await;
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+/// With `local` placement a chat's actor runs on the thread (an HTTP worker's arbiter) that
+/// activated it, and goes when that thread stops: at shutdown, before its final flush. The
+/// chat's next activation (storing a reply cut short by the shutdown does this) must wait for
+/// the writes that actor queued, not load the store from before them.
+#[actix_web::test]
+async fn a_chat_whose_thread_stopped_reactivates_with_every_acknowledged_write() {
+    let app = spawn_with(|s| {
+        s.storage.ack_mode = arbor::config::AckMode::Buffered;
+        // A batch waits this long for more: the writes below are still queued when their
+        // actor goes.
+        s.storage.flush_interval_ms = 500;
+    })
+    .await;
+    let u = app.register("u@example.com").await;
+    let chat = id(&app.create_chat(&u, "c").await);
+    app.say(&u, &chat, "stored").await;
+    let (user, chat): (UserId, ChatId) = (u.id.parse().unwrap(), chat.parse().unwrap());
+    // Out of the HTTP workers' reach, so this thread is the one that activates it.
+    assert!(app.chats.evict(chat).await);
+
+    let worker = actix::Arbiter::new();
+    let (done, sent) = tokio::sync::oneshot::channel();
+    let chats = app.chats.clone();
+    assert!(worker.spawn(async move {
+        let mut ids = Vec::new();
+        for content in ["one", "two"] {
+            let sent = chats.send(user, chat, send_request(content)).await.unwrap();
+            ids.push(sent.view.messages[0].id);
+        }
+        let _ = done.send(ids);
+    }));
+    let acknowledged = sent.await.unwrap();
+    worker.stop();
+    tokio::task::spawn_blocking(move || worker.join())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let page = app
+        .chats
+        .list_messages(user, chat, None, 100, None)
+        .await
+        .unwrap();
+    let contents: Vec<&str> = page.messages.iter().map(|m| &*m.content).collect();
+    assert_eq!(contents, ["stored", "one", "two"]);
+    let ids: Vec<_> = page.messages.iter().map(|m| m.id).collect();
+    assert_eq!(&ids[1..], acknowledged);
+}
+
+fn send_request(content: &str) -> arbor_actors::SendRequest {
+    arbor_actors::SendRequest {
+        branch: None,
+        role: arbor_actors::model::Role::User,
+        content: content.into(),
+        response: None,
+        model: None,
+        metadata: None,
+        reply: false,
+        idempotency_key: None,
+    }
+}
