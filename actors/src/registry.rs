@@ -150,11 +150,13 @@ pub enum Placement {
     /// On the arbiter of the thread that activates the chat: for a request, the HTTP worker
     /// that received it. Requests reaching that worker then call the actor without waking
     /// another thread (with N workers, about 1 in N of a chat's requests when its clients'
-    /// connections are spread evenly; all of them for a client on one connection).
-    #[default]
+    /// connections are spread evenly; all of them for a client on one connection). A reply's
+    /// result is still stored from the registry's arbiters, a thread crossing more than
+    /// `Spread` makes (BENCHMARKS.md, placement).
     Local,
     /// On one of the registry's arbiters, chosen by the chat's id: every request crosses
     /// threads twice.
+    #[default]
     Spread,
 }
 
@@ -165,7 +167,7 @@ impl Default for RegistryConfig {
             idle_timeout: Duration::from_secs(600),
             sweep_interval: Duration::from_secs(1),
             mailbox_capacity: 256,
-            placement: Placement::Local,
+            placement: Placement::Spread,
             arbiters: 2,
         }
     }

@@ -109,6 +109,7 @@ async fn a_panic_in_one_chat_leaves_the_others_working() {
 #[actix_web::test]
 async fn a_chat_whose_thread_stopped_reactivates_with_every_acknowledged_write() {
     let app = spawn_with(|s| {
+        s.actors.placement = arbor::config::ActorPlacement::Local;
         s.storage.ack_mode = arbor::config::AckMode::Buffered;
         // A batch waits this long for more: the writes below are still queued when their
         // actor goes.

@@ -7,6 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use arbor::config::ActorPlacement;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -867,7 +868,18 @@ async fn models_lists_providers_and_aliases_without_secrets_and_resolves_names()
 
 #[actix_web::test]
 async fn a_graceful_stop_stores_the_partial_reply_of_a_running_generation() {
-    let t = Setup::new().await;
+    graceful_stop_stores_the_partial_reply(ActorPlacement::Spread).await;
+}
+
+/// With the chat's actor on the HTTP worker, which stops first: storing the reply activates
+/// the chat again, after the shutdown of the workers' runtimes.
+#[actix_web::test]
+async fn a_graceful_stop_stores_the_partial_reply_of_an_actor_on_a_worker() {
+    graceful_stop_stores_the_partial_reply(ActorPlacement::Local).await;
+}
+
+async fn graceful_stop_stores_the_partial_reply(placement: ActorPlacement) {
+    let t = Setup::with(|s, _| s.actors.placement = placement).await;
     t.stub.push([slow_words("p", 200)]);
     let mut events = t.stream("long story").await;
     let mut seen = Vec::new();
