@@ -159,8 +159,8 @@ pub struct ActorSettings {
     pub idle_timeout_secs: u64,
     /// Requests queued for one chat before new ones get 503 `overloaded`.
     pub mailbox_capacity: usize,
-    /// Where a chat's actor runs: `spread` (the chat arbiters, by chat id) or `local` (the HTTP
-    /// worker thread that activated it).
+    /// Where a chat's actor runs: `local` (the HTTP worker thread that activated it) or `spread`
+    /// (the chat arbiters, by chat id).
     pub placement: ActorPlacement,
     /// The registry's own threads: they host the actors `spread` places and store replies;
     /// 0 means one per core.
@@ -351,7 +351,7 @@ impl Default for Settings {
                 max_resident: 100_000,
                 idle_timeout_secs: 600,
                 mailbox_capacity: 256,
-                placement: ActorPlacement::Spread,
+                placement: ActorPlacement::Local,
                 arbiters: 0,
             },
             limits: LimitSettings {

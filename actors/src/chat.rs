@@ -15,6 +15,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use futures_util::FutureExt;
 
 use crate::error::ChatError;
 use crate::generation::{Generation, Generations};
@@ -86,6 +87,9 @@ pub struct GenerationJob {
     pub reply_to: MessageView,
     pub turns: Vec<Turn>,
     pub idempotency_key: Option<Arc<str>>,
+    /// The thread of the actor that started it: storing the reply there is a call on one
+    /// thread (see `Chats::drive`).
+    pub home: Option<ArbiterHandle>,
 }
 
 /// A recorded idempotent send.
@@ -490,6 +494,7 @@ impl ChatCore {
             reply_to: self.message_view(reply_to)?,
             turns,
             idempotency_key,
+            home: Arbiter::try_current(),
         })
     }
 
@@ -638,6 +643,13 @@ impl ChatCore {
         // then the reply has nowhere to live.
         let head = self.state.tree.head(msg.branch)?;
         if head != Some(msg.parent) {
+            if let Some(stored) = head.and_then(|head| self.stored_reply(head, &msg)) {
+                // Stored already, by a drive task dropped with its thread before it heard back
+                // (`Chats::drive` hands the rest over and sends this again). Answer once that
+                // write has committed.
+                let barrier = self.rt.writer.barrier();
+                return Ok(Applied::new(stored, barrier.map(Ok).boxed().shared()));
+            }
             return Err(ChatError::Internal("branch moved during generation".into()));
         }
         let slot = reserve(&self.rt)?;
@@ -664,6 +676,17 @@ impl ChatCore {
             entry.commit = commit.clone();
         }
         Ok(Applied::new(self.message_view(id)?, commit))
+    }
+
+    /// The message at `head`, if it is the reply `msg` would store: the same generation's
+    /// answer to the same message.
+    fn stored_reply(&self, head: MessageId, msg: &CompleteGeneration) -> Option<MessageView> {
+        let view = self.message_view(head).ok()?;
+        let generation = serde_json::to_value(msg.generation).ok()?;
+        let same = view.role == Role::Assistant
+            && view.parent_id == Some(msg.parent)
+            && view.metadata.as_ref()?.get("generation_id") == Some(&generation);
+        same.then_some(view)
     }
 
     /// Ends a branch's generation: the branch takes sends again, and a retried idempotent send

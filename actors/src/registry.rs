@@ -31,7 +31,7 @@ use crate::inspect::{
 };
 use crate::llm::{Admission, JobOutcome, LlmPool};
 use crate::model::{BranchId, ChatId, GenerationId, MessageId, Role, UserId};
-use crate::ports::CompletionRequest;
+use crate::ports::{CompletionRequest, Usage};
 use crate::views::*;
 use crate::writer::{AckMode, CommitTicket, WriteError};
 
@@ -150,13 +150,11 @@ pub enum Placement {
     /// On the arbiter of the thread that activates the chat: for a request, the HTTP worker
     /// that received it. Requests reaching that worker then call the actor without waking
     /// another thread (with N workers, about 1 in N of a chat's requests when its clients'
-    /// connections are spread evenly; all of them for a client on one connection). A reply's
-    /// result is still stored from the registry's arbiters, a thread crossing more than
-    /// `Spread` makes (BENCHMARKS.md, placement).
+    /// connections are spread evenly; all of them for a client on one connection).
+    #[default]
     Local,
     /// On one of the registry's arbiters, chosen by the chat's id: every request crosses
     /// threads twice.
-    #[default]
     Spread,
 }
 
@@ -167,7 +165,7 @@ impl Default for RegistryConfig {
             idle_timeout: Duration::from_secs(600),
             sweep_interval: Duration::from_secs(1),
             mailbox_capacity: 256,
-            placement: Placement::Spread,
+            placement: Placement::Local,
             arbiters: 2,
         }
     }
@@ -966,10 +964,10 @@ impl Chats {
             .release(generation.id, chat, generation.branch);
     }
 
-    /// Queues a started reply with its provider and, on the chat's arbiter (which outlives the
-    /// HTTP workers during shutdown), stores the result when it arrives. With `question`, the
-    /// commit of the message being answered is still in flight: the reply is stored only if it
-    /// lands; if it fails, the call is cancelled, the branch freed and nothing stored.
+    /// Queues a started reply with its provider and, on the thread of the chat's actor, stores
+    /// the result when it arrives (see [`Drive`]). With `question`, the commit of the message
+    /// being answered is still in flight: the reply is stored only if it lands; if it fails, the
+    /// call is cancelled, the branch freed and nothing stored.
     fn drive(
         &self,
         user: UserId,
@@ -988,55 +986,44 @@ impl Chats {
             model: admission.model.model.clone(),
         };
         let outcome = admission.submit(request, generation.clone());
-        let this = self.clone();
-        let arbiter = &self.inner.arbiters[arbiter_for(chat, self.inner.arbiters.len())];
-        arbiter.spawn(async move {
-            let question = match question {
-                Some(commit) => commit.await.map_err(commit_error),
-                None => Ok(()),
-            };
-            if question.is_err() {
-                job.generation.cancel();
-            }
-            let outcome = outcome.await.unwrap_or_else(|_| {
-                JobOutcome::Failed(crate::ports::LlmError::upstream(
-                    None,
-                    "the model provider task panicked",
-                ))
-            });
-            let ended = match question {
-                Ok(()) => this.store_reply(user, chat, &job, &provider, outcome).await,
-                Err(e) => {
-                    this.abort(user, chat, &job).await;
-                    Err(e)
-                }
-            };
-            job.generation.finish(ended);
-            this.inner.rt.generations.ended(job.generation.id);
-        });
+        let home = job
+            .home
+            .clone()
+            .unwrap_or_else(|| self.own_arbiter(chat).clone());
+        let drive = Drive {
+            chats: self.clone(),
+            user,
+            chat,
+            job,
+            provider,
+            step: Step::Waiting { question, outcome },
+            handed_over: false,
+        };
+        // Refused by a stopped thread, it is dropped, and hands itself over (`Drive::drop`).
+        home.spawn(drive.run());
         generation
     }
 
-    /// Stores a reply (complete, or partial and marked incomplete when cancelled); on failure,
-    /// frees the branch and stores nothing.
-    async fn store_reply(
+    /// The registry's arbiter for a chat (`Placement::Spread` starts its actor there).
+    fn own_arbiter(&self, chat: ChatId) -> &ArbiterHandle {
+        &self.inner.arbiters[arbiter_for(chat, self.inner.arbiters.len())]
+    }
+
+    /// What storing a model's outcome takes: the reply, or why there is none.
+    fn ending(
         &self,
         user: UserId,
-        chat: ChatId,
         job: &GenerationJob,
         provider: &str,
         outcome: JobOutcome,
-    ) -> Result<StoredReply, ChatError> {
+    ) -> Ending {
         let generation = &job.generation;
         let (content, model, finish_reason, usage, incomplete) = match outcome {
             JobOutcome::Completed(c) => (c.content, c.model, c.finish_reason, c.usage, false),
             JobOutcome::Cancelled { partial, model } => {
                 (partial, model, Some("cancelled".to_owned()), None, true)
             }
-            JobOutcome::Failed(e) => {
-                self.abort(user, chat, job).await;
-                return Err(e.into());
-            }
+            JobOutcome::Failed(e) => return Ending::Abort(e.into()),
         };
         let mut metadata = serde_json::json!({
             "generation_id": generation.id,
@@ -1059,6 +1046,23 @@ impl Chats {
             metadata: Arc::new(metadata),
             idempotency_key: job.idempotency_key.clone(),
         };
+        Ending::Store {
+            msg,
+            usage,
+            cancelled: incomplete,
+        }
+    }
+
+    /// Stores a reply (complete, or partial and marked incomplete when cancelled).
+    async fn store_reply(
+        &self,
+        chat: ChatId,
+        job: &GenerationJob,
+        msg: CompleteGeneration,
+        usage: Option<Usage>,
+        cancelled: bool,
+    ) -> Result<StoredReply, ChatError> {
+        let generation = &job.generation;
         let stored = match self.call(chat, msg).await {
             Ok(applied) => self.settle(applied).await,
             Err(e) => Err(e),
@@ -1071,7 +1075,7 @@ impl Chats {
         Ok(StoredReply {
             message: stored?,
             usage,
-            cancelled: incomplete,
+            cancelled,
         })
     }
 
@@ -1167,6 +1171,132 @@ impl Chats {
             actix::spawn(ctx.into_future(actor));
         });
         handle
+    }
+}
+
+/// A started reply until it is stored or dropped: the drive task's state, in a value of its own
+/// so that a task dropped with its thread hands what is left to the registry's arbiter for the
+/// chat.
+///
+/// The task runs on the thread of the chat's actor, where storing the reply is a call on one
+/// thread. With `Placement::Local` that is an HTTP worker's, which stops before the shutdown
+/// stores the replies it cut short; the task then goes with it, and `Drop` starts the rest on
+/// the registry's arbiter. Each step can be taken again there: the commit and the outcome are
+/// awaited through handles that outlive the task, and storing a reply that is stored already
+/// answers with it (`ChatCore::complete_generation`).
+struct Drive {
+    chats: Chats,
+    user: UserId,
+    chat: ChatId,
+    job: GenerationJob,
+    provider: String,
+    step: Step,
+    /// Handed over once already: dropped again, it ends the generation unstored.
+    handed_over: bool,
+}
+
+enum Step {
+    /// Waiting for the question's commit (durable acks) and the model's outcome.
+    Waiting {
+        question: Option<CommitTicket>,
+        outcome: tokio::sync::oneshot::Receiver<JobOutcome>,
+    },
+    /// The outcome is known.
+    Ending(Ending),
+    Done,
+}
+
+enum Ending {
+    Store {
+        msg: CompleteGeneration,
+        usage: Option<Usage>,
+        cancelled: bool,
+    },
+    /// Nothing to store (the question's commit or the model call failed): free the branch.
+    Abort(ChatError),
+}
+
+impl Drive {
+    async fn run(mut self) {
+        if let Step::Waiting { question, outcome } = &mut self.step {
+            let question = match question {
+                Some(commit) => commit.clone().await.map_err(commit_error),
+                None => Ok(()),
+            };
+            if question.is_err() {
+                self.job.generation.cancel();
+            }
+            let outcome = outcome.await.unwrap_or_else(|_| {
+                JobOutcome::Failed(crate::ports::LlmError::upstream(
+                    None,
+                    "the model provider task panicked",
+                ))
+            });
+            let ending = match question {
+                Ok(()) => self
+                    .chats
+                    .ending(self.user, &self.job, &self.provider, outcome),
+                Err(e) => Ending::Abort(e),
+            };
+            self.step = Step::Ending(ending);
+        }
+        let Step::Ending(ending) = &self.step else {
+            return;
+        };
+        let (chats, chat, job) = (&self.chats, self.chat, &self.job);
+        let ended = match ending {
+            Ending::Store {
+                msg,
+                usage,
+                cancelled,
+            } => {
+                chats
+                    .store_reply(chat, job, msg.clone(), *usage, *cancelled)
+                    .await
+            }
+            Ending::Abort(e) => {
+                chats.abort(self.user, chat, job).await;
+                Err(e.clone())
+            }
+        };
+        self.step = Step::Done;
+        self.job.generation.finish(ended);
+        self.chats
+            .inner
+            .rt
+            .generations
+            .ended(self.job.generation.id);
+    }
+}
+
+impl Drop for Drive {
+    fn drop(&mut self) {
+        let step = std::mem::replace(&mut self.step, Step::Done);
+        if matches!(step, Step::Done) {
+            return;
+        }
+        let generation = &self.job.generation;
+        if !self.handed_over {
+            tracing::debug!(generation = %generation.id, "a reply's thread stopped; storing it elsewhere");
+            let rest = Drive {
+                chats: self.chats.clone(),
+                user: self.user,
+                chat: self.chat,
+                job: self.job.clone(),
+                provider: std::mem::take(&mut self.provider),
+                step,
+                handed_over: true,
+            };
+            // Refused (the registry is stopping too), `rest` ends the generation as it drops.
+            self.chats.own_arbiter(self.chat).spawn(rest.run());
+            return;
+        }
+        tracing::warn!(generation = %generation.id, "a reply could not be stored: every thread it could run on has stopped");
+        let rt = &self.chats.inner.rt;
+        rt.generations
+            .release(generation.id, self.chat, generation.branch);
+        generation.finish(Err(ChatError::StorageUnavailable));
+        rt.generations.ended(generation.id);
     }
 }
 

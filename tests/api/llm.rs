@@ -909,3 +909,94 @@ async fn graceful_stop_stores_the_partial_reply(placement: ActorPlacement) {
     stub.stop().await;
     drop(dir);
 }
+
+/// A reply's drive task runs on its chat actor's thread. With `local` placement that is a
+/// thread that can stop while the reply is generated (an HTTP worker's, at shutdown): the rest
+/// is handed to the registry's arbiter, and the reply is stored all the same, once.
+#[actix_web::test]
+async fn a_reply_whose_thread_stops_midway_is_stored_once() {
+    use arbor_actors::model::{ChatId, Role, UserId};
+
+    let t = Setup::with(|s, _| s.actors.placement = ActorPlacement::Local).await;
+    t.stub.push([slow_words("w", 6)]);
+    let (user, chat): (UserId, ChatId) = (t.u.id.parse().unwrap(), t.chat.parse().unwrap());
+    // Resident on an HTTP worker since its creation: let this thread activate it.
+    t.app.chats.evict(chat).await;
+
+    let thread = actix::Arbiter::new();
+    let (sent, generation) = tokio::sync::oneshot::channel();
+    let chats = t.app.chats.clone();
+    assert!(thread.spawn(async move {
+        let request = arbor_actors::SendRequest {
+            branch: None,
+            role: Role::User,
+            content: "tell me".into(),
+            response: None,
+            model: None,
+            metadata: None,
+            reply: true,
+            idempotency_key: None,
+        };
+        let started = chats.send(user, chat, request).await.unwrap();
+        let _ = sent.send(started.generation.unwrap());
+    }));
+    let generation = generation.await.unwrap();
+    thread.stop();
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let reply = tokio::time::timeout(Duration::from_secs(10), generation.outcome())
+        .await
+        .expect("the reply was never stored")
+        .unwrap();
+    assert_eq!(&*reply.content, "w0 w1 w2 w3 w4 w5 ");
+    let page = t
+        .app
+        .chats
+        .list_messages(user, chat, None, 100, None)
+        .await
+        .unwrap();
+    let ids: Vec<_> = page.messages.iter().map(|m| m.id).collect();
+    assert_eq!(page.messages.len(), 2);
+    assert_eq!(ids[1], reply.id);
+    t.stub.stop().await;
+}
+
+/// A drive task handed over midway may send its reply again after the first one was stored:
+/// the second answers with the stored message instead of storing another.
+#[actix_web::test]
+async fn storing_the_same_reply_twice_stores_it_once() {
+    use arbor_actors::chat::CompleteGeneration;
+    use arbor_actors::model::{BranchId, ChatId, GenerationId, MessageId, UserId};
+    use arbor_actors::ChatError;
+
+    let t = Setup::new().await;
+    let asked = t.app.say(&t.u, &t.chat, "q").await;
+    let (user, chat): (UserId, ChatId) = (t.u.id.parse().unwrap(), t.chat.parse().unwrap());
+    let branch: BranchId = asked["branch_id"].as_str().unwrap().parse().unwrap();
+    let parent: MessageId = id(&asked["messages"][0]).parse().unwrap();
+    let reply = |generation: GenerationId| CompleteGeneration {
+        user,
+        generation,
+        branch,
+        parent,
+        content: "a".into(),
+        model: "stub/stub".into(),
+        metadata: std::sync::Arc::new(json!({ "generation_id": generation })),
+        idempotency_key: None,
+    };
+    let generation = GenerationId::new();
+    let first = t.app.chats.call(chat, reply(generation)).await.unwrap();
+    first.commit.await.unwrap();
+    let again = t.app.chats.call(chat, reply(generation)).await.unwrap();
+    again.commit.await.unwrap();
+    assert_eq!(again.value.id, first.value.id);
+    assert!(matches!(
+        t.app.chats.call(chat, reply(GenerationId::new())).await,
+        Err(ChatError::Internal(_))
+    ));
+    assert_eq!(t.app.path(&t.u, &t.chat, None).await, ["q", "a"]);
+    t.stub.stop().await;
+}
