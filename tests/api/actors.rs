@@ -123,23 +123,16 @@ async fn a_chat_whose_thread_stopped_reactivates_with_every_acknowledged_write()
     // Out of the HTTP workers' reach, so this thread is the one that activates it.
     assert!(app.chats.evict(chat).await);
 
-    let worker = actix::Arbiter::new();
-    let (done, sent) = tokio::sync::oneshot::channel();
     let chats = app.chats.clone();
-    assert!(worker.spawn(async move {
+    let acknowledged = on_a_thread_that_then_stops(async move {
         let mut ids = Vec::new();
         for content in ["one", "two"] {
-            let sent = chats.send(user, chat, send_request(content)).await.unwrap();
-            ids.push(sent.view.messages[0].id);
+            let sent = chats.send(user, chat, send_request(content, false));
+            ids.push(sent.await.unwrap().view.messages[0].id);
         }
-        let _ = done.send(ids);
-    }));
-    let acknowledged = sent.await.unwrap();
-    worker.stop();
-    tokio::task::spawn_blocking(move || worker.join())
-        .await
-        .unwrap()
-        .unwrap();
+        ids
+    })
+    .await;
 
     let page = app
         .chats
@@ -150,17 +143,4 @@ async fn a_chat_whose_thread_stopped_reactivates_with_every_acknowledged_write()
     assert_eq!(contents, ["stored", "one", "two"]);
     let ids: Vec<_> = page.messages.iter().map(|m| m.id).collect();
     assert_eq!(&ids[1..], acknowledged);
-}
-
-fn send_request(content: &str) -> arbor_actors::SendRequest {
-    arbor_actors::SendRequest {
-        branch: None,
-        role: arbor_actors::model::Role::User,
-        content: content.into(),
-        response: None,
-        model: None,
-        metadata: None,
-        reply: false,
-        idempotency_key: None,
-    }
 }

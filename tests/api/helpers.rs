@@ -332,3 +332,37 @@ pub fn questions(chat: &Value) -> Vec<&str> {
         .map(|p| p["question"].as_str().unwrap())
         .collect()
 }
+
+/// Runs `task` on a new actix arbiter, a thread like an HTTP worker's (chat actors it activates
+/// live there with `local` placement), then stops that thread and waits until it has ended.
+/// Returns what `task` returned.
+pub async fn on_a_thread_that_then_stops<T: Send + 'static>(
+    task: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let thread = actix::Arbiter::new();
+    let (done, result) = tokio::sync::oneshot::channel();
+    assert!(thread.spawn(async move {
+        let _ = done.send(task.await);
+    }));
+    let result = result.await.unwrap();
+    thread.stop();
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .unwrap()
+        .unwrap();
+    result
+}
+
+/// A user message for `Chats::send`, with a generated reply if `reply`.
+pub fn send_request(content: &str, reply: bool) -> arbor_actors::SendRequest {
+    arbor_actors::SendRequest {
+        branch: None,
+        role: arbor_actors::model::Role::User,
+        content: content.into(),
+        response: None,
+        model: None,
+        metadata: None,
+        reply,
+        idempotency_key: None,
+    }
+}

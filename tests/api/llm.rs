@@ -915,7 +915,7 @@ async fn graceful_stop_stores_the_partial_reply(placement: ActorPlacement) {
 /// is handed to the registry's arbiter, and the reply is stored all the same, once.
 #[actix_web::test]
 async fn a_reply_whose_thread_stops_midway_is_stored_once() {
-    use arbor_actors::model::{ChatId, Role, UserId};
+    use arbor_actors::model::{ChatId, UserId};
 
     let t = Setup::with(|s, _| s.actors.placement = ActorPlacement::Local).await;
     t.stub.push([slow_words("w", 6)]);
@@ -923,29 +923,12 @@ async fn a_reply_whose_thread_stops_midway_is_stored_once() {
     // Resident on an HTTP worker since its creation: let this thread activate it.
     t.app.chats.evict(chat).await;
 
-    let thread = actix::Arbiter::new();
-    let (sent, generation) = tokio::sync::oneshot::channel();
     let chats = t.app.chats.clone();
-    assert!(thread.spawn(async move {
-        let request = arbor_actors::SendRequest {
-            branch: None,
-            role: Role::User,
-            content: "tell me".into(),
-            response: None,
-            model: None,
-            metadata: None,
-            reply: true,
-            idempotency_key: None,
-        };
-        let started = chats.send(user, chat, request).await.unwrap();
-        let _ = sent.send(started.generation.unwrap());
-    }));
-    let generation = generation.await.unwrap();
-    thread.stop();
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .unwrap()
-        .unwrap();
+    let generation = on_a_thread_that_then_stops(async move {
+        let started = chats.send(user, chat, send_request("tell me", true));
+        started.await.unwrap().generation.unwrap()
+    })
+    .await;
 
     let reply = tokio::time::timeout(Duration::from_secs(10), generation.outcome())
         .await

@@ -172,26 +172,34 @@ async fn calls_outlive_the_runtime_they_were_made_on(store: Arc<dyn MetadataStor
     let id = meta.id;
     store.apply(&batch(&[(meta, branch)])).await.unwrap();
     let caller = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            // At once, so the pool opens connections for them.
-            let loads = (0..4).map(|_| caller.load_chat(id));
-            for loaded in futures_util::future::join_all(loads).await {
-                assert!(loaded.unwrap().is_some());
-            }
-        });
+    on_a_runtime_that_then_stops(async move {
+        // At once, so the pool opens connections for them.
+        let loads = (0..4).map(|_| caller.load_chat(id));
+        for loaded in futures_util::future::join_all(loads).await {
+            assert!(loaded.unwrap().is_some());
+        }
     })
-    .await
-    .unwrap();
+    .await;
     for _ in 0..4 {
         let loaded = store.load_chat(id).await;
         assert!(loaded.unwrap().is_some());
     }
     assert!(store.user_by_id(UserId::new()).await.unwrap().is_none());
+}
+
+/// Runs `calls` on a runtime of its own, on a thread of its own, and stops that runtime.
+async fn on_a_runtime_that_then_stops(
+    calls: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(calls);
+    })
+    .await
+    .unwrap();
 }
 
 /// As [`calls_outlive_the_runtime_they_were_made_on`], for the message stores.
@@ -200,20 +208,13 @@ async fn reads_outlive_the_runtime_they_were_made_on(store: Arc<dyn MessageStore
     let first = message(id, None, "q");
     store.insert(std::slice::from_ref(&first)).await.unwrap();
     let caller = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let loads = (0..4).map(|_| caller.load_chat(id));
-            for loaded in futures_util::future::join_all(loads).await {
-                assert_eq!(loaded.unwrap().len(), 1);
-            }
-        });
+    on_a_runtime_that_then_stops(async move {
+        let loads = (0..4).map(|_| caller.load_chat(id));
+        for loaded in futures_util::future::join_all(loads).await {
+            assert_eq!(loaded.unwrap().len(), 1);
+        }
     })
-    .await
-    .unwrap();
+    .await;
     for _ in 0..4 {
         assert_eq!(store.load_chat(id).await.unwrap().len(), 1);
     }
