@@ -162,8 +162,8 @@ pub struct ActorSettings {
     /// Where a chat's actor runs: `local` (the HTTP worker thread that activated it) or `spread`
     /// (the chat arbiters, by chat id).
     pub placement: ActorPlacement,
-    /// The registry's own threads: they host the actors `spread` places and store replies;
-    /// 0 means one per core.
+    /// The registry's own threads: they host the actors `spread` places, and store the replies
+    /// an HTTP worker's stop handed over; 0 means one per core.
     pub arbiters: usize,
 }
 

@@ -679,7 +679,8 @@ impl ChatCore {
     }
 
     /// The message at `head`, if it is the reply `msg` would store: the same generation's
-    /// answer to the same message.
+    /// answer to the same message (a stored reply's metadata names its generation, as
+    /// `Chats::drive` records it and clients read it).
     fn stored_reply(&self, head: MessageId, msg: &CompleteGeneration) -> Option<MessageView> {
         let view = self.message_view(head).ok()?;
         let generation = serde_json::to_value(msg.generation).ok()?;

@@ -140,7 +140,8 @@ pub struct RegistryConfig {
     /// Where a chat's actor is started.
     pub placement: Placement,
     /// Threads (actix arbiters) of the registry's own: they host the actors `Placement::Spread`
-    /// puts there and those activated outside any arbiter, and the tasks that store replies.
+    /// puts there and those activated outside any arbiter, and the replies whose actor's thread
+    /// stopped before they were stored (see [`Drive`]).
     pub arbiters: usize,
 }
 
