@@ -124,10 +124,10 @@ impl PostgresStore {
             .max_connections(max_connections.max(1))
             .acquire_timeout(timeout)
             // sqlx pings every connection it hands out by default: a round trip before each
-            // store call (a tenth of a lone write's commit). A connection in use moments ago is
-            // alive; one idle for longer (a server restart may have cut it) is still checked.
-            // sqlx tests every connection as it comes back to the pool, too, and closes a
-            // broken one.
+            // pool call (an activation's metadata load, an account lookup; the writer has its
+            // own connection). A connection in use moments ago is alive; one idle for longer (a
+            // server restart may have cut it) is still checked. sqlx tests every connection as
+            // it comes back to the pool, too, and closes a broken one.
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
