@@ -1,9 +1,11 @@
 """How long the MongoDB-wire server alone takes to return one chat's messages.
 
 Inserts 20 chats of 1,000 message-shaped documents (the shape Arbor stores) into the server at
-the given URL, then times `find({chat_id}).sort(_id)` for each, 5 rounds, with pymongo decoding
-nothing (RawBSONDocument). Any client, Arbor included, needs at least this long to activate a
-1,000-message chat from that server. Usage (BENCHMARKS.md):
+the given URL, then times `find({chat_id})` for each, 5 rounds, with pymongo decoding nothing
+(RawBSONDocument). Any client, Arbor included, needs at least this long to activate a
+1,000-message chat from that server. The same read with the server sorting by `_id`
+(`.sort(_id)`, which Arbor asked for until `a72c284`) is timed beside it, interleaved. Usage
+(BENCHMARKS.md):
 
     python bench/tools/mongo_read_floor.py mongodb://127.0.0.1:PORT/?directConnection=true
 """
@@ -44,17 +46,23 @@ def main(url: str) -> None:
     raw = collection.with_options(
         codec_options=collection.codec_options.with_options(document_class=RawBSONDocument)
     )
-    samples = []
+    reads = {
+        "unsorted": lambda chat: raw.find({"chat_id": chat}),
+        "sorted by the server": lambda chat: raw.find({"chat_id": chat}).sort("_id", 1),
+    }
+    samples = {name: [] for name in reads}
     for _ in range(5):
         for chat in chats:
-            started = time.perf_counter()
-            count = len(list(raw.find({"chat_id": chat}).sort("_id", 1).batch_size(100_000)))
-            samples.append(time.perf_counter() - started)
-            assert count == 1000
-    samples.sort()
-    p50 = samples[len(samples) // 2] * 1e3
-    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1e3
-    print(f"1000-document read: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(samples)} samples)")
+            for name, read in reads.items():
+                started = time.perf_counter()
+                count = len(list(read(chat).batch_size(100_000)))
+                samples[name].append(time.perf_counter() - started)
+                assert count == 1000
+    for name, times in samples.items():
+        times.sort()
+        p50 = times[len(times) // 2] * 1e3
+        p99 = times[min(len(times) - 1, int(len(times) * 0.99))] * 1e3
+        print(f"1000-document read, {name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(times)} samples)")
     client.arbor_read_floor.messages.drop()
 
 
