@@ -20,6 +20,9 @@ pub fn serialize<S: Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S
 }
 
 fn format(time: &DateTime<Utc>, buf: &mut [u8; 32]) -> Option<usize> {
+    // The fields of the stored naive time: `DateTime`'s own accessors add the (zero) offset
+    // again for each field.
+    let time = time.naive_utc();
     let year = u32::try_from(time.year()).ok().filter(|y| *y <= 9999)?;
     let nanos = time.nanosecond();
     if nanos >= 1_000_000_000 {
