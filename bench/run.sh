@@ -19,7 +19,8 @@
 # Other scenarios: ttft (Arbor's added time to first token, over HTTP, one request at a time);
 # in-process: ack (a lone write's acknowledgement, one at a time: in durable mode, its commit),
 # activation (1,000-message chats), memory (100k idle chats of 10 messages), lag
-# (write-behind lag at 5,000 messages/s).
+# (write-behind lag at 5,000 messages/s), page (the read path's own work: a page from a
+# resident chat's actor on the same thread, and its JSON; not in the default set).
 # Default: every scenario. --memory-chats N sets the memory scenario's chat count.
 # --profile DIR records `perf record --call-graph dwarf` of Arbor during each HTTP scenario into
 # DIR/<scenario>.perf.data (read with `perf report -i ...`).
@@ -221,7 +222,7 @@ wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$CEILING_PORT/" >/dev/n
 INPROC=()
 for scenario in "${SCENARIOS[@]}"; do
     case "$scenario" in
-        ttft|ack|activation|lag|memory) INPROC+=("$scenario"); continue ;;
+        ttft|ack|activation|lag|memory|page) INPROC+=("$scenario"); continue ;;
     esac
     port=$ARBOR_PORT
     case "$scenario" in
@@ -304,6 +305,9 @@ run_inproc() {
         activation)
             "$BIN/arbor-bench" activation --config "$WORK/config.toml" --chats 20 --pairs 500 \
                 --rounds $(( DURATION > 5 ? 10 : 3 )) ;;
+        page)
+            "$BIN/arbor-bench" page --config "$WORK/config.toml" --chats "$CHATS" --pairs "$PAIRS" \
+                --reads $((DURATION * 20000)) ;;
         lag)
             "$BIN/arbor-bench" lag --config "$WORK/config.toml" --chats "$CHATS" --rate 5000 \
                 --seconds "$DURATION" ;;
@@ -335,6 +339,9 @@ for scenario in "${INPROC[@]}"; do
                 # No target of its own: what durable acks add to ttft (a lone write's commit).
                 stages=$(tr ' ' '\n' <<< "$line" | grep '_mean_ms=' | sed 's/_mean_ms=/ /' | tr '\n' ' ')
                 echo "| ack of a lone write (in-process, one at a time): p50 $(field p50_ms "$line") ms, p90 $(field p90_ms "$line"), p99 $(field p99_ms "$line"); mean per store call (ms): $stages| -" ;;
+            page)
+                # No target of its own: what the read path costs Arbor beyond the shape's floor.
+                echo "| a 20-message page from a resident chat (in-process, actor on this thread): ask $(field ask_us "$line") µs, JSON $(field json_us "$line") µs ($(field body_bytes "$line") B) | -" ;;
             activation)
                 echo "| activation of a $(field messages "$line")-message chat: p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms ($(field samples "$line") samples; the stores alone: metadata $(field meta_read_p50_ms "$line") ms, messages $(field messages_read_p50_ms "$line") ms p50 / $(field messages_read_p99_ms "$line") p99) | target p50 ≤ 5, p99 ≤ 15"
                 # Guarded on the median: a disk stall of the VM sends the p99 of 60 samples

@@ -4,14 +4,15 @@
 //!
 //! - `activation`: time for a chat's actor to load a chat of N messages from the stores;
 //! - `memory`: resident memory per idle chat, and the total for many chats;
-//! - `lag`: write-behind lag (enqueue → commit) under an open-loop load of M messages/s.
+//! - `lag`: write-behind lag (enqueue → commit) under an open-loop load of M messages/s;
+//! - `page`: the read path's own work (a page from a resident chat's actor, and its JSON).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use arbor::config::Settings;
+use arbor::config::{ActorPlacement, Settings};
 use arbor::Application;
 use arbor_actors::chat::NewChat;
 use arbor_actors::model::{ChatId, Role, UserId, UserRecord};
@@ -207,6 +208,43 @@ pub fn activation(config: &Path, count: usize, pairs: usize, rounds: usize) -> a
                 meta_reads.quantile_ms(0.5),
                 message_reads.quantile_ms(0.5),
                 message_reads.quantile_ms(0.99),
+            );
+            Ok(())
+        },
+    )
+}
+
+/// The read path's own work, without HTTP: `reads` pages of a resident chat's newest 20
+/// messages, from chats of `pairs * 2` messages visited out of order, each page asked of the
+/// chat's actor on this thread (no thread crossing: placement `local`) and then written as
+/// JSON. What a `read_path` request costs Arbor beyond the shape's floor (`ceiling_actor`: the
+/// token, the hop, a body of the same size), measured hot and one at a time.
+pub fn page(config: &Path, count: usize, pairs: usize, reads: usize) -> anyhow::Result<()> {
+    with_chats(
+        config,
+        |s| s.actors.placement = ActorPlacement::Local,
+        |chats| async move {
+            let user = new_user(&chats).await?;
+            let (ids, _) = seed(&chats, user, count, pairs).await?;
+            let (mut asked, mut written, mut bytes) = (Duration::ZERO, Duration::ZERO, 0);
+            for n in 0..reads {
+                // A stride prime to the count: every chat in turn, never two neighbours.
+                let id = ids[n * 7919 % ids.len()];
+                let started = Instant::now();
+                let page = chats.list_messages(user, id, None, 20, None).await?;
+                let paged = Instant::now();
+                let body = serde_json::to_vec(&page)?;
+                written += paged.elapsed();
+                asked += paged - started;
+                bytes += body.len();
+                anyhow::ensure!(page.messages.len() == 20.min(pairs * 2), "short page");
+            }
+            let micros = |d: Duration| d.as_secs_f64() * 1e6 / reads as f64;
+            println!(
+                "BENCH page reads={reads} ask_us={:.2} json_us={:.2} body_bytes={}",
+                micros(asked),
+                micros(written),
+                bytes / reads.max(1),
             );
             Ok(())
         },

@@ -128,6 +128,18 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// In-process: READS pages of 20 messages from resident chats' actors on this thread, and
+    /// their JSON; the time of each part per page.
+    Page {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        chats: usize,
+        #[arg(long, default_value_t = 10)]
+        pairs: usize,
+        #[arg(long, default_value_t = 200_000)]
+        reads: usize,
+    },
     /// In-process: one lone question at a time; time from the send to its acknowledgement
     /// (in durable mode, its commit).
     Ack {
@@ -181,6 +193,12 @@ fn main() -> anyhow::Result<()> {
             chats,
             sends,
         } => inproc::ack(&config, chats, sends),
+        Command::Page {
+            config,
+            chats,
+            pairs,
+            reads,
+        } => inproc::page(&config, chats, pairs, reads),
     }
 }
 
