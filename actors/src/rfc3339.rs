@@ -19,7 +19,7 @@ pub fn serialize<S: Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S
     }
 }
 
-fn format(time: &DateTime<Utc>, buf: &mut [u8; 32]) -> Option<usize> {
+pub(crate) fn format(time: &DateTime<Utc>, buf: &mut [u8; 32]) -> Option<usize> {
     // The fields of the stored naive time: `DateTime`'s own accessors add the (zero) offset
     // again for each field.
     let time = time.naive_utc();

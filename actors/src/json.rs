@@ -1,0 +1,214 @@
+//! The JSON of a page of messages, written by hand: the read path's response, and its largest
+//! cost. serde_json scans every byte of every string it writes for characters to escape, keys,
+//! ids and timestamps included, and goes through serde's machinery for each field. Here only the
+//! values that can hold such characters (content, model, metadata) go through serde_json; keys
+//! are literals, and ids, timestamps and numbers are formatted straight into the buffer. The
+//! bytes are exactly `serde_json::to_vec(&page)`'s (tested against it, for every field).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::model::MessageId;
+use crate::views::{MessagePage, MessageView};
+
+/// A typical message's JSON in a page (ids, timestamp and keys ~330 bytes, plus content).
+const MESSAGE_BYTES: usize = 400;
+
+impl MessagePage {
+    /// This page as JSON, byte for byte what its `Serialize` writes, in about a third of the time.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = Vec::with_capacity(160 + self.messages.len() * MESSAGE_BYTES);
+        out.extend_from_slice(b"{\"chat_id\":");
+        uuid(&mut out, self.chat_id.as_uuid());
+        out.extend_from_slice(b",\"branch_id\":");
+        uuid(&mut out, self.branch_id.as_uuid());
+        out.extend_from_slice(b",\"messages\":[");
+        for (i, message) in self.messages.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_message(&mut out, message)?;
+        }
+        out.extend_from_slice(b"],\"has_more\":");
+        out.extend_from_slice(if self.has_more { b"true" } else { b"false" });
+        out.extend_from_slice(b",\"next_before\":");
+        optional_uuid(&mut out, self.next_before.as_ref().map(MessageId::as_uuid));
+        out.extend_from_slice(b",\"total\":");
+        number(&mut out, self.total);
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
+fn write_message(out: &mut Vec<u8>, m: &MessageView) -> Result<(), serde_json::Error> {
+    out.extend_from_slice(b"{\"id\":");
+    uuid(out, m.id.as_uuid());
+    out.extend_from_slice(b",\"chat_id\":");
+    uuid(out, m.chat_id.as_uuid());
+    out.extend_from_slice(b",\"parent_id\":");
+    optional_uuid(out, m.parent_id.as_ref().map(MessageId::as_uuid));
+    out.extend_from_slice(b",\"role\":\"");
+    out.extend_from_slice(m.role.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"content\":");
+    serde(out, &*m.content)?;
+    out.extend_from_slice(b",\"model\":");
+    serde(out, &m.model)?;
+    out.extend_from_slice(b",\"metadata\":");
+    serde(out, &m.metadata)?;
+    out.extend_from_slice(b",\"created_at\":");
+    timestamp(out, &m.created_at)?;
+    out.extend_from_slice(b",\"sibling_index\":");
+    number(out, m.sibling_index);
+    out.extend_from_slice(b",\"sibling_count\":");
+    number(out, m.sibling_count);
+    out.extend_from_slice(b",\"children_count\":");
+    number(out, m.children_count);
+    out.push(b'}');
+    Ok(())
+}
+
+/// A value that may need escaping, the way serde_json writes it.
+fn serde<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), serde_json::Error> {
+    serde_json::to_writer(out, value)
+}
+
+fn uuid(out: &mut Vec<u8>, id: &Uuid) {
+    let mut text = [b'"'; 38];
+    id.hyphenated().encode_lower(&mut text[1..37]);
+    out.extend_from_slice(&text);
+}
+
+fn optional_uuid(out: &mut Vec<u8>, id: Option<&Uuid>) {
+    match id {
+        Some(id) => uuid(out, id),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn number(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+fn timestamp(out: &mut Vec<u8>, time: &DateTime<Utc>) -> Result<(), serde_json::Error> {
+    let mut text = [0u8; 32];
+    match crate::rfc3339::format(time, &mut text) {
+        Some(len) => {
+            out.push(b'"');
+            out.extend_from_slice(&text[..len]);
+            out.push(b'"');
+            Ok(())
+        }
+        // What `rfc3339::serialize` falls back to (chrono's own text).
+        None => serde(out, time),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::{now, Branch, BranchId, ChatId, Message, Role};
+    use crate::tree::Tree;
+
+    fn message(chat: ChatId, parent: Option<MessageId>, role: Role, content: &str) -> Message {
+        let (id, created_at) = MessageId::new_with_time();
+        Message {
+            id,
+            chat_id: chat,
+            parent_id: parent,
+            role,
+            content: Arc::from(content),
+            created_at,
+            model: None,
+            metadata: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// Every page of a chat whose messages use every field, with text that needs escaping,
+    /// against serde_json's bytes for the same page.
+    #[test]
+    fn writes_what_serde_json_writes() {
+        let chat = ChatId::new();
+        let main = Branch {
+            id: BranchId::new(),
+            chat_id: chat,
+            name: "main".into(),
+            head: None,
+            forked_from: None,
+            created_at: now(),
+            updated_at: now(),
+            fallback: None,
+        };
+        let branch = main.id;
+        let mut tree = Tree::new(main);
+        let mut parent = None;
+        let contents = [
+            "plain",
+            "quotes \" and \\ backslash / slash",
+            "controls \u{1} \u{1f} \u{7f} \n \r \t \u{8} \u{c}",
+            "non-ASCII é ✓ 🌳 \u{2028}",
+            "",
+        ];
+        for (i, content) in contents.iter().enumerate() {
+            let role = if i % 2 == 0 {
+                Role::User
+            } else {
+                Role::Assistant
+            };
+            let mut m = message(chat, parent, role, content);
+            if i == 1 {
+                m.model = Some(Arc::from("model \"x\" ✓"));
+                m.metadata = Some(Arc::new(json!({
+                    "finish_reason": "stop",
+                    "usage": {"total_tokens": 7, "big": u64::MAX, "ratio": 0.25},
+                    "$odd.key": ["\u{0}", null, true],
+                })));
+            }
+            if i == 2 {
+                // Timestamps not taken from the id: whole seconds, and outside what the fast
+                // formatter writes (chrono's text then).
+                m.created_at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+            }
+            if i == 3 {
+                m.created_at = Utc.with_ymd_and_hms(12026, 1, 2, 3, 4, 5).unwrap();
+            }
+            parent = Some(m.id);
+            tree.append(branch, m).unwrap();
+        }
+        // A sibling of the second message, so sibling positions and child counts vary.
+        let first = tree.path(branch).unwrap()[0].id();
+        tree.attach(message(chat, Some(first), Role::System, "sibling"))
+            .unwrap();
+        for limit in [0, 1, 3, 20] {
+            let page = tree.page(branch, limit, None).unwrap();
+            let view = MessagePage {
+                chat_id: chat,
+                branch_id: branch,
+                messages: page
+                    .nodes
+                    .iter()
+                    .map(|n| MessageView::of(&tree, n))
+                    .collect(),
+                has_more: page.has_more,
+                next_before: page
+                    .has_more
+                    .then(|| page.nodes.first().map(|n| n.id()))
+                    .flatten(),
+                total: page.path_len,
+            };
+            let expected = serde_json::to_vec(&view).unwrap();
+            assert_eq!(
+                String::from_utf8(view.to_json().unwrap()).unwrap(),
+                String::from_utf8(expected).unwrap(),
+                "limit {limit}"
+            );
+        }
+    }
+}
