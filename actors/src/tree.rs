@@ -793,11 +793,10 @@ impl Tree {
         &mut self.nodes[idx as usize]
     }
 
-    /// The position of the message `id`: a binary search by id.
-    /// A binary search by id, after one look at the newest message. An append checks that its
-    /// new id is not taken (it is newer than every id) and finds its parent (most often the
-    /// newest message): neither needs the search, each step of which is a cache miss in a
-    /// chat that has been idle.
+    /// The position of the message `id`: a binary search by id, after one look at the newest
+    /// message. An append checks that its new id is not taken (it is newer than every id) and
+    /// finds its parent (most often the newest message): neither needs the search, each step of
+    /// which is a cache miss in a chat that has been idle.
     fn find(&self, id: MessageId) -> Option<Idx> {
         let by_id = self.by_id();
         let newest = match by_id.last() {
