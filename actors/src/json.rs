@@ -51,11 +51,11 @@ fn write_message(out: &mut Vec<u8>, m: &MessageView) -> Result<(), serde_json::E
     out.extend_from_slice(b",\"role\":\"");
     out.extend_from_slice(m.role.as_str().as_bytes());
     out.extend_from_slice(b"\",\"content\":");
-    serde(out, &*m.content)?;
+    through_serde_json(out, &*m.content)?;
     out.extend_from_slice(b",\"model\":");
-    serde(out, &m.model)?;
+    through_serde_json(out, &m.model)?;
     out.extend_from_slice(b",\"metadata\":");
-    serde(out, &m.metadata)?;
+    through_serde_json(out, &m.metadata)?;
     out.extend_from_slice(b",\"created_at\":");
     timestamp(out, &m.created_at)?;
     out.extend_from_slice(b",\"sibling_index\":");
@@ -69,7 +69,10 @@ fn write_message(out: &mut Vec<u8>, m: &MessageView) -> Result<(), serde_json::E
 }
 
 /// A value that may need escaping, the way serde_json writes it.
-fn serde<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), serde_json::Error> {
+fn through_serde_json<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), serde_json::Error> {
     serde_json::to_writer(out, value)
 }
 
@@ -100,7 +103,7 @@ fn timestamp(out: &mut Vec<u8>, time: &DateTime<Utc>) -> Result<(), serde_json::
             Ok(())
         }
         // What `rfc3339::serialize` falls back to (chrono's own text).
-        None => serde(out, time),
+        None => through_serde_json(out, time),
     }
 }
 
