@@ -17,6 +17,9 @@ struct Browser {
     base: String,
     session: String,
     client: reqwest::Client,
+    /// The driver's and the browser's temporary files (`TMPDIR`): a killed driver leaves its
+    /// profile directory behind, and this removes it with everything else once both are gone.
+    _temp: tempfile::TempDir,
 }
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -24,8 +27,10 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 impl Browser {
     async fn start() -> Self {
         let port = free_port();
+        let temp = tempfile::tempdir().unwrap();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .env("TMPDIR", temp.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -45,6 +50,7 @@ impl Browser {
             base,
             session: String::new(),
             client,
+            _temp: temp,
         };
         let created = browser
             .call(
@@ -182,7 +188,7 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Ends the browser through the driver's session cleanup, then the driver itself.
+        // The browser ends with its driver; their temporary files go with `_temp` after this.
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
