@@ -217,7 +217,8 @@ pub fn activation(config: &Path, count: usize, pairs: usize, rounds: usize) -> a
 /// The read path's own work, without HTTP: `reads` pages of a resident chat's newest 20
 /// messages, from chats of `pairs * 2` messages visited out of order, each page asked of the
 /// chat's actor on this thread (no thread crossing: placement `local`) and then written as
-/// JSON (`MessagePage::to_json`, as the handler does; serde_json's route timed beside it). What a `read_path` request costs Arbor beyond the shape's floor (`ceiling_actor`: the
+/// JSON (`MessagePage::to_json`, as the handler does; serde_json's route timed beside it).
+/// What a `read_path` request costs Arbor beyond the shape's floor (`ceiling_actor`: the
 /// token, the hop, a body of the same size), measured hot and one at a time.
 pub fn page(config: &Path, count: usize, pairs: usize, reads: usize) -> anyhow::Result<()> {
     with_chats(
@@ -229,7 +230,8 @@ pub fn page(config: &Path, count: usize, pairs: usize, reads: usize) -> anyhow::
             let (mut asked, mut written, mut bytes) = (Duration::ZERO, Duration::ZERO, 0);
             let mut by_serde = Duration::ZERO;
             for n in 0..reads {
-                // A stride prime to the count: every chat in turn, never two neighbours.
+                // A prime stride: every chat in turn (unless the count is a multiple of it),
+                // never two neighbours.
                 let id = ids[n * 7919 % ids.len()];
                 let started = Instant::now();
                 let page = chats.list_messages(user, id, None, 20, None).await?;
