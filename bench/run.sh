@@ -341,7 +341,7 @@ for scenario in "${INPROC[@]}"; do
                 echo "| ack of a lone write (in-process, one at a time): p50 $(field p50_ms "$line") ms, p90 $(field p90_ms "$line"), p99 $(field p99_ms "$line"); mean per store call (ms): $stages| -" ;;
             page)
                 # No target of its own: what the read path costs Arbor beyond the shape's floor.
-                echo "| a 20-message page from a resident chat (in-process, actor on this thread): ask $(field ask_us "$line") µs, JSON $(field json_us "$line") µs (through serde_json $(field serde_json_us "$line") µs; $(field body_bytes "$line") B) | -" ;;
+                echo "| a 20-message page from a resident chat (in-process, actor on this thread), asked as JSON: $(field json_us "$line") µs ($(field body_bytes "$line") B); as views $(field views_us "$line") µs, then serde_json $(field serde_json_us "$line") µs | -" ;;
             activation)
                 echo "| activation of a $(field messages "$line")-message chat: p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms ($(field samples "$line") samples; the stores alone: metadata $(field meta_read_p50_ms "$line") ms, messages $(field messages_read_p50_ms "$line") ms p50 / $(field messages_read_p99_ms "$line") p99) | target p50 ≤ 5, p99 ≤ 15"
                 # Guarded on the median: a disk stall of the VM sends the p99 of 60 samples

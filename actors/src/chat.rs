@@ -19,6 +19,7 @@ use futures_util::FutureExt;
 
 use crate::error::ChatError;
 use crate::generation::{Generation, Generations};
+use crate::json;
 use crate::model::{
     Branch, BranchId, ChatId, ChatMeta, ChatRow, GenerationId, Message, MessageId, Role, UserId,
 };
@@ -754,23 +755,14 @@ impl ChatCore {
         let branch = self.resolve_branch(msg.branch)?;
         let tree = &self.state.tree;
         let page = tree.page(branch, msg.limit, msg.before)?;
-        let next_before = if page.has_more {
-            page.nodes.first().map(|n| n.id())
-        } else {
-            None
-        };
-        Ok(MessagePage {
-            chat_id: self.state.tree.chat(),
-            branch_id: branch,
-            messages: page
-                .nodes
-                .iter()
-                .map(|n| MessageView::of(tree, n))
-                .collect(),
-            has_more: page.has_more,
-            next_before,
-            total: page.path_len,
-        })
+        Ok(MessagePage::of(tree, branch, &page))
+    }
+
+    fn list_messages_json(&mut self, msg: ListMessagesJson) -> Result<Vec<u8>, ChatError> {
+        let branch = self.resolve_branch(msg.branch)?;
+        let tree = &self.state.tree;
+        let page = tree.page(branch, msg.limit, msg.before)?;
+        json::page(tree, branch, &page).map_err(|e| ChatError::Internal(e.to_string()))
     }
 
     fn get_message(&mut self, msg: GetMessage) -> Result<MessageView, ChatError> {
@@ -1057,6 +1049,10 @@ chat_messages! {
     /// A page of a branch's path, from the head backwards.
     ListMessages { branch: Option<BranchId>, limit: usize, before: Option<MessageId> }
         -> MessagePage => list_messages;
+    /// The same page as `ListMessages`, as the JSON its `MessagePage` serializes to, written
+    /// by the actor straight from the tree (the REST read path).
+    ListMessagesJson { branch: Option<BranchId>, limit: usize, before: Option<MessageId> }
+        -> Vec<u8> => list_messages_json;
     GetMessage { id: MessageId } -> MessageView => get_message;
     GetTree {} -> TreeView => get_tree;
     /// Creates a branch whose head is an existing message.

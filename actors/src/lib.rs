@@ -18,7 +18,7 @@ pub mod chat;
 pub mod error;
 pub mod generation;
 pub mod inspect;
-mod json;
+pub mod json;
 pub mod llm;
 pub mod metrics;
 pub mod model;

@@ -663,6 +663,25 @@ impl Chats {
         self.call(chat, msg).await
     }
 
+    /// `list_messages`' page as JSON (`json::page`), byte for byte what serializing that
+    /// `MessagePage` writes.
+    pub async fn list_messages_json(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        branch: Option<BranchId>,
+        limit: usize,
+        before: Option<MessageId>,
+    ) -> Result<Vec<u8>, ChatError> {
+        let msg = ListMessagesJson {
+            user,
+            branch,
+            limit,
+            before,
+        };
+        self.call(chat, msg).await
+    }
+
     pub async fn get_message(
         &self,
         user: UserId,

@@ -205,6 +205,17 @@ pub struct Page<'a> {
     pub path_len: usize,
 }
 
+impl Page<'_> {
+    /// The cursor for the page before this one: its oldest message, if older ones exist.
+    pub fn next_before(&self) -> Option<MessageId> {
+        if self.has_more {
+            self.nodes.first().map(|n| n.id())
+        } else {
+            None
+        }
+    }
+}
+
 /// A chat's tree rebuilt from storage, with what could not be placed.
 #[derive(Debug)]
 pub struct Restored {

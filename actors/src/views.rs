@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::generation::GenerationStatus;
 use crate::model::{BranchId, ChatId, ChatMeta, ChatRow, GenerationId, MessageId, Role};
-use crate::tree::{BranchRef, Node, Tree};
+use crate::tree::{BranchRef, Node, Page, Tree};
 
 #[cfg(feature = "openapi")]
 use utoipa::ToSchema;
@@ -188,6 +188,23 @@ pub struct MessagePage {
     pub next_before: Option<MessageId>,
     /// Length of the branch's whole path.
     pub total: usize,
+}
+
+impl MessagePage {
+    pub fn of(tree: &Tree, branch: BranchId, page: &Page<'_>) -> Self {
+        Self {
+            chat_id: tree.chat(),
+            branch_id: branch,
+            messages: page
+                .nodes
+                .iter()
+                .map(|n| MessageView::of(tree, n))
+                .collect(),
+            has_more: page.has_more,
+            next_before: page.next_before(),
+            total: page.path_len,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -128,8 +128,8 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
-    /// In-process: READS pages of 20 messages from resident chats' actors on this thread, and
-    /// their JSON; the time of each part per page.
+    /// In-process: READS pages of 20 messages from resident chats' actors on this thread, as
+    /// the actor's JSON and as views then serde_json; the time of each per page.
     Page {
         #[arg(long)]
         config: PathBuf,

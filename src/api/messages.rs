@@ -179,8 +179,10 @@ pub async fn list(
     query: web::Query<ListMessagesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = page_limit(query.limit, &limits)?;
-    let page = chats
-        .list_messages(
+    // The read path's JSON, written by the chat's actor straight from its tree: the same bytes
+    // as `web::Json` of the `MessagePage`, in a fraction of the time (`json::page`).
+    let body = chats
+        .list_messages_json(
             user.0,
             path.into_inner(),
             query.branch_id,
@@ -188,9 +190,6 @@ pub async fn list(
             query.before,
         )
         .await?;
-    // The read path's JSON, written by hand: the same bytes as `web::Json`, in a third of the
-    // time (`MessagePage::to_json`).
-    let body = page.to_json().map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok()
         .content_type(ContentType::json())
         .body(body))

@@ -33,8 +33,16 @@ pub fn v1_routes(scope: actix_web::Scope) -> actix_web::Scope {
         .service(resource("/chats/create-chat").route(web::post().to(v1::create_chat)))
         .service(resource("/chats/create-conversation").route(web::post().to(v1::create_branch)))
         .service(resource("/chats/get-chat").route(web::get().to(v1::get_chat)))
-        .service(resource("/chats/update-chat/{chat_id}").route(web::put().to(v1::update_chat)))
-        .service(resource("/chats/delete-chat/{chat_id}").route(web::delete().to(delete_chat)))
+        // Behind static scopes: a `{segment}` pattern costs a regex run on every request that
+        // reaches it, and every request under `/api/v1/chats/` does.
+        .service(
+            web::scope("/chats/update-chat")
+                .service(resource("/{chat_id}").route(web::put().to(v1::update_chat))),
+        )
+        .service(
+            web::scope("/chats/delete-chat")
+                .service(resource("/{chat_id}").route(web::delete().to(delete_chat))),
+        )
         .service(resource("/messages/add-message").route(web::post().to(v1::add_message)))
         .service(resource("/messages/get-chat").route(web::get().to(v1::branch_messages)))
         .service(resource("/branches/create-branch").route(web::post().to(v1::create_branch)))
