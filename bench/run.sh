@@ -22,7 +22,8 @@
 # (write-behind lag at 5,000 messages/s), page (the read path's own work: a page from a
 # resident chat's actor on the same thread, and its JSON; not in the default set).
 # Default: every scenario. --memory-chats N sets the memory scenario's chat count.
-# --profile DIR records `perf record --call-graph dwarf` of Arbor during each HTTP scenario into
+# --profile DIR records `perf record --call-graph dwarf` of the server under load (Arbor, or the
+# harness's trivial server for the ceiling scenarios) during each HTTP scenario into
 # DIR/<scenario>.perf.data (read with `perf report -i ...`).
 # BENCH_CPU=1 prints, after each scenario, the CPU share of the busiest programs during it
 # (bench/tools/cpu_by_process.py).
@@ -121,7 +122,7 @@ max_concurrent = 64
 queue_capacity = 4096
 TOML
 
-"$BIN/arbor-bench" ceiling --port "$CEILING_PORT" --workers 2 & PIDS+=($!)
+"$BIN/arbor-bench" ceiling --port "$CEILING_PORT" --workers 2 & PIDS+=($!); CEILING_PID=$!
 "$BIN/arbor-bench" stub-llm --port "$STUB_PORT" & PIDS+=($!)
 "$BIN/arbor" --config "$WORK/config.toml" > "$WORK/arbor.log" 2>&1 & PIDS+=($!)
 ARBOR_PID=$!
@@ -245,9 +246,11 @@ for scenario in "${SCENARIOS[@]}"; do
     for attempt in 1 2 3; do
         MISSED=0
         PERF_PID=""
-        if [ -n "$PROFILE" ] && [ "$scenario" != ceiling ]; then
+        if [ -n "$PROFILE" ]; then
             mkdir -p "$PROFILE"
-            perf record -q -F 499 ${PERF_CALL_GRAPH:---call-graph dwarf,16384} -p "$ARBOR_PID" -o "$PROFILE/$scenario.perf.data" \
+            profiled=$ARBOR_PID
+            [ "$port" != "$CEILING_PORT" ] || profiled=$CEILING_PID
+            perf record -q -F 499 ${PERF_CALL_GRAPH:---call-graph dwarf,16384} -p "$profiled" -o "$PROFILE/$scenario.perf.data" \
                 -- sleep "$DURATION" >/dev/null 2>&1 & PERF_PID=$!
         fi
         [ -z "${BENCH_WRITER:-}" ] || writer_snapshot > "$WORK/writer.before"

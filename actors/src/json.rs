@@ -33,6 +33,7 @@ pub fn page(tree: &Tree, branch: BranchId, page: &Page<'_>) -> Result<Vec<u8>, s
     // Each message after the first is the child of the one before it: its parent's id is
     // already written once.
     let mut previous: Option<(MessageId, UuidText)> = None;
+    let mut days = Days::default();
     for (i, node) in page.nodes.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -59,7 +60,10 @@ pub fn page(tree: &Tree, branch: BranchId, page: &Page<'_>) -> Result<Vec<u8>, s
         out.extend_from_slice(b",\"metadata\":");
         through_serde_json(&mut out, &tree.metadata(node))?;
         out.extend_from_slice(b",\"created_at\":");
-        timestamp(&mut out, &tree.created_at(node))?;
+        match tree.created_millis(node) {
+            Some(millis) => days.timestamp(&mut out, millis)?,
+            None => timestamp(&mut out, &tree.created_at(node))?,
+        }
         let (sibling_index, sibling_count) = tree.sibling_position_of(node);
         out.extend_from_slice(b",\"sibling_index\":");
         number(&mut out, sibling_index);
@@ -108,6 +112,71 @@ fn number(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+const MILLIS_PER_DAY: i64 = 86_400_000;
+
+/// Writes timestamps given as milliseconds (a message id's time), remembering the date text of
+/// the last day it wrote: a page's messages mostly share a day, and the calendar date is the
+/// costly part. The text is `timestamp`'s (chrono's) for the same instant.
+struct Days {
+    day: i64,
+    /// `YYYY-MM-DDT`.
+    date: [u8; 11],
+}
+
+impl Default for Days {
+    fn default() -> Self {
+        Self {
+            day: i64::MIN,
+            date: [0; 11],
+        }
+    }
+}
+
+impl Days {
+    fn timestamp(&mut self, out: &mut Vec<u8>, millis: i64) -> Result<(), serde_json::Error> {
+        let day = millis.div_euclid(MILLIS_PER_DAY);
+        if day != self.day {
+            let midnight = DateTime::from_timestamp_millis(day * MILLIS_PER_DAY);
+            let mut text = [0u8; 32];
+            match midnight.and_then(|m| crate::rfc3339::format(&m, &mut text)) {
+                Some(_) => {
+                    self.date.copy_from_slice(&text[..11]);
+                    self.day = day;
+                }
+                // Outside what `rfc3339::format` writes: chrono's text.
+                None => {
+                    let time = DateTime::from_timestamp_millis(millis).unwrap_or_default();
+                    return timestamp(out, &time);
+                }
+            }
+        }
+        let in_day = millis.rem_euclid(MILLIS_PER_DAY);
+        let (seconds, fraction) = (in_day / 1000, in_day % 1000);
+        let mut text = *b"HH:MM:SS.mmm";
+        two_digits(&mut text[0..2], seconds / 3600);
+        two_digits(&mut text[3..5], seconds / 60 % 60);
+        two_digits(&mut text[6..8], seconds % 60);
+        out.push(b'"');
+        out.extend_from_slice(&self.date);
+        if fraction == 0 {
+            // chrono leaves a zero fraction out.
+            out.extend_from_slice(&text[..8]);
+        } else {
+            text[9] = b'0' + (fraction / 100) as u8;
+            two_digits(&mut text[10..12], fraction % 100);
+            out.extend_from_slice(&text[..12]);
+        }
+        out.extend_from_slice(b"Z\"");
+        Ok(())
+    }
+}
+
+/// `n` (below 100) as two digits.
+fn two_digits(slot: &mut [u8], n: i64) {
+    slot[0] = b'0' + (n / 10) as u8;
+    slot[1] = b'0' + (n % 10) as u8;
+}
+
 fn timestamp(out: &mut Vec<u8>, time: &DateTime<Utc>) -> Result<(), serde_json::Error> {
     let mut text = [0u8; 32];
     match crate::rfc3339::format(time, &mut text) {
@@ -147,6 +216,57 @@ mod tests {
             model: None,
             metadata: None,
             idempotency_key: None,
+        }
+    }
+
+    /// Millisecond times, as `Days` writes them one after another (same day, next day, back
+    /// again, out of range), against chrono's text through `rfc3339`.
+    #[test]
+    fn days_write_what_chrono_writes() {
+        let day = MILLIS_PER_DAY;
+        let now = crate::model::now().timestamp_millis();
+        let mut times = vec![
+            0,
+            1,
+            999,
+            1_000,
+            1_001,
+            59_999,
+            day - 1,
+            day,
+            day + 10,
+            now,
+            now + 1,
+            now - now % day,
+            now - now % day - 1,
+            now + 86_399_999,
+            // 9999-12-31T23:59:59.999Z, then the first instant chrono's own text is written for.
+            253_402_300_799_999,
+            253_402_300_800_000,
+            // The largest time a UUIDv7 holds.
+            (1 << 48) - 1,
+            now,
+        ];
+        // A pseudo-random walk over 300 years, in steps from a millisecond to weeks.
+        let mut x: i64 = 0x2545_f491;
+        let mut at = 1_000_000_000_000;
+        for _ in 0..5_000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let step = (x >> 20).rem_euclid(1 << (x >> 58).rem_euclid(32));
+            at = (at + step) % 9_000_000_000_000;
+            times.push(at);
+        }
+        let mut days = Days::default();
+        for millis in times {
+            let mut fast = Vec::new();
+            days.timestamp(&mut fast, millis).unwrap();
+            let mut slow = Vec::new();
+            timestamp(&mut slow, &DateTime::from_timestamp_millis(millis).unwrap()).unwrap();
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(slow).unwrap(),
+                "{millis}"
+            );
         }
     }
 

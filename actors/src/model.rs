@@ -77,12 +77,18 @@ impl MessageId {
     /// The millisecond a version-7 id was made at (its first 48 bits); `None` for another
     /// version.
     pub fn timestamp(&self) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_millis(self.timestamp_millis()?)
+    }
+
+    /// The same time as milliseconds since the Unix epoch (48 bits: never negative).
+    pub fn timestamp_millis(&self) -> Option<i64> {
         if self.0.get_version_num() != 7 {
             return None;
         }
         let b = self.0.as_bytes();
-        let ms = u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]);
-        DateTime::from_timestamp_millis(ms as i64)
+        Some(i64::from_be_bytes([
+            0, 0, b[0], b[1], b[2], b[3], b[4], b[5],
+        ]))
     }
 
     /// A fresh id and the millisecond it was made at: a message created now carries both, so
