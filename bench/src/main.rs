@@ -427,15 +427,27 @@ async fn post(
     token: Option<&str>,
     body: Value,
 ) -> anyhow::Result<Value> {
-    let mut req = client.post(url).json(&body);
-    if let Some(token) = token {
-        req = req.bearer_auth(token);
+    // Seeding many chats at once can outrun the writer: Arbor then sheds the request (503,
+    // nothing applied), and a client retries later.
+    let mut backoff = std::time::Duration::from_millis(5);
+    let mut retries = 50;
+    loop {
+        let mut req = client.post(url).json(&body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let res = req.send().await?;
+        let status = res.status();
+        let answer: Value = res.json().await?;
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && retries > 0 {
+            retries -= 1;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_millis(500));
+            continue;
+        }
+        if !status.is_success() {
+            bail!("POST {url}: {status}: {answer}");
+        }
+        return Ok(answer);
     }
-    let res = req.send().await?;
-    let status = res.status();
-    let body: Value = res.json().await?;
-    if !status.is_success() {
-        bail!("POST {url}: {status}: {body}");
-    }
-    Ok(body)
 }
