@@ -7,7 +7,8 @@
 //! - [`llm`]: the pool of LLM worker actors per provider (queue, retries, circuit breaker).
 //! - [`generation`]: replies in progress, their event logs (stream, resume) and branch locks.
 //! - [`ports`]: the traits storage and model providers implement (in the server crate).
-//! - [`views`]: the read models handlers serialize (a page of messages by hand, `json`).
+//! - [`views`]: the read models handlers serialize (the read path's page is written as JSON by
+//!   the chat's actor, `json`).
 //! - [`inspect`]: what operators see of resident actors, read without messaging them.
 //! - [`metrics`]: the Prometheus instruments components record into (the server exports them).
 //!
@@ -18,7 +19,7 @@ pub mod chat;
 pub mod error;
 pub mod generation;
 pub mod inspect;
-pub mod json;
+mod json;
 pub mod llm;
 pub mod metrics;
 pub mod model;

@@ -5,7 +5,7 @@
 //! expirations lazily, so a sweeper task drives them every `sweep_interval`.
 //!
 //! Activation and eviction never overlap for one chat: every live actor has an entry in
-//! [`Liveness`] until it is dropped (after its final flush), and activating a chat first waits
+//! `Liveness` until it is dropped (after its final flush), and activating a chat first waits
 //! for the previous actor's entry to go. A request that reached an actor just as it stopped gets
 //! `Closed` from its mailbox and is retried on a fresh activation; a request the actor accepted is
 //! always answered.
@@ -141,7 +141,7 @@ pub struct RegistryConfig {
     pub placement: Placement,
     /// Threads (actix arbiters) of the registry's own: they host the actors `Placement::Spread`
     /// puts there and those activated outside any arbiter, and the replies whose actor's thread
-    /// stopped before they were stored (see [`Drive`]).
+    /// stopped before they were stored (see `Drive`).
     pub arbiters: usize,
 }
 
