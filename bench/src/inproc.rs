@@ -220,7 +220,7 @@ pub fn activation(config: &Path, count: usize, pairs: usize, rounds: usize) -> a
 /// asks (`list_messages_json`: the actor writes it from its tree). Beside it, the route before
 /// it: the page as views (`list_messages`), then serde_json; the bytes must be the same.
 /// What a `read_path` request costs Arbor beyond the shape's floor (`ceiling_actor`: the
-/// token, the hop, a body of the same size), measured hot and one at a time.
+/// token, the hop, a body of the same size), measured one page at a time.
 pub fn page(config: &Path, count: usize, pairs: usize, reads: usize) -> anyhow::Result<()> {
     with_chats(
         config,
