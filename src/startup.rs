@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::middleware::from_fn;
+use actix_web::middleware::{from_fn, Condition};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use arbor_actors::chat::ChatRuntime;
@@ -246,7 +246,9 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
     };
     let server = HttpServer::new(move || {
         App::new()
-            .wrap(cors(&origins))
+            // No origins is CORS off: no middleware, rather than one that checks every request
+            // and adds `Vary` headers to answer no origin.
+            .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
             .wrap(from_fn(telemetry::request_span))
             .app_data(
                 web::JsonConfig::default()

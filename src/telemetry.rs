@@ -37,16 +37,10 @@ pub async fn request_span(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let request_id = req
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let request_id = request_id(&req);
     let span = tracing::info_span!(
         "request",
-        request_id = %request_id,
+        request_id = request_id.to_str().unwrap_or_default(),
         method = %req.method(),
         path = %req.path(),
     );
@@ -70,11 +64,23 @@ pub async fn request_span(
             "request done"
         );
     });
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        res.headers_mut()
-            .insert(HeaderName::from_static(REQUEST_ID), value);
-    }
+    res.headers_mut()
+        .insert(HeaderName::from_static(REQUEST_ID), request_id);
     Ok(res)
+}
+
+/// The client's `X-Request-Id` if it is sane (1 to 128 visible ASCII characters), else a new
+/// UUID's text: a header value either way, with no text built in between.
+fn request_id(req: &ServiceRequest) -> HeaderValue {
+    if let Some(value) = req.headers().get(REQUEST_ID).filter(|v| {
+        let bytes = v.as_bytes();
+        !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic)
+    }) {
+        return value.clone();
+    }
+    let mut text = [0u8; 36];
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// The method as a metric label; anything unusual is `other`, so label values stay bounded.

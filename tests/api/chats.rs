@@ -114,9 +114,20 @@ async fn health_ready_docs_and_request_ids() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["x-request-id"], "abc-123");
-    let res = app.client.get(app.url("/ready")).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    assert!(res.headers().contains_key("x-request-id"));
+    // None sent, or one that is not 1 to 128 visible ASCII characters: a new UUID.
+    for sent in [None, Some("has space"), Some(&*"x".repeat(129))] {
+        let mut req = app.client.get(app.url("/ready"));
+        if let Some(sent) = sent {
+            req = req.header("x-request-id", sent);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let given = res.headers()["x-request-id"].to_str().unwrap();
+        assert!(
+            uuid::Uuid::parse_str(given).is_ok(),
+            "{sent:?} gave {given}"
+        );
+    }
     let spec: Value = app
         .client
         .get(app.url("/openapi.json"))
@@ -131,4 +142,49 @@ async fn health_ready_docs_and_request_ids() {
     let docs = app.client.get(app.url("/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), StatusCode::OK);
     assert!(docs.text().await.unwrap().contains("swagger"));
+}
+
+#[actix_web::test]
+async fn cors_only_for_the_configured_origins() {
+    let preflight = |app: &TestApp, origin: &str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/api/v1/chats"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    // Off by default: no CORS headers, whoever asks.
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .get(app.url("/health"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(!res.headers().contains_key("access-control-allow-origin"));
+    let res = preflight(&app, "https://app.example").await.unwrap();
+    assert!(!res.headers().contains_key("access-control-allow-origin"));
+
+    let app = spawn_with(|s| s.server.cors_origins = vec!["https://app.example".into()]).await;
+    let res = preflight(&app, "https://app.example").await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let res = app
+        .client
+        .get(app.url("/health"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let res = preflight(&app, "https://elsewhere.example").await.unwrap();
+    assert!(!res.headers().contains_key("access-control-allow-origin"));
 }
