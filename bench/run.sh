@@ -219,7 +219,7 @@ printf '|%s|\n' "--------------|-----------|----------|----------|----------|---
 CEILING_RPS="" BODY_RPS=""
 FAILED=0
 # The chats the ratio scenarios read are seeded before the ceiling is measured, and their
-# writes flushed: the disk's writeback after seeding took 5-10% of a core for seconds, which
+# writes flushed: the disk's writeback after seeding took 5-9% of a core for seconds, which
 # fell on read_path and not on a ceiling measured before it.
 for scenario in "${SCENARIOS[@]}"; do
     case "$scenario" in
