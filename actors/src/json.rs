@@ -11,6 +11,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::model::{BranchId, MessageId};
+use crate::rfc3339::put;
 use crate::tree::{Page, Tree};
 
 /// A typical message's JSON in a page (ids, timestamp and keys ~330 bytes, plus content).
@@ -150,31 +151,25 @@ impl Days {
                 }
             }
         }
-        let in_day = millis.rem_euclid(MILLIS_PER_DAY);
+        // Below 86,400,000: a `u32`.
+        let in_day = millis.rem_euclid(MILLIS_PER_DAY) as u32;
         let (seconds, fraction) = (in_day / 1000, in_day % 1000);
         let mut text = *b"HH:MM:SS.mmm";
-        two_digits(&mut text[0..2], seconds / 3600);
-        two_digits(&mut text[3..5], seconds / 60 % 60);
-        two_digits(&mut text[6..8], seconds % 60);
+        put(&mut text, 0, seconds / 3600, 2);
+        put(&mut text, 3, seconds / 60 % 60, 2);
+        put(&mut text, 6, seconds % 60, 2);
         out.push(b'"');
         out.extend_from_slice(&self.date);
         if fraction == 0 {
             // chrono leaves a zero fraction out.
             out.extend_from_slice(&text[..8]);
         } else {
-            text[9] = b'0' + (fraction / 100) as u8;
-            two_digits(&mut text[10..12], fraction % 100);
+            put(&mut text, 9, fraction, 3);
             out.extend_from_slice(&text[..12]);
         }
         out.extend_from_slice(b"Z\"");
         Ok(())
     }
-}
-
-/// `n` (below 100) as two digits.
-fn two_digits(slot: &mut [u8], n: i64) {
-    slot[0] = b'0' + (n / 10) as u8;
-    slot[1] = b'0' + (n % 10) as u8;
 }
 
 fn timestamp(out: &mut Vec<u8>, time: &DateTime<Utc>) -> Result<(), serde_json::Error> {

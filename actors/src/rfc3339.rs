@@ -57,7 +57,7 @@ pub(crate) fn format(time: &DateTime<Utc>, buf: &mut [u8; 32]) -> Option<usize> 
 }
 
 /// Writes `value` as `width` zero-padded decimal digits at `at`; returns the end.
-fn put(buf: &mut [u8; 32], at: usize, mut value: u32, width: usize) -> usize {
+pub(crate) fn put(buf: &mut [u8], at: usize, mut value: u32, width: usize) -> usize {
     for slot in buf[at..at + width].iter_mut().rev() {
         *slot = b'0' + (value % 10) as u8;
         value /= 10;
