@@ -20,7 +20,8 @@
 # in-process: ack (a lone write's acknowledgement, one at a time: in durable mode, its commit),
 # activation (1,000-message chats), memory (100k idle chats of 10 messages), lag
 # (write-behind lag at 5,000 messages/s), page (the read path's own work: a page from a
-# resident chat's actor on the same thread, and its JSON; not in the default set).
+# resident chat's actor on the same thread, and its JSON; not in the default set;
+# --answer-bytes N gives its chats answers of N bytes of text like a model's).
 # Default: every scenario. --memory-chats N sets the memory scenario's chat count.
 # --profile DIR records `perf record --call-graph dwarf` of the server under load (Arbor, or the
 # harness's trivial server for the ceiling scenarios) during each HTTP scenario into
@@ -35,7 +36,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=10 CHATS=1000 PAIRS=10 CONNECTIONS=64 THREADS=2 BACKEND=sqlite ACK=durable
-MIN_FRACTION="" MEMORY_CHATS=100000 PROFILE=""
+MIN_FRACTION="" MEMORY_CHATS=100000 PROFILE="" ANSWER_BYTES=0
 SCENARIOS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -47,8 +48,9 @@ while [ $# -gt 0 ]; do
         --ack) ACK=$2; shift 2 ;;
         --min-fraction) MIN_FRACTION=$2; shift 2 ;;
         --memory-chats) MEMORY_CHATS=$2; shift 2 ;;
+        --answer-bytes) ANSWER_BYTES=$2; shift 2 ;;
         --profile) PROFILE=$2; shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
         -*) echo "unknown option $1" >&2; exit 2 ;;
         *) SCENARIOS+=("$1"); shift ;;
     esac
@@ -318,7 +320,7 @@ run_inproc() {
                 --rounds $(( DURATION > 5 ? 10 : 3 )) ;;
         page)
             "$BIN/arbor-bench" page --config "$WORK/config.toml" --chats "$CHATS" --pairs "$PAIRS" \
-                --reads $((DURATION * 20000)) ;;
+                --answer-bytes "$ANSWER_BYTES" --reads $((DURATION * 20000)) ;;
         lag)
             "$BIN/arbor-bench" lag --config "$WORK/config.toml" --chats "$CHATS" --rate 5000 \
                 --seconds "$DURATION" ;;

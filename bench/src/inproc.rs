@@ -81,18 +81,36 @@ where
         |_| {},
         |chats| async move {
             let user = new_user(&chats).await?;
-            let (ids, _) = seed(&chats, user, count, 1).await?;
+            let (ids, _) = seed(&chats, user, count, 1, 0).await?;
             body(chats, user, ids).await
         },
     )
 }
 
-/// Content of the `i`-th question and answer: about 40 bytes each.
-fn pair(i: usize) -> (String, String) {
-    (
-        format!("question number {i:>6} about branching trees?"),
-        format!("answer number {i:>6}: fork from any message."),
-    )
+/// Content of the `i`-th question and answer: about 40 bytes each, or with `answer_bytes` set,
+/// an answer of that many bytes (within a character) of text like a model's: paragraphs,
+/// quotes, a list, non-ASCII.
+fn pair(i: usize, answer_bytes: usize) -> (String, String) {
+    const REPLY: &str = "Lisbon is lovely in May: the jacarandas bloom and the summer crowds \
+        have not arrived yet.\n\n- Walk from Alfama down to the river.\n- Take tram 28 early.\n\
+        - Eat a pastel de nata in Belém, \"still warm\" as they say.\n\n";
+    let question = format!("question number {i:>6} about branching trees?");
+    if answer_bytes == 0 {
+        return (
+            question,
+            format!("answer number {i:>6}: fork from any message."),
+        );
+    }
+    let mut answer = format!("Answer {i}. ");
+    while answer.len() < answer_bytes {
+        answer.push_str(REPLY);
+    }
+    let end = (0..=answer_bytes)
+        .rev()
+        .find(|&at| answer.is_char_boundary(at))
+        .unwrap_or(0);
+    answer.truncate(end);
+    (question, answer)
 }
 
 /// A user message on the active branch, with an already written answer if `response` is set.
@@ -110,8 +128,14 @@ fn question_request(content: String, response: Option<String>) -> SendRequest {
 }
 
 /// Sends a Q&A pair, retrying while the write queue sheds load.
-async fn add_pair(chats: &Chats, user: UserId, chat: ChatId, i: usize) -> anyhow::Result<usize> {
-    let (question, answer) = pair(i);
+async fn add_pair(
+    chats: &Chats,
+    user: UserId,
+    chat: ChatId,
+    i: usize,
+    answer_bytes: usize,
+) -> anyhow::Result<usize> {
+    let (question, answer) = pair(i, answer_bytes);
     let bytes = question.len() + answer.len();
     let request = question_request(question, Some(answer));
     loop {
@@ -123,12 +147,14 @@ async fn add_pair(chats: &Chats, user: UserId, chat: ChatId, i: usize) -> anyhow
     }
 }
 
-/// Creates `count` chats of `pairs` Q&A pairs; returns their ids and the content bytes stored.
+/// Creates `count` chats of `pairs` Q&A pairs (`pair`'s, with `answer_bytes`); returns their
+/// ids and the content bytes stored.
 async fn seed(
     chats: &Chats,
     user: UserId,
     count: usize,
     pairs: usize,
+    answer_bytes: usize,
 ) -> anyhow::Result<(Vec<ChatId>, usize)> {
     let seeded: Vec<(ChatId, usize)> = stream::iter(0..count)
         .map(|i| async move {
@@ -140,7 +166,7 @@ async fn seed(
             let chat = chats.create(user, new).await?.id;
             let mut bytes = 0;
             for p in 0..pairs {
-                bytes += add_pair(chats, user, chat, p).await?;
+                bytes += add_pair(chats, user, chat, p, answer_bytes).await?;
             }
             anyhow::Ok((chat, bytes))
         })
@@ -176,7 +202,7 @@ pub fn activation(config: &Path, count: usize, pairs: usize, rounds: usize) -> a
         |_| {},
         |chats| async move {
             let user = new_user(&chats).await?;
-            let (ids, _) = seed(&chats, user, count, pairs).await?;
+            let (ids, _) = seed(&chats, user, count, pairs, 0).await?;
             evict_all(&chats, &ids).await;
             let mut latencies = Latencies::default();
             // The two store reads an activation makes, each alone: what the stores cost.
@@ -221,13 +247,19 @@ pub fn activation(config: &Path, count: usize, pairs: usize, rounds: usize) -> a
 /// it: the page as views (`list_messages`), then serde_json; the bytes must be the same.
 /// What a `read_path` request costs Arbor beyond the shape's floor (`ceiling_actor`: the
 /// token, the hop, a body of the same size), measured one page at a time.
-pub fn page(config: &Path, count: usize, pairs: usize, reads: usize) -> anyhow::Result<()> {
+pub fn page(
+    config: &Path,
+    count: usize,
+    pairs: usize,
+    answer_bytes: usize,
+    reads: usize,
+) -> anyhow::Result<()> {
     with_chats(
         config,
         |s| s.actors.placement = ActorPlacement::Local,
         |chats| async move {
             let user = new_user(&chats).await?;
-            let (ids, _) = seed(&chats, user, count, pairs).await?;
+            let (ids, _) = seed(&chats, user, count, pairs, answer_bytes).await?;
             let (mut as_json, mut as_views, mut by_serde) =
                 (Duration::ZERO, Duration::ZERO, Duration::ZERO);
             let mut bytes = 0;
@@ -285,7 +317,7 @@ pub fn memory(config: &Path, count: usize, pairs: usize) -> anyhow::Result<()> {
             let state = state.clone();
             async move {
                 let user = new_user(&chats).await?;
-                let (ids, content) = seed(&chats, user, count, pairs).await?;
+                let (ids, content) = seed(&chats, user, count, pairs, 0).await?;
                 let mut text = format!("{user}\n{content}\n{}\n", pairs * 2);
                 for id in ids {
                     text.push_str(&format!("{id}\n"));
@@ -451,7 +483,7 @@ pub fn lag(config: &Path, count: usize, rate: usize, seconds: u64) -> anyhow::Re
             let chat = ids[(seed % ids.len() as u64) as usize];
             let chats = chats.clone();
             tasks.push(tokio::spawn(async move {
-                add_pair(&chats, user, chat, n).await
+                add_pair(&chats, user, chat, n, 0).await
             }));
         }
         let offered = started.elapsed();

@@ -137,6 +137,9 @@ enum Command {
         chats: usize,
         #[arg(long, default_value_t = 10)]
         pairs: usize,
+        /// Answers of this many bytes of text like a model's (0: about 40 bytes).
+        #[arg(long, default_value_t = 0)]
+        answer_bytes: usize,
         #[arg(long, default_value_t = 200_000)]
         reads: usize,
     },
@@ -197,8 +200,9 @@ fn main() -> anyhow::Result<()> {
             config,
             chats,
             pairs,
+            answer_bytes,
             reads,
-        } => inproc::page(&config, chats, pairs, reads),
+        } => inproc::page(&config, chats, pairs, answer_bytes, reads),
     }
 }
 
