@@ -10,7 +10,7 @@ use arbor_actors::ports::{
     Batch, BatchStore, MessageDeletes, MessageStore, MetaBatch, MetadataStore, StoreError,
 };
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -217,22 +217,85 @@ fn branch_from(row: &SqliteRow) -> Result<Branch, StoreError> {
     })
 }
 
-fn message_from(row: &SqliteRow) -> Result<Message, StoreError> {
-    let role = text(row, "role")?;
-    let metadata = opt_text(row, "metadata")?
-        .map(|m| serde_json::from_str(&m).map(Arc::new))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("messages.metadata: {e}")))?;
-    Ok(Message {
-        id: parse_id("messages.id", &text(row, "id")?)?,
-        chat_id: parse_id("messages.chat_id", &text(row, "chat_id")?)?,
-        parent_id: opt_id(row, "parent_id")?,
-        role: Role::from_str(&role).map_err(|_| StoreError::Corrupt(format!("role {role:?}")))?,
-        content: Arc::from(text(row, "content")?),
-        created_at: time(row, "created_at")?,
-        model: opt_text(row, "model")?.map(Arc::from),
-        metadata,
-        idempotency_key: opt_text(row, "idempotency_key")?.map(Arc::from),
+/// A chat's messages after the id `?2` (all of them if it is NULL), at most `?3`, in id order,
+/// as one JSON array of arrays (`MessageRow`s), with their count. sqlx hands a query's rows over
+/// from its SQLite thread one at a time, each value copied out: several microseconds a row,
+/// most of the time of loading a big chat. One row of JSON is one handoff, and SQLite writes it
+/// faster than sqlx copies rows out. Chunks keep that text far below SQLite's 1 GB limit on a
+/// value whatever the messages hold.
+const LOAD_MESSAGES: &str = "SELECT json_group_array(json_array(id, parent_id, role, content, \
+     model, metadata, idempotency_key, created_at)), count(*) \
+     FROM (SELECT * FROM messages WHERE chat_id = ?1 AND (?2 IS NULL OR id > ?2) \
+     ORDER BY id LIMIT ?3)";
+
+/// Messages per `LOAD_MESSAGES` query.
+const LOAD_CHUNK: i64 = 512;
+
+/// One message of `LOAD_MESSAGES`: id, parent, role, content, model, metadata (JSON text),
+/// idempotency key, creation time.
+#[derive(serde::Deserialize)]
+struct MessageRow(
+    String,
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+);
+
+impl MessageRow {
+    fn into_message(self, chat_id: ChatId) -> Result<Message, StoreError> {
+        let Self(id, parent, role, content, model, metadata, idempotency_key, created_at) = self;
+        let metadata = metadata
+            .map(|m| serde_json::from_str(&m).map(Arc::new))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("messages.metadata: {e}")))?;
+        Ok(Message {
+            id: parse_id("messages.id", &id)?,
+            chat_id,
+            parent_id: parent
+                .map(|p| parse_id("messages.parent_id", &p))
+                .transpose()?,
+            role: Role::from_str(&role)
+                .map_err(|_| StoreError::Corrupt(format!("role {role:?}")))?,
+            content: Arc::from(content),
+            created_at: time_text(&created_at).ok_or_else(|| {
+                StoreError::Corrupt(format!("messages.created_at: {created_at:?}"))
+            })?,
+            model: model.map(Arc::from),
+            metadata,
+            idempotency_key: idempotency_key.map(Arc::from),
+        })
+    }
+}
+
+/// A time as sqlx reads it from SQLite text: RFC 3339 (what sqlx writes), or one of SQLite's
+/// own forms (UTC unless they name an offset).
+fn time_text(text: &str) -> Option<DateTime<Utc>> {
+    const FORMATS: [&str; 12] = [
+        "%F %T%.f",
+        "%F %R",
+        "%F %RZ",
+        "%F %R%:z",
+        "%F %T%.fZ",
+        "%F %T%.f%:z",
+        "%FT%R",
+        "%FT%RZ",
+        "%FT%R%:z",
+        "%FT%T%.f",
+        "%FT%T%.fZ",
+        "%FT%T%.f%:z",
+    ];
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Some(time.to_utc());
+    }
+    FORMATS.iter().find_map(|format| {
+        DateTime::parse_from_str(text, format)
+            .map(|t| t.to_utc())
+            .or_else(|_| NaiveDateTime::parse_from_str(text, format).map(|t| t.and_utc()))
+            .ok()
     })
 }
 
@@ -363,12 +426,30 @@ impl MessageStore for SqliteStore {
     }
 
     async fn load_chat(&self, chat: ChatId) -> Result<Vec<Message>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM messages WHERE chat_id = ? ORDER BY id")
-            .bind(chat.to_string())
-            .fetch_all(&self.reads)
-            .await
-            .map_err(store_error)?;
-        rows.iter().map(message_from).collect()
+        let chat_id = chat.to_string();
+        let mut messages: Vec<Message> = Vec::new();
+        loop {
+            let after = messages.last().map(|m| m.id.to_string());
+            let (json, count): (String, i64) = sqlx::query_as(LOAD_MESSAGES)
+                .bind(&chat_id)
+                .bind(after)
+                .bind(LOAD_CHUNK)
+                .fetch_one(&self.reads)
+                .await
+                .map_err(store_error)?;
+            let rows: Vec<MessageRow> = serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("messages of {chat}: {e}")))?;
+            messages.reserve(rows.len());
+            for row in rows {
+                messages.push(row.into_message(chat)?);
+            }
+            if count < LOAD_CHUNK {
+                break;
+            }
+        }
+        // In id order already (the index's); `sort` finds it so in one pass.
+        messages.sort_by_key(|m| m.id);
+        Ok(messages)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -508,5 +589,49 @@ mod tests {
                 .unwrap();
             assert_eq!(mode, 2, "temp_store is not MEMORY");
         }
+    }
+
+    /// The times a chat's load reads from text: what sqlx writes, and SQLite's own forms.
+    #[test]
+    fn times_are_read_as_sqlx_reads_them() {
+        let at = |text: &str| time_text(text).map(|t| t.to_rfc3339());
+        let expected = Some("2026-11-23T06:41:01.123+00:00".to_owned());
+        for text in [
+            "2026-11-23T06:41:01.123+00:00",
+            "2026-11-23T06:41:01.123Z",
+            "2026-11-23T08:41:01.123+02:00",
+            "2026-11-23 06:41:01.123",
+            "2026-11-23T06:41:01.123",
+        ] {
+            assert_eq!(at(text), expected, "{text}");
+        }
+        assert_eq!(
+            at("2026-11-23 06:41").as_deref(),
+            Some("2026-11-23T06:41:00+00:00")
+        );
+        // What sqlx writes for a whole second, and for a time written by it and read back.
+        let time = DateTime::parse_from_rfc3339("2026-11-23T06:41:01Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(time_text("2026-11-23T06:41:01+00:00"), Some(time));
+        for bad in ["", "yesterday", "2026-13-01T00:00:00Z", "1764000000"] {
+            assert_eq!(at(bad), None, "{bad}");
+        }
+    }
+
+    /// The store writes times as sqlx encodes them, and reads them back as `time_text` does.
+    #[actix_web::test]
+    async fn stored_times_are_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), SqliteSync::Normal, 1_000)
+            .await
+            .unwrap();
+        let now = arbor_actors::model::now();
+        let text: String = sqlx::query_scalar("SELECT ?")
+            .bind(now)
+            .fetch_one(&store.reads)
+            .await
+            .unwrap();
+        assert_eq!(time_text(&text), Some(now), "{text}");
     }
 }

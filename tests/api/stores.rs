@@ -91,6 +91,7 @@ macro_rules! message_cases {
             deletes_by_id_and_by_chat,
             large_batches_span_many_chats,
             metadata_json_round_trips_exactly,
+            big_chats_load_whole_in_id_order,
             reads_outlive_the_runtime_they_were_made_on,
         );)+
     };
@@ -535,6 +536,39 @@ async fn large_batches_span_many_chats(store: Arc<dyn MessageStore>) {
         let expected: Vec<_> = all.iter().filter(|m| m.chat_id == *chat).cloned().collect();
         assert_eq!(loaded.len(), 40);
         assert_eq!(loaded, expected);
+    }
+}
+
+/// Chats bigger than one read of an adapter (SQLite reads 512 messages at a time; one of
+/// exactly two reads' size), every field set on some messages and text that needs escaping,
+/// inserted in reverse among another chat's messages: each loads whole, exactly, in id order.
+async fn big_chats_load_whole_in_id_order(store: Arc<dyn MessageStore>) {
+    let chain = |chat: ChatId, len: usize| {
+        let mut messages: Vec<Message> = Vec::with_capacity(len);
+        for i in 0..len {
+            let parent = messages.last().map(|m| m.id);
+            let text = format!("{i} \u{1}\u{1f}\u{7f} \"q\" \\ / é ✓ 🌳 \u{2028}\n\t");
+            let mut m = message(chat, parent, &text);
+            if i % 3 == 0 {
+                m.metadata = Some(Arc::new(json!({"i": i, "text": "a\nb \"c\""})));
+            }
+            if i % 5 == 0 {
+                m.idempotency_key = Some(Arc::from(format!("key-{i}")));
+            }
+            messages.push(m);
+        }
+        messages
+    };
+    let (big, exact, other) = (ChatId::new(), ChatId::new(), ChatId::new());
+    let chats = [chain(big, 1100), chain(exact, 1024), chain(other, 300)];
+    let mut all: Vec<Message> = chats.iter().flatten().cloned().collect();
+    all.reverse();
+    store.insert(&all).await.unwrap();
+    for messages in &chats {
+        assert_eq!(
+            &store.load_chat(messages[0].chat_id).await.unwrap(),
+            messages
+        );
     }
 }
 
