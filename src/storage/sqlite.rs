@@ -574,14 +574,19 @@ fn push_message_deletes(q: &mut QueryBuilder<'_, Sqlite>, deletes: &MessageDelet
 mod tests {
     use super::*;
 
-    /// Past 64 KiB a statement journal spilled to a new temp file per statement (seen under
-    /// `strace` as one `etilqs_*` file created and unlinked per batch commit).
-    #[actix_web::test]
-    async fn statement_journals_stay_in_memory_on_every_connection() {
+    async fn open() -> (SqliteStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db"), SqliteSync::Normal, 1_000)
             .await
             .unwrap();
+        (store, dir)
+    }
+
+    /// Past 64 KiB a statement journal spilled to a new temp file per statement (seen under
+    /// `strace` as one `etilqs_*` file created and unlinked per batch commit).
+    #[actix_web::test]
+    async fn statement_journals_stay_in_memory_on_every_connection() {
+        let (store, _dir) = open().await;
         for pool in [&store.writes, &store.reads] {
             let mode: i64 = sqlx::query_scalar("PRAGMA temp_store")
                 .fetch_one(pool)
@@ -609,7 +614,7 @@ mod tests {
             at("2026-11-23 06:41").as_deref(),
             Some("2026-11-23T06:41:00+00:00")
         );
-        // What sqlx writes for a whole second, and for a time written by it and read back.
+        // What sqlx writes for a whole second: no fraction.
         let time = DateTime::parse_from_rfc3339("2026-11-23T06:41:01Z")
             .unwrap()
             .to_utc();
@@ -622,10 +627,7 @@ mod tests {
     /// The store writes times as sqlx encodes them, and reads them back as `time_text` does.
     #[actix_web::test]
     async fn stored_times_are_read_back_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("t.db"), SqliteSync::Normal, 1_000)
-            .await
-            .unwrap();
+        let (store, _dir) = open().await;
         let now = arbor_actors::model::now();
         let text: String = sqlx::query_scalar("SELECT ?")
             .bind(now)
