@@ -20,6 +20,16 @@ pub(crate) fn parse_id<T: FromStr>(column: &str, value: &str) -> Result<T, Store
         .map_err(|_| StoreError::Corrupt(format!("bad {column}: {value:?}")))
 }
 
+/// Parses a message's metadata, which both message stores keep as JSON text (any JSON object
+/// round-trips exactly); bad text means the stored data is corrupt.
+pub(crate) fn parse_metadata(
+    text: Option<&str>,
+) -> Result<Option<Arc<serde_json::Value>>, StoreError> {
+    text.map(|m| serde_json::from_str(m).map(Arc::new))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("messages.metadata: {e}")))
+}
+
 /// Folds the rows of `chats LEFT JOIN branches` (one query) into the chat and its branches;
 /// `branch` gives `None` for the row of a chat without branches.
 pub(crate) fn fold_chat_rows<R>(

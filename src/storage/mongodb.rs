@@ -29,6 +29,8 @@ use mongodb::options::{
 use mongodb::{Client, Collection, Database, IndexModel};
 use uuid::Uuid;
 
+use super::parse_metadata;
+
 const COLLECTION: &str = "messages";
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
@@ -211,10 +213,6 @@ fn message_from(doc: &RawDocument) -> Result<Message, StoreError> {
     let created = doc
         .get_datetime("created_at")
         .map_err(|e| corrupt("created_at", e))?;
-    let metadata = opt_str(doc, "metadata")?
-        .map(|m| serde_json::from_str(m).map(Arc::new))
-        .transpose()
-        .map_err(|e| corrupt("metadata", e))?;
     Ok(Message {
         id: MessageId::from_uuid(required(opt_uuid(doc, "_id")?, "_id")?),
         chat_id: ChatId::from_uuid(required(opt_uuid(doc, "chat_id")?, "chat_id")?),
@@ -224,7 +222,7 @@ fn message_from(doc: &RawDocument) -> Result<Message, StoreError> {
         created_at: chrono::DateTime::from_timestamp_millis(created.timestamp_millis())
             .ok_or_else(|| corrupt("created_at", "out of range"))?,
         model: opt_str(doc, "model")?.map(Arc::from),
-        metadata,
+        metadata: parse_metadata(opt_str(doc, "metadata")?)?,
         idempotency_key: opt_str(doc, "idempotency_key")?.map(Arc::from),
     })
 }

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{fold_chat_rows, parse_id};
+use super::{fold_chat_rows, parse_id, parse_metadata};
 use crate::config::SqliteSync;
 
 /// Bytes the WAL file keeps after a checkpoint.
@@ -250,10 +250,6 @@ struct MessageRow(
 impl MessageRow {
     fn into_message(self, chat_id: ChatId) -> Result<Message, StoreError> {
         let Self(id, parent, role, content, model, metadata, idempotency_key, created_at) = self;
-        let metadata = metadata
-            .map(|m| serde_json::from_str(&m).map(Arc::new))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("messages.metadata: {e}")))?;
         Ok(Message {
             id: parse_id("messages.id", &id)?,
             chat_id,
@@ -267,7 +263,7 @@ impl MessageRow {
                 StoreError::Corrupt(format!("messages.created_at: {created_at:?}"))
             })?,
             model: model.map(Arc::from),
-            metadata,
+            metadata: parse_metadata(metadata.as_deref())?,
             idempotency_key: idempotency_key.map(Arc::from),
         })
     }
