@@ -218,7 +218,7 @@ fn branch_from(row: &SqliteRow) -> Result<Branch, StoreError> {
 }
 
 /// A chat's messages after the id `?2` (all of them if it is NULL), the first `?3` in id order,
-/// as one JSON array of arrays (`MessageRow`s), with their count. sqlx hands a query's rows over
+/// as one JSON array of arrays (`MessageRow`s). sqlx hands a query's rows over
 /// from its SQLite thread one at a time, each value copied out: several microseconds a row,
 /// most of the time of loading a big chat. One row of JSON is one handoff, and SQLite writes it
 /// faster than sqlx copies rows out. Chunks keep that text far below SQLite's 1 GB limit on a
@@ -226,12 +226,12 @@ fn branch_from(row: &SqliteRow) -> Result<Branch, StoreError> {
 /// not promise for an aggregate (the aggregate's own `ORDER BY` would, with a sort: a fifth of
 /// the load's time), so the caller sorts each chunk, in one pass when it is in order.
 const LOAD_MESSAGES: &str = "SELECT json_group_array(json_array(id, parent_id, role, content, \
-     model, metadata, idempotency_key, created_at)), count(*) \
+     model, metadata, idempotency_key, created_at)) \
      FROM (SELECT * FROM messages WHERE chat_id = ?1 AND (?2 IS NULL OR id > ?2) \
      ORDER BY id LIMIT ?3)";
 
 /// Messages per `LOAD_MESSAGES` query.
-const LOAD_CHUNK: i64 = 512;
+const LOAD_CHUNK: usize = 512;
 
 /// One message of `LOAD_MESSAGES`: id, parent, role, content, model, metadata (JSON text),
 /// idempotency key, creation time.
@@ -428,23 +428,23 @@ impl MessageStore for SqliteStore {
         let mut messages: Vec<Message> = Vec::new();
         loop {
             let after = messages.last().map(|m| m.id.to_string());
-            let (json, count): (String, i64) = sqlx::query_as(LOAD_MESSAGES)
+            let json: String = sqlx::query_scalar(LOAD_MESSAGES)
                 .bind(&chat_id)
                 .bind(after)
-                .bind(LOAD_CHUNK)
+                .bind(LOAD_CHUNK as i64)
                 .fetch_one(&self.reads)
                 .await
                 .map_err(store_error)?;
             let rows: Vec<MessageRow> = serde_json::from_str(&json)
                 .map_err(|e| StoreError::Corrupt(format!("messages of {chat}: {e}")))?;
-            let start = messages.len();
+            let (start, last_chunk) = (messages.len(), rows.len() < LOAD_CHUNK);
             messages.reserve(rows.len());
             for row in rows {
                 messages.push(row.into_message(chat)?);
             }
             // The next chunk starts after this one's greatest id.
             messages[start..].sort_by_key(|m| m.id);
-            if count < LOAD_CHUNK {
+            if last_chunk {
                 break;
             }
         }
