@@ -14,7 +14,9 @@
 #
 # HTTP scenarios (wrk): ceiling, ceiling_body (the trivial handler answering with a static body
 # the size of read_path's response), ceiling_actor (the same after checking a token and one
-# actor round trip: the floor of Arbor's shape), read_path, add_pair, fork, reply; fork_20, fork_1k, fork_10k
+# round trip to an actor on a thread of its own), ceiling_local (the same with the actor on an
+# HTTP worker, as Arbor places chats: the floor of Arbor's shape), read_path, add_pair, fork,
+# reply; fork_20, fork_1k, fork_10k
 # (fork on 64 chats of 20, 1,000 and 10,000 messages; seeded only when asked for).
 # Other scenarios: ttft (Arbor's added time to first token, over HTTP, one request at a time);
 # in-process: ack (a lone write's acknowledgement, one at a time: in durable mode, its commit),
@@ -55,7 +57,7 @@ while [ $# -gt 0 ]; do
         *) SCENARIOS+=("$1"); shift ;;
     esac
 done
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(ceiling ceiling_body ceiling_actor read_path add_pair fork reply fork_20 fork_1k fork_10k
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(ceiling ceiling_body ceiling_actor ceiling_local read_path add_pair fork reply fork_20 fork_1k fork_10k
                                          ttft ack activation lag memory)
 command -v wrk >/dev/null || { echo "bench/run.sh needs wrk (Debian: apt-get install wrk)" >&2; exit 1; }
 
@@ -225,7 +227,7 @@ FAILED=0
 # fell on read_path and not on a ceiling measured before it.
 for scenario in "${SCENARIOS[@]}"; do
     case "$scenario" in
-        ceiling_body|ceiling_actor|read_path|add_pair|fork) state_for read_path >/dev/null; sync; break ;;
+        ceiling_body|ceiling_actor|ceiling_local|read_path|add_pair|fork) state_for read_path >/dev/null; sync; break ;;
     esac
 done
 # Warm up (CPU frequency, page cache, the servers' lazy paths) before anything is measured.
@@ -238,7 +240,7 @@ for scenario in "${SCENARIOS[@]}"; do
     port=$ARBOR_PORT
     case "$scenario" in
         ceiling) port=$CEILING_PORT ;;
-        ceiling_body|ceiling_actor)
+        ceiling_body|ceiling_actor|ceiling_local)
             port=$CEILING_PORT
             # The size of one read_path response.
             read_state=$(state_for read_path)

@@ -18,6 +18,7 @@
 pub mod chat;
 pub mod error;
 pub mod generation;
+mod hot;
 pub mod inspect;
 mod json;
 pub mod llm;

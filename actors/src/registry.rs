@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use crate::chat::*;
 use crate::error::ChatError;
 use crate::generation::{Generation, StoredReply};
+use crate::hot;
 use crate::inspect::{
     ActorDetail, ActorInfo, ActorPage, ActorProbe, ActorSort, ActorTotals, EvictReason, SortOrder,
 };
@@ -191,6 +192,33 @@ enum AskError {
 }
 
 impl ChatHandle {
+    /// A handle to no running actor (its mailbox is never read), for tests of what holds
+    /// handles.
+    #[cfg(test)]
+    pub(crate) fn detached() -> Self {
+        let (tx, _rx) = actix::dev::channel::channel(0);
+        let main = crate::model::Branch {
+            id: BranchId::new(),
+            chat_id: ChatId::new(),
+            name: "main".into(),
+            head: None,
+            forked_from: None,
+            created_at: crate::model::now(),
+            updated_at: crate::model::now(),
+            fallback: None,
+        };
+        Self(Arc::new(HandleInner {
+            addr: Addr::new(tx),
+            instance: 0,
+            probe: ActorProbe::new(UserId::new(), &crate::tree::Tree::new(main)),
+        }))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn same_actor(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     pub(crate) fn addr(&self) -> &Addr<ChatActor> {
         &self.0.addr
     }
@@ -304,6 +332,10 @@ impl crate::metrics::Instruments for RegistryStats {
 
 struct Inner {
     cache: Cache<ChatId, ChatHandle>,
+    /// This registry among the process's: its slots in each thread's hot handles (`hot`).
+    id: u64,
+    /// How long a thread trusts a handle the cache gave it (`hot`) before asking again.
+    refresh: Duration,
     rt: Arc<ChatRuntime>,
     arbiters: Vec<ArbiterHandle>,
     config: RegistryConfig,
@@ -433,8 +465,11 @@ impl Chats {
         let arbiters = (0..config.arbiters.max(1))
             .map(|_| Arbiter::new().handle())
             .collect();
+        static REGISTRIES: AtomicU64 = AtomicU64::new(1);
         let inner = Arc::new(Inner {
             cache,
+            id: REGISTRIES.fetch_add(1, Ordering::Relaxed),
+            refresh: (config.idle_timeout / 8).min(Duration::from_secs(1)),
             rt: Arc::new(rt),
             arbiters,
             config,
@@ -867,7 +902,10 @@ impl Chats {
             match handle.ask(msg.clone(), capacity).await {
                 Ok(result) => return result,
                 Err(AskError::Overloaded) => return Err(ChatError::Overloaded),
-                Err(AskError::Closed) => self.forget(chat, handle.0.instance).await,
+                Err(AskError::Closed) => {
+                    hot::forget(self.inner.id, chat);
+                    self.forget(chat, handle.0.instance).await
+                }
             }
         }
         Err(ChatError::Internal(format!("chat {chat} kept stopping")))
@@ -1108,16 +1146,25 @@ impl Chats {
     }
 
     /// The resident actor of a chat, activated from the stores if needed.
+    /// The chat's actor: this thread's hot handle (`hot`), else the cache's, else a new one.
     async fn handle(&self, chat: ChatId) -> Result<ChatHandle, ChatError> {
-        if let Some(handle) = self.inner.cache.get(&chat).await {
+        let Inner { id, refresh, .. } = *self.inner;
+        if let Some(handle) = hot::get(id, chat, refresh) {
             return Ok(handle);
         }
-        let this = self.clone();
-        self.inner
-            .cache
-            .try_get_with(chat, async move { this.activate(chat).await })
-            .await
-            .map_err(|e: Arc<ChatError>| (*e).clone())
+        let handle = match self.inner.cache.get(&chat).await {
+            Some(handle) => handle,
+            None => {
+                let this = self.clone();
+                self.inner
+                    .cache
+                    .try_get_with(chat, async move { this.activate(chat).await })
+                    .await
+                    .map_err(|e: Arc<ChatError>| (*e).clone())?
+            }
+        };
+        hot::put(id, chat, &handle);
+        Ok(handle)
     }
 
     async fn activate(&self, chat: ChatId) -> Result<ChatHandle, ChatError> {

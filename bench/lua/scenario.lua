@@ -7,6 +7,7 @@
 --   ceiling    GET  /                                                     (the trivial handler)
 --   ceiling_body GET /body?bytes=$BENCH_BODY_BYTES     (the trivial handler, a static body)
 --   ceiling_actor GET /actor/{id}?bytes=...  (token check + one actor round trip + that body)
+--   ceiling_local GET /local/{id}?bytes=...  (the same, the actor on an HTTP worker as Arbor's)
 package.path = os.getenv("BENCH_LUA_DIR") .. "/?.lua;" .. package.path
 local common = require("common")
 
@@ -25,10 +26,11 @@ end
 
 function init(args)
   math.randomseed(os.time() * 1000 + (id or 0))
-  if scenario:sub(1, 7) ~= "ceiling" or scenario == "ceiling_actor" then
+  local actor = scenario == "ceiling_actor" or scenario == "ceiling_local"
+  if scenario:sub(1, 7) ~= "ceiling" or actor then
     token, chats = common.load()
   end
-  if scenario == "ceiling_actor" then
+  if actor then
     token = os.getenv("BENCH_CEILING_TOKEN")
   end
 end
@@ -55,8 +57,9 @@ function request()
     return wrk.format("GET", "/")
   elseif scenario == "ceiling_body" then
     return wrk.format("GET", body_path)
-  elseif scenario == "ceiling_actor" then
-    local path = "/actor/" .. chats[math.random(#chats)] .. "?bytes=" .. body_bytes
+  elseif scenario == "ceiling_actor" or scenario == "ceiling_local" then
+    local route = scenario == "ceiling_actor" and "/actor/" or "/local/"
+    local path = route .. chats[math.random(#chats)] .. "?bytes=" .. body_bytes
     return wrk.format("GET", path, { ["Authorization"] = "Bearer " .. token })
   end
   local chat = pick()

@@ -209,9 +209,11 @@ fn main() -> anyhow::Result<()> {
 /// `GET /` → "ok"; `GET /body?bytes=N` → N bytes of JSON-safe text, already in memory: what
 /// moving a response of that size costs the framework, the kernel and wrk, and nothing else.
 ///
-/// `GET /actor/{uuid}?bytes=N` is the floor of Arbor's shape: the bearer token (from
-/// `GET /token`) checked with Arbor's own `Tokens`, one round trip to an actor on another
-/// arbiter (as every chat request makes), and the same static body; no tree, no JSON.
+/// `GET /actor/{uuid}?bytes=N`: the bearer token (from `GET /token`) checked with Arbor's own
+/// `Tokens`, one round trip to an actor on an arbiter of its own (every request crosses
+/// threads twice, as with `actors.placement = "spread"`), and the same static body; no tree, no
+/// JSON. `GET /local/{uuid}?bytes=N` is the same with the actor on one of the HTTP workers, as
+/// Arbor places its chats by default: the floor of Arbor's shape.
 fn ceiling(port: u16, workers: usize) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
         let body = web::Bytes::from(vec![b'x'; MAX_BODY]);
@@ -221,16 +223,22 @@ fn ceiling(port: u16, workers: usize) -> anyhow::Result<()> {
                 .map(|_| Holder::start_in_arbiter(&Arbiter::new().handle(), |_| Holder))
                 .collect::<Vec<_>>(),
         );
+        let locals = web::Data::new(Locals::default());
         HttpServer::new(move || {
+            // The factory runs on each HTTP worker: its holder lives there, as Arbor's chat
+            // actors live on the worker that activated them.
+            locals.0.write().expect("locals").push(Holder.start());
             let body = web::Data::new(body.clone());
             App::new()
                 .app_data(body)
                 .app_data(tokens.clone())
                 .app_data(actors.clone())
+                .app_data(locals.clone())
                 .route("/", web::get().to(|| async { "ok" }))
                 .route("/body", web::get().to(static_body))
                 .route("/token", web::get().to(issue_token))
                 .route("/actor/{id}", web::get().to(through_actor))
+                .route("/local/{id}", web::get().to(through_local_actor))
         })
         .workers(workers)
         .bind(("127.0.0.1", port))?
@@ -286,6 +294,37 @@ async fn through_actor(
     tokens: web::Data<Tokens>,
     actors: web::Data<Vec<Addr<Holder>>>,
 ) -> Result<HttpResponse, arbor::api::error::ApiError> {
+    let actor = actors[id.as_bytes()[15] as usize % actors.len()].clone();
+    through(&req, &body, &tokens, actor).await
+}
+
+/// One holder per HTTP worker, started on that worker.
+#[derive(Default)]
+struct Locals(std::sync::RwLock<Vec<Addr<Holder>>>);
+
+/// `through_actor` with Arbor's placement: the holder for an id lives on one of the HTTP
+/// workers, so a request crosses threads only when its connection is on the other worker.
+async fn through_local_actor(
+    req: HttpRequest,
+    id: web::Path<uuid::Uuid>,
+    body: web::Data<web::Bytes>,
+    tokens: web::Data<Tokens>,
+    locals: web::Data<Locals>,
+) -> Result<HttpResponse, arbor::api::error::ApiError> {
+    let actor = {
+        let locals = locals.0.read().expect("locals");
+        locals[id.as_bytes()[15] as usize % locals.len()].clone()
+    };
+    through(&req, &body, &tokens, actor).await
+}
+
+/// The bearer token checked, one round trip to `actor`, then the sized static body.
+async fn through(
+    req: &HttpRequest,
+    body: &web::Bytes,
+    tokens: &Tokens,
+    actor: Addr<Holder>,
+) -> Result<HttpResponse, arbor::api::error::ApiError> {
     let bearer = req
         .headers()
         .get("authorization")
@@ -293,14 +332,13 @@ async fn through_actor(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     tokens.verify(bearer)?;
-    let actor = &actors[id.as_bytes()[15] as usize % actors.len()];
     actor
         .send(Ping)
         .await
         .map_err(arbor::api::error::ApiError::internal)?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(sized(&req, &body)))
+        .body(sized(req, body)))
 }
 
 /// One streamed completion: a role chunk, three content chunks, the finish, `[DONE]`.

@@ -3,8 +3,10 @@
     python3 bench/tools/cpu_by_process.py DELAY SECONDS
 
 Waits DELAY seconds, then samples every process's user + system time over SECONDS and prints
-one line: the busiest programs (summed by name) in percent of one core, and the machine's total
-busy share of all its cores. bench/run.sh runs it during each scenario when BENCH_CPU=1.
+one line: the busiest programs (summed by name) in percent of one core, the machine's total
+busy share of all its cores, and then the user-mode part of each of those programs' share (the
+kernel's part moves with how the load generator and the server wake each other; the user part
+is the programs' own work). bench/run.sh runs it during each scenario when BENCH_CPU=1.
 """
 
 import os
@@ -12,8 +14,8 @@ import sys
 import time
 
 
-def processes() -> dict:
-    ticks = {}
+def processes() -> tuple:
+    ticks, user = {}, {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -24,8 +26,11 @@ def processes() -> dict:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        ticks[(pid, name)] = int(fields[11]) + int(fields[12])
-    return ticks
+        # By pid: a kernel worker's name changes with the work it does, and keyed by name its
+        # whole lifetime would count as this window's.
+        ticks[pid] = (name, int(fields[11]) + int(fields[12]))
+        user[pid] = int(fields[11])
+    return ticks, user
 
 
 def machine() -> tuple:
@@ -36,17 +41,20 @@ def machine() -> tuple:
 
 def main(delay: float, seconds: float) -> None:
     time.sleep(delay)
-    before, (total0, idle0), start = processes(), machine(), time.monotonic()
+    (before, user0), (total0, idle0), start = processes(), machine(), time.monotonic()
     time.sleep(seconds)
-    after, (total1, idle1), elapsed = processes(), machine(), time.monotonic() - start
-    by_name = {}
-    for key, ticks in after.items():
-        by_name[key[1]] = by_name.get(key[1], 0) + ticks - before.get(key, 0)
+    (after, user1), (total1, idle1), elapsed = processes(), machine(), time.monotonic() - start
+    by_name, user_by_name = {}, {}
+    for pid, (name, ticks) in after.items():
+        by_name[name] = by_name.get(name, 0) + ticks - before.get(pid, (name, 0))[1]
+        user_by_name[name] = user_by_name.get(name, 0) + user1[pid] - user0.get(pid, 0)
     hz = os.sysconf("SC_CLK_TCK")
     busiest = sorted(by_name.items(), key=lambda kv: -kv[1])[:6]
-    shares = " ".join(f"{name}={ticks / hz / elapsed * 100:.0f}%" for name, ticks in busiest)
+    share = lambda ticks: f"{ticks / hz / elapsed * 100:.0f}%"
+    shares = " ".join(f"{name}={share(ticks)}" for name, ticks in busiest)
+    users = " ".join(f"{name}={share(user_by_name[name])}" for name, ticks in busiest[:2])
     busy = 100 * (1 - (idle1 - idle0) / max(total1 - total0, 1))
-    print(f"cpu: machine {busy:.0f}% busy; {shares}")
+    print(f"cpu: machine {busy:.0f}% busy; {shares}; user: {users}")
 
 
 if __name__ == "__main__":

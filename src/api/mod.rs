@@ -22,38 +22,38 @@ use error::ApiError;
 /// Registers every route under `/api/v1`, plus health, readiness, the admin page, the seed
 /// dialects (`compat`) and (when `metrics` is true) `/metrics`.
 ///
-/// actix-web tries routes in order and runs a regex with captures for every pattern with a
-/// `{segment}` it tries, so the order is part of the read path's cost: `/api/v1` comes before the
-/// seed dialects' root patterns (none of which can match under it), and everything about one
-/// chat sits in one `/chats/{chat_id}` scope, whose own routes are mostly static suffixes.
+/// actix-web tries routes in order, and each one it tries costs: a static pattern a prefix
+/// comparison and a path state set up and dropped, a `{segment}` pattern a regex run with
+/// captures. So the order is part of the read path's cost. `/api/v1` comes first and
+/// `/api/v1/chats` is its first scope: a request about one chat passes the scope's own
+/// resource and the seed dialect's five `/chats/...` routes (which must come before
+/// `/{chat_id}`, or it would take them), then lands in one `/{chat_id}` scope whose own routes
+/// are mostly static suffixes.
 pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
+    let chats = web::scope("/chats").service(
+        resource("")
+            .route(web::post().to(chats::create))
+            .route(web::get().to(chats::list)),
+    );
+    cfg.service(
+        compat::v1_routes(web::scope("/api/v1").service(
+            compat::v1_chat_routes(chats).service(web::scope("/{chat_id}").configure(chat_routes)),
+        ))
+        .service(resource("/auth/register").route(web::post().to(auth::register)))
+        .service(resource("/auth/login").route(web::post().to(auth::login)))
+        .service(resource("/auth/token").route(web::post().to(auth::token)))
+        .service(resource("/auth/me").route(web::get().to(auth::me)))
+        .service(resource("/models").route(web::get().to(models::list)))
+        .service(resource("/admin/stats").route(web::get().to(admin::stats)))
+        .service(resource("/admin/actors").route(web::get().to(admin::actors)))
+        .service(resource("/admin/actors/{chat_id}").route(web::get().to(admin::actor)))
+        .service(resource("/admin/actors/{chat_id}/evict").route(web::post().to(admin::evict))),
+    );
     if metrics {
         cfg.service(resource("/metrics").route(web::get().to(admin::metrics)));
     }
     cfg.route("/health", web::get().to(health::health))
         .route("/ready", web::get().to(health::ready))
-        .service(
-            // The seed dialect's `/chats/create-chat`, `/chats/get-chat`, ... come before the
-            // `/chats/{chat_id}` scope, which would otherwise take them.
-            compat::v1_routes(web::scope("/api/v1"))
-                .service(
-                    resource("/chats")
-                        .route(web::post().to(chats::create))
-                        .route(web::get().to(chats::list)),
-                )
-                .service(web::scope("/chats/{chat_id}").configure(chat_routes))
-                .service(resource("/auth/register").route(web::post().to(auth::register)))
-                .service(resource("/auth/login").route(web::post().to(auth::login)))
-                .service(resource("/auth/token").route(web::post().to(auth::token)))
-                .service(resource("/auth/me").route(web::get().to(auth::me)))
-                .service(resource("/models").route(web::get().to(models::list)))
-                .service(resource("/admin/stats").route(web::get().to(admin::stats)))
-                .service(resource("/admin/actors").route(web::get().to(admin::actors)))
-                .service(resource("/admin/actors/{chat_id}").route(web::get().to(admin::actor)))
-                .service(
-                    resource("/admin/actors/{chat_id}/evict").route(web::post().to(admin::evict)),
-                ),
-        )
         .service(resource("/admin").route(web::get().to(admin::page)))
         .configure(compat::root_routes);
 }

@@ -68,6 +68,47 @@ async fn idle_chats_are_evicted_and_reactivate() {
     assert_eq!(app.chats.stats().activations.get(), 1);
 }
 
+/// A chat read again and again is in use, though each worker finds its actor in its own hot
+/// handles (`hot`) rather than in the cache: the cache still hears of it often enough that idle
+/// eviction never takes it.
+#[actix_web::test]
+async fn a_chat_in_use_is_not_evicted_as_idle() {
+    let app = spawn_with(|s| s.actors.idle_timeout_secs = 1).await;
+    let u = app.register("u@example.com").await;
+    let chat = id(&app.create_chat(&u, "c").await);
+    app.say(&u, &chat, "hello").await;
+    let path = format!("/api/v1/chats/{chat}/messages");
+    let activations = app.chats.stats().activations.get();
+    for _ in 0..30 {
+        let page = app.get(&u, &path).await;
+        assert_eq!(page.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let evictions = &app.chats.stats().evictions;
+    assert_eq!(evictions.with_label_values(&["idle"]).get(), 0);
+    assert_eq!(app.chats.stats().activations.get(), activations);
+}
+
+/// A worker's hot handle to an actor that has since been evicted answers `Closed`: the request
+/// drops it and activates the chat again, rather than failing.
+#[actix_web::test]
+async fn a_chat_evicted_behind_a_hot_handle_reactivates() {
+    let app = spawn_app().await;
+    let u = app.register("u@example.com").await;
+    let chat = id(&app.create_chat(&u, "c").await);
+    app.say(&u, &chat, "hello").await;
+    let path = format!("/api/v1/chats/{chat}/messages");
+    let before = app.get(&u, &path).await.text().await.unwrap();
+    let activations = app.chats.stats().activations.get();
+    for _ in 0..3 {
+        assert!(app.chats.evict(chat.parse().unwrap()).await);
+        let page = app.get(&u, &path).await;
+        assert_eq!(page.status(), StatusCode::OK);
+        assert_eq!(page.text().await.unwrap(), before);
+    }
+    assert_eq!(app.chats.stats().activations.get(), activations + 3);
+}
+
 /// A panic in one chat's actor fails that request with 500, leaves other chats alone, and the
 /// actor restarts from stored state (the half-applied change is gone).
 #[actix_web::test]

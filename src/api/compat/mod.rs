@@ -26,23 +26,28 @@ use super::error::ApiError;
 use super::resource;
 use crate::auth::{Accounts, AuthUser};
 
-/// The seed 000–002 routes; registered inside the `/api/v1` scope before Arbor's own
-/// `/chats/{chat_id}` routes, which would otherwise claim `/chats/create-chat`.
-pub fn v1_routes(scope: actix_web::Scope) -> actix_web::Scope {
+/// The seed 000–002 routes under `/api/v1/chats`, registered inside that scope before Arbor's
+/// own `/{chat_id}` scope, which would otherwise claim `/create-chat`.
+pub fn v1_chat_routes(scope: actix_web::Scope) -> actix_web::Scope {
     scope
-        .service(resource("/chats/create-chat").route(web::post().to(v1::create_chat)))
-        .service(resource("/chats/create-conversation").route(web::post().to(v1::create_branch)))
-        .service(resource("/chats/get-chat").route(web::get().to(v1::get_chat)))
+        .service(resource("/create-chat").route(web::post().to(v1::create_chat)))
+        .service(resource("/create-conversation").route(web::post().to(v1::create_branch)))
+        .service(resource("/get-chat").route(web::get().to(v1::get_chat)))
         // Behind static scopes: a `{segment}` pattern costs a regex run on every request that
         // reaches it, and every request under `/api/v1/chats/` does.
         .service(
-            web::scope("/chats/update-chat")
+            web::scope("/update-chat")
                 .service(resource("/{chat_id}").route(web::put().to(v1::update_chat))),
         )
         .service(
-            web::scope("/chats/delete-chat")
+            web::scope("/delete-chat")
                 .service(resource("/{chat_id}").route(web::delete().to(delete_chat))),
         )
+}
+
+/// The rest of the seed 000–002 routes under `/api/v1`.
+pub fn v1_routes(scope: actix_web::Scope) -> actix_web::Scope {
+    scope
         .service(resource("/messages/add-message").route(web::post().to(v1::add_message)))
         .service(resource("/messages/get-chat").route(web::get().to(v1::branch_messages)))
         .service(resource("/branches/create-branch").route(web::post().to(v1::create_branch)))
