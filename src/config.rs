@@ -165,6 +165,9 @@ pub struct ActorSettings {
     /// The registry's own threads: they host the actors `spread` places, and store the replies
     /// an HTTP worker's stop handed over; 0 means one per core.
     pub arbiters: usize,
+    /// KiB of written message pages each thread hosting chat actors keeps, to answer a page
+    /// read again while its chat is unchanged without writing it again; 0 turns it off.
+    pub page_cache_kib: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -353,6 +356,7 @@ impl Default for Settings {
                 mailbox_capacity: 256,
                 placement: ActorPlacement::Local,
                 arbiters: 0,
+                page_cache_kib: 8192,
             },
             limits: LimitSettings {
                 max_body_bytes: 256 * 1024,

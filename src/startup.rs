@@ -203,6 +203,7 @@ fn start_chats(settings: &Settings, stores: &Stores, llm: Arc<LlmPool>) -> Chats
             } else {
                 actors.arbiters
             },
+            page_cache_bytes: actors.page_cache_kib.saturating_mul(1024),
         },
         llm,
     )

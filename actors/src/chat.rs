@@ -15,6 +15,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use bytes::Bytes;
 use futures_util::FutureExt;
 
 use crate::error::ChatError;
@@ -23,6 +24,7 @@ use crate::json;
 use crate::model::{
     Branch, BranchId, ChatId, ChatMeta, ChatRow, GenerationId, Message, MessageId, Role, UserId,
 };
+use crate::pages::{self, PageKey};
 use crate::ports::{MessageStore, MetadataStore, Turn};
 use crate::registry::{Birth, ChatHandle, Liveness};
 use crate::tree::Tree;
@@ -40,6 +42,8 @@ pub struct ChatRuntime {
     pub generations: Arc<Generations>,
     /// The actors alive, kept by the registry; each leaves it when dropped.
     pub(crate) live: Arc<Liveness>,
+    /// Bytes of written pages each thread keeps (`pages`); set by the registry.
+    pub(crate) page_cache_bytes: usize,
 }
 
 impl ChatRuntime {
@@ -55,6 +59,7 @@ impl ChatRuntime {
             messages,
             generations,
             live: Arc::default(),
+            page_cache_bytes: 0,
         }
     }
 }
@@ -263,9 +268,11 @@ pub struct ChatActor {
 impl Drop for ChatActor {
     fn drop(&mut self) {
         let core = &self.core;
-        core.rt
-            .live
-            .gone(core.state.tree.chat(), core.handle.instance(), core.flushed);
+        core.rt.live.gone(
+            core.state.tree.chat(),
+            core.handle.instance(),
+            core.handle.probe().is_flushed(),
+        );
     }
 }
 
@@ -285,8 +292,6 @@ impl ChatActor {
                 state,
                 rt,
                 generation: next_generation(),
-                deleted: false,
-                flushed: false,
                 handle,
             },
         }
@@ -299,7 +304,7 @@ impl ChatActor {
         user: UserId,
         op: impl FnOnce(&mut ChatCore) -> Result<R, ChatError>,
     ) -> Result<R, ChatError> {
-        if self.core.deleted || self.core.state.row.owner != user {
+        if self.core.handle.probe().is_deleted() || self.core.state.row.owner != user {
             return Err(ChatError::ChatNotFound);
         }
         match panic::catch_unwind(AssertUnwindSafe(|| op(&mut self.core))) {
@@ -331,13 +336,13 @@ impl ChatActor {
                 act.core.handle.probe().observe(&act.core.state.tree);
             }
             Ok(None) => {
-                act.core.deleted = true;
-                act.core.flushed = true;
+                act.core.handle.probe().mark_deleted();
+                act.core.handle.probe().mark_flushed();
                 ctx.stop();
             }
             Err(error) => {
                 tracing::error!(chat = %act.core.state.tree.chat(), %error, "chat reload failed; stopping the actor");
-                act.core.flushed = true;
+                act.core.handle.probe().mark_flushed();
                 ctx.stop();
             }
         }));
@@ -355,12 +360,11 @@ pub struct ChatCore {
     /// From `next_generation` at start and on every reload; the writer refuses queued writes of
     /// a failed generation.
     generation: u64,
-    deleted: bool,
-    /// Set when it stops after flushing. Dropped without it (its arbiter stopped under it), the
-    /// chat's next activation waits for the writer before loading.
-    flushed: bool,
     /// This actor's own handle: the writer reports its failed writes to the address and counts
-    /// its pending ones in the probe, which the operator surface reads.
+    /// its pending ones in the probe, which the operator surface reads. The probe also keeps
+    /// whether the chat was deleted and whether the actor flushed before stopping: a chat
+    /// dropped without that flush (its arbiter stopped under it) makes the chat's next
+    /// activation wait for the writer before loading.
     handle: ChatHandle,
 }
 
@@ -531,7 +535,7 @@ impl ChatCore {
 
     fn delete_chat(&mut self, _: DeleteChat) -> Result<Applied<()>, ChatError> {
         let slot = reserve(&self.rt)?;
-        self.deleted = true;
+        self.handle.probe().mark_deleted();
         let commit = self.write(slot, vec![WriteOp::DeleteChat(self.state.tree.chat())]);
         Ok(Applied::new((), commit))
     }
@@ -758,11 +762,25 @@ impl ChatCore {
         Ok(MessagePage::of(tree, branch, &page))
     }
 
-    fn list_messages_json(&mut self, msg: ListMessagesJson) -> Result<Vec<u8>, ChatError> {
+    /// The page written before for this state of the tree (`pages`), or written now.
+    fn list_messages_json(&mut self, msg: ListMessagesJson) -> Result<Bytes, ChatError> {
         let branch = self.resolve_branch(msg.branch)?;
         let tree = &self.state.tree;
+        let key = PageKey {
+            revision: tree.revision(),
+            branch,
+            limit: msg.limit,
+            before: msg.before,
+        };
+        if let Some(json) = pages::get(&key) {
+            return Ok(json);
+        }
         let page = tree.page(branch, msg.limit, msg.before)?;
-        json::page(tree, branch, &page).map_err(|e| ChatError::Internal(e.to_string()))
+        let json =
+            json::page(tree, branch, &page).map_err(|e| ChatError::Internal(e.to_string()))?;
+        let json = Bytes::from(json);
+        pages::put(key, &json, self.rt.page_cache_bytes);
+        Ok(json)
     }
 
     fn get_message(&mut self, msg: GetMessage) -> Result<MessageView, ChatError> {
@@ -1052,7 +1070,7 @@ chat_messages! {
     /// The same page as `ListMessages`, as the JSON its `MessagePage` serializes to, written
     /// by the actor straight from the tree (the REST read path).
     ListMessagesJson { branch: Option<BranchId>, limit: usize, before: Option<MessageId> }
-        -> Vec<u8> => list_messages_json;
+        -> Bytes => list_messages_json;
     GetMessage { id: MessageId } -> MessageView => get_message;
     GetTree {} -> TreeView => get_tree;
     /// Creates a branch whose head is an existing message.
@@ -1123,7 +1141,7 @@ impl Handler<Evict> for ChatActor {
     fn handle(&mut self, _: Evict, ctx: &mut Self::Context) {
         let barrier = self.core.rt.writer.barrier();
         ctx.wait(barrier.into_actor(self).map(|_, act, ctx| {
-            act.core.flushed = true;
+            act.core.handle.probe().mark_flushed();
             ctx.stop();
         }));
     }

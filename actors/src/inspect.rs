@@ -84,7 +84,15 @@ pub struct ActorProbe {
     branches: AtomicU32,
     tree_bytes: AtomicUsize,
     evict_reason: AtomicU8,
+    /// What the actor has come to (`DELETED`, `FLUSHED`): set once, never cleared. Kept here,
+    /// in the probe's padding, rather than in the actor, which has no byte to spare (`chat.rs`).
+    ends: AtomicU8,
 }
+
+/// The chat was deleted (or found gone): the actor answers nothing more and stops.
+const DELETED: u8 = 1;
+/// The actor flushed its writes before stopping.
+const FLUSHED: u8 = 2;
 
 impl ActorProbe {
     pub(crate) fn new(owner: UserId, tree: &Tree) -> Self {
@@ -99,9 +107,26 @@ impl ActorProbe {
             branches: AtomicU32::new(0),
             tree_bytes: AtomicUsize::new(0),
             evict_reason: AtomicU8::new(EvictReason::Stopped as u8),
+            ends: AtomicU8::new(0),
         };
         probe.observe(tree);
         probe
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.ends.fetch_or(DELETED, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.ends.load(Ordering::Relaxed) & DELETED != 0
+    }
+
+    pub(crate) fn mark_flushed(&self) {
+        self.ends.fetch_or(FLUSHED, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_flushed(&self) -> bool {
+        self.ends.load(Ordering::Relaxed) & FLUSHED != 0
     }
 
     /// A request reached the actor's handle.

@@ -24,6 +24,7 @@ mod json;
 pub mod llm;
 pub mod metrics;
 pub mod model;
+mod pages;
 pub mod ports;
 pub mod registry;
 mod rfc3339;

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
+use bytes::Bytes;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
@@ -144,6 +145,9 @@ pub struct RegistryConfig {
     /// puts there and those activated outside any arbiter, and the replies whose actor's thread
     /// stopped before they were stored (see `Drive`).
     pub arbiters: usize,
+    /// Bytes of written pages of the read path each thread hosting chat actors keeps, to answer
+    /// the same page of the same tree state again without writing it (`pages`); 0 is off.
+    pub page_cache_bytes: usize,
 }
 
 /// Which thread a chat's actor runs on.
@@ -169,6 +173,7 @@ impl Default for RegistryConfig {
             mailbox_capacity: 256,
             placement: Placement::Local,
             arbiters: 2,
+            page_cache_bytes: 8 << 20,
         }
     }
 }
@@ -440,7 +445,8 @@ impl Regenerated {
 
 impl Chats {
     /// Starts the registry: its arbiters and its eviction sweeper. Call inside an actix system.
-    pub fn start(rt: ChatRuntime, config: RegistryConfig, llm: Arc<LlmPool>) -> Self {
+    pub fn start(mut rt: ChatRuntime, config: RegistryConfig, llm: Arc<LlmPool>) -> Self {
+        rt.page_cache_bytes = config.page_cache_bytes;
         let stats = Arc::new(RegistryStats::default());
         let shutting_down = Arc::new(AtomicBool::new(false));
         let (evictions, stopping) = (stats.clone(), shutting_down.clone());
@@ -707,7 +713,7 @@ impl Chats {
         branch: Option<BranchId>,
         limit: usize,
         before: Option<MessageId>,
-    ) -> Result<Vec<u8>, ChatError> {
+    ) -> Result<Bytes, ChatError> {
         let msg = ListMessagesJson {
             user,
             branch,

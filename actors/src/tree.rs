@@ -242,6 +242,16 @@ pub struct Tree {
     branches: ThinVec<BranchRef>,
     active: BranchId,
     chat: ChatId,
+    /// This state of the tree among every tree's in the process: each change takes a new one
+    /// (`stamp`), so what was computed from one state (a page's JSON, `Tree::revision`) is
+    /// known to still hold while the revision is the same.
+    revision: u64,
+}
+
+/// The next tree state's revision.
+fn next_revision() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A branch as the tree keeps it: [`Branch`] without the chat id (the tree's own) and with its
@@ -302,7 +312,18 @@ impl Tree {
             active: main.id,
             chat: main.chat_id,
             branches: thin_vec::thin_vec![main.into()],
+            revision: next_revision(),
         }
+    }
+
+    /// This state's revision: unique in the process, and new after every change (anything
+    /// that takes `&mut self`, failed or not).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn stamp(&mut self) {
+        self.revision = next_revision();
     }
 
     /// Rebuilds a tree from stored rows, repairing what a crash between the two stores may have
@@ -330,6 +351,7 @@ impl Tree {
             chat: branches[0].chat_id,
             branches: branches.into_iter().map(BranchRef::from).collect(),
             active,
+            revision: next_revision(),
         };
         messages.sort_by_key(|m| m.id);
         let mut pruned = Vec::new();
@@ -587,6 +609,7 @@ impl Tree {
 
     /// Adds `message` to `branch`: it must be a child of the branch head; the head moves to it.
     pub fn append(&mut self, branch: BranchId, message: Message) -> Result<(), TreeError> {
+        self.stamp();
         let idx = self.branch_index(branch)?;
         if message.parent_id != self.branches[idx].head {
             return Err(TreeError::NotAtHead);
@@ -602,6 +625,7 @@ impl Tree {
     /// Adds `message` under its parent without moving any branch. The caller must point a branch
     /// at it (or at a descendant) in the same step, or the invariant breaks.
     pub fn attach(&mut self, message: Message) -> Result<(), TreeError> {
+        self.stamp();
         if self.find(message.id).is_some() {
             return Err(TreeError::Duplicate);
         }
@@ -626,6 +650,7 @@ impl Tree {
         head: MessageId,
         at: DateTime<Utc>,
     ) -> Result<(), TreeError> {
+        self.stamp();
         self.node(head)?;
         let idx = self.branch_index(branch)?;
         let b = &mut self.branches[idx];
@@ -636,6 +661,7 @@ impl Tree {
 
     /// Adds a branch (a fork): its head, if any, must already be in the tree.
     pub fn add_branch(&mut self, branch: Branch) -> Result<(), TreeError> {
+        self.stamp();
         if let Some(head) = branch.head {
             self.node(head)?;
         }
@@ -654,6 +680,7 @@ impl Tree {
         replacement: Message,
         mut branch: Branch,
     ) -> Result<(), TreeError> {
+        self.stamp();
         let original = self.node(target)?;
         if replacement.parent_id != self.parent_id(original) {
             return Err(TreeError::NotAtHead);
@@ -678,6 +705,7 @@ impl Tree {
     }
 
     pub fn set_active(&mut self, branch: BranchId) -> Result<(), TreeError> {
+        self.stamp();
         self.branch(branch)?;
         self.active = branch;
         Ok(())
@@ -689,6 +717,7 @@ impl Tree {
         name: String,
         at: DateTime<Utc>,
     ) -> Result<(), TreeError> {
+        self.stamp();
         let idx = self.branch_index(branch)?;
         self.branches[idx].name = name.into_boxed_str();
         self.branches[idx].updated_at = at;
@@ -698,6 +727,7 @@ impl Tree {
     /// Removes a branch and every message no remaining branch reaches; returns those messages.
     /// If the active branch goes, the most recently updated remaining branch becomes active.
     pub fn delete_branch(&mut self, branch: BranchId) -> Result<Vec<MessageId>, TreeError> {
+        self.stamp();
         let idx = self.branch_index(branch)?;
         if self.branches.len() == 1 {
             return Err(TreeError::LastBranch);
@@ -1316,6 +1346,52 @@ mod tests {
         let d = f.push(f.main, "d");
         check(&f.tree, &[early.id, a, b, c, d]);
         assert_eq!(f.texts(f.main), ["a", "b", "c", "d"]);
+    }
+
+    /// What is computed from one state of a tree (the read path's cached pages) is kept while
+    /// the revision stays: so every change must take a new one, unique among all trees, and
+    /// reading must not.
+    #[test]
+    fn every_change_takes_a_new_revision_and_reads_keep_it() {
+        let mut f = fixture();
+        let other = fixture();
+        let mut seen = vec![other.tree.revision()];
+        let mut changed = |tree: &Tree, what: &str| {
+            assert!(!seen.contains(&tree.revision()), "{what} kept a revision");
+            seen.push(tree.revision());
+        };
+        changed(&f.tree, "new");
+        let a = f.push(f.main, "a");
+        changed(&f.tree, "append");
+        let b = f.push(f.main, "b");
+        changed(&f.tree, "append");
+        let fork = f.fork_at(a);
+        changed(&f.tree, "add_branch");
+        f.tree.set_active(fork).unwrap();
+        changed(&f.tree, "set_active");
+        f.tree
+            .rename_branch(fork, "renamed".into(), crate::model::now())
+            .unwrap();
+        changed(&f.tree, "rename_branch");
+        f.tree.set_head(fork, b, crate::model::now()).unwrap();
+        changed(&f.tree, "set_head");
+        let edited = branch(f.chat, "edit", None);
+        f.tree.edit(b, msg(f.chat, Some(a), "b2"), edited).unwrap();
+        changed(&f.tree, "edit");
+        f.tree.attach(msg(f.chat, Some(a), "loose")).unwrap();
+        changed(&f.tree, "attach");
+        f.tree.delete_branch(fork).unwrap();
+        changed(&f.tree, "delete_branch");
+        assert!(f.tree.set_active(BranchId::new()).is_err());
+        changed(&f.tree, "a failed change");
+
+        let before = f.tree.revision();
+        let _ = f.tree.page(f.main, 20, None).unwrap();
+        let _ = f.tree.path(f.main).unwrap();
+        let _ = f.tree.clone();
+        assert_eq!(f.tree.revision(), before, "reads change nothing");
+        let restored = Tree::restore(vec![branch(f.chat, "main", None)], f.main, vec![]).unwrap();
+        changed(&restored.tree, "restore");
     }
 
     #[test]

@@ -245,8 +245,9 @@ pub fn activation(config: &Path, count: usize, pairs: usize, rounds: usize) -> a
 /// actor on this thread (no thread crossing: placement `local`) as JSON, the way the handler
 /// asks (`list_messages_json`: the actor writes it from its tree). Beside it, the route before
 /// it: the page as views (`list_messages`), then serde_json; the bytes must be the same.
-/// What a `read_path` request costs Arbor beyond the shape's floor (`ceiling_actor`: the
-/// token, the hop, a body of the same size), measured one page at a time.
+/// What a `read_path` request costs Arbor beyond the shape's floor (`ceiling_local`: the
+/// token, the hop, a body of the same size), measured one page at a time. The actors' kept
+/// pages (`actors.page_cache_kib`) are off here: this measures writing them.
 pub fn page(
     config: &Path,
     count: usize,
@@ -256,7 +257,10 @@ pub fn page(
 ) -> anyhow::Result<()> {
     with_chats(
         config,
-        |s| s.actors.placement = ActorPlacement::Local,
+        |s| {
+            s.actors.placement = ActorPlacement::Local;
+            s.actors.page_cache_kib = 0;
+        },
         |chats| async move {
             let user = new_user(&chats).await?;
             let (ids, _) = seed(&chats, user, count, pairs, answer_bytes).await?;

@@ -236,3 +236,89 @@ async fn idempotency_key_replays_without_adding() {
     assert_eq!(replayed["branch_id"], side["id"]);
     assert_eq!(replayed["messages"][0]["id"], sent["messages"][0]["id"]);
 }
+
+/// The chat's actor keeps the pages it writes (`pages`) and answers the same page again while
+/// the chat is unchanged: every kind of change shows on the next read of the same page.
+#[actix_web::test]
+async fn a_page_read_again_shows_every_change() {
+    let app = spawn_app().await;
+    let u = app.register("u@example.com").await;
+    let chat = id(&app.create_chat(&u, "c").await);
+    let main = app.get(&u, &format!("/api/v1/chats/{chat}")).await;
+    let main = main.json::<Value>().await.unwrap()["active_branch_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = id(&app.say(&u, &chat, "one").await["messages"][0]);
+    assert_eq!(app.path(&u, &chat, None).await, ["one"]);
+    app.say(&u, &chat, "two").await;
+    assert_eq!(app.path(&u, &chat, None).await, ["one", "two"]);
+    assert_eq!(app.path(&u, &chat, Some(&main)).await, ["one", "two"]);
+
+    // A fork made active: the active branch's page is the fork's.
+    let fork = app
+        .post(
+            &u,
+            &format!("/api/v1/chats/{chat}/branches"),
+            json!({"message_index": 0, "activate": true}),
+        )
+        .await;
+    assert_eq!(fork.status(), StatusCode::CREATED);
+    let fork = id(&fork.json::<Value>().await.unwrap());
+    assert_eq!(app.path(&u, &chat, None).await, ["one"]);
+    app.say(&u, &chat, "three").await;
+    assert_eq!(app.path(&u, &chat, None).await, ["one", "three"]);
+    assert_eq!(app.path(&u, &chat, Some(&fork)).await, ["one", "three"]);
+    assert_eq!(app.path(&u, &chat, Some(&main)).await, ["one", "two"]);
+
+    // The sibling counts on main's page change with the fork's message.
+    let page = app
+        .get(
+            &u,
+            &format!("/api/v1/chats/{chat}/messages?limit=200&branch_id={main}"),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(page["messages"][1]["sibling_count"], 2);
+
+    // Back to main, then an edit of the first message (a new active branch).
+    let res = app
+        .put(
+            &u,
+            &format!("/api/v1/chats/{chat}/active-branch"),
+            json!({"branch_id": main}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.path(&u, &chat, None).await, ["one", "two"]);
+    let res = app
+        .post(
+            &u,
+            &format!("/api/v1/chats/{chat}/messages/{first}/edit"),
+            json!({"content": "uno"}),
+        )
+        .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::CREATED,
+        "{}",
+        res.text().await.unwrap()
+    );
+    assert_eq!(app.path(&u, &chat, None).await, ["uno"]);
+
+    // The fork deleted: its page is gone, main's is unchanged.
+    let res = app
+        .delete(&u, &format!("/api/v1/chats/{chat}/branches/{fork}"))
+        .await;
+    assert!(res.status().is_success(), "{}", res.status());
+    let gone = app
+        .get(
+            &u,
+            &format!("/api/v1/chats/{chat}/messages?branch_id={fork}"),
+        )
+        .await;
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.path(&u, &chat, Some(&main)).await, ["one", "two"]);
+}
