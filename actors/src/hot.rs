@@ -19,10 +19,10 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
-use crate::model::ChatId;
+use crate::model::{ChatId, IdHasher};
 use crate::registry::ChatHandle;
 
 /// Entries per thread at most; the map is emptied when it is full.
@@ -38,38 +38,6 @@ type Hot = HashMap<(u64, ChatId), Entry, BuildHasherDefault<IdHasher>>;
 
 thread_local! {
     static HOT: RefCell<Hot> = RefCell::default();
-}
-
-/// Hashes a `(registry, chat)` key by the chat id's last eight bytes, which are random (v4 and
-/// v7 alike): no need to run SipHash over them.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        // A `ChatId` hashes as its 16 bytes (after their length); anything else mixes in.
-        match bytes.last_chunk::<8>() {
-            Some(last) if bytes.len() == 16 => self.0 ^= u64::from_le_bytes(*last),
-            _ => {
-                for &b in bytes {
-                    self.0 =
-                        (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
-                }
-            }
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 /// The handle the cache gave this thread for `chat` less than `refresh` ago.

@@ -15,10 +15,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 use bytes::Bytes;
 
-use crate::model::{BranchId, MessageId};
+use crate::model::{BranchId, IdHasher, MessageId};
 
 /// One page request against one state of one tree.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,7 +32,7 @@ pub(crate) struct PageKey {
 
 #[derive(Default)]
 struct Pages {
-    pages: HashMap<PageKey, Bytes>,
+    pages: HashMap<PageKey, Bytes, BuildHasherDefault<IdHasher>>,
     bytes: usize,
 }
 
