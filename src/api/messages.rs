@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use actix_web::http::header::ContentType;
+use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use arbor_actors::model::{BranchId, ChatId, MessageId, Role};
@@ -190,8 +190,9 @@ pub async fn list(
             query.before,
         )
         .await?;
+    // A static header value: `ContentType::json()` copies its text into a new one each time.
     Ok(HttpResponse::Ok()
-        .content_type(ContentType::json())
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
         .body(body))
 }
 
