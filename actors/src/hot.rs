@@ -26,7 +26,7 @@ use crate::model::{ChatId, IdHasher};
 use crate::registry::ChatHandle;
 
 /// Entries per thread at most; the map is emptied when it is full.
-const CAPACITY: usize = 8192;
+const CAPACITY: usize = 4096;
 
 struct Entry {
     handle: ChatHandle,
