@@ -68,6 +68,7 @@ pub(crate) fn forget(registry: u64, chat: ChatId) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

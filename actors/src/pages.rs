@@ -63,6 +63,7 @@ pub(crate) fn put(key: PageKey, page: &Bytes, budget: usize) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
