@@ -13,10 +13,13 @@ pub mod messages;
 pub mod models;
 pub mod sse;
 
-use actix_web::{web, HttpResponse};
+use actix_web::guard::{Guard, GuardContext};
+use actix_web::http::Method;
+use actix_web::{web, HttpResponse, Route};
 use serde::{Deserialize, Deserializer};
 
 use crate::config::LimitSettings;
+use crate::metrics::RouteMetrics;
 use error::ApiError;
 
 /// Registers every route under `/api/v1`, plus health, readiness, the admin page, the seed
@@ -32,29 +35,29 @@ use error::ApiError;
 pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
     let chats = web::scope("/chats").service(
         resource("")
-            .route(web::post().to(chats::create))
-            .route(web::get().to(chats::list)),
+            .route(post().to(chats::create))
+            .route(get().to(chats::list)),
     );
     cfg.service(
         compat::v1_routes(web::scope("/api/v1").service(
             compat::v1_chat_routes(chats).service(web::scope("/{chat_id}").configure(chat_routes)),
         ))
-        .service(resource("/auth/register").route(web::post().to(auth::register)))
-        .service(resource("/auth/login").route(web::post().to(auth::login)))
-        .service(resource("/auth/token").route(web::post().to(auth::token)))
-        .service(resource("/auth/me").route(web::get().to(auth::me)))
-        .service(resource("/models").route(web::get().to(models::list)))
-        .service(resource("/admin/stats").route(web::get().to(admin::stats)))
-        .service(resource("/admin/actors").route(web::get().to(admin::actors)))
-        .service(resource("/admin/actors/{chat_id}").route(web::get().to(admin::actor)))
-        .service(resource("/admin/actors/{chat_id}/evict").route(web::post().to(admin::evict))),
+        .service(resource("/auth/register").route(post().to(auth::register)))
+        .service(resource("/auth/login").route(post().to(auth::login)))
+        .service(resource("/auth/token").route(post().to(auth::token)))
+        .service(resource("/auth/me").route(get().to(auth::me)))
+        .service(resource("/models").route(get().to(models::list)))
+        .service(resource("/admin/stats").route(get().to(admin::stats)))
+        .service(resource("/admin/actors").route(get().to(admin::actors)))
+        .service(resource("/admin/actors/{chat_id}").route(get().to(admin::actor)))
+        .service(resource("/admin/actors/{chat_id}/evict").route(post().to(admin::evict))),
     );
     if metrics {
-        cfg.service(resource("/metrics").route(web::get().to(admin::metrics)));
+        cfg.service(resource("/metrics").route(get().to(admin::metrics)));
     }
     cfg.route("/health", web::get().to(health::health))
         .route("/ready", web::get().to(health::ready))
-        .service(resource("/admin").route(web::get().to(admin::page)))
+        .service(resource("/admin").route(get().to(admin::page)))
         .configure(compat::root_routes);
 }
 
@@ -62,51 +65,85 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
 fn chat_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         resource("")
-            .route(web::get().to(chats::get))
-            .route(web::patch().to(chats::update))
-            .route(web::delete().to(chats::delete)),
+            .route(get().to(chats::get))
+            .route(patch().to(chats::update))
+            .route(delete().to(chats::delete)),
     )
     .service(
         resource("/messages")
-            .route(web::post().to(messages::send))
-            .route(web::get().to(messages::list)),
+            .route(post().to(messages::send))
+            .route(get().to(messages::list)),
     )
     .service(
         resource("/branches")
-            .route(web::post().to(branches::create))
-            .route(web::get().to(branches::list)),
+            .route(post().to(branches::create))
+            .route(get().to(branches::list)),
     )
-    .service(resource("/active-branch").route(web::put().to(branches::set_active)))
-    .service(resource("/tree").route(web::get().to(messages::tree)))
+    .service(resource("/active-branch").route(put().to(branches::set_active)))
+    .service(resource("/tree").route(get().to(messages::tree)))
     .service(
         resource("/branches/{branch_id}")
-            .route(web::get().to(branches::get))
-            .route(web::patch().to(branches::rename))
-            .route(web::delete().to(branches::delete)),
+            .route(get().to(branches::get))
+            .route(patch().to(branches::rename))
+            .route(delete().to(branches::delete)),
     )
-    .service(resource("/messages/{message_id}").route(web::get().to(messages::get)))
-    .service(resource("/messages/{message_id}/edit").route(web::post().to(messages::edit)))
-    .service(
-        resource("/messages/{message_id}/regenerate").route(web::post().to(messages::regenerate)),
-    )
-    .service(resource("/generations/{generation_id}").route(web::get().to(generations::get)))
-    .service(
-        resource("/generations/{generation_id}/events").route(web::get().to(generations::events)),
-    )
-    .service(
-        resource("/generations/{generation_id}/cancel").route(web::post().to(generations::cancel)),
-    );
+    .service(resource("/messages/{message_id}").route(get().to(messages::get)))
+    .service(resource("/messages/{message_id}/edit").route(post().to(messages::edit)))
+    .service(resource("/messages/{message_id}/regenerate").route(post().to(messages::regenerate)))
+    .service(resource("/generations/{generation_id}").route(get().to(generations::get)))
+    .service(resource("/generations/{generation_id}/events").route(get().to(generations::events)))
+    .service(resource("/generations/{generation_id}/cancel").route(post().to(generations::cancel)));
 }
 
-/// A resource that answers unsupported methods with a JSON 405.
+/// A resource that answers unsupported methods with a JSON 405 and keeps its own request
+/// metrics' handles (`RouteMetrics`, one per HTTP worker).
 fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(|| async {
-        HttpResponse::MethodNotAllowed().json(error::ErrorBody::of(&error::ApiError::new(
-            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this endpoint does not support that method",
-        )))
-    }))
+    web::resource(path)
+        .app_data(RouteMetrics::default())
+        .default_service(web::to(|| async {
+            HttpResponse::MethodNotAllowed().json(error::ErrorBody::of(&error::ApiError::new(
+                actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not support that method",
+            )))
+        }))
+}
+
+/// Method routes for `resource`: `get()` and the like without actix-web's bookkeeping.
+/// Its method guard records every method it checks in the request's extensions (a `Vec` and
+/// two map operations, ~540 instructions for each route tried) for the `Allow` header of its
+/// own 405, which `resource`'s JSON 405 replaces.
+fn get() -> Route {
+    method(Method::GET)
+}
+
+fn post() -> Route {
+    method(Method::POST)
+}
+
+fn put() -> Route {
+    method(Method::PUT)
+}
+
+fn patch() -> Route {
+    method(Method::PATCH)
+}
+
+fn delete() -> Route {
+    method(Method::DELETE)
+}
+
+fn method(method: Method) -> Route {
+    web::route().guard(MethodIs(method))
+}
+
+/// The request's method is this one.
+struct MethodIs(Method);
+
+impl Guard for MethodIs {
+    fn check(&self, ctx: &GuardContext<'_>) -> bool {
+        ctx.head().method == self.0
+    }
 }
 
 /// Unknown paths.

@@ -283,7 +283,39 @@ async fn bad_tokens_get_401() {
             .bearer_auth(token)
             .send()
     };
-    assert_eq!(me(valid).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(me(valid.clone()).await.unwrap().status(), StatusCode::OK);
+    // The header as bytes: the scheme's two spellings and blanks around the token are
+    // accepted; anything else is refused, whether or not it is UTF-8.
+    let with_header = |value: Vec<u8>| {
+        app.client
+            .get(app.url("/api/v1/auth/me"))
+            .header(
+                reqwest::header::AUTHORIZATION,
+                reqwest::header::HeaderValue::from_bytes(&value).unwrap(),
+            )
+            .send()
+    };
+    for value in [format!("bearer {valid}"), format!("Bearer \t {valid}  \t")] {
+        let res = with_header(value.clone().into_bytes()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{value:?}");
+    }
+    for (value, code) in [
+        (b"Bearer \xff\xfe".to_vec(), "missing_token"),
+        (b"Bearer \t ".to_vec(), "missing_token"),
+        (format!("Basic {valid}").into_bytes(), "missing_token"),
+        (format!("BEARER {valid}").into_bytes(), "missing_token"),
+        (
+            "Bearer jet\u{e9}.t\u{f6}ken".as_bytes().to_vec(),
+            "invalid_token",
+        ),
+        (
+            format!("Bearer {valid}\u{e9}").into_bytes(),
+            "invalid_token",
+        ),
+    ] {
+        let res = with_header(value).await.unwrap();
+        assert_error(res, StatusCode::UNAUTHORIZED, code).await;
+    }
     for (token, code) in [
         (expired, "token_expired"),
         (forged, "invalid_token"),

@@ -85,6 +85,15 @@ async fn metrics_pass_promtool_and_count_what_happened() {
     assert_eq!(reply.status(), StatusCode::CREATED);
     assert!(app.chats.evict(chat.parse().unwrap()).await);
     assert_eq!(app.path(&u, &chat, None).await.len(), 5);
+    // The same route with another status, and with a method it does not answer: each pair of
+    // method and status is its own sample, and the route's label stays its pattern.
+    let unknown_branch = format!("{messages}?branch_id={}", uuid::Uuid::new_v4());
+    assert_eq!(
+        app.get(&u, &unknown_branch).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let put = app.client.put(app.url(&messages)).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::METHOD_NOT_ALLOWED);
     let res = app
         .client
         .get(app.url("/no/such/path"))
@@ -112,6 +121,26 @@ async fn metrics_pass_promtool_and_count_what_happened() {
     assert_eq!(
         get("arbor_http_request_duration_seconds_count", &route),
         4.0
+    );
+    let messages_route = route[1];
+    for (method, status, count) in [
+        ("GET", "200", 1.0),
+        ("GET", "404", 1.0),
+        ("PUT", "405", 1.0),
+    ] {
+        let labels = [("method", method), messages_route, ("status", status)];
+        assert_eq!(
+            get("arbor_http_requests_total", &labels),
+            count,
+            "{labels:?}"
+        );
+    }
+    assert_eq!(
+        get(
+            "arbor_http_request_duration_seconds_count",
+            &[("method", "GET"), messages_route]
+        ),
+        2.0
     );
     assert_eq!(
         get(

@@ -23,74 +23,72 @@ use arbor_actors::views::{BranchView, ChatView, MessageView, TreeView};
 use arbor_actors::{Chats, SendRequest};
 
 use super::error::ApiError;
-use super::resource;
+use super::{delete, get, patch, post, put, resource};
 use crate::auth::{Accounts, AuthUser};
 
 /// The seed 000–002 routes under `/api/v1/chats`, registered inside that scope before Arbor's
 /// own `/{chat_id}` scope, which would otherwise claim `/create-chat`.
 pub fn v1_chat_routes(scope: actix_web::Scope) -> actix_web::Scope {
     scope
-        .service(resource("/create-chat").route(web::post().to(v1::create_chat)))
-        .service(resource("/create-conversation").route(web::post().to(v1::create_branch)))
-        .service(resource("/get-chat").route(web::get().to(v1::get_chat)))
+        .service(resource("/create-chat").route(post().to(v1::create_chat)))
+        .service(resource("/create-conversation").route(post().to(v1::create_branch)))
+        .service(resource("/get-chat").route(get().to(v1::get_chat)))
         // Behind static scopes: a `{segment}` pattern costs a regex run on every request that
         // reaches it, and every request under `/api/v1/chats/` does.
         .service(
             web::scope("/update-chat")
-                .service(resource("/{chat_id}").route(web::put().to(v1::update_chat))),
+                .service(resource("/{chat_id}").route(put().to(v1::update_chat))),
         )
         .service(
             web::scope("/delete-chat")
-                .service(resource("/{chat_id}").route(web::delete().to(delete_chat))),
+                .service(resource("/{chat_id}").route(delete().to(delete_chat))),
         )
 }
 
 /// The rest of the seed 000–002 routes under `/api/v1`.
 pub fn v1_routes(scope: actix_web::Scope) -> actix_web::Scope {
     scope
-        .service(resource("/messages/add-message").route(web::post().to(v1::add_message)))
-        .service(resource("/messages/get-chat").route(web::get().to(v1::branch_messages)))
-        .service(resource("/branches/create-branch").route(web::post().to(v1::create_branch)))
-        .service(resource("/branches/get-branches").route(web::get().to(v1::branches)))
-        .service(
-            resource("/branches/set-active-branch").route(web::put().to(v1::set_active_branch)),
-        )
-        .service(resource("/conversations/").route(web::post().to(v1::add_message)))
-        .service(resource("/conversations").route(web::post().to(v1::add_message)))
+        .service(resource("/messages/add-message").route(post().to(v1::add_message)))
+        .service(resource("/messages/get-chat").route(get().to(v1::branch_messages)))
+        .service(resource("/branches/create-branch").route(post().to(v1::create_branch)))
+        .service(resource("/branches/get-branches").route(get().to(v1::branches)))
+        .service(resource("/branches/set-active-branch").route(put().to(v1::set_active_branch)))
+        .service(resource("/conversations/").route(post().to(v1::add_message)))
+        .service(resource("/conversations").route(post().to(v1::add_message)))
 }
 
 /// The seed 003 and 004 routes at the root.
 pub fn root_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/").route(web::get().to(plain::root)))
-        .service(resource("/auth/register").route(web::post().to(super::auth::register)))
-        .service(resource("/auth/signup").route(web::post().to(rooms::signup)))
-        .service(resource("/auth/login").route(web::post().to(super::auth::login)))
-        .service(resource("/auth/token").route(web::post().to(super::auth::token)))
-        .service(resource("/auth/me").route(web::get().to(super::auth::me)))
+    cfg.service(resource("/").route(get().to(plain::root)))
+        .service(resource("/auth/register").route(post().to(super::auth::register)))
+        .service(resource("/auth/signup").route(post().to(rooms::signup)))
+        .service(resource("/auth/login").route(post().to(super::auth::login)))
+        .service(resource("/auth/token").route(post().to(super::auth::token)))
+        .service(resource("/auth/me").route(get().to(super::auth::me)))
         .service(
             resource("/chats")
-                .route(web::post().to(plain::create_chat))
-                .route(web::get().to(plain::list_chats)),
+                .route(post().to(plain::create_chat))
+                .route(get().to(plain::list_chats)),
         )
         .service(
             resource("/chats/{chat_id}")
-                .route(web::get().to(plain::get_chat))
-                .route(web::patch().to(plain::update_chat))
-                .route(web::delete().to(delete_chat)),
+                .route(get().to(plain::get_chat))
+                .route(patch().to(plain::update_chat))
+                .route(delete().to(delete_chat)),
         )
-        .service(resource("/chats/{chat_id}/messages").route(web::get().to(plain::messages)))
-        .service(resource("/chat").route(web::post().to(plain::chat)))
+        .service(resource("/chats/{chat_id}/messages").route(get().to(plain::messages)))
+        .service(resource("/chat").route(post().to(plain::chat)))
         .service(rooms_resource("/rooms/"))
         .service(rooms_resource("/rooms"))
-        .service(resource("/rooms/{room_id}").route(web::get().to(rooms::get)))
-        .service(resource("/chat/{room_id}").route(web::post().to(rooms::send)));
+        .service(resource("/rooms/{room_id}").route(get().to(rooms::get)))
+        .service(resource("/chat/{room_id}").route(post().to(rooms::send)));
 }
 
 /// `/rooms/`, and `/rooms`, which FastAPI would redirect there.
 fn rooms_resource(path: &str) -> actix_web::Resource {
     resource(path)
-        .route(web::post().to(rooms::create))
-        .route(web::get().to(rooms::list))
+        .route(post().to(rooms::create))
+        .route(get().to(rooms::list))
 }
 
 /// A chat and its whole tree, read together for the views that need every branch's path.
