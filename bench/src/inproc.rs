@@ -158,12 +158,22 @@ async fn seed(
 ) -> anyhow::Result<(Vec<ChatId>, usize)> {
     let seeded: Vec<(ChatId, usize)> = stream::iter(0..count)
         .map(|i| async move {
-            let new = NewChat {
-                title: Some(format!("chat {i}")),
-                system_prompt: None,
-                description: None,
+            // Buffered acks let seeding outrun the writer: a full queue is waited out, as in
+            // `add_pair`.
+            let chat = loop {
+                let new = NewChat {
+                    title: Some(format!("chat {i}")),
+                    system_prompt: None,
+                    description: None,
+                };
+                match chats.create(user, new).await {
+                    Ok(chat) => break chat.id,
+                    Err(ChatError::Overloaded) => {
+                        tokio::time::sleep(Duration::from_millis(2)).await
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             };
-            let chat = chats.create(user, new).await?.id;
             let mut bytes = 0;
             for p in 0..pairs {
                 bytes += add_pair(chats, user, chat, p, answer_bytes).await?;
