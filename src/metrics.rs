@@ -322,8 +322,6 @@ impl Metrics {
         InFlight(&self.http.in_flight)
     }
 
-    /// Records one answered request. `route` is the matched pattern (`unmatched` otherwise),
-    /// so label values stay bounded whatever paths clients send.
     /// Records a request answered by a resource that keeps a [`RouteMetrics`]: the label text
     /// and the two labelled instruments are looked up on the first request with each method and
     /// status and kept there. `pattern` gives the route's label the first time.
@@ -359,6 +357,8 @@ impl Metrics {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records one answered request. `route` is the matched pattern (`unmatched` otherwise),
+    /// so label values stay bounded whatever paths clients send.
     pub fn record_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         let digits = itoa_status(status);
         let status = std::str::from_utf8(&digits).unwrap_or("000");
