@@ -253,22 +253,32 @@ impl TestApp {
         res.json().await.unwrap()
     }
 
-    /// Contents along a branch's path (the active one when `branch` is None).
+    /// Contents along a branch's whole path (the active one when `branch` is None), oldest
+    /// first, read page by page: a path can pass the 200-message page limit.
     pub async fn path(&self, user: &User, chat: &str, branch: Option<&str>) -> Vec<String> {
         let q = branch
             .map(|b| format!("&branch_id={b}"))
             .unwrap_or_default();
-        let res = self
-            .get(user, &format!("/api/v1/chats/{chat}/messages?limit=200{q}"))
-            .await;
-        assert_eq!(res.status(), StatusCode::OK);
-        let body: Value = res.json().await.unwrap();
-        body["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["content"].as_str().unwrap().to_owned())
-            .collect()
+        let mut pages = Vec::new();
+        let mut before = String::new();
+        loop {
+            let url = format!("/api/v1/chats/{chat}/messages?limit=200{q}{before}");
+            let res = self.get(user, &url).await;
+            assert_eq!(res.status(), StatusCode::OK);
+            let body: Value = res.json().await.unwrap();
+            let page: Vec<String> = body["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["content"].as_str().unwrap().to_owned())
+                .collect();
+            pages.push(page);
+            match body["next_before"].as_str() {
+                Some(next) => before = format!("&before={next}"),
+                None => break,
+            }
+        }
+        pages.into_iter().rev().flatten().collect()
     }
 }
 
