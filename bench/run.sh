@@ -17,14 +17,17 @@
 # round trip to an actor on a thread of its own), ceiling_local (the same with the actor on an
 # HTTP worker, as Arbor places chats: the floor of Arbor's shape), read_path, add_pair, fork,
 # reply; fork_20, fork_1k, fork_10k
-# (fork on 64 chats of 20, 1,000 and 10,000 messages; seeded only when asked for).
+# (fork on 64 chats of 20, 1,000 and 10,000 messages; seeded only when asked for);
+# add_pair_rated (oha, not wrk: add_pair open loop at its target's rate, its latency counted from
+# when each request was due; needs `oha`, see below).
 # Other scenarios: ttft (Arbor's added time to first token, over HTTP, one request at a time);
 # in-process: ack (a lone write's acknowledgement, one at a time: in durable mode, its commit),
 # activation (1,000-message chats), memory (100k idle chats of 10 messages), lag
 # (write-behind lag at 5,000 messages/s), page (the read path's own work: a page from a
 # resident chat's actor on the same thread, and its JSON; not in the default set;
 # --answer-bytes N gives its chats answers of N bytes of text like a model's).
-# Default: every scenario. --memory-chats N sets the memory scenario's chat count.
+# Default: every scenario. --memory-chats N sets the memory scenario's chat count, --lag-rate N
+# the lag scenario's messages per second (its target is at 5,000).
 # --profile DIR records `perf record --call-graph dwarf` of the server under load (Arbor, or the
 # harness's trivial server for the ceiling scenarios) during each HTTP scenario into
 # DIR/<scenario>.perf.data (read with `perf report -i ...`).
@@ -32,13 +35,15 @@
 # (bench/tools/cpu_by_process.py).
 # BENCH_WRITER=1 prints, after each Arbor scenario, the writer's mean batch size and the mean time
 # of each commit stage during it and the drain that follows it (from /metrics).
+# BENCH_TIMELINE=1 prints, after each Arbor scenario, its writer second by second: batches, rows
+# and each store call's mean and slowest (bench/tools/writer_timeline.py).
 # BENCH_BIN=DIR runs the `arbor` and `arbor-bench` binaries in DIR instead of building them (an
 # A/B of two builds: copy each build's pair into its own directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=10 CHATS=1000 PAIRS=10 CONNECTIONS=64 THREADS=2 BACKEND=sqlite ACK=durable
-MIN_FRACTION="" MEMORY_CHATS=100000 PROFILE="" ANSWER_BYTES=0
+MIN_FRACTION="" MEMORY_CHATS=100000 PROFILE="" ANSWER_BYTES=0 LAG_RATE=5000
 SCENARIOS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -51,15 +56,21 @@ while [ $# -gt 0 ]; do
         --min-fraction) MIN_FRACTION=$2; shift 2 ;;
         --memory-chats) MEMORY_CHATS=$2; shift 2 ;;
         --answer-bytes) ANSWER_BYTES=$2; shift 2 ;;
+        --lag-rate) LAG_RATE=$2; shift 2 ;;
         --profile) PROFILE=$2; shift 2 ;;
         -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
         -*) echo "unknown option $1" >&2; exit 2 ;;
         *) SCENARIOS+=("$1"); shift ;;
     esac
 done
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(ceiling ceiling_body ceiling_actor ceiling_local read_path add_pair fork reply fork_20 fork_1k fork_10k
-                                         ttft ack activation lag memory)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(ceiling ceiling_body ceiling_actor ceiling_local read_path add_pair add_pair_rated
+                                         fork reply fork_20 fork_1k fork_10k ttft ack activation lag memory)
 command -v wrk >/dev/null || { echo "bench/run.sh needs wrk (Debian: apt-get install wrk)" >&2; exit 1; }
+if [[ " ${SCENARIOS[*]} " == *" add_pair_rated "* ]] && ! command -v oha >/dev/null; then
+    echo "add_pair_rated needs oha: cargo install oha --version 1.16.0 --no-default-features" \
+         "--features native-tls --locked (Debian libssl-dev, pkg-config)" >&2
+    exit 1
+fi
 
 # Targets in req/s (BENCHMARKS.md); the ceiling has none, read_path's is relative to it.
 target() {
@@ -214,6 +225,32 @@ missed_once() {
     return 1
 }
 
+# The target column of a rate scenario's row.
+goal_text() {
+    if [ "$1" = add_pair_rated ]; then
+        echo "sent at $2 req/s$([ "$BACKEND:$ACK" = postgres-mongodb:durable ] && echo ", p99 ≤ 25 ms")"
+    elif [ "$2" -gt 0 ]; then
+        echo "≥ $2 req/s"
+    else
+        echo "-"
+    fi
+}
+
+# add_pair at its target's rate, open loop: oha sends -q requests a second whatever the answers
+# do, and with --latency-correction times each from when it was due, so a stall counts for every
+# request it held back (wrk's closed loop sends fewer during a stall, and times only those).
+# The same request as wrk's add_pair, to a random chat of the same state file.
+add_pair_rated() {
+    local chats
+    chats=$(tail -n +2 "$BENCH_STATE" | paste -sd'|')
+    oha -z "${DURATION}s" -w -q "$(target add_pair)" --latency-correction -c "$CONNECTIONS" \
+        --no-tui --output-format json -m POST -T application/json \
+        -H "Authorization: Bearer $(head -1 "$BENCH_STATE")" \
+        -d '{"content":"How do branches work?","response":"A branch is a pointer to a head message."}' \
+        --rand-regex-url "http://127.0.0.1:$ARBOR_PORT/api/v1/chats/($chats)/messages" \
+        | python3 bench/tools/oha_line.py
+}
+
 export BENCH_LUA_DIR="$PWD/bench/lua" BENCH_THREADS="$THREADS"
 echo
 echo "backend=$BACKEND ack=$ACK chats=$CHATS pairs=$PAIRS connections=$CONNECTIONS duration=${DURATION}s" \
@@ -270,9 +307,18 @@ for scenario in "${SCENARIOS[@]}"; do
         if [ -n "${BENCH_CPU:-}" ]; then
             python3 bench/tools/cpu_by_process.py 1 $((DURATION > 2 ? DURATION - 2 : 1)) > "$WORK/cpu.txt" & CPU_PID=$!
         fi
-        line=$(BENCH_SCENARIO=$scenario wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
-            -s bench/lua/scenario.lua "http://127.0.0.1:$port" 2>"$WORK/wrk.err" | grep '^BENCH' || true)
-        [ -n "$line" ] || { cat "$WORK/wrk.err"; echo "wrk failed for $scenario" >&2; exit 1; }
+        TIMELINE_PID=""
+        if [ -n "${BENCH_TIMELINE:-}" ] && [ "$port" = "$ARBOR_PORT" ]; then
+            python3 bench/tools/writer_timeline.py "http://127.0.0.1:$ARBOR_PORT" "$DURATION" \
+                > "$WORK/timeline.txt" & TIMELINE_PID=$!
+        fi
+        if [ "$scenario" = add_pair_rated ]; then
+            line=$(add_pair_rated 2>"$WORK/wrk.err" || true)
+        else
+            line=$(BENCH_SCENARIO=$scenario wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
+                -s bench/lua/scenario.lua "http://127.0.0.1:$port" 2>"$WORK/wrk.err" | grep '^BENCH' || true)
+        fi
+        [ -n "$line" ] || { cat "$WORK/wrk.err"; echo "the load generator failed for $scenario" >&2; exit 1; }
         [ -z "$PERF_PID" ] || wait "$PERF_PID" || true
         eval "${line#BENCH }"
         # Successful responses only: a 503 `overloaded` is load shed, not throughput.
@@ -286,19 +332,25 @@ for scenario in "${SCENARIOS[@]}"; do
         [ "$scenario" = read_path ] && [ -n "$BODY_RPS" ] && \
             ratio="$ratio ($(awk -v a="$rps" -v b="$BODY_RPS" 'BEGIN { printf "%.2f", a / b }') of ceiling_body)"
         goal=$(target "$scenario")
+        [ "$scenario" = add_pair_rated ] && goal=$(target add_pair)
         # The read path's target is half the trivial handler's rate.
         [ "$scenario" = read_path ] && [ -n "$CEILING_RPS" ] && goal=$((CEILING_RPS / 2))
         bad=$((errors + non2xx))
         printf '| %-12s | %9s | %8s | %8s | %8s | %6s | %s\n' "$scenario" "$rps" "$p50_ms" "$p99_ms" "$ratio" "$bad" \
-            "$([ "$goal" -gt 0 ] && echo "≥ $goal req/s" || echo "-")"
+            "$(goal_text "$scenario" "$goal")"
         if [ -n "$MIN_FRACTION" ]; then
             floor=$(awk -v g="$goal" -v f="$MIN_FRACTION" 'BEGIN { printf "%d", g * f }')
             if [ "$bad" -gt 0 ] || [ "$rps" -lt "$floor" ]; then
                 MISSED=1
             fi
         fi
+        if [ "$scenario" = add_pair_rated ]; then
+            echo "    open loop (oha, each latency from the request's due time): p99.9 $(field p999_ms "$line") ms"
+            [ "$BACKEND:$ACK" != postgres-mongodb:durable ] || check_at_most "add_pair_rated p99" "$p99_ms" 25
+        fi
         [ -s "$WORK/wrk.err" ] && sed 's/^/    /' "$WORK/wrk.err" | head -3
         [ -z "$CPU_PID" ] || { wait "$CPU_PID" || true; sed 's/^/    /' "$WORK/cpu.txt"; }
+        [ -z "$TIMELINE_PID" ] || { wait "$TIMELINE_PID" || true; sed 's/^/    /' "$WORK/timeline.txt"; }
         # Buffered writes may still be queued: let the writer catch up, so the next scenario does
         # not pay for this one's backlog.
         [ "$port" = "$ARBOR_PORT" ] && wait_writer_idle
@@ -324,7 +376,7 @@ run_inproc() {
             "$BIN/arbor-bench" page --config "$WORK/config.toml" --chats "$CHATS" --pairs "$PAIRS" \
                 --answer-bytes "$ANSWER_BYTES" --reads $((DURATION * 20000)) ;;
         lag)
-            "$BIN/arbor-bench" lag --config "$WORK/config.toml" --chats "$CHATS" --rate 5000 \
+            "$BIN/arbor-bench" lag --config "$WORK/config.toml" --chats "$CHATS" --rate "$LAG_RATE" \
                 --seconds "$DURATION" ;;
         memory)
             "$BIN/arbor-bench" memory --config "$WORK/config.toml" --chats "$MEMORY_CHATS" --pairs 5
