@@ -39,4 +39,4 @@ echo "== API suite on PostgreSQL + MongoDB"
 # `--workspace` as above, with the API binary picked by filter: `--package arbor` alone would
 # resolve features without the bench crate's and build every shared dependency a second time.
 TEST_BACKEND=postgres-mongodb cargo nextest run --workspace \
-    -E 'binary_id(arbor::api) & not (test(/^stores::/) | test(/^outage::/))' "$@"
+    -E 'binary_id(arbor::api) & not (test(/^stores::/) | test(/^writer::/) | test(/^outage::/))' "$@"

@@ -20,13 +20,14 @@
 //! too (they may build on the failed ones), and its actor is told to reload from the store, so a
 //! refused write never stays visible.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -51,6 +52,9 @@ pub struct WriterConfig {
     pub max_batch_ops: usize,
     /// How long to wait for more changes after the first one before flushing.
     pub linger: Duration,
+    /// Batches committing at once (each with chats no other one holds). 1 when one database
+    /// takes whole batches ([`Stores::unified`]): its one write connection takes them in turn.
+    pub batches_in_flight: usize,
     /// Queued chat writes before new changes are refused with `Overloaded`.
     pub queue_capacity: usize,
     /// How long a write that finds the queue full waits for room before it is refused: flow
@@ -67,6 +71,7 @@ impl Default for WriterConfig {
             ack_mode: AckMode::Durable,
             max_batch_ops: 1024,
             linger: Duration::ZERO,
+            batches_in_flight: 2,
             queue_capacity: 16_384,
             queue_wait: Duration::from_millis(100),
             durable_retry_window: Duration::from_secs(5),
@@ -285,12 +290,24 @@ impl WriterHandle {
             stats: stats.clone(),
             ack_mode: config.ack_mode,
         };
+        let mut config = config;
+        config.batches_in_flight = match stores.unified {
+            Some(_) => 1,
+            None => config.batches_in_flight.max(1),
+        };
         let writer = Writer {
             rx,
-            stores,
+            committer: Arc::new(Committer {
+                stores,
+                config: config.clone(),
+                stats,
+            }),
             config,
-            stats,
             fences: HashMap::new(),
+            busy: HashSet::new(),
+            held: VecDeque::new(),
+            held_rows: 0,
+            barriers: Vec::new(),
         };
         tokio::spawn(writer.run());
         handle
@@ -341,11 +358,28 @@ impl WriterHandle {
 
 struct Writer {
     rx: mpsc::Receiver<Command>,
-    stores: Stores,
+    committer: Arc<Committer>,
     config: WriterConfig,
-    stats: Arc<WriterStats>,
     /// Chats whose writes below this generation are refused.
     fences: HashMap<ChatId, u64>,
+    /// Chats with writes in a batch in flight.
+    busy: HashSet<ChatId>,
+    /// Writes taken from the queue whose chat was busy, in queue order: each chat's writes
+    /// commit in order, one batch at a time, so they wait for their chat's batch to finish.
+    held: VecDeque<Queued>,
+    held_rows: usize,
+    /// Barriers taken from the queue: they resolve when nothing taken before them is left.
+    barriers: Vec<oneshot::Sender<()>>,
+}
+
+/// A chat's write, where to report its outcome, and when it was queued.
+type Queued = (ChatWrite, oneshot::Sender<Result<(), WriteError>>, Instant);
+
+/// What one batch in flight hands back: its writes, their row count, and the commit's result.
+struct Flushed {
+    writes: Vec<Queued>,
+    rows: usize,
+    result: Result<(), StoreError>,
 }
 
 struct Coalesced {
@@ -354,102 +388,197 @@ struct Coalesced {
 }
 
 impl Writer {
+    /// Up to `batches_in_flight` batches commit at once, each holding chats no other batch in
+    /// flight holds: a lone write never waits for someone else's commit to finish before its
+    /// own starts, and one slow store call does not hold up every write queued behind it.
     async fn run(mut self) {
-        while let Some(first) = self.rx.recv().await {
-            let lone_barrier = matches!(first, Command::Barrier(_));
-            let mut commands = vec![first];
-            let mut rows = rows_of(&commands[0]);
-            let deadline = Instant::now() + self.config.linger;
-            while rows < self.config.max_batch_ops && !lone_barrier {
-                let next = match self.rx.try_recv() {
-                    Ok(c) => c,
+        let mut in_flight: FuturesUnordered<BoxFuture<'static, Flushed>> = FuturesUnordered::new();
+        let mut open = true;
+        loop {
+            if !self.barriers.is_empty() && in_flight.is_empty() && self.held.is_empty() {
+                for done in self.barriers.drain(..) {
+                    let _ = done.send(());
+                }
+            }
+            let room = in_flight.len() < self.config.batches_in_flight;
+            // Held writes whose chat came free form a batch of their own first.
+            if room
+                && self
+                    .held
+                    .iter()
+                    .any(|(w, _, _)| !self.busy.contains(&w.chat))
+            {
+                let writes = self.take(None).await;
+                if let Some(batch) = self.start(writes) {
+                    in_flight.push(batch);
+                }
+                continue;
+            }
+            if !open && in_flight.is_empty() && self.held.is_empty() {
+                return;
+            }
+            // While a barrier waits, nothing new is taken: what came before it finishes first.
+            let receive = room
+                && open
+                && self.barriers.is_empty()
+                && self.held_rows < self.config.max_batch_ops;
+            tokio::select! {
+                Some(flushed) = in_flight.next(), if !in_flight.is_empty() => self.finish(flushed),
+                command = self.rx.recv(), if receive => match command {
+                    Some(first) => {
+                        let writes = self.take(Some(first)).await;
+                        if let Some(batch) = self.start(writes) {
+                            in_flight.push(batch);
+                        }
+                    }
+                    None => open = false,
+                },
+            }
+        }
+    }
+
+    /// The next batch's writes: the held writes whose chat is free, then `first` and what else
+    /// the queue holds (waiting up to `linger` for more), up to `max_batch_ops` rows or a
+    /// barrier. Writes of busy chats are held; fenced writes are refused here.
+    async fn take(&mut self, first: Option<Command>) -> Vec<Queued> {
+        let mut writes = Vec::new();
+        let mut rows = 0;
+        let mut chats = HashSet::new();
+        let held = std::mem::take(&mut self.held);
+        self.held_rows = 0;
+        for write in held {
+            rows += self.admit(write, &mut writes, &mut chats);
+        }
+        let deadline = Instant::now() + self.config.linger;
+        let mut next = first;
+        loop {
+            let command = match next.take() {
+                Some(command) => command,
+                None if rows >= self.config.max_batch_ops || !self.barriers.is_empty() => break,
+                None => match self.rx.try_recv() {
+                    Ok(command) => command,
                     Err(mpsc::error::TryRecvError::Empty) if !self.config.linger.is_zero() => {
                         match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                            Ok(Some(c)) => c,
+                            Ok(Some(command)) => command,
                             _ => break,
                         }
                     }
                     Err(_) => break,
-                };
-                rows += rows_of(&next);
-                // A barrier asks for everything before it now (eviction, shutdown): stop
-                // waiting for more.
-                let barrier = matches!(next, Command::Barrier(_));
-                commands.push(next);
-                if barrier {
-                    break;
-                }
-            }
-            self.process(commands).await;
-        }
-    }
-
-    async fn process(&mut self, commands: Vec<Command>) {
-        let mut writes = Vec::with_capacity(commands.len());
-        let mut barriers = Vec::new();
-        // The queue is FIFO: the first write taken is the one queued longest.
-        let mut oldest: Option<Instant> = None;
-        for command in commands {
+                },
+            };
             match command {
                 Command::Write(w, ack, queued) => {
-                    if let Some(&fence) = self.fences.get(&w.chat) {
-                        if w.generation < fence {
-                            settle(&w, ack, Err(WriteError::Fenced));
-                            continue;
-                        }
-                        self.fences.remove(&w.chat);
-                    }
-                    oldest.get_or_insert(queued);
-                    writes.push((w, ack, queued));
+                    rows += self.admit((w, ack, queued), &mut writes, &mut chats)
                 }
-                Command::Barrier(done) => barriers.push(done),
+                // A barrier asks for everything before it now (eviction, shutdown): stop here.
+                Command::Barrier(done) => self.barriers.push(done),
             }
         }
-        if !writes.is_empty() {
-            let mut batch = coalesce(writes.iter().map(|(w, _, _)| w));
-            // One database commits a batch in one transaction: nothing to fall back from.
-            if self.stores.unified.is_none() {
-                let batch = &mut batch.batch;
-                set_fallbacks(&mut batch.meta.branches, &batch.inserts);
-            }
-            let started = std::time::Instant::now();
-            let result = self
-                .commit(&batch.batch, oldest.unwrap_or_else(Instant::now))
-                .await;
-            self.stats
-                .flush_seconds
-                .observe(started.elapsed().as_secs_f64());
-            match result {
-                Ok(()) => {
-                    self.stats.batches.inc();
-                    self.stats.rows.inc_by(batch.rows as u64);
-                    self.stats.batch_rows.observe(batch.rows as f64);
-                    for (w, ack, queued) in writes {
-                        self.stats.committed(queued.elapsed());
-                        settle(&w, ack, Ok(()));
-                    }
-                }
-                Err(error) => {
-                    self.stats.failed_batches.inc();
-                    tracing::error!(%error, rows = batch.rows, "write-behind batch failed; fencing its chats");
-                    for (w, ack, _) in writes {
-                        let fence = self.fences.entry(w.chat).or_insert(0);
-                        *fence = (*fence).max(w.generation + 1);
-                        if let Some(owner) = &w.owner {
-                            owner.addr().do_send(WriteFailed {
-                                generation: w.generation,
-                            });
-                        }
-                        settle(&w, ack, Err(WriteError::StorageUnavailable));
-                    }
-                }
-            }
-        }
-        for done in barriers {
-            let _ = done.send(());
-        }
+        writes
     }
 
+    /// Puts a write in the batch being taken (returning its rows), or holds it when its chat is
+    /// in a batch in flight, or refuses it when its chat is fenced.
+    fn admit(
+        &mut self,
+        write: Queued,
+        writes: &mut Vec<Queued>,
+        chats: &mut HashSet<ChatId>,
+    ) -> usize {
+        let (w, ack, queued) = write;
+        if self.busy.contains(&w.chat) {
+            self.held_rows += rows_of(&w);
+            self.held.push_back((w, ack, queued));
+            return 0;
+        }
+        if let Some(&fence) = self.fences.get(&w.chat) {
+            if w.generation < fence {
+                settle(&w, ack, Err(WriteError::Fenced));
+                return 0;
+            }
+            self.fences.remove(&w.chat);
+        }
+        chats.insert(w.chat);
+        let rows = rows_of(&w);
+        writes.push((w, ack, queued));
+        rows
+    }
+
+    /// Starts committing a batch of `writes`, marking its chats busy until it finishes.
+    fn start(&mut self, writes: Vec<Queued>) -> Option<BoxFuture<'static, Flushed>> {
+        if writes.is_empty() {
+            return None;
+        }
+        // The queue is FIFO: the first write taken is the one queued longest (held writes were
+        // queued before the rest).
+        let oldest = writes.iter().map(|(_, _, queued)| *queued).min()?;
+        let mut batch = coalesce(writes.iter().map(|(w, _, _)| w));
+        let committer = self.committer.clone();
+        // One database commits a batch in one transaction: nothing to fall back from.
+        if committer.stores.unified.is_none() {
+            set_fallbacks(&mut batch.batch.meta.branches, &batch.batch.inserts);
+        }
+        self.busy.extend(writes.iter().map(|(w, _, _)| w.chat));
+        Some(
+            async move {
+                let started = std::time::Instant::now();
+                let result = committer.commit(&batch.batch, oldest).await;
+                committer
+                    .stats
+                    .flush_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                Flushed {
+                    writes,
+                    rows: batch.rows,
+                    result,
+                }
+            }
+            .boxed(),
+        )
+    }
+
+    /// Settles a finished batch's writes and frees its chats.
+    fn finish(&mut self, flushed: Flushed) {
+        let stats = &self.committer.stats;
+        for (w, _, _) in &flushed.writes {
+            self.busy.remove(&w.chat);
+        }
+        match flushed.result {
+            Ok(()) => {
+                stats.batches.inc();
+                stats.rows.inc_by(flushed.rows as u64);
+                stats.batch_rows.observe(flushed.rows as f64);
+                for (w, ack, queued) in flushed.writes {
+                    stats.committed(queued.elapsed());
+                    settle(&w, ack, Ok(()));
+                }
+            }
+            Err(error) => {
+                stats.failed_batches.inc();
+                tracing::error!(%error, rows = flushed.rows, "write-behind batch failed; fencing its chats");
+                for (w, ack, _) in flushed.writes {
+                    let fence = self.fences.entry(w.chat).or_insert(0);
+                    *fence = (*fence).max(w.generation + 1);
+                    if let Some(owner) = &w.owner {
+                        owner.addr().do_send(WriteFailed {
+                            generation: w.generation,
+                        });
+                    }
+                    settle(&w, ack, Err(WriteError::StorageUnavailable));
+                }
+            }
+        }
+    }
+}
+
+/// Commits batches to the stores; shared by the batches in flight.
+struct Committer {
+    stores: Stores,
+    config: WriterConfig,
+    stats: Arc<WriterStats>,
+}
+
+impl Committer {
     /// Commits one batch, retrying transient failures: in durable mode until the retry window
     /// of its oldest write (`queued`) has passed, so no client waits much longer than the window
     /// however long the queue; in buffered mode until it succeeds (those writes were
@@ -546,15 +675,13 @@ fn settle(
     let _ = ack.send(outcome);
 }
 
-fn rows_of(command: &Command) -> usize {
-    match command {
-        Command::Write(w, _, _) => w.ops.iter().map(WriteOp::rows).sum(),
-        Command::Barrier(_) => 0,
-    }
+fn rows_of(write: &ChatWrite) -> usize {
+    write.ops.iter().map(WriteOp::rows).sum()
 }
 
 /// Gives each branch row whose head is one of the batch's new messages the head's nearest
-/// ancestor outside the batch: stored by an earlier batch (batches commit one after the other),
+/// ancestor outside the batch: stored by an earlier batch (a chat's batches commit one after the
+/// other),
 /// or `None` if the branch reached no stored message before. The two stores commit a batch at
 /// once; if a crash lets the row land without its messages, a restore moves the head back there.
 fn set_fallbacks(branches: &mut [(Branch, i64)], inserts: &[Message]) {

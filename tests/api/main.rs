@@ -26,3 +26,4 @@ mod seed_002;
 mod seed_003;
 mod seed_004;
 mod stores;
+mod writer;
