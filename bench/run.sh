@@ -37,6 +37,7 @@
 # of each commit stage during it and the drain that follows it (from /metrics).
 # BENCH_TIMELINE=1 prints, after each Arbor scenario, its writer second by second: batches, rows
 # and each store call's mean and slowest (bench/tools/writer_timeline.py).
+# BENCH_STORAGE="key = value" adds lines to Arbor's [storage] settings (an A/B of a setting).
 # BENCH_BIN=DIR runs the `arbor` and `arbor-bench` binaries in DIR instead of building them (an
 # A/B of two builds: copy each build's pair into its own directory).
 set -euo pipefail
@@ -124,6 +125,7 @@ workers = 2
 data_dir = "$WORK/data"
 ack_mode = "$ACK"
 $STORAGE
+${BENCH_STORAGE:-}
 [auth]
 bcrypt_cost = 4
 [log]

@@ -142,10 +142,12 @@ pub struct StorageSettings {
     /// Write-behind: commit once a batch holds this many rows.
     pub flush_max_rows: usize,
     /// Write-behind: batches committing at once, each with chats no other one holds (a chat's
-    /// writes still commit in order). With 2, a write arriving during a commit starts its own
-    /// instead of waiting for it, and one slow store call holds up only its own batch. SQLite
-    /// for both stores commits through one connection and always uses 1.
+    /// writes still commit in order). A second one starts only once the one in flight has
+    /// taken `batch_overlap_ms`: a stalled store call then holds up only its own batch's writes.
+    /// SQLite for both stores commits through one connection and always uses 1.
     pub batches_in_flight: usize,
+    /// Write-behind: how long a batch commits before another may start beside it.
+    pub batch_overlap_ms: u64,
     /// Write-behind: queued changes before new writes get 503 `overloaded`.
     pub queue_capacity: usize,
     /// Write-behind: a write that finds the queue full waits up to this long for room before
@@ -352,6 +354,7 @@ impl Default for Settings {
                 flush_interval_ms: 0,
                 flush_max_rows: 1024,
                 batches_in_flight: 2,
+                batch_overlap_ms: 5,
                 queue_capacity: 16_384,
                 queue_wait_ms: 100,
                 durable_retry_ms: 5_000,

@@ -174,6 +174,7 @@ fn start_chats(settings: &Settings, stores: &Stores, llm: Arc<LlmPool>) -> Chats
             max_batch_ops: storage.flush_max_rows.max(1),
             linger: storage.flush_interval(),
             batches_in_flight: storage.batches_in_flight.max(1),
+            overlap_after: Duration::from_millis(storage.batch_overlap_ms),
             queue_capacity: storage.queue_capacity.max(1),
             queue_wait: Duration::from_millis(storage.queue_wait_ms),
             durable_retry_window: Duration::from_millis(storage.durable_retry_ms),

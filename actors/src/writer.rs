@@ -55,6 +55,8 @@ pub struct WriterConfig {
     /// Batches committing at once (each with chats no other one holds). 1 when one database
     /// takes whole batches ([`Stores::unified`]): its one write connection takes them in turn.
     pub batches_in_flight: usize,
+    /// How long the batch in flight commits before another may start beside it.
+    pub overlap_after: Duration,
     /// Queued chat writes before new changes are refused with `Overloaded`.
     pub queue_capacity: usize,
     /// How long a write that finds the queue full waits for room before it is refused: flow
@@ -72,6 +74,7 @@ impl Default for WriterConfig {
             max_batch_ops: 1024,
             linger: Duration::ZERO,
             batches_in_flight: 2,
+            overlap_after: Duration::from_millis(5),
             queue_capacity: 16_384,
             queue_wait: Duration::from_millis(100),
             durable_retry_window: Duration::from_secs(5),
@@ -388,19 +391,26 @@ struct Coalesced {
 }
 
 impl Writer {
-    /// Up to `batches_in_flight` batches commit at once, each holding chats no other batch in
-    /// flight holds: a lone write never waits for someone else's commit to finish before its
-    /// own starts, and one slow store call does not hold up every write queued behind it.
+    /// One batch commits at a time while commits are quick: what arrives meanwhile is the next
+    /// batch, as big as the wait made it. Once the batch in flight has taken `overlap_after`
+    /// (a store call stalled), another starts beside it, up to `batches_in_flight`, each holding
+    /// chats no other batch in flight holds: one slow store call then holds up only its own
+    /// batch's writes, not every write queued behind it.
     async fn run(mut self) {
         let mut in_flight: FuturesUnordered<BoxFuture<'static, Flushed>> = FuturesUnordered::new();
         let mut open = true;
+        // When the newest batch in flight started.
+        let mut newest = Instant::now();
         loop {
             if !self.barriers.is_empty() && in_flight.is_empty() && self.held.is_empty() {
                 for done in self.barriers.drain(..) {
                     let _ = done.send(());
                 }
             }
-            let room = in_flight.len() < self.config.batches_in_flight;
+            let overlap_at = newest + self.config.overlap_after;
+            let room = in_flight.is_empty()
+                || (in_flight.len() < self.config.batches_in_flight
+                    && Instant::now() >= overlap_at);
             // Held writes whose chat came free form a batch of their own first.
             if room
                 && self
@@ -411,6 +421,7 @@ impl Writer {
                 let writes = self.take(None).await;
                 if let Some(batch) = self.start(writes) {
                     in_flight.push(batch);
+                    newest = Instant::now();
                 }
                 continue;
             }
@@ -422,6 +433,7 @@ impl Writer {
                 && open
                 && self.barriers.is_empty()
                 && self.held_rows < self.config.max_batch_ops;
+            let may_overlap = !room && in_flight.len() < self.config.batches_in_flight;
             tokio::select! {
                 Some(flushed) = in_flight.next(), if !in_flight.is_empty() => self.finish(flushed),
                 command = self.rx.recv(), if receive => match command {
@@ -429,10 +441,12 @@ impl Writer {
                         let writes = self.take(Some(first)).await;
                         if let Some(batch) = self.start(writes) {
                             in_flight.push(batch);
+                            newest = Instant::now();
                         }
                     }
                     None => open = false,
                 },
+                () = tokio::time::sleep_until(overlap_at), if may_overlap => {}
             }
         }
     }
