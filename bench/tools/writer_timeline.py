@@ -1,9 +1,10 @@
 """The writer's store calls second by second, from a running Arbor's /metrics.
 
-    python3 bench/tools/writer_timeline.py http://127.0.0.1:PORT SECONDS
+    python3 bench/tools/writer_timeline.py http://127.0.0.1:PORT SECONDS [INTERVAL]
 
 Samples `arbor_writer_stage_duration_seconds` (each store call of a batch, by stage) and
-`arbor_writer_batch_rows` once a second for SECONDS and prints one line per second: batches,
+`arbor_writer_batch_rows` every INTERVAL seconds (default 1) for SECONDS and prints one line per
+interval: batches,
 rows, and for each stage its mean time and the bucket its slowest call fell in. A tail that
 comes and goes with the calls of one store, at a steady rate, is that store's; one that comes
 every N seconds whatever the load is a checkpoint or a flush.
@@ -47,14 +48,16 @@ def slowest_bucket(before: dict, after: dict, stage: str) -> str:
 
 
 def main() -> None:
-    url, seconds = sys.argv[1], int(sys.argv[2])
+    url, seconds = sys.argv[1], float(sys.argv[2])
+    interval = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
     before = scrape(url)
-    for second in range(1, seconds + 1):
-        time.sleep(1)
+    start = time.monotonic()
+    for tick in range(1, int(seconds / interval) + 1):
+        time.sleep(max(0.0, start + tick * interval - time.monotonic()))
         after = scrape(url)
         batches = after.get(("batch", "count", None), 0) - before.get(("batch", "count", None), 0)
         rows = after.get(("batch", "sum", None), 0) - before.get(("batch", "sum", None), 0)
-        parts = [f"t={second:3d}s batches {batches:4.0f} rows {rows:6.0f}"]
+        parts = [f"t={tick * interval:6.1f}s batches {batches:4.0f} rows {rows:6.0f}"]
         for stage in sorted({k[0] for k in after if k[0] != "batch"}):
             n = after.get((stage, "count", None), 0) - before.get((stage, "count", None), 0)
             if n <= 0:
