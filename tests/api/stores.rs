@@ -100,7 +100,7 @@ macro_rules! message_cases {
 metadata_cases!(metadata_sqlite => sqlite_metadata, metadata_postgres => postgres_metadata);
 message_cases!(messages_sqlite => sqlite_messages, messages_mongodb => mongodb_messages);
 
-fn user(email: &str, username: Option<&str>) -> UserRecord {
+pub(crate) fn user(email: &str, username: Option<&str>) -> UserRecord {
     UserRecord {
         id: UserId::new(),
         email: email.into(),
@@ -111,7 +111,7 @@ fn user(email: &str, username: Option<&str>) -> UserRecord {
     }
 }
 
-fn chat(owner: UserId, version: i64) -> (ChatMeta, Branch) {
+pub(crate) fn chat(owner: UserId, version: i64) -> (ChatMeta, Branch) {
     let id = ChatId::new();
     let t = now();
     let branch = Branch {

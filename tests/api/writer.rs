@@ -1,6 +1,6 @@
 //! The write-behind writer with several batches in flight, on real stores: SQLite used as two
-//! separate stores (so the writer commits to each in turn, as it does with PostgreSQL and
-//! MongoDB, rather than in one transaction) and PostgreSQL + MongoDB.
+//! separate stores (two store calls per batch, as with PostgreSQL and MongoDB, instead of one
+//! transaction, which keeps one batch at a time) and PostgreSQL + MongoDB.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use arbor::config::SqliteSync;
 use arbor::storage::{mongodb::MongoStore, postgres::PostgresStore, sqlite::SqliteStore};
-use arbor_actors::model::{
-    now, Branch, BranchId, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord,
-};
+use arbor_actors::model::{now, Branch, ChatId, ChatMeta, Message, MessageId, Role};
 use arbor_actors::ports::{MessageDeletes, MessageStore, StoreError, Stores};
 use arbor_actors::writer::{
     AckMode, ChatWrite, CommitTicket, WriteError, WriteOp, WriterConfig, WriterHandle,
@@ -20,6 +18,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 
 use crate::helpers::{mongodb_url, postgres_url, unique_name};
+use crate::stores::{chat, user};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 const CHATS: usize = 40;
@@ -76,19 +75,6 @@ macro_rules! on_split_stores {
 }
 
 on_split_stores!(each_chats_writes_commit_in_order_with_batches_in_flight);
-
-async fn owner(stores: &Stores) -> UserId {
-    let user = UserRecord {
-        id: UserId::new(),
-        email: format!("{}@example.com", unique_name()),
-        username: None,
-        password_hash: "$2b$04$hash".into(),
-        created_at: now(),
-        is_admin: false,
-    };
-    stores.metadata.create_user(&user).await.unwrap();
-    user.id
-}
 
 /// Round `round` of a chat: its next `count` messages (a chain under the previous one), and the
 /// chat and branch rows that move the branch's head to the last of them, at version `round`.
@@ -180,31 +166,11 @@ async fn each_chats_writes_commit_in_order_with_batches_in_flight(stores: Stores
             ..WriterConfig::default()
         },
     );
-    let owner = owner(&stores).await;
+    let owner = user(&format!("{}@example.com", unique_name()), None);
+    stores.metadata.create_user(&owner).await.unwrap();
     let mut chats = Vec::new();
     for _ in 0..CHATS {
-        let t = now();
-        let branch = Branch {
-            id: BranchId::new(),
-            chat_id: ChatId::new(),
-            name: "main".into(),
-            head: None,
-            forked_from: None,
-            created_at: t,
-            updated_at: t,
-            fallback: None,
-        };
-        let meta = ChatMeta {
-            id: branch.chat_id,
-            owner,
-            title: None,
-            system_prompt: None,
-            description: None,
-            active_branch: branch.id,
-            created_at: t,
-            updated_at: t,
-            version: 0,
-        };
+        let (meta, branch) = chat(owner.id, 0);
         chats.push((
             meta,
             branch,
