@@ -468,7 +468,12 @@ impl Writer {
         loop {
             let command = match next.take() {
                 Some(command) => command,
-                None if rows >= self.config.max_batch_ops || !self.barriers.is_empty() => break,
+                // Held writes count too: a hot chat in flight cannot pull the whole queue in.
+                None if rows + self.held_rows >= self.config.max_batch_ops
+                    || !self.barriers.is_empty() =>
+                {
+                    break
+                }
                 None => match self.rx.try_recv() {
                     Ok(command) => command,
                     Err(mpsc::error::TryRecvError::Empty) if !self.config.linger.is_zero() => {
