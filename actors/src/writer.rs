@@ -457,11 +457,10 @@ impl Writer {
     async fn take(&mut self, first: Option<Command>) -> Vec<Queued> {
         let mut writes = Vec::new();
         let mut rows = 0;
-        let mut chats = HashSet::new();
         let held = std::mem::take(&mut self.held);
         self.held_rows = 0;
         for write in held {
-            rows += self.admit(write, &mut writes, &mut chats);
+            rows += self.admit(write, &mut writes);
         }
         let deadline = Instant::now() + self.config.linger;
         let mut next = first;
@@ -486,9 +485,7 @@ impl Writer {
                 },
             };
             match command {
-                Command::Write(w, ack, queued) => {
-                    rows += self.admit((w, ack, queued), &mut writes, &mut chats)
-                }
+                Command::Write(w, ack, queued) => rows += self.admit((w, ack, queued), &mut writes),
                 // A barrier asks for everything before it now (eviction, shutdown): stop here.
                 Command::Barrier(done) => self.barriers.push(done),
             }
@@ -498,12 +495,7 @@ impl Writer {
 
     /// Puts a write in the batch being taken (returning its rows), or holds it when its chat is
     /// in a batch in flight, or refuses it when its chat is fenced.
-    fn admit(
-        &mut self,
-        write: Queued,
-        writes: &mut Vec<Queued>,
-        chats: &mut HashSet<ChatId>,
-    ) -> usize {
+    fn admit(&mut self, write: Queued, writes: &mut Vec<Queued>) -> usize {
         let (w, ack, queued) = write;
         if self.busy.contains(&w.chat) {
             self.held_rows += rows_of(&w);
@@ -517,7 +509,6 @@ impl Writer {
             }
             self.fences.remove(&w.chat);
         }
-        chats.insert(w.chat);
         let rows = rows_of(&w);
         writes.push((w, ack, queued));
         rows
@@ -700,9 +691,9 @@ fn rows_of(write: &ChatWrite) -> usize {
 
 /// Gives each branch row whose head is one of the batch's new messages the head's nearest
 /// ancestor outside the batch: stored by an earlier batch (a chat's batches commit one after the
-/// other),
-/// or `None` if the branch reached no stored message before. The two stores commit a batch at
-/// once; if a crash lets the row land without its messages, a restore moves the head back there.
+/// other), or `None` if the branch reached no stored message before. The two stores commit a
+/// batch at once; if a crash lets the row land without its messages, a restore moves the head
+/// back there.
 fn set_fallbacks(branches: &mut [(Branch, i64)], inserts: &[Message]) {
     if inserts.is_empty() || branches.is_empty() {
         return;
