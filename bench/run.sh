@@ -37,6 +37,9 @@
 # of each commit stage during it and the drain that follows it (from /metrics).
 # BENCH_TIMELINE=1 prints, after each Arbor scenario, its writer second by second: batches, rows
 # and each store call's mean and slowest (bench/tools/writer_timeline.py).
+# BENCH_OHA_DB=FILE keeps add_pair_rated's every request (start, end, status) in an SQLite file
+# (oha's --db-url; the times are from its start, written to FILE.start as Unix time), to line
+# its slow requests up with other timelines.
 # BENCH_STORAGE="key = value" adds lines to Arbor's [storage] settings (an A/B of a setting).
 # BENCH_BIN=DIR runs the `arbor` and `arbor-bench` binaries in DIR instead of building them (an
 # A/B of two builds: copy each build's pair into its own directory).
@@ -245,8 +248,9 @@ goal_text() {
 add_pair_rated() {
     local chats
     chats=$(tail -n +2 "$BENCH_STATE" | paste -sd'|')
+    [ -z "${BENCH_OHA_DB:-}" ] || date +%s.%N > "$BENCH_OHA_DB.start"
     oha -z "${DURATION}s" -w -q "$(target add_pair)" --latency-correction -c "$CONNECTIONS" \
-        --no-tui --output-format json -m POST -T application/json \
+        ${BENCH_OHA_DB:+--db-url "$BENCH_OHA_DB"} --no-tui --output-format json -m POST -T application/json \
         -H "Authorization: Bearer $(head -1 "$BENCH_STATE")" \
         -d '{"content":"How do branches work?","response":"A branch is a pointer to a head message."}' \
         --rand-regex-url "http://127.0.0.1:$ARBOR_PORT/api/v1/chats/($chats)/messages" \

@@ -78,6 +78,7 @@ pub async fn open(settings: &Settings) -> anyhow::Result<(Stores, Connections)> 
                 &settings.sqlite_path(),
                 storage.sqlite_synchronous,
                 storage.sqlite_checkpoint_pages,
+                storage.sqlite_read_cache_kib,
             )
             .await?,
         ),

@@ -56,11 +56,13 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies the migrations.
-    /// `checkpoint_pages`: see `StorageSettings::sqlite_checkpoint_pages`.
+    /// `checkpoint_pages` and `read_cache_kib`: see `StorageSettings::sqlite_checkpoint_pages`
+    /// and `StorageSettings::sqlite_read_cache_kib`.
     pub async fn open(
         path: &Path,
         sync: SqliteSync,
         checkpoint_pages: u32,
+        read_cache_kib: u32,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
         if let Some(dir) = path.parent() {
@@ -85,22 +87,24 @@ impl SqliteStore {
             // statement time under the reply load. It lives only as long as its statement.
             // Sorts too would stay in memory; every query here reads a chat's rows by index.
             .pragma("temp_store", "memory");
-        let pool = |size| {
+        let pool = |size, options| {
             SqlitePoolOptions::new()
                 .max_connections(size)
                 .acquire_timeout(Duration::from_secs(5))
                 // A connection to a local file does not drop; sqlx's default ping before
                 // handing one out is a round trip to its worker thread per store call.
                 .test_before_acquire(false)
-                .connect_with(options.clone())
+                .connect_with(options)
         };
         let opening = || format!("opening SQLite database {}", path.display());
-        let writes = pool(1).await.with_context(opening)?;
+        let writes = pool(1, options.clone()).await.with_context(opening)?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&writes)
             .await
             .context("applying SQLite migrations")?;
-        let reads = pool(4).await.with_context(opening)?;
+        // A negative `cache_size` is in KiB.
+        let read_options = options.pragma("cache_size", format!("-{}", read_cache_kib.max(1)));
+        let reads = pool(4, read_options).await.with_context(opening)?;
         Ok(Self { reads, writes })
     }
 
@@ -575,7 +579,7 @@ mod tests {
 
     async fn open() -> (SqliteStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("t.db"), SqliteSync::Normal, 1_000)
+        let store = SqliteStore::open(&dir.path().join("t.db"), SqliteSync::Normal, 1_000, 512)
             .await
             .unwrap();
         (store, dir)
@@ -592,6 +596,20 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(mode, 2, "temp_store is not MEMORY");
+        }
+    }
+
+    /// The read connections take the configured page cache (`-512`: 512 KiB); the write
+    /// connection keeps SQLite's default (2,000 KiB).
+    #[actix_web::test]
+    async fn read_connections_take_the_configured_cache() {
+        let (store, _dir) = open().await;
+        for (pool, expected) in [(&store.reads, -512), (&store.writes, -2000)] {
+            let size: i64 = sqlx::query_scalar("PRAGMA cache_size")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(size, expected);
         }
     }
 

@@ -24,7 +24,7 @@ type Opened<S> = (Arc<S>, Option<tempfile::TempDir>);
 
 async fn sqlite() -> (SqliteStore, Option<tempfile::TempDir>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("t.db"), SqliteSync::Normal, 1_000)
+    let store = SqliteStore::open(&dir.path().join("t.db"), SqliteSync::Normal, 1_000, 512)
         .await
         .unwrap();
     (store, Some(dir))

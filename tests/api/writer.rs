@@ -28,7 +28,7 @@ const BIG: usize = 1_000;
 
 async fn sqlite_split() -> (Stores, Option<tempfile::TempDir>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("t.db"), SqliteSync::Normal, 1_000)
+    let store = SqliteStore::open(&dir.path().join("t.db"), SqliteSync::Normal, 1_000, 512)
         .await
         .unwrap()
         .shared();
