@@ -38,8 +38,10 @@
 # BENCH_TIMELINE=1 prints, after each Arbor scenario, its writer second by second: batches, rows
 # and each store call's mean and slowest (bench/tools/writer_timeline.py).
 # BENCH_OHA_DB=FILE keeps add_pair_rated's every request (start, end, status) in an SQLite file
-# (oha's --db-url; the times are from its start, written to FILE.start as Unix time), to line
-# its slow requests up with other timelines.
+# (oha's --db-url; the times are from its start, written to FILE.start as Unix time), records the
+# machine's timeline beside it (FILE.timeline: CPU, iowait, disk writeback, each program's
+# writes, every 100 ms) and prints the slow requests' intervals against it
+# (bench/tools/episodes.py; in FILE.report, whose summary follows the scenario's row).
 # BENCH_STORAGE="key = value" adds lines to Arbor's [storage] settings (an A/B of a setting).
 # BENCH_BIN=DIR runs the `arbor` and `arbor-bench` binaries in DIR instead of building them (an
 # A/B of two builds: copy each build's pair into its own directory).
@@ -248,13 +250,25 @@ goal_text() {
 add_pair_rated() {
     local chats
     chats=$(tail -n +2 "$BENCH_STATE" | paste -sd'|')
-    [ -z "${BENCH_OHA_DB:-}" ] || date +%s.%N > "$BENCH_OHA_DB.start"
+    local recorder=""
+    if [ -n "${BENCH_OHA_DB:-}" ]; then
+        rm -f "$BENCH_OHA_DB"
+        python3 bench/tools/episodes.py record "$BENCH_OHA_DB.timeline" &
+        recorder=$!
+        date +%s.%N > "$BENCH_OHA_DB.start"
+    fi
     oha -z "${DURATION}s" -w -q "$(target add_pair)" --latency-correction -c "$CONNECTIONS" \
         ${BENCH_OHA_DB:+--db-url "$BENCH_OHA_DB"} --no-tui --output-format json -m POST -T application/json \
         -H "Authorization: Bearer $(head -1 "$BENCH_STATE")" \
         -d '{"content":"How do branches work?","response":"A branch is a pointer to a head message."}' \
         --rand-regex-url "http://127.0.0.1:$ARBOR_PORT/api/v1/chats/($chats)/messages" \
         | python3 bench/tools/oha_line.py
+    if [ -n "$recorder" ]; then
+        kill "$recorder"
+        wait "$recorder" || true
+        python3 bench/tools/episodes.py report "$BENCH_OHA_DB" "$BENCH_OHA_DB.timeline" \
+            > "$BENCH_OHA_DB.report" || true
+    fi
 }
 
 export BENCH_LUA_DIR="$PWD/bench/lua" BENCH_THREADS="$THREADS"
@@ -352,6 +366,9 @@ for scenario in "${SCENARIOS[@]}"; do
         fi
         if [ "$scenario" = add_pair_rated ]; then
             echo "    open loop (oha, each latency from the request's due time): p99.9 $(field p999_ms "$line") ms"
+            if [ -n "${BENCH_OHA_DB:-}" ] && [ -f "$BENCH_OHA_DB.report" ]; then
+                sed -n '/^requests by/,$p' "$BENCH_OHA_DB.report" | sed 's/^/    /'
+            fi
             [ "$BACKEND:$ACK" != postgres-mongodb:durable ] || check_at_most "add_pair_rated p99" "$p99_ms" 25
         fi
         [ -s "$WORK/wrk.err" ] && sed 's/^/    /' "$WORK/wrk.err" | head -3
