@@ -6,7 +6,9 @@
 #
 #   bench/run.sh                                   every scenario, SQLite, durable
 #   bench/run.sh --ack buffered add_pair           one scenario, buffered acks
-#   bench/run.sh --backend postgres-mongodb        PostgreSQL + MongoDB-wire (SecantusDB)
+#   bench/run.sh --backend postgres-mongodb        PostgreSQL + MongoDB-wire (SecantusDB; durable:
+#                                                  its log synced on every commit, as MongoDB
+#                                                  syncs its journal for `j: true`)
 #   bench/run.sh --duration 3 --chats 200 --min-fraction 0.1
 #                                                  the CI smoke run: fails when a scenario
 #                                                  falls below a tenth of its target three
@@ -116,6 +118,9 @@ STORAGE=""
 if [ "$BACKEND" = postgres-mongodb ]; then
     scripts/mongodb.sh setup
     PG_URL=$(scripts/postgres.sh start "$WORK/postgres")
+    # Durable means on disk in both stores: MongoDB syncs its journal for a `j: true` write,
+    # SecantusDB only with --sync-on-commit (PostgreSQL syncs its WAL at COMMIT by default).
+    [ "$ACK" != durable ] || export MONGO_SERVER_FLAGS="--sync-on-commit ${MONGO_SERVER_FLAGS:-}"
     MONGO_URL=$(scripts/mongodb.sh start "$WORK/mongodb")
     STORAGE="metadata = \"postgres\"
 messages = \"mongodb\"

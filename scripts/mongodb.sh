@@ -12,7 +12,9 @@
 #   scripts/mongodb.sh url DIR             print the URL of the server running from DIR
 #
 # PORT defaults to a free one (or the one DIR used before). Environment: SECANTUS_VENV
-# (default .test-servers/secantus-venv), SECANTUSD (a server binary to use instead).
+# (default .test-servers/secantus-venv), SECANTUSD (a server binary to use instead),
+# MONGO_SERVER_FLAGS (more server flags, e.g. "--sync-on-commit": SecantusDB fsyncs its log only
+# with it, where MongoDB syncs its journal for every write with `j: true`).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,8 +61,9 @@ start() {
     echo "$port" >"$dir/port"
     bin=$(server)
     # setsid: the server outlives this script and is not hit by the caller's terminal signals.
+    # shellcheck disable=SC2086 # MONGO_SERVER_FLAGS is a list of server flags
     setsid "$bin" --host 127.0.0.1 --port "$port" --storage-path "$dir/data" --log-level WARNING \
-        >>"$dir/server.log" 2>&1 </dev/null &
+        ${MONGO_SERVER_FLAGS:-} >>"$dir/server.log" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$dir/server.pid"
     for _ in $(seq 1 300); do
