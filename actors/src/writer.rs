@@ -142,10 +142,12 @@ pub struct ChatWrite {
 }
 
 enum Command {
-    /// A chat's write, where to report its outcome, and when it was queued.
-    Write(ChatWrite, oneshot::Sender<Result<(), WriteError>>, Instant),
+    Write(Queued),
     Barrier(oneshot::Sender<()>),
 }
+
+/// A chat's write, where to report its outcome, and when it was queued.
+type Queued = (ChatWrite, oneshot::Sender<Result<(), WriteError>>, Instant);
 
 /// What the operator surface reads: Prometheus instruments plus the live flags.
 pub struct WriterStats {
@@ -275,7 +277,7 @@ impl Slot {
             owner.probe().pending_writes.fetch_add(1, Ordering::Relaxed);
         }
         let (tx, rx) = oneshot::channel();
-        self.0.send(Command::Write(write, tx, Instant::now()));
+        self.0.send(Command::Write((write, tx, Instant::now())));
         rx.map(|r| r.unwrap_or(Err(WriteError::Stopped)))
             .boxed()
             .shared()
@@ -374,9 +376,6 @@ struct Writer {
     /// Barriers taken from the queue: they resolve when nothing taken before them is left.
     barriers: Vec<oneshot::Sender<()>>,
 }
-
-/// A chat's write, where to report its outcome, and when it was queued.
-type Queued = (ChatWrite, oneshot::Sender<Result<(), WriteError>>, Instant);
 
 /// What one batch in flight hands back: its writes, their row count, and the commit's result.
 struct Flushed {
@@ -485,7 +484,7 @@ impl Writer {
                 },
             };
             match command {
-                Command::Write(w, ack, queued) => rows += self.admit((w, ack, queued), &mut writes),
+                Command::Write(write) => rows += self.admit(write, &mut writes),
                 // A barrier asks for everything before it now (eviction, shutdown): stop here.
                 Command::Barrier(done) => self.barriers.push(done),
             }
