@@ -304,10 +304,9 @@ impl WriterHandle {
             rx,
             committer: Arc::new(Committer {
                 stores,
-                config: config.clone(),
+                config,
                 stats,
             }),
-            config,
             fences: HashMap::new(),
             busy: HashSet::new(),
             held: VecDeque::new(),
@@ -363,8 +362,8 @@ impl WriterHandle {
 
 struct Writer {
     rx: mpsc::Receiver<Command>,
+    /// The stores, the settings and the instruments, shared with the batches in flight.
     committer: Arc<Committer>,
-    config: WriterConfig,
     /// Chats whose writes below this generation are refused.
     fences: HashMap<ChatId, u64>,
     /// Chats with writes in a batch in flight.
@@ -406,9 +405,9 @@ impl Writer {
                     let _ = done.send(());
                 }
             }
-            let overlap_at = newest + self.config.overlap_after;
+            let overlap_at = newest + self.committer.config.overlap_after;
             let room = in_flight.is_empty()
-                || (in_flight.len() < self.config.batches_in_flight
+                || (in_flight.len() < self.committer.config.batches_in_flight
                     && Instant::now() >= overlap_at);
             // Held writes whose chat came free form a batch of their own first.
             if room
@@ -431,8 +430,8 @@ impl Writer {
             let receive = room
                 && open
                 && self.barriers.is_empty()
-                && self.held_rows < self.config.max_batch_ops;
-            let may_overlap = !room && in_flight.len() < self.config.batches_in_flight;
+                && self.held_rows < self.committer.config.max_batch_ops;
+            let may_overlap = !room && in_flight.len() < self.committer.config.batches_in_flight;
             tokio::select! {
                 Some(flushed) = in_flight.next(), if !in_flight.is_empty() => self.finish(flushed),
                 command = self.rx.recv(), if receive => match command {
@@ -461,20 +460,22 @@ impl Writer {
         for write in held {
             rows += self.admit(write, &mut writes);
         }
-        let deadline = Instant::now() + self.config.linger;
+        let deadline = Instant::now() + self.committer.config.linger;
         let mut next = first;
         loop {
             let command = match next.take() {
                 Some(command) => command,
                 // Held writes count too: a hot chat in flight cannot pull the whole queue in.
-                None if rows + self.held_rows >= self.config.max_batch_ops
+                None if rows + self.held_rows >= self.committer.config.max_batch_ops
                     || !self.barriers.is_empty() =>
                 {
                     break
                 }
                 None => match self.rx.try_recv() {
                     Ok(command) => command,
-                    Err(mpsc::error::TryRecvError::Empty) if !self.config.linger.is_zero() => {
+                    Err(mpsc::error::TryRecvError::Empty)
+                        if !self.committer.config.linger.is_zero() =>
+                    {
                         match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                             Ok(Some(command)) => command,
                             _ => break,
