@@ -25,5 +25,6 @@ mod seed_001;
 mod seed_002;
 mod seed_003;
 mod seed_004;
+#[macro_use]
 mod stores;
 mod writer;

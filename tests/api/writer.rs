@@ -55,26 +55,9 @@ async fn postgres_mongodb() -> (Stores, Option<tempfile::TempDir>) {
     (stores, None)
 }
 
-macro_rules! on_split_stores {
-    ($($case:ident),+ $(,)?) => {
-        mod sqlite_split {
-            $(#[actix_web::test]
-            async fn $case() {
-                let (stores, _dir) = super::sqlite_split().await;
-                super::$case(stores).await;
-            })+
-        }
-        mod postgres_mongodb {
-            $(#[actix_web::test]
-            async fn $case() {
-                let (stores, _dir) = super::postgres_mongodb().await;
-                super::$case(stores).await;
-            })+
-        }
-    };
-}
-
-on_split_stores!(each_chats_writes_commit_in_order_with_batches_in_flight);
+// The store contract suite's per-backend test module.
+contract!(sqlite_split => sqlite_split; each_chats_writes_commit_in_order_with_batches_in_flight);
+contract!(postgres_mongodb => postgres_mongodb; each_chats_writes_commit_in_order_with_batches_in_flight);
 
 /// Round `round` of a chat: its next `count` messages (a chain under the previous one), and the
 /// chat and branch rows that move the branch's head to the last of them, at version `round`.
