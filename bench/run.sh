@@ -39,6 +39,9 @@
 # of each commit stage during it and the drain that follows it (from /metrics).
 # BENCH_TIMELINE=1 prints, after each Arbor scenario, its writer second by second: batches, rows
 # and each store call's mean and slowest (bench/tools/writer_timeline.py).
+# BENCH_WT=1 prints, after each Arbor scenario on postgres-mongodb, what the MongoDB-wire server's
+# storage engine did meanwhile: updates held in memory, pages written by eviction, forced
+# evictions, time spent waiting for a page, checkpoints, log syncs (bench/tools/wt_stats.py).
 # BENCH_OHA_DB=FILE keeps add_pair_rated's every request (start, end, status) in an SQLite file
 # (oha's --db-url; the times are from its start, written to FILE.start as Unix time), records the
 # machine's timeline beside it (FILE.timeline: CPU, iowait, disk writeback, each program's
@@ -185,6 +188,13 @@ writer_snapshot() {
     curl -fsS "http://127.0.0.1:$ARBOR_PORT/metrics" | grep -E '^arbor_writer_[a-z_]+_(sum|count)[{ ]'
 }
 
+# BENCH_WT=1: `wt_stats snap` before an Arbor scenario on postgres-mongodb, `wt_stats diff` after.
+wt_stats() {
+    [ -n "${BENCH_WT:-}" ] && [ "$BACKEND" = postgres-mongodb ] && [ "$port" = "$ARBOR_PORT" ] || return 0
+    "${SECANTUS_VENV:-.test-servers/secantus-venv}/bin/python" bench/tools/wt_stats.py "$MONGO_URL" "$1" \
+        "$WORK/wt.before" || true
+}
+
 # Prints the writer's mean stage times and batch size since "$WORK/writer.before".
 writer_delta() {
     writer_snapshot | awk '
@@ -328,6 +338,7 @@ for scenario in "${SCENARIOS[@]}"; do
                 -- sleep "$DURATION" >/dev/null 2>&1 & PERF_PID=$!
         fi
         [ -z "${BENCH_WRITER:-}" ] || writer_snapshot > "$WORK/writer.before"
+        wt_stats snap
         CPU_PID=""
         if [ -n "${BENCH_CPU:-}" ]; then
             python3 bench/tools/cpu_by_process.py 1 $((DURATION > 2 ? DURATION - 2 : 1)) > "$WORK/cpu.txt" & CPU_PID=$!
@@ -379,6 +390,7 @@ for scenario in "${SCENARIOS[@]}"; do
         [ -s "$WORK/wrk.err" ] && sed 's/^/    /' "$WORK/wrk.err" | head -3
         [ -z "$CPU_PID" ] || { wait "$CPU_PID" || true; sed 's/^/    /' "$WORK/cpu.txt"; }
         [ -z "$TIMELINE_PID" ] || { wait "$TIMELINE_PID" || true; sed 's/^/    /' "$WORK/timeline.txt"; }
+        wt_stats diff | sed 's/^/    /'
         # Buffered writes may still be queued: let the writer catch up, so the next scenario does
         # not pay for this one's backlog.
         [ "$port" = "$ARBOR_PORT" ] && wait_writer_idle
