@@ -47,6 +47,18 @@ pub struct RouteMetrics {
     handles: RefCell<Vec<RouteHandles>>,
 }
 
+impl RouteMetrics {
+    /// Instruments whose route label is known up front (`None`: `unmatched`), for routes that
+    /// actix-web's resource map does not know (`api::segments`).
+    pub fn labelled(pattern: Option<String>) -> Self {
+        let label = pattern.unwrap_or_else(|| "unmatched".into());
+        Self {
+            pattern: OnceCell::from(label.into_boxed_str()),
+            handles: RefCell::default(),
+        }
+    }
+}
+
 struct RouteHandles {
     method: &'static str,
     status: u16,

@@ -11,6 +11,7 @@ pub mod generations;
 pub mod health;
 pub mod messages;
 pub mod models;
+pub mod segments;
 pub mod sse;
 
 use actix_web::guard::{Guard, GuardContext};
@@ -21,6 +22,7 @@ use serde::{Deserialize, Deserializer};
 use crate::config::LimitSettings;
 use crate::metrics::RouteMetrics;
 use error::ApiError;
+use segments::SegmentScope;
 
 /// Registers every route under `/api/v1`, plus health, readiness, the admin page, the seed
 /// dialects (`compat`) and (when `metrics` is true) `/metrics`.
@@ -28,20 +30,16 @@ use error::ApiError;
 /// actix-web tries routes in order, and each one it tries costs: a static pattern a prefix
 /// comparison and a path state set up and dropped, a `{segment}` pattern a regex run with
 /// captures. So the order is part of the read path's cost. `/api/v1` comes first and
-/// `/api/v1/chats` is its first scope: a request about one chat passes the scope's own
-/// resource and the seed dialect's five `/chats/...` routes (which must come before
-/// `/{chat_id}`, or it would take them), then lands in one `/{chat_id}` scope whose own routes
-/// are mostly static suffixes.
+/// `/api/v1/chats` is its first scope, a `SegmentScope` that matches a request about one chat
+/// with no regex. In it the seed dialect's five `/chats/...` routes come before Arbor's
+/// `/{chat_id}` routes, which would otherwise take them.
 pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
-    let chats = web::scope("/chats").service(
-        resource("")
-            .route(post().to(chats::create))
-            .route(get().to(chats::list)),
-    );
+    let chats = SegmentScope::new("/api/v1", "/chats")
+        .resource("", vec![post().to(chats::create), get().to(chats::list)]);
     cfg.service(
-        compat::v1_routes(web::scope("/api/v1").service(
-            compat::v1_chat_routes(chats).service(web::scope("/{chat_id}").configure(chat_routes)),
-        ))
+        compat::v1_routes(
+            web::scope("/api/v1").service(chat_routes(compat::v1_chat_routes(chats))),
+        )
         .service(resource("/auth/register").route(post().to(auth::register)))
         .service(resource("/auth/login").route(post().to(auth::login)))
         .service(resource("/auth/token").route(post().to(auth::token)))
@@ -61,38 +59,62 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
         .configure(compat::root_routes);
 }
 
-/// `/api/v1/chats/{chat_id}...`: static suffixes first.
-fn chat_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("")
-            .route(get().to(chats::get))
-            .route(patch().to(chats::update))
-            .route(delete().to(chats::delete)),
-    )
-    .service(
-        resource("/messages")
-            .route(post().to(messages::send))
-            .route(get().to(messages::list)),
-    )
-    .service(
-        resource("/branches")
-            .route(post().to(branches::create))
-            .route(get().to(branches::list)),
-    )
-    .service(resource("/active-branch").route(put().to(branches::set_active)))
-    .service(resource("/tree").route(get().to(messages::tree)))
-    .service(
-        resource("/branches/{branch_id}")
-            .route(get().to(branches::get))
-            .route(patch().to(branches::rename))
-            .route(delete().to(branches::delete)),
-    )
-    .service(resource("/messages/{message_id}").route(get().to(messages::get)))
-    .service(resource("/messages/{message_id}/edit").route(post().to(messages::edit)))
-    .service(resource("/messages/{message_id}/regenerate").route(post().to(messages::regenerate)))
-    .service(resource("/generations/{generation_id}").route(get().to(generations::get)))
-    .service(resource("/generations/{generation_id}/events").route(get().to(generations::events)))
-    .service(resource("/generations/{generation_id}/cancel").route(post().to(generations::cancel)));
+/// `/api/v1/chats/{chat_id}...`.
+fn chat_routes(chats: SegmentScope) -> SegmentScope {
+    chats
+        .resource(
+            "/{chat_id}",
+            vec![
+                get().to(chats::get),
+                patch().to(chats::update),
+                delete().to(chats::delete),
+            ],
+        )
+        .resource(
+            "/{chat_id}/messages",
+            vec![post().to(messages::send), get().to(messages::list)],
+        )
+        .resource(
+            "/{chat_id}/branches",
+            vec![post().to(branches::create), get().to(branches::list)],
+        )
+        .resource(
+            "/{chat_id}/active-branch",
+            vec![put().to(branches::set_active)],
+        )
+        .resource("/{chat_id}/tree", vec![get().to(messages::tree)])
+        .resource(
+            "/{chat_id}/branches/{branch_id}",
+            vec![
+                get().to(branches::get),
+                patch().to(branches::rename),
+                delete().to(branches::delete),
+            ],
+        )
+        .resource(
+            "/{chat_id}/messages/{message_id}",
+            vec![get().to(messages::get)],
+        )
+        .resource(
+            "/{chat_id}/messages/{message_id}/edit",
+            vec![post().to(messages::edit)],
+        )
+        .resource(
+            "/{chat_id}/messages/{message_id}/regenerate",
+            vec![post().to(messages::regenerate)],
+        )
+        .resource(
+            "/{chat_id}/generations/{generation_id}",
+            vec![get().to(generations::get)],
+        )
+        .resource(
+            "/{chat_id}/generations/{generation_id}/events",
+            vec![get().to(generations::events)],
+        )
+        .resource(
+            "/{chat_id}/generations/{generation_id}/cancel",
+            vec![post().to(generations::cancel)],
+        )
 }
 
 /// A resource that answers unsupported methods with a JSON 405 and keeps its own request
@@ -100,13 +122,7 @@ fn chat_routes(cfg: &mut web::ServiceConfig) {
 fn resource(path: &str) -> actix_web::Resource {
     web::resource(path)
         .app_data(RouteMetrics::default())
-        .default_service(web::to(|| async {
-            HttpResponse::MethodNotAllowed().json(error::ErrorBody::of(&error::ApiError::new(
-                actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this endpoint does not support that method",
-            )))
-        }))
+        .default_service(web::to(|| async { segments::method_not_allowed() }))
 }
 
 /// Method routes for `resource`: `get()` and the like without actix-web's bookkeeping.

@@ -239,6 +239,97 @@ async fn bad_input_gets_a_stable_4xx_and_changes_nothing() {
     );
 }
 
+/// `/api/v1/chats` is matched segment by segment (`api::segments`), not by actix-web's
+/// patterns: it must answer every path as they did.
+#[actix_web::test]
+async fn chat_paths_match_as_actix_web_patterns_do() {
+    let app = spawn_app().await;
+    let u = app.register("u@example.com").await;
+    let chat = id(&app.create_chat(&u, "c").await);
+    app.say(&u, &chat, "q").await;
+    let ok = |status: StatusCode| status == StatusCode::OK;
+    // A literal segment is compared after actix-web's requoting (`%6D` is `m`); the id is
+    // parsed as any UUID text (`{...}`, upper case, no hyphens).
+    let simple = chat.replace('-', "");
+    for path in [
+        format!("/api/v1/chats/{chat}/%6Dessages"),
+        format!("/api/v1/chats/%7B{chat}%7D/messages"),
+        format!("/api/v1/chats/{}/messages", chat.to_uppercase()),
+        format!("/api/v1/chats/{simple}/messages"),
+    ] {
+        let status = app.get(&u, &path).await.status();
+        assert!(ok(status), "{path}: {status}");
+    }
+    let cases = [
+        // No trailing slash, no empty segment, no extra segment.
+        (
+            format!("/api/v1/chats/{chat}/"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("/api/v1/chats/{chat}/messages/"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "/api/v1/chats//messages".to_owned(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "/api/v1/chats/".to_owned(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("/api/v1/chats/{chat}/messages/x/edit/y"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("/api/v1/chats/{chat}/a/b/c/d/e/f"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        // A segment that is not an id where an id goes.
+        (
+            "/api/v1/chats/nope/messages".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+        ),
+        (
+            format!("/api/v1/chats/{chat}%2Fmessages"),
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+        ),
+        (
+            format!("/api/v1/chats/{chat}/branches/nope"),
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+        ),
+        (
+            format!("/api/v1/chats/{chat}/generations/nope/events"),
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+        ),
+    ];
+    for (path, status, code) in cases {
+        let res = app.get(&u, &path).await;
+        assert_eq!(res.status(), status, "{path}");
+        assert_error(res, status, code).await;
+    }
+    // The seed dialect's names come before `{chat_id}`, whatever the method.
+    let res = app.get(&u, "/api/v1/chats/get-chat").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = app.post(&u, "/api/v1/chats/get-chat", json!({})).await;
+    assert_error(res, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    let res = app
+        .get(&u, &format!("/api/v1/chats/update-chat/{chat}"))
+        .await;
+    assert_error(res, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+}
+
 #[derive(serde::Serialize)]
 struct Claims {
     sub: String,

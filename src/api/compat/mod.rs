@@ -23,26 +23,19 @@ use arbor_actors::views::{BranchView, ChatView, MessageView, TreeView};
 use arbor_actors::{Chats, SendRequest};
 
 use super::error::ApiError;
+use super::segments::SegmentScope;
 use super::{delete, get, patch, post, put, resource};
 use crate::auth::{Accounts, AuthUser};
 
-/// The seed 000–002 routes under `/api/v1/chats`, registered inside that scope before Arbor's
-/// own `/{chat_id}` scope, which would otherwise claim `/create-chat`.
-pub fn v1_chat_routes(scope: actix_web::Scope) -> actix_web::Scope {
+/// The seed 000–002 routes under `/api/v1/chats`, added to that scope before Arbor's own
+/// `/{chat_id}` routes, which would otherwise claim `/create-chat`.
+pub fn v1_chat_routes(scope: SegmentScope) -> SegmentScope {
     scope
-        .service(resource("/create-chat").route(post().to(v1::create_chat)))
-        .service(resource("/create-conversation").route(post().to(v1::create_branch)))
-        .service(resource("/get-chat").route(get().to(v1::get_chat)))
-        // Behind static scopes: a `{segment}` pattern costs a regex run on every request that
-        // reaches it, and every request under `/api/v1/chats/` does.
-        .service(
-            web::scope("/update-chat")
-                .service(resource("/{chat_id}").route(put().to(v1::update_chat))),
-        )
-        .service(
-            web::scope("/delete-chat")
-                .service(resource("/{chat_id}").route(delete().to(delete_chat))),
-        )
+        .resource("/create-chat", vec![post().to(v1::create_chat)])
+        .resource("/create-conversation", vec![post().to(v1::create_branch)])
+        .resource("/get-chat", vec![get().to(v1::get_chat)])
+        .resource("/update-chat/{chat_id}", vec![put().to(v1::update_chat)])
+        .resource("/delete-chat/{chat_id}", vec![delete().to(delete_chat)])
 }
 
 /// The rest of the seed 000–002 routes under `/api/v1`.
