@@ -3,7 +3,7 @@
 //! actix-web matches a `{name}` pattern with a regex run with captures, and tries a scope's
 //! routes one by one, each attempt setting up and dropping its own path state. Every request
 //! about one chat went through 12 of those attempts and one regex, nested three scopes deep:
-//! about a seventh of the instructions of a read ([BENCHMARKS.md], "Read path"). This scope
+//! 5.6k of the 45k instructions of a read ([BENCHMARKS.md], "Read path"). This scope
 //! splits the path once and compares its segments with each route's: literal segments by
 //! equality, `{name}` segments by being non-empty, which is what actix-web's default `[^/]+`
 //! accepts. Its routes are the same `Route`s (method guard and handler) that a `Resource` would
