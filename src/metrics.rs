@@ -48,10 +48,9 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    /// Instruments whose route label is known up front (`None`: `unmatched`), for routes that
-    /// actix-web's resource map does not know (`api::segments`).
-    pub fn labelled(pattern: Option<String>) -> Self {
-        let label = pattern.unwrap_or_else(|| "unmatched".into());
+    /// Instruments whose route label is known up front, for routes that actix-web's resource
+    /// map does not know (`api::segments`).
+    pub fn labelled(label: String) -> Self {
         Self {
             pattern: OnceCell::from(label.into_boxed_str()),
             handles: RefCell::default(),

@@ -169,12 +169,12 @@ impl ServiceFactory<ServiceRequest> for SegmentScopeFactory {
                 built.push(ResourceService {
                     parts: resource.parts.clone(),
                     routes,
-                    metrics: metrics_container(Some(resource.label.clone())),
+                    metrics: metrics_container(resource.label.clone()),
                 });
             }
             Ok(SegmentScopeService {
                 resources: built,
-                unmatched: metrics_container(None),
+                unmatched: metrics_container("unmatched".into()),
             })
         })
     }
@@ -182,7 +182,7 @@ impl ServiceFactory<ServiceRequest> for SegmentScopeFactory {
 
 /// Request data holding a route's `RouteMetrics` (one per HTTP worker, as each worker builds
 /// its own services).
-fn metrics_container(label: Option<String>) -> Rc<Extensions> {
+fn metrics_container(label: String) -> Rc<Extensions> {
     let mut data = Extensions::new();
     data.insert(RouteMetrics::labelled(label));
     Rc::new(data)

@@ -247,7 +247,6 @@ async fn chat_paths_match_as_actix_web_patterns_do() {
     let u = app.register("u@example.com").await;
     let chat = id(&app.create_chat(&u, "c").await);
     app.say(&u, &chat, "q").await;
-    let ok = |status: StatusCode| status == StatusCode::OK;
     // A literal segment is compared after actix-web's requoting (`%6D` is `m`); the id is
     // parsed as any UUID text (`{...}`, upper case, no hyphens).
     let simple = chat.replace('-', "");
@@ -257,8 +256,7 @@ async fn chat_paths_match_as_actix_web_patterns_do() {
         format!("/api/v1/chats/{}/messages", chat.to_uppercase()),
         format!("/api/v1/chats/{simple}/messages"),
     ] {
-        let status = app.get(&u, &path).await.status();
-        assert!(ok(status), "{path}: {status}");
+        assert_eq!(app.get(&u, &path).await.status(), StatusCode::OK, "{path}");
     }
     let cases = [
         // No trailing slash, no empty segment, no extra segment.
