@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on real servers: starts a throwaway PostgreSQL cluster and a
-# MongoDB-wire server (SecantusDB; installed into a venv on first use), runs every test with the
+# MongoDB-wire server (SecantusDB; installed into a venv on first use), installs Schemathesis
+# (the API contract test's tool, into a venv on first use), runs every test with the
 # embedded SQLite stores, then the API suite again with PostgreSQL metadata + MongoDB messages,
 # and stops both servers. Arguments are passed to both `cargo nextest run`s (e.g. a filter).
 #
 #   scripts/test.sh                     everything, both backends
 #   scripts/test.sh -E 'test(chats)'    a subset, both backends
 #
-# Needs: PostgreSQL binaries (Debian: postgresql), python3 with venv, cargo-nextest, promtool
+# Needs: PostgreSQL binaries (Debian: postgresql), python3 with venv (and PyPI), cargo-nextest, promtool
 # (Debian: prometheus), chromium and chromedriver (Debian: chromium, chromium-driver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,9 @@ cleanup() {
 trap cleanup EXIT
 
 scripts/mongodb.sh setup
+# The API contract test's tool (tests/api/contract.rs).
+SCHEMATHESIS=$(scripts/schemathesis.sh)
+export SCHEMATHESIS
 # A throwaway cluster: durability of the test server itself is not under test.
 export PG_SERVER_SETTINGS="-c fsync=off -c full_page_writes=off"
 TEST_POSTGRES_URL=$(scripts/postgres.sh start "$WORK/postgres")

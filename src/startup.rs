@@ -15,10 +15,9 @@ use arbor_actors::generation::Generations;
 use arbor_actors::llm::LlmPool;
 use arbor_actors::writer::{AckMode, WriterConfig, WriterHandle};
 use arbor_actors::{Chats, Placement, RegistryConfig};
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::api::{self, docs::ApiDoc, error::extractors};
+use crate::api::{self, error::extractors};
 use crate::auth::{load_or_create_secret, Accounts, Tokens};
 use crate::config::{self, ActorPlacement, Settings};
 use crate::lifecycle::{self, Lifecycle};
@@ -242,7 +241,7 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
     let chats = web::Data::new(chats);
     let origins = settings.server.cors_origins.clone();
     let body_limit = settings.limits.max_body_bytes;
-    let openapi = ApiDoc::openapi();
+    let openapi = api::docs::document(&settings.limits);
     let workers = match settings.server.workers {
         0 => Settings::cores(),
         n => n,
@@ -276,7 +275,10 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
             .app_data(admin.clone())
             .app_data(metrics_settings.clone())
             .configure(|cfg| api::routes(cfg, metrics_here))
-            .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
+            .service(
+                SwaggerUi::new("/docs/{_:.*}")
+                    .external_urls_from_iter_unchecked([("/openapi.json", openapi.clone())]),
+            )
             .default_service(web::to(api::not_found))
     })
     .workers(workers)

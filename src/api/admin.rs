@@ -11,7 +11,7 @@ use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::error::ApiError;
+use crate::api::error::{ApiError, ErrorBody};
 use crate::auth::{authenticate, constant_time_eq, Accounts};
 use crate::config::{AdminSettings, MetricsSettings};
 use crate::metrics::{Metrics, RuntimeStats, CONTENT_TYPE};
@@ -63,11 +63,12 @@ pub struct ActorQuery {
     pub offset: Option<usize>,
 }
 
-const MAX_ACTOR_PAGE: usize = 1000;
+pub(crate) const MAX_ACTOR_PAGE: usize = 1000;
 
 /// Resident chat actors, paged and sorted. A snapshot: no actor is messaged to list it.
 #[utoipa::path(get, path = "/api/v1/admin/actors", tag = "admin", params(ActorQuery),
-    security(("bearer" = [])), responses((status = 200, body = ActorPage), (status = 404)))]
+    security(("bearer" = [])), responses((status = 200, body = ActorPage), (status = 404, body = ErrorBody,
+        description = "Not an admin (or no token), or no such resident actor")))]
 pub async fn actors(
     _: Admin,
     chats: web::Data<Chats>,
@@ -102,7 +103,8 @@ fn actor_not_found() -> ApiError {
 /// One resident actor: the list's fields plus its active branch and replies in flight. Does
 /// not activate a chat that is not resident (404 `actor_not_found`).
 #[utoipa::path(get, path = "/api/v1/admin/actors/{chat_id}", tag = "admin",
-    security(("bearer" = [])), responses((status = 200, body = ActorDetail), (status = 404)))]
+    params(("chat_id" = ChatId, Path)), security(("bearer" = [])), responses((status = 200, body = ActorDetail), (status = 404, body = ErrorBody,
+        description = "Not an admin (or no token), or no such resident actor")))]
 pub async fn actor(
     _: Admin,
     chats: web::Data<Chats>,
@@ -124,7 +126,8 @@ pub struct Evicted {
 /// Flushes a resident actor's writes and stops it now; answers once it has stopped. The chat
 /// stays stored and is activated again by its next request.
 #[utoipa::path(post, path = "/api/v1/admin/actors/{chat_id}/evict", tag = "admin",
-    security(("bearer" = [])), responses((status = 200, body = Evicted), (status = 404)))]
+    params(("chat_id" = ChatId, Path)), security(("bearer" = [])), responses((status = 200, body = Evicted), (status = 404, body = ErrorBody,
+        description = "Not an admin (or no token), or no such resident actor")))]
 pub async fn evict(
     admin: Admin,
     chats: web::Data<Chats>,
@@ -143,7 +146,8 @@ pub async fn evict(
 
 /// Totals and rates for the whole runtime, with a short history for charts.
 #[utoipa::path(get, path = "/api/v1/admin/stats", tag = "admin",
-    security(("bearer" = [])), responses((status = 200, body = RuntimeStats), (status = 404)))]
+    security(("bearer" = [])), responses((status = 200, body = RuntimeStats), (status = 404, body = ErrorBody,
+        description = "Not an admin (or no token), or no such resident actor")))]
 pub async fn stats(_: Admin, metrics: web::Data<Metrics>) -> web::Json<RuntimeStats> {
     web::Json(metrics.runtime_stats())
 }

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::body::Json;
 use super::error::{ApiError, ErrorBody};
 use crate::auth::{Accounts, AuthUser, Session};
 use crate::domain::{Email, Password, Username};
@@ -99,7 +100,7 @@ impl Registered {
     responses((status = 201, body = Registered), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn register(
     accounts: web::Data<Accounts>,
-    body: web::Json<RegisterRequest>,
+    body: Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let registered = Registered::create(&accounts, body.into_inner()).await?;
     Ok(HttpResponse::Created().json(registered))

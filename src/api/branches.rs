@@ -8,6 +8,7 @@ use arbor_actors::Chats;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::body::Json;
 use super::error::{ApiError, ErrorBody};
 use crate::auth::AuthUser;
 use crate::config::LimitSettings;
@@ -62,7 +63,7 @@ pub async fn create(
     limits: web::Data<LimitSettings>,
     user: AuthUser,
     path: web::Path<ChatId>,
-    body: web::Json<CreateBranch>,
+    body: Json<CreateBranch>,
 ) -> Result<HttpResponse, ApiError> {
     let from = fork_point(&body)?;
     let name = domain::optional_branch_name(body.name.as_deref(), limits.max_branch_name_chars)?;
@@ -103,7 +104,7 @@ pub async fn rename(
     limits: web::Data<LimitSettings>,
     user: AuthUser,
     path: web::Path<(ChatId, BranchId)>,
-    body: web::Json<RenameBranch>,
+    body: Json<RenameBranch>,
 ) -> Result<web::Json<BranchView>, ApiError> {
     let (chat, branch) = path.into_inner();
     let name = domain::branch_name(&body.name, limits.max_branch_name_chars)?;
@@ -132,7 +133,7 @@ pub async fn set_active(
     chats: web::Data<Chats>,
     user: AuthUser,
     path: web::Path<ChatId>,
-    body: web::Json<SetActiveBranch>,
+    body: Json<SetActiveBranch>,
 ) -> Result<web::Json<ChatView>, ApiError> {
     Ok(web::Json(
         chats

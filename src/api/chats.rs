@@ -8,6 +8,7 @@ use arbor_actors::Chats;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::body::{Json, OptionalJson};
 use super::error::{ApiError, ErrorBody};
 use super::{double_option, page_limit};
 use crate::auth::AuthUser;
@@ -44,14 +45,14 @@ pub struct ListChatsQuery {
 }
 
 #[utoipa::path(post, path = "/api/v1/chats", tag = "chats", security(("bearer" = [])),
-    request_body = CreateChat, responses((status = 201, body = ChatView), (status = 422, body = ErrorBody)))]
+    request_body(content = Option<CreateChat>, description = "Optional: no body makes an untitled chat."),
+    responses((status = 201, body = ChatView), (status = 422, body = ErrorBody)))]
 pub async fn create(
     chats: web::Data<Chats>,
     limits: web::Data<LimitSettings>,
     user: AuthUser,
-    body: Option<web::Json<CreateChat>>,
+    OptionalJson(body): OptionalJson<CreateChat>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.map(web::Json::into_inner).unwrap_or_default();
     let new = NewChat {
         title: domain::title(body.title.as_deref(), limits.max_title_chars)?,
         system_prompt: domain::system_prompt(
@@ -99,7 +100,7 @@ pub async fn update(
     limits: web::Data<LimitSettings>,
     user: AuthUser,
     path: web::Path<ChatId>,
-    body: web::Json<UpdateChat>,
+    body: Json<UpdateChat>,
 ) -> Result<web::Json<ChatView>, ApiError> {
     let patch = ChatPatch {
         title: body

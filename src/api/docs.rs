@@ -1,12 +1,20 @@
 //! The OpenAPI document (`/openapi.json`) and Swagger UI (`/docs`), served from assets vendored
 //! into the binary at build time, so both work offline.
+//!
+//! The document is a contract a client can generate code from and validate against: besides
+//! what each handler declares, `document` adds the error answers every endpoint of a kind can
+//! give (a malformed id or body, no token, a body too large, an overloaded store) and the
+//! limits this server was configured with (page sizes, text lengths). The API suite checks the
+//! server against it with Schemathesis (`tests/api/contract.rs`).
 
+use serde_json::{json, Map, Value};
 use utoipa::openapi::security::{
     Flow, HttpAuthScheme, HttpBuilder, OAuth2, Password, Scopes, SecurityScheme,
 };
 use utoipa::{Modify, OpenApi};
 
 use super::{admin, auth, branches, chats, error, generations, health, messages, models};
+use crate::config::LimitSettings;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,7 +29,10 @@ use super::{admin, auth, branches, chats, error, generations, health, messages, 
         health::health, health::ready,
         admin::actors, admin::actor, admin::evict, admin::stats,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    components(schemas(
+        error::ErrorBody, error::ErrorDetail,
+        arbor_actors::inspect::ActorSort, arbor_actors::inspect::SortOrder,
+    )),
     modifiers(&Security),
     tags(
         (name = "auth"), (name = "chats"), (name = "messages"), (name = "branches"), (name = "generations"),
@@ -52,5 +63,357 @@ impl Modify for Security {
                 Scopes::new(),
             ))])),
         );
+    }
+}
+
+/// The document `/openapi.json` serves: the handlers' declarations, with the answers and limits
+/// they share added (see the module's comment).
+pub fn document(limits: &LimitSettings) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    add_shared_responses(&mut doc);
+    describe_event_streams(&mut doc);
+    add_limits(&mut doc, limits);
+    doc
+}
+
+/// Error answers that many endpoints share, as `components.responses`, named by each status.
+const SHARED: [(&str, &str, &str); 6] = [
+    (
+        "400",
+        "BadRequest",
+        "A malformed path id (`invalid_id`), query string (`invalid_query`) or JSON body \
+         (`invalid_json`).",
+    ),
+    (
+        "401",
+        "Unauthorized",
+        "No valid bearer token (`missing_token`, `invalid_token`, `token_expired`).",
+    ),
+    (
+        "413",
+        "PayloadTooLarge",
+        "The body is larger than the server takes (`payload_too_large`).",
+    ),
+    (
+        "415",
+        "UnsupportedMediaType",
+        "The body is not of the declared media type (`unsupported_media_type`).",
+    ),
+    (
+        "422",
+        "Unprocessable",
+        "The body is well-formed but not acceptable: a wrong type, a missing field, a value \
+         out of its limits (the code names which).",
+    ),
+    (
+        "503",
+        "Unavailable",
+        "Overloaded or a store is unreachable (`overloaded`, `storage_unavailable`); retry \
+         after `Retry-After` seconds.",
+    ),
+];
+
+/// Adds each operation the shared answers it can give and does not declare itself:
+/// - 400 where it takes a path id, a query string or a body;
+/// - 401 where it needs a token (admin operations answer 404 instead, as if absent);
+/// - 413 and 415 where it takes a body, 422 where it takes a body or a query string (a value
+///   out of its limits);
+/// - 503 on everything under `/api/v1` (a store or an actor's queue can refuse any of it).
+fn add_shared_responses(doc: &mut Value) {
+    let error_body = json!({"$ref": "#/components/schemas/ErrorBody"});
+    let mut named = Map::new();
+    for (_, name, description) in SHARED {
+        named.insert(
+            name.to_owned(),
+            json!({"description": description,
+                   "content": {"application/json": {"schema": error_body}}}),
+        );
+    }
+    if let Some(components) = doc.get_mut("components").and_then(Value::as_object_mut) {
+        components.insert("responses".to_owned(), Value::Object(named));
+    }
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, operations) in paths.iter_mut() {
+        let Some(operations) = operations.as_object_mut() else {
+            continue;
+        };
+        for operation in operations.values_mut() {
+            let params = operation["parameters"].as_array();
+            let has_params = params.is_some_and(|p| !p.is_empty());
+            let has_query = params.is_some_and(|p| p.iter().any(|p| p["in"] == "query"));
+            let has_body = operation.get("requestBody").is_some();
+            let secured = operation.get("security").is_some();
+            let admin = operation["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == "admin"));
+            let mut wanted = Vec::new();
+            if has_params || has_body {
+                wanted.push("400");
+            }
+            if secured && !admin {
+                wanted.push("401");
+            }
+            if has_body {
+                wanted.extend(["413", "415"]);
+            }
+            if has_body || has_query {
+                wanted.push("422");
+            }
+            if path.starts_with("/api/v1/") {
+                wanted.push("503");
+            }
+            let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            for (status, name, _) in SHARED {
+                if wanted.contains(&status) && !responses.contains_key(status) {
+                    let reference = format!("#/components/responses/{name}");
+                    responses.insert(status.to_owned(), json!({"$ref": reference}));
+                }
+            }
+        }
+    }
+}
+
+/// A `text/event-stream` answer is a sequence of server-sent events; its schema describes one
+/// event (the handlers declare it as a string).
+fn describe_event_streams(doc: &mut Value) {
+    let event = json!({
+        "type": "object",
+        "description": "One server-sent event: `event` names it (`user_message`, `delta`, \
+                        `assistant_message`, `error`, ...), `data` is its JSON, `id` its \
+                        number for `Last-Event-ID`.",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"type": "string"},
+            "id": {"type": "string"},
+        },
+    });
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for operation in paths.values_mut().filter_map(Value::as_object_mut) {
+        for operation in operation.values_mut() {
+            let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            for response in responses.values_mut() {
+                if let Some(stream) = response.pointer_mut("/content/text~1event-stream") {
+                    stream["schema"] = event.clone();
+                }
+            }
+        }
+    }
+}
+
+/// Characters Rust's `str::trim` removes (Unicode `White_Space`), for patterns that need a
+/// character that is neither that nor NUL: spelled out, as `\s` differs between regex dialects.
+const SPACE: &str = r"\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
+
+/// Writes the configured limits into the schemas of what requests carry.
+fn add_limits(doc: &mut Value, limits: &LimitSettings) {
+    let no_nul = json!(r"^[^\x00]*$");
+    let not_blank = json!(format!(r"^[^\x00]*[^\x00{SPACE}][^\x00]*$"));
+    let text = |max: usize, pattern: &Value| json!({"maxLength": max, "pattern": pattern});
+    let content = text(limits.max_message_chars, &not_blank);
+    let branch_name = text(limits.max_branch_name_chars, &not_blank);
+    let title = text(limits.max_title_chars, &no_nul);
+    let system_prompt = text(limits.max_system_prompt_chars, &no_nul);
+    let description = text(limits.max_description_chars, &no_nul);
+    let schemas = "/components/schemas";
+    for (field, limit) in [
+        ("SendMessage/properties/content", &content),
+        ("SendMessage/properties/response", &content),
+        ("EditMessage/properties/content", &content),
+        ("EditMessage/properties/name", &branch_name),
+        ("RegenerateMessage/properties/name", &branch_name),
+        ("CreateBranch/properties/name", &branch_name),
+        ("RenameBranch/properties/name", &branch_name),
+        ("CreateChat/properties/title", &title),
+        ("UpdateChat/properties/title", &title),
+        ("CreateChat/properties/system_prompt", &system_prompt),
+        ("UpdateChat/properties/system_prompt", &system_prompt),
+        ("CreateChat/properties/description", &description),
+        ("UpdateChat/properties/description", &description),
+    ] {
+        merge(doc.pointer_mut(&format!("{schemas}/{field}")), limit);
+    }
+    // Registration: what `domain::{Email, Username, Password}` always accept (they take a
+    // little more: surrounding spaces, and non-ASCII passwords and addresses).
+    for (field, limit) in [
+        (
+            "email",
+            json!({"format": "email", "maxLength": 254, "pattern": r"^[!-?A-~]+@[!-?A-~]+$"}),
+        ),
+        (
+            "username",
+            json!({"minLength": 3, "maxLength": 32, "pattern": r"^[A-Za-z0-9_.\-]+$"}),
+        ),
+        (
+            "password",
+            json!({"minLength": 8, "maxLength": 72, "pattern": r"^[ -~]*$",
+                   "description": "8 to 72 printable ASCII characters. Other text is taken \
+                                   too, 8 characters to 72 bytes of UTF-8 (bcrypt reads \
+                                   no further)."}),
+        ),
+    ] {
+        merge(
+            doc.pointer_mut(&format!("{schemas}/RegisterRequest/properties/{field}")),
+            &limit,
+        );
+    }
+    // A fork names its point: a message, or an index on a branch.
+    merge(
+        doc.pointer_mut(&format!("{schemas}/CreateBranch")),
+        &json!({"anyOf": [
+            {"required": ["from_message_id"],
+             "properties": {"from_message_id": {"$ref": "#/components/schemas/MessageId"},
+                            "message_index": {"type": "null"},
+                            "from_branch_id": {"type": "null"}}},
+            {"required": ["message_index"],
+             "properties": {"message_index": {"type": "integer", "minimum": 0},
+                            "from_message_id": {"type": "null"}}},
+        ]}),
+    );
+    // Login names the account by either field.
+    merge(
+        doc.pointer_mut(&format!("{schemas}/LoginRequest")),
+        &json!({"anyOf": [
+            {"required": ["email"], "properties": {"email": {"type": "string"}}},
+            {"required": ["username"], "properties": {"username": {"type": "string"}}},
+        ]}),
+    );
+    let page = json!({"minimum": 1, "maximum": limits.max_page_size});
+    for path in ["/api/v1/chats", "/api/v1/chats/{chat_id}/messages"] {
+        merge(parameter(doc, path, "get", "limit"), &page);
+    }
+    merge(
+        parameter(doc, "/api/v1/admin/actors", "get", "limit"),
+        &json!({"minimum": 1, "maximum": admin::MAX_ACTOR_PAGE}),
+    );
+    merge(
+        parameter(doc, "/api/v1/admin/actors", "get", "offset"),
+        &json!({"maximum": usize::MAX}),
+    );
+    merge(
+        parameter(
+            doc,
+            "/api/v1/chats/{chat_id}/messages",
+            "post",
+            "Idempotency-Key",
+        ),
+        &json!({"maxLength": 255, "pattern": r"^[!-~]([\t -~]*[!-~])?$"}),
+    );
+}
+
+/// The schema of one of an operation's parameters.
+fn parameter<'a>(
+    doc: &'a mut Value,
+    path: &str,
+    method: &str,
+    name: &str,
+) -> Option<&'a mut Value> {
+    doc.get_mut("paths")?
+        .get_mut(path)?
+        .get_mut(method)?
+        .get_mut("parameters")?
+        .as_array_mut()?
+        .iter_mut()
+        .find(|p| p["name"] == name)?
+        .get_mut("schema")
+}
+
+/// Adds `extra`'s keys to a schema (the unit tests check that each one is found). A schema `utoipa` wrote as `oneOf: [null, X]` (an optional
+/// field) gets them on its `X` alternative, where a string or number is checked.
+fn merge(schema: Option<&mut Value>, extra: &Value) {
+    let Some(schema) = schema else {
+        return;
+    };
+    let target = match schema.get_mut("oneOf").and_then(Value::as_array_mut) {
+        Some(alternatives) => alternatives
+            .iter_mut()
+            .find(|a| a["type"] != "null")
+            .filter(|a| a.get("$ref").is_none()),
+        None => Some(schema),
+    };
+    let (Some(target), Some(extra)) = (target.and_then(Value::as_object_mut), extra.as_object())
+    else {
+        return;
+    };
+    for (key, value) in extra {
+        target.insert(key.clone(), value.clone());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_carries_the_configured_limits() {
+        let limits = LimitSettings {
+            max_message_chars: 123,
+            max_page_size: 45,
+            ..crate::config::Settings::default().limits
+        };
+        let doc = document(&limits);
+        let schema = |name: &str| doc["components"]["schemas"][name].clone();
+        let content = &schema("SendMessage")["properties"]["content"];
+        assert_eq!(content["maxLength"], 123);
+        assert!(content["pattern"].is_string());
+        for (schema_name, name) in [
+            ("SendMessage", "response"),
+            ("EditMessage", "content"),
+            ("EditMessage", "name"),
+            ("RegenerateMessage", "name"),
+            ("CreateBranch", "name"),
+            ("RenameBranch", "name"),
+            ("CreateChat", "title"),
+            ("UpdateChat", "title"),
+            ("CreateChat", "system_prompt"),
+            ("UpdateChat", "description"),
+            ("RegisterRequest", "email"),
+            ("RegisterRequest", "username"),
+            ("RegisterRequest", "password"),
+        ] {
+            let field = &schema(schema_name)["properties"][name];
+            let limited = |f: &Value| f.get("maxLength").is_some();
+            let found = limited(field)
+                || field["oneOf"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(limited));
+            assert!(found, "{schema_name}.{name}: no limit in {field}");
+        }
+        assert!(schema("CreateBranch")["anyOf"].is_array());
+        assert!(schema("LoginRequest")["anyOf"].is_array());
+        let list = &doc["paths"]["/api/v1/chats"]["get"];
+        let limit = list["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .unwrap();
+        assert_eq!(limit["schema"]["maximum"], 45);
+        assert_eq!(
+            list["responses"]["401"]["$ref"],
+            "#/components/responses/Unauthorized"
+        );
+        assert!(doc["components"]["responses"]["Unavailable"].is_object());
+        let send = &doc["paths"]["/api/v1/chats/{chat_id}/messages"]["post"];
+        for status in ["400", "401", "413", "415", "422", "503"] {
+            assert!(send["responses"][status].is_object(), "{status}");
+        }
+        let stream = &send["responses"]["200"]["content"]["text/event-stream"]["schema"];
+        assert_eq!(stream["type"], "object");
     }
 }

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use arbor_actors::model::{BranchId, ChatId, MessageId, Role};
 use arbor_actors::views::{EditView, MessagePage, MessageView, RegenerateView, SendView, TreeView};
@@ -11,6 +10,7 @@ use arbor_actors::{Chats, EditRequest, SendRequest};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::body::{Json, OptionalJson};
 use super::error::{ApiError, ErrorBody};
 use super::page_limit;
 use super::sse::{self, StreamSettings};
@@ -155,7 +155,7 @@ pub async fn send(
     streams: web::Data<StreamSettings>,
     user: AuthUser,
     path: web::Path<ChatId>,
-    body: web::Json<SendMessage>,
+    body: Json<SendMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let stream = body.reply && sse::wanted(&req, body.stream);
@@ -221,7 +221,7 @@ pub async fn edit(
     streams: web::Data<StreamSettings>,
     user: AuthUser,
     path: web::Path<(ChatId, MessageId)>,
-    body: web::Json<EditMessage>,
+    body: Json<EditMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let (chat, message) = path.into_inner();
     let body = body.into_inner();
@@ -256,24 +256,9 @@ pub async fn regenerate(
     streams: web::Data<StreamSettings>,
     user: AuthUser,
     path: web::Path<(ChatId, MessageId)>,
-    body: web::Bytes,
+    OptionalJson(body): OptionalJson<RegenerateMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let (chat, message) = path.into_inner();
-    let body: RegenerateMessage = if body.iter().all(u8::is_ascii_whitespace) {
-        RegenerateMessage::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            if e.is_data() {
-                ApiError::validation("validation_failed", e.to_string())
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_json",
-                    format!("malformed JSON: {e}"),
-                )
-            }
-        })?
-    };
     let stream = sse::wanted(&req, body.stream);
     let name = domain::optional_branch_name(body.name.as_deref(), limits.max_branch_name_chars)?;
     let regenerated = chats

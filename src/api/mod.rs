@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod body;
 pub mod branches;
 pub mod chats;
 pub mod compat;
@@ -11,17 +12,16 @@ pub mod generations;
 pub mod health;
 pub mod messages;
 pub mod models;
+pub mod routes;
 pub mod segments;
 pub mod sse;
 
-use actix_web::guard::{Guard, GuardContext};
-use actix_web::http::Method;
-use actix_web::{web, HttpResponse, Route};
+use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Deserializer};
 
 use crate::config::LimitSettings;
-use crate::metrics::RouteMetrics;
 use error::ApiError;
+use routes::{delete, get, patch, post, put, resource};
 use segments::SegmentScope;
 
 /// Registers every route under `/api/v1`, plus health, readiness, the admin page, the seed
@@ -40,22 +40,28 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
         compat::v1_routes(
             web::scope("/api/v1").service(chat_routes(compat::v1_chat_routes(chats))),
         )
-        .service(resource("/auth/register").route(post().to(auth::register)))
-        .service(resource("/auth/login").route(post().to(auth::login)))
-        .service(resource("/auth/token").route(post().to(auth::token)))
-        .service(resource("/auth/me").route(get().to(auth::me)))
-        .service(resource("/models").route(get().to(models::list)))
-        .service(resource("/admin/stats").route(get().to(admin::stats)))
-        .service(resource("/admin/actors").route(get().to(admin::actors)))
-        .service(resource("/admin/actors/{chat_id}").route(get().to(admin::actor)))
-        .service(resource("/admin/actors/{chat_id}/evict").route(post().to(admin::evict))),
+        .service(resource("/auth/register", vec![post().to(auth::register)]))
+        .service(resource("/auth/login", vec![post().to(auth::login)]))
+        .service(resource("/auth/token", vec![post().to(auth::token)]))
+        .service(resource("/auth/me", vec![get().to(auth::me)]))
+        .service(resource("/models", vec![get().to(models::list)]))
+        .service(resource("/admin/stats", vec![get().to(admin::stats)]))
+        .service(resource("/admin/actors", vec![get().to(admin::actors)]))
+        .service(resource(
+            "/admin/actors/{chat_id}",
+            vec![get().to(admin::actor)],
+        ))
+        .service(resource(
+            "/admin/actors/{chat_id}/evict",
+            vec![post().to(admin::evict)],
+        )),
     );
     if metrics {
-        cfg.service(resource("/metrics").route(get().to(admin::metrics)));
+        cfg.service(resource("/metrics", vec![get().to(admin::metrics)]));
     }
-    cfg.route("/health", web::get().to(health::health))
-        .route("/ready", web::get().to(health::ready))
-        .service(resource("/admin").route(get().to(admin::page)))
+    cfg.service(resource("/health", vec![get().to(health::health)]))
+        .service(resource("/ready", vec![get().to(health::ready)]))
+        .service(resource("/admin", vec![get().to(admin::page)]))
         .configure(compat::root_routes);
 }
 
@@ -115,51 +121,6 @@ fn chat_routes(chats: SegmentScope) -> SegmentScope {
             "/{chat_id}/generations/{generation_id}/cancel",
             vec![post().to(generations::cancel)],
         )
-}
-
-/// A resource that answers unsupported methods with a JSON 405 and keeps its own request
-/// metrics' handles (`RouteMetrics`, one per HTTP worker).
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path)
-        .app_data(RouteMetrics::default())
-        .default_service(web::to(|| async { segments::method_not_allowed() }))
-}
-
-/// Method routes for `resource`: `get()` and the like without actix-web's bookkeeping.
-/// Its method guard records every method it checks in the request's extensions (a `Vec` and
-/// two map operations, ~540 instructions for each route tried) for the `Allow` header of its
-/// own 405, which `resource`'s JSON 405 replaces.
-fn get() -> Route {
-    method(Method::GET)
-}
-
-fn post() -> Route {
-    method(Method::POST)
-}
-
-fn put() -> Route {
-    method(Method::PUT)
-}
-
-fn patch() -> Route {
-    method(Method::PATCH)
-}
-
-fn delete() -> Route {
-    method(Method::DELETE)
-}
-
-fn method(method: Method) -> Route {
-    web::route().guard(MethodIs(method))
-}
-
-/// The request's method is this one.
-struct MethodIs(Method);
-
-impl Guard for MethodIs {
-    fn check(&self, ctx: &GuardContext<'_>) -> bool {
-        ctx.head().method == self.0
-    }
 }
 
 /// Unknown paths.

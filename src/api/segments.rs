@@ -9,22 +9,23 @@
 //! accepts. Its routes are the same `Route`s (method guard and handler) that a `Resource` would
 //! hold, and a request reaches its handler as it would through actix-web's own scopes:
 //! `{name}` segments are in `match_info` for `web::Path`, a method the route lacks gets the JSON
-//! 405, a path no route matches the JSON 404, and each route keeps its own request metrics
+//! 405 with its `Allow` header, a path no route matches the JSON 404, and each route keeps its own request metrics
 //! (`RouteMetrics`) labelled with its full pattern.
 //!
 //! [BENCHMARKS.md]: ../../BENCHMARKS.md
 
 use std::rc::Rc;
 
-use actix_web::body::BoxBody;
 use actix_web::dev::{
     AppService, Extensions, HttpServiceFactory, ResourceDef, Service, ServiceFactory,
     ServiceRequest, ServiceResponse,
 };
-use actix_web::{Error, HttpResponse, Route};
+use actix_web::http::header::HeaderValue;
+use actix_web::{Error, Route};
 use futures_util::future::{join_all, LocalBoxFuture};
 
-use super::error::{self, ApiError};
+use super::error::ApiError;
+use super::routes::{self, MethodRoute};
 use crate::metrics::RouteMetrics;
 
 /// What a `Route` builds: its handler behind its guards (actix-web does not export the name).
@@ -112,6 +113,7 @@ struct SegmentResource {
     parts: Vec<Part>,
     label: String,
     routes: Vec<Route>,
+    allow: HeaderValue,
 }
 
 impl SegmentScope {
@@ -126,11 +128,13 @@ impl SegmentScope {
     /// Adds a resource: `pattern` relative to the scope (`""`, `/{chat_id}/messages`), with its
     /// method routes (`get().to(handler)` and the like). Resources are tried in the order they
     /// are added; the first whose pattern matches answers, as in an actix-web scope.
-    pub fn resource(mut self, pattern: &'static str, routes: Vec<Route>) -> Self {
+    pub fn resource(mut self, pattern: &'static str, routes: Vec<MethodRoute>) -> Self {
+        let (routes, allow) = routes::split(routes);
         self.resources.push(SegmentResource {
             parts: parse_pattern(pattern),
             label: format!("{}{}{}", self.parent, self.mount, pattern),
             routes,
+            allow,
         });
         self
     }
@@ -169,6 +173,7 @@ impl ServiceFactory<ServiceRequest> for SegmentScopeFactory {
                 built.push(ResourceService {
                     parts: resource.parts.clone(),
                     routes,
+                    allow: resource.allow.clone(),
                     metrics: metrics_container(resource.label.clone()),
                 });
             }
@@ -191,6 +196,7 @@ fn metrics_container(label: String) -> Rc<Extensions> {
 struct ResourceService {
     parts: Vec<Part>,
     routes: Vec<RouteService>,
+    allow: HeaderValue,
     metrics: Rc<Extensions>,
 }
 
@@ -230,9 +236,9 @@ impl Service<ServiceRequest> for SegmentScopeService {
                 return route.call(req);
             }
         }
-        Box::pin(std::future::ready(Ok(
-            req.into_response(method_not_allowed())
-        )))
+        Box::pin(std::future::ready(Ok(req.into_response(
+            routes::method_not_allowed(resource.allow.clone()),
+        ))))
     }
 }
 
@@ -245,15 +251,6 @@ fn params(parts: &[Part], segments: &[&str]) -> [Option<(&'static str, String)>;
         }
     }
     out
-}
-
-/// The JSON 405 every resource answers for a method it does not have.
-pub fn method_not_allowed() -> HttpResponse<BoxBody> {
-    HttpResponse::MethodNotAllowed().json(error::ErrorBody::of(&ApiError::new(
-        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not support that method",
-    )))
 }
 
 #[cfg(test)]

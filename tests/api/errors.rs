@@ -439,3 +439,125 @@ fn base64url(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// A body that is there must be a JSON object, also where the body is optional: a malformed or
+/// mistyped one was once taken for no body (an untitled chat), and an array was read field by
+/// field.
+#[actix_web::test]
+async fn bodies_are_json_objects_or_absent() {
+    let app = spawn_app().await;
+    let u = app.register("u@example.com").await;
+    let send = |path: &'static str, body: &'static str, ctype: Option<&'static str>| {
+        let mut req = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(&u.token)
+            .body(body);
+        if let Some(ctype) = ctype {
+            req = req.header("content-type", ctype);
+        }
+        req.send()
+    };
+    let json = Some("application/json");
+    for (path, body, ctype, status, code) in [
+        (
+            "/api/v1/chats",
+            r#"{"title": 5}"#,
+            json,
+            422,
+            "validation_failed",
+        ),
+        ("/api/v1/chats", "{bad", json, 400, "invalid_json"),
+        (
+            "/api/v1/chats",
+            r#"["a title"]"#,
+            json,
+            422,
+            "validation_failed",
+        ),
+        (
+            "/api/v1/chats",
+            r#"{"title":"x"}"#,
+            Some("text/plain"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "/api/v1/chats/create-chat",
+            r#"{"title": []}"#,
+            json,
+            422,
+            "validation_failed",
+        ),
+        ("/chats", "{bad", json, 400, "invalid_json"),
+    ] {
+        let res = send(path, body, ctype).await.unwrap();
+        let status = StatusCode::from_u16(status).unwrap();
+        assert_error(res, status, code).await;
+    }
+    let res = app.get(&u, "/api/v1/chats").await;
+    let listed = json_with(res, StatusCode::OK).await;
+    assert_eq!(
+        listed["chats"].as_array().unwrap().len(),
+        0,
+        "no chat was made"
+    );
+    // Absent, empty, `null` or untyped: the defaults.
+    for (body, ctype) in [("", None), ("null", json), (r#"{"title":"t"}"#, None)] {
+        let res = send("/api/v1/chats", body, ctype).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED, "{body:?}");
+    }
+    // A required body too.
+    let chat = id(&app.create_chat(&u, "c").await);
+    let res = app
+        .client
+        .patch(app.url(&format!("/api/v1/chats/{chat}")))
+        .bearer_auth(&u.token)
+        .header("content-type", "application/json")
+        .body("[null, null, null]")
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+}
+
+/// A 405 names the methods the resource has (RFC 9110), and a GET route answers HEAD.
+#[actix_web::test]
+async fn method_not_allowed_names_the_allowed_methods() {
+    let app = spawn_app().await;
+    let u = app.register("u@example.com").await;
+    let chat = id(&app.create_chat(&u, "c").await);
+    for (method, path, allow) in [
+        ("PUT", "/health".to_owned(), "GET, HEAD"),
+        ("DELETE", "/api/v1/auth/me".to_owned(), "GET, HEAD"),
+        (
+            "PUT",
+            format!("/api/v1/chats/{chat}/messages"),
+            "POST, GET, HEAD",
+        ),
+        (
+            "POST",
+            format!("/api/v1/chats/{chat}"),
+            "GET, HEAD, PATCH, DELETE",
+        ),
+    ] {
+        let res = app
+            .client
+            .request(method.parse().unwrap(), app.url(&path))
+            .bearer_auth(&u.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["allow"], allow, "{method} {path}");
+        assert_error(res, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    }
+    let res = app
+        .client
+        .head(app.url(&format!("/api/v1/chats/{chat}/messages")))
+        .bearer_auth(&u.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.bytes().await.unwrap().len(), 0, "HEAD sends no body");
+}

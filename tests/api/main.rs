@@ -9,6 +9,7 @@ mod binary;
 mod branches;
 mod chats;
 mod concurrency;
+mod contract;
 mod durability;
 mod errors;
 mod helpers;

@@ -23,8 +23,8 @@ use arbor_actors::views::{BranchView, ChatView, MessageView, TreeView};
 use arbor_actors::{Chats, SendRequest};
 
 use super::error::ApiError;
+use super::routes::{delete, get, patch, post, put, resource};
 use super::segments::SegmentScope;
-use super::{delete, get, patch, post, put, resource};
 use crate::auth::{Accounts, AuthUser};
 
 /// The seed 000–002 routes under `/api/v1/chats`, added to that scope before Arbor's own
@@ -41,47 +41,70 @@ pub fn v1_chat_routes(scope: SegmentScope) -> SegmentScope {
 /// The rest of the seed 000–002 routes under `/api/v1`.
 pub fn v1_routes(scope: actix_web::Scope) -> actix_web::Scope {
     scope
-        .service(resource("/messages/add-message").route(post().to(v1::add_message)))
-        .service(resource("/messages/get-chat").route(get().to(v1::branch_messages)))
-        .service(resource("/branches/create-branch").route(post().to(v1::create_branch)))
-        .service(resource("/branches/get-branches").route(get().to(v1::branches)))
-        .service(resource("/branches/set-active-branch").route(put().to(v1::set_active_branch)))
-        .service(resource("/conversations/").route(post().to(v1::add_message)))
-        .service(resource("/conversations").route(post().to(v1::add_message)))
+        .service(resource(
+            "/messages/add-message",
+            vec![post().to(v1::add_message)],
+        ))
+        .service(resource(
+            "/messages/get-chat",
+            vec![get().to(v1::branch_messages)],
+        ))
+        .service(resource(
+            "/branches/create-branch",
+            vec![post().to(v1::create_branch)],
+        ))
+        .service(resource(
+            "/branches/get-branches",
+            vec![get().to(v1::branches)],
+        ))
+        .service(resource(
+            "/branches/set-active-branch",
+            vec![put().to(v1::set_active_branch)],
+        ))
+        .service(resource(
+            "/conversations/",
+            vec![post().to(v1::add_message)],
+        ))
+        .service(resource("/conversations", vec![post().to(v1::add_message)]))
 }
 
 /// The seed 003 and 004 routes at the root.
 pub fn root_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/").route(get().to(plain::root)))
-        .service(resource("/auth/register").route(post().to(super::auth::register)))
-        .service(resource("/auth/signup").route(post().to(rooms::signup)))
-        .service(resource("/auth/login").route(post().to(super::auth::login)))
-        .service(resource("/auth/token").route(post().to(super::auth::token)))
-        .service(resource("/auth/me").route(get().to(super::auth::me)))
-        .service(
-            resource("/chats")
-                .route(post().to(plain::create_chat))
-                .route(get().to(plain::list_chats)),
-        )
-        .service(
-            resource("/chats/{chat_id}")
-                .route(get().to(plain::get_chat))
-                .route(patch().to(plain::update_chat))
-                .route(delete().to(delete_chat)),
-        )
-        .service(resource("/chats/{chat_id}/messages").route(get().to(plain::messages)))
-        .service(resource("/chat").route(post().to(plain::chat)))
+    cfg.service(resource("/", vec![get().to(plain::root)]))
+        .service(resource(
+            "/auth/register",
+            vec![post().to(super::auth::register)],
+        ))
+        .service(resource("/auth/signup", vec![post().to(rooms::signup)]))
+        .service(resource("/auth/login", vec![post().to(super::auth::login)]))
+        .service(resource("/auth/token", vec![post().to(super::auth::token)]))
+        .service(resource("/auth/me", vec![get().to(super::auth::me)]))
+        .service(resource(
+            "/chats",
+            vec![post().to(plain::create_chat), get().to(plain::list_chats)],
+        ))
+        .service(resource(
+            "/chats/{chat_id}",
+            vec![
+                get().to(plain::get_chat),
+                patch().to(plain::update_chat),
+                delete().to(delete_chat),
+            ],
+        ))
+        .service(resource(
+            "/chats/{chat_id}/messages",
+            vec![get().to(plain::messages)],
+        ))
+        .service(resource("/chat", vec![post().to(plain::chat)]))
         .service(rooms_resource("/rooms/"))
         .service(rooms_resource("/rooms"))
-        .service(resource("/rooms/{room_id}").route(get().to(rooms::get)))
-        .service(resource("/chat/{room_id}").route(post().to(rooms::send)));
+        .service(resource("/rooms/{room_id}", vec![get().to(rooms::get)]))
+        .service(resource("/chat/{room_id}", vec![post().to(rooms::send)]));
 }
 
 /// `/rooms/`, and `/rooms`, which FastAPI would redirect there.
 fn rooms_resource(path: &str) -> actix_web::Resource {
-    resource(path)
-        .route(post().to(rooms::create))
-        .route(get().to(rooms::list))
+    resource(path, vec![post().to(rooms::create), get().to(rooms::list)])
 }
 
 /// A chat and its whole tree, read together for the views that need every branch's path.

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::exchange;
+use crate::api::body::{Json, OptionalJson};
 use crate::api::error::ApiError;
 use crate::api::page_limit;
 use crate::auth::AuthUser;
@@ -100,9 +101,8 @@ pub async fn create_chat(
     chats: web::Data<Chats>,
     limits: web::Data<LimitSettings>,
     user: AuthUser,
-    body: Option<web::Json<ChatBody>>,
+    OptionalJson(body): OptionalJson<ChatBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.map(web::Json::into_inner).unwrap_or_default();
     let new = NewChat {
         title: domain::title(body.title.as_deref(), limits.max_title_chars)?,
         ..NewChat::default()
@@ -178,7 +178,7 @@ pub async fn update_chat(
     limits: web::Data<LimitSettings>,
     user: AuthUser,
     path: web::Path<ChatId>,
-    body: web::Json<ChatBody>,
+    body: Json<ChatBody>,
 ) -> Result<HttpResponse, ApiError> {
     let patch = ChatPatch {
         title: Some(domain::title(
@@ -226,7 +226,7 @@ pub async fn chat(
     chats: web::Data<Chats>,
     limits: web::Data<LimitSettings>,
     user: AuthUser,
-    body: web::Json<ChatMessage>,
+    body: Json<ChatMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let content = domain::content(&body.message, limits.max_message_chars)?;

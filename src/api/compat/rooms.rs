@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{account_name, exchange};
 use crate::api::auth::{RegisterRequest, Registered, UserView};
+use crate::api::body::Json;
 use crate::api::error::ApiError;
 use crate::api::page_limit;
 use crate::auth::{Accounts, AuthUser};
@@ -45,7 +46,7 @@ struct UserData {
 /// `POST /auth/signup`: `{"username", "email", "password"}`.
 pub async fn signup(
     accounts: web::Data<Accounts>,
-    body: web::Json<RegisterRequest>,
+    body: Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let registered = Registered::create(&accounts, body.into_inner()).await?;
     Ok(envelope(
@@ -140,7 +141,7 @@ pub async fn create(
     chats: web::Data<Chats>,
     limits: web::Data<LimitSettings>,
     user: AuthUser,
-    body: web::Json<CreateRoom>,
+    body: Json<CreateRoom>,
 ) -> Result<HttpResponse, ApiError> {
     let name = domain::title(Some(&body.name), limits.max_title_chars)?
         .ok_or_else(|| ApiError::validation("invalid_title", "a room needs a `name`"))?;
@@ -238,7 +239,7 @@ pub async fn send(
     limits: web::Data<LimitSettings>,
     user: AuthUser,
     path: web::Path<ChatId>,
-    body: web::Json<SendToRoom>,
+    body: Json<SendToRoom>,
 ) -> Result<HttpResponse, ApiError> {
     let content = domain::content(&body.content, limits.max_message_chars)?;
     let (question, answer) = exchange(&chats, user.0, path.into_inner(), content, None).await?;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::qa::{self, Pair};
 use super::{account_name, Acknowledged, Snapshot};
+use crate::api::body::{Json, OptionalJson};
 use crate::api::error::ApiError;
 use crate::api::messages::{idempotency_key, parse_send, SendMessage};
 use crate::api::page_limit;
@@ -195,9 +196,8 @@ pub async fn create_chat(
     accounts: web::Data<Accounts>,
     limits: web::Data<LimitSettings>,
     user: AuthUser,
-    body: Option<web::Json<ChatBody>>,
+    OptionalJson(body): OptionalJson<ChatBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.map(web::Json::into_inner).unwrap_or_default();
     let new = NewChat {
         title: body.title(&limits)?,
         description: domain::description(
@@ -265,7 +265,7 @@ pub async fn update_chat(
     limits: web::Data<LimitSettings>,
     user: AuthUser,
     path: web::Path<ChatId>,
-    body: web::Json<ChatBody>,
+    body: Json<ChatBody>,
 ) -> Result<HttpResponse, ApiError> {
     let chat = path.into_inner();
     let patch = ChatPatch {
@@ -357,7 +357,7 @@ pub async fn add_message(
     chats: web::Data<Chats>,
     limits: web::Data<LimitSettings>,
     user: AuthUser,
-    body: web::Json<AddMessage>,
+    body: Json<AddMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let content = one_of([
@@ -410,7 +410,7 @@ pub async fn create_branch(
     chats: web::Data<Chats>,
     limits: web::Data<LimitSettings>,
     user: AuthUser,
-    body: web::Json<CreateBranch>,
+    body: Json<CreateBranch>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let chat = body
@@ -505,9 +505,8 @@ pub async fn set_active_branch(
     chats: web::Data<Chats>,
     user: AuthUser,
     query: web::Query<SetActive>,
-    body: Option<web::Json<SetActive>>,
+    OptionalJson(body): OptionalJson<SetActive>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.map(web::Json::into_inner).unwrap_or_default();
     let chat = query
         .chat_id
         .or(body.chat_id)
