@@ -54,9 +54,14 @@ async fn a_kill_9_loses_no_acknowledged_message() {
 
     let mut chats = Vec::new();
     for i in 0..6 {
-        let chat = send(&client, format!("{api}/chats"), &token, json!({"title": i}))
-            .await
-            .unwrap();
+        let chat = send(
+            &client,
+            format!("{api}/chats"),
+            &token,
+            json!({"title": format!("chat {i}")}),
+        )
+        .await
+        .unwrap();
         chats.push(id(&chat));
     }
     // What the server acknowledged, per chat.
