@@ -253,11 +253,6 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
             .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
             .wrap(from_fn(telemetry::request_span))
             .app_data(
-                web::JsonConfig::default()
-                    .limit(body_limit)
-                    .error_handler(extractors::json),
-            )
-            .app_data(
                 web::FormConfig::default()
                     .limit(body_limit)
                     .error_handler(extractors::form),

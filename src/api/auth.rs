@@ -111,7 +111,7 @@ pub async fn register(
     responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
 pub async fn login(
     accounts: web::Data<Accounts>,
-    body: Either<web::Json<LoginRequest>, web::Form<LoginRequest>>,
+    body: Either<Json<LoginRequest>, web::Form<LoginRequest>>,
 ) -> Result<web::Json<TokenResponse>, ApiError> {
     let body = match body {
         Either::Left(json) => json.into_inner(),

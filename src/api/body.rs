@@ -85,21 +85,13 @@ fn content_type(req: &HttpRequest) -> Option<bool> {
 }
 
 fn unsupported_media_type() -> ApiError {
-    ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        "send the body as application/json",
-    )
+    ApiError::unsupported_media_type("application/json")
 }
 
 /// `web::Bytes` keeps `PayloadConfig`'s limit; its refusals in the API's error shape.
 fn payload_error(e: actix_web::Error) -> ApiError {
     if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is too large",
-        )
+        ApiError::payload_too_large()
     } else {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string())
     }

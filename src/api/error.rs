@@ -87,6 +87,24 @@ impl ApiError {
         )
     }
 
+    /// A body over `limits.max_body_bytes`.
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is too large",
+        )
+    }
+
+    /// A body not of the media type the endpoint reads (`application/json`, ...).
+    pub fn unsupported_media_type(expected: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("send the body as {expected}"),
+        )
+    }
+
     pub fn code(&self) -> &'static str {
         self.code
     }
@@ -177,51 +195,18 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Maps actix-web's extractor errors (bad JSON, wrong types, too large, bad path or query) into
-/// the API error shape.
+/// Maps actix-web's extractor errors (a bad form, path or query) into the API error shape. JSON
+/// bodies are read by `api::body`.
 pub mod extractors {
     use super::*;
-    use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError, UrlencodedError};
-
-    pub fn json(err: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
-        match err {
-            JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is too large",
-                )
-            }
-            JsonPayloadError::ContentType => ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as application/json",
-            ),
-            JsonPayloadError::Deserialize(e) if e.is_data() => {
-                ApiError::validation("validation_failed", e.to_string())
-            }
-            JsonPayloadError::Deserialize(e) => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("malformed JSON: {e}"),
-            ),
-            other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", other.to_string()),
-        }
-        .into()
-    }
+    use actix_web::error::{PathError, QueryPayloadError, UrlencodedError};
 
     pub fn form(err: UrlencodedError, _: &HttpRequest) -> actix_web::Error {
         match err {
-            UrlencodedError::Overflow { .. } => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body is too large",
-            ),
-            UrlencodedError::ContentType => ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as application/x-www-form-urlencoded",
-            ),
+            UrlencodedError::Overflow { .. } => ApiError::payload_too_large(),
+            UrlencodedError::ContentType => {
+                ApiError::unsupported_media_type("application/x-www-form-urlencoded")
+            }
             other => ApiError::validation("validation_failed", other.to_string()),
         }
         .into()
