@@ -9,6 +9,7 @@
 //! - `ttft`: Arbor's added time to first token, against the stub;
 //! - `activation`, `memory`, `lag`: in-process measurements (see `inproc`).
 
+mod floor;
 #[cfg(not(feature = "system-alloc"))]
 mod heap;
 mod inproc;
@@ -128,6 +129,30 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// The message store alone (Arbor's MongoDB adapter, no server): messages of Q&A pairs due
+    /// at RATE a second, open loop, each batch of what is due sent the moment one of IN_FLIGHT
+    /// slots is free; latency from due to confirmed. The floor of a durable acknowledgement.
+    StoreFloor {
+        #[arg(long)]
+        mongodb_url: String,
+        #[arg(long, value_enum, default_value = "message")]
+        shape: floor::Shape,
+        /// Messages per second (2 per Q&A pair).
+        #[arg(long, default_value_t = 16_000)]
+        rate: usize,
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        in_flight: usize,
+        /// At most this many messages per call (Arbor's writer: `storage.batch_max`).
+        #[arg(long, default_value_t = 1024)]
+        batch_max: usize,
+        /// At least this long between the starts of two calls (0: as soon as a slot is free).
+        #[arg(long, default_value_t = 0)]
+        tick_ms: u64,
+        #[arg(long, default_value_t = 1000)]
+        chats: usize,
+    },
     /// In-process: READS pages of 20 messages from resident chats' actors on this thread, as
     /// the actor's JSON and as views then serde_json; the time of each per page.
     Page {
@@ -203,6 +228,25 @@ fn main() -> anyhow::Result<()> {
             answer_bytes,
             reads,
         } => inproc::page(&config, chats, pairs, answer_bytes, reads),
+        Command::StoreFloor {
+            mongodb_url,
+            shape,
+            rate,
+            seconds,
+            in_flight,
+            batch_max,
+            tick_ms,
+            chats,
+        } => floor::run(floor::Floor {
+            url: mongodb_url,
+            shape,
+            rate,
+            seconds,
+            in_flight,
+            batch_max,
+            tick: std::time::Duration::from_millis(tick_ms),
+            chats,
+        }),
     }
 }
 

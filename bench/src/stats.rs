@@ -14,6 +14,11 @@ impl Latencies {
         self.0.len()
     }
 
+    /// How many samples exceed `bound`.
+    pub fn count_over(&self, bound: Duration) -> usize {
+        self.0.iter().filter(|sample| **sample > bound).count()
+    }
+
     /// The `q` quantile (nearest rank) in milliseconds; 0 without samples.
     pub fn quantile_ms(&self, q: f64) -> f64 {
         let mut sorted = self.0.clone();
