@@ -16,9 +16,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arbor::storage::mongodb::MongoStore;
+use arbor::storage::mongodb::{document, MongoStore};
 use arbor_actors::model::{ChatId, Message, MessageId, Role};
 use arbor_actors::ports::MessageStore;
+use mongodb::bson::{doc, Bson, Document};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -40,12 +41,11 @@ pub enum Shape {
 /// Writes a batch of messages in one call.
 enum Writer {
     Arbor(MongoStore),
-    Buckets(mongodb::Collection<mongodb::bson::Document>),
+    Buckets(mongodb::Collection<Document>),
 }
 
 impl Writer {
     async fn open(url: &str, shape: Shape) -> anyhow::Result<Self> {
-        use mongodb::bson::doc;
         use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
         Ok(match shape {
             Shape::Message => Self::Arbor(
@@ -92,41 +92,25 @@ impl Writer {
     }
 }
 
-/// One document per chat of `messages`: `{_id: its first message's id, chat_id, messages: [...]}`.
-fn buckets(messages: &[Message]) -> Vec<mongodb::bson::Document> {
-    use mongodb::bson::spec::BinarySubtype;
-    use mongodb::bson::{doc, Binary, Bson, DateTime, Document};
-    let uuid = |id: &uuid::Uuid| {
-        Bson::Binary(Binary {
-            subtype: BinarySubtype::Uuid,
-            bytes: id.as_bytes().to_vec(),
-        })
-    };
-    let mut by_chat: HashMap<ChatId, Vec<&Message>> = HashMap::new();
+/// One document per chat of `messages`: `{_id: its first message's id, chat_id, messages}`, each
+/// message as Arbor stores it but for its chat id.
+fn buckets(messages: &[Message]) -> Vec<Document> {
+    let mut by_chat: HashMap<ChatId, (Option<Bson>, Vec<Document>)> = HashMap::new();
     for m in messages {
-        by_chat.entry(m.chat_id).or_default().push(m);
+        let mut d = document(m);
+        let chat = d.remove("chat_id");
+        by_chat
+            .entry(m.chat_id)
+            .or_insert_with(|| (chat, Vec::new()))
+            .1
+            .push(d);
     }
     by_chat
-        .into_iter()
-        .map(|(chat, ms)| {
-            let items: Vec<Document> = ms
-                .iter()
-                .map(|m| {
-                    let mut d = doc! {
-                        "_id": uuid(m.id.as_uuid()),
-                        "role": m.role.as_str(),
-                        "content": m.content.as_ref(),
-                        "created_at": DateTime::from_millis(m.created_at.timestamp_millis()),
-                    };
-                    if let Some(parent) = m.parent_id {
-                        d.insert("parent_id", uuid(parent.as_uuid()));
-                    }
-                    d
-                })
-                .collect();
+        .into_values()
+        .map(|(chat, items)| {
             doc! {
-                "_id": uuid(ms[0].id.as_uuid()),
-                "chat_id": uuid(chat.as_uuid()),
+                "_id": items.first().and_then(|d| d.get("_id")).cloned(),
+                "chat_id": chat,
                 "messages": items,
             }
         })

@@ -146,7 +146,8 @@ fn uuid(id: &Uuid) -> Bson {
     })
 }
 
-fn document(m: &Message) -> Document {
+/// The document a message is stored as.
+pub fn document(m: &Message) -> Document {
     let mut d = doc! {
         "_id": uuid(m.id.as_uuid()),
         "chat_id": uuid(m.chat_id.as_uuid()),
