@@ -66,7 +66,7 @@ pub struct ActorQuery {
 pub(crate) const MAX_ACTOR_PAGE: usize = 1000;
 
 /// Resident chat actors, paged and sorted. A snapshot: no actor is messaged to list it.
-#[utoipa::path(get, path = "/api/v1/admin/actors", tag = "admin", params(ActorQuery),
+#[utoipa::path(get, path = "/api/v1/admin/actors", operation_id = "list_actors", tag = "admin", params(ActorQuery),
     security(("bearer" = [])), responses((status = 200, body = ActorPage), (status = 404, body = ErrorBody,
         description = "Not an admin (or no token), or no such resident actor")))]
 pub async fn actors(
@@ -102,7 +102,7 @@ fn actor_not_found() -> ApiError {
 
 /// One resident actor: the list's fields plus its active branch and replies in flight. Does
 /// not activate a chat that is not resident (404 `actor_not_found`).
-#[utoipa::path(get, path = "/api/v1/admin/actors/{chat_id}", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/actors/{chat_id}", operation_id = "get_actor", tag = "admin",
     params(("chat_id" = ChatId, Path)), security(("bearer" = [])), responses((status = 200, body = ActorDetail), (status = 404, body = ErrorBody,
         description = "Not an admin (or no token), or no such resident actor")))]
 pub async fn actor(
@@ -125,7 +125,7 @@ pub struct Evicted {
 
 /// Flushes a resident actor's writes and stops it now; answers once it has stopped. The chat
 /// stays stored and is activated again by its next request.
-#[utoipa::path(post, path = "/api/v1/admin/actors/{chat_id}/evict", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/admin/actors/{chat_id}/evict", operation_id = "evict_actor", tag = "admin",
     params(("chat_id" = ChatId, Path)), security(("bearer" = [])), responses((status = 200, body = Evicted), (status = 404, body = ErrorBody,
         description = "Not an admin (or no token), or no such resident actor")))]
 pub async fn evict(
@@ -145,7 +145,7 @@ pub async fn evict(
 }
 
 /// Totals and rates for the whole runtime, with a short history for charts.
-#[utoipa::path(get, path = "/api/v1/admin/stats", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/stats", operation_id = "get_runtime_stats", tag = "admin",
     security(("bearer" = [])), responses((status = 200, body = RuntimeStats), (status = 404, body = ErrorBody,
         description = "Not an admin (or no token), or no such resident actor")))]
 pub async fn stats(_: Admin, metrics: web::Data<Metrics>) -> web::Json<RuntimeStats> {

@@ -96,7 +96,7 @@ impl Registered {
 }
 
 /// Create an account; answers with the account and a token.
-#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
+#[utoipa::path(post, path = "/api/v1/auth/register", operation_id = "register", tag = "auth", request_body = RegisterRequest,
     responses((status = 201, body = Registered), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn register(
     accounts: web::Data<Accounts>,
@@ -107,7 +107,7 @@ pub async fn register(
 }
 
 /// Log in with a JSON body, or the same fields as a form.
-#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+#[utoipa::path(post, path = "/api/v1/auth/login", operation_id = "log_in", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
 pub async fn login(
     accounts: web::Data<Accounts>,
@@ -126,7 +126,7 @@ pub async fn login(
     Ok(web::Json(session.into()))
 }
 
-#[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/token", operation_id = "issue_token", tag = "auth",
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
 pub async fn token(
@@ -137,7 +137,7 @@ pub async fn token(
     Ok(web::Json(session.into()))
 }
 
-#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/auth/me", operation_id = "get_current_user", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = UserView), (status = 401, body = ErrorBody)))]
 pub async fn me(
     accounts: web::Data<Accounts>,

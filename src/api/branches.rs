@@ -55,7 +55,7 @@ fn fork_point(body: &CreateBranch) -> Result<ForkPoint, ApiError> {
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/chats/{chat_id}/branches", tag = "branches", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/chats/{chat_id}/branches", operation_id = "create_branch", tag = "branches", security(("bearer" = [])),
     params(("chat_id" = ChatId, Path)), request_body = CreateBranch,
     responses((status = 201, body = BranchView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create(
@@ -73,7 +73,7 @@ pub async fn create(
     Ok(HttpResponse::Created().json(branch))
 }
 
-#[utoipa::path(get, path = "/api/v1/chats/{chat_id}/branches", tag = "branches", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/chats/{chat_id}/branches", operation_id = "list_branches", tag = "branches", security(("bearer" = [])),
     params(("chat_id" = ChatId, Path)), responses((status = 200, body = Vec<BranchView>), (status = 404, body = ErrorBody)))]
 pub async fn list(
     chats: web::Data<Chats>,
@@ -83,7 +83,7 @@ pub async fn list(
     Ok(web::Json(chats.branches(user.0, path.into_inner()).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/chats/{chat_id}/branches/{branch_id}", tag = "branches",
+#[utoipa::path(get, path = "/api/v1/chats/{chat_id}/branches/{branch_id}", operation_id = "get_branch", tag = "branches",
     security(("bearer" = [])), params(("chat_id" = ChatId, Path), ("branch_id" = BranchId, Path)),
     responses((status = 200, body = BranchView), (status = 404, body = ErrorBody)))]
 pub async fn get(
@@ -95,7 +95,7 @@ pub async fn get(
     Ok(web::Json(chats.branch(user.0, chat, branch).await?))
 }
 
-#[utoipa::path(patch, path = "/api/v1/chats/{chat_id}/branches/{branch_id}", tag = "branches",
+#[utoipa::path(patch, path = "/api/v1/chats/{chat_id}/branches/{branch_id}", operation_id = "rename_branch", tag = "branches",
     security(("bearer" = [])), params(("chat_id" = ChatId, Path), ("branch_id" = BranchId, Path)),
     request_body = RenameBranch,
     responses((status = 200, body = BranchView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -114,7 +114,7 @@ pub async fn rename(
 }
 
 /// Delete a branch and the messages no other branch reaches. The last branch cannot go (409).
-#[utoipa::path(delete, path = "/api/v1/chats/{chat_id}/branches/{branch_id}", tag = "branches",
+#[utoipa::path(delete, path = "/api/v1/chats/{chat_id}/branches/{branch_id}", operation_id = "delete_branch", tag = "branches",
     security(("bearer" = [])), params(("chat_id" = ChatId, Path), ("branch_id" = BranchId, Path)),
     responses((status = 200, body = BranchDeletedView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
@@ -126,7 +126,7 @@ pub async fn delete(
     Ok(web::Json(chats.delete_branch(user.0, chat, branch).await?))
 }
 
-#[utoipa::path(put, path = "/api/v1/chats/{chat_id}/active-branch", tag = "branches", security(("bearer" = [])),
+#[utoipa::path(put, path = "/api/v1/chats/{chat_id}/active-branch", operation_id = "set_active_branch", tag = "branches", security(("bearer" = [])),
     params(("chat_id" = ChatId, Path)), request_body = SetActiveBranch,
     responses((status = 200, body = ChatView), (status = 404, body = ErrorBody)))]
 pub async fn set_active(

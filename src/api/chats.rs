@@ -44,7 +44,7 @@ pub struct ListChatsQuery {
     pub before: Option<ChatId>,
 }
 
-#[utoipa::path(post, path = "/api/v1/chats", tag = "chats", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/chats", operation_id = "create_chat", tag = "chats", security(("bearer" = [])),
     request_body(content = Option<CreateChat>, description = "Optional: no body makes an untitled chat."),
     responses((status = 201, body = ChatView), (status = 422, body = ErrorBody)))]
 pub async fn create(
@@ -70,7 +70,7 @@ pub async fn create(
 
 /// The caller's chats, newest first. In `buffered` mode a change may take one flush interval to
 /// show here.
-#[utoipa::path(get, path = "/api/v1/chats", tag = "chats", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/chats", operation_id = "list_chats", tag = "chats", security(("bearer" = [])),
     params(ListChatsQuery), responses((status = 200, body = ChatList)))]
 pub async fn list(
     chats: web::Data<Chats>,
@@ -82,7 +82,7 @@ pub async fn list(
     Ok(web::Json(chats.list(user.0, limit, query.before).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/chats/{chat_id}", tag = "chats", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/chats/{chat_id}", operation_id = "get_chat", tag = "chats", security(("bearer" = [])),
     params(("chat_id" = ChatId, Path)), responses((status = 200, body = ChatView), (status = 404, body = ErrorBody)))]
 pub async fn get(
     chats: web::Data<Chats>,
@@ -92,7 +92,7 @@ pub async fn get(
     Ok(web::Json(chats.get(user.0, path.into_inner()).await?))
 }
 
-#[utoipa::path(patch, path = "/api/v1/chats/{chat_id}", tag = "chats", security(("bearer" = [])),
+#[utoipa::path(patch, path = "/api/v1/chats/{chat_id}", operation_id = "update_chat", tag = "chats", security(("bearer" = [])),
     params(("chat_id" = ChatId, Path)), request_body = UpdateChat,
     responses((status = 200, body = ChatView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn update(
@@ -123,7 +123,7 @@ pub async fn update(
     Ok(web::Json(chat))
 }
 
-#[utoipa::path(delete, path = "/api/v1/chats/{chat_id}", tag = "chats", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/api/v1/chats/{chat_id}", operation_id = "delete_chat", tag = "chats", security(("bearer" = [])),
     params(("chat_id" = ChatId, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     chats: web::Data<Chats>,

@@ -73,7 +73,140 @@ pub fn document(limits: &LimitSettings) -> Value {
     add_shared_responses(&mut doc);
     describe_event_streams(&mut doc);
     add_limits(&mut doc, limits);
+    add_links(&mut doc);
     doc
+}
+
+/// A link from a created resource to an operation on it: the operation's id, its parameters
+/// as runtime expressions on the response, and what its body takes from the response.
+struct Link {
+    to: &'static str,
+    parameters: &'static [(&'static str, &'static str)],
+    body: Option<(&'static str, &'static str)>,
+}
+
+const fn link(to: &'static str, parameters: &'static [(&'static str, &'static str)]) -> Link {
+    Link {
+        to,
+        parameters,
+        body: None,
+    }
+}
+
+/// What a created resource leads to, by the operation and status that created it. Clients (and
+/// Schemathesis's stateful phase) follow these from a new chat, message, branch or generation to
+/// what can be done with it.
+const LINKS: &[(&str, &str, &[Link])] = &[
+    (
+        "create_chat",
+        "201",
+        &[
+            link("get_chat", CHAT),
+            link("update_chat", CHAT),
+            link("delete_chat", CHAT),
+            link("send_message", CHAT),
+            link("list_messages", CHAT),
+            link("get_tree", CHAT),
+            link("list_branches", CHAT),
+            Link {
+                to: "set_active_branch",
+                parameters: CHAT,
+                body: Some(("branch_id", "$response.body#/active_branch_id")),
+            },
+        ],
+    ),
+    (
+        "send_message",
+        "201",
+        &[
+            link("get_message", FIRST_MESSAGE),
+            link("edit_message", FIRST_MESSAGE),
+            link("regenerate_message", FIRST_MESSAGE),
+            Link {
+                to: "create_branch",
+                parameters: OWN_CHAT,
+                body: Some(("from_message_id", "$response.body#/messages/0/id")),
+            },
+            link("get_branch", SENT_ON),
+        ],
+    ),
+    (
+        "create_branch",
+        "201",
+        &[
+            link("get_branch", BRANCH),
+            link("rename_branch", BRANCH),
+            link("delete_branch", BRANCH),
+            Link {
+                to: "set_active_branch",
+                parameters: OWN_CHAT,
+                body: Some(("branch_id", "$response.body#/id")),
+            },
+        ],
+    ),
+    (
+        "regenerate_message",
+        "201",
+        &[
+            link("get_generation", GENERATION),
+            link("stream_generation", GENERATION),
+            link("cancel_generation", GENERATION),
+        ],
+    ),
+];
+const CHAT: &[(&str, &str)] = &[("chat_id", "$response.body#/id")];
+const OWN_CHAT: &[(&str, &str)] = &[("chat_id", "$response.body#/chat_id")];
+const FIRST_MESSAGE: &[(&str, &str)] = &[
+    ("chat_id", "$response.body#/chat_id"),
+    ("message_id", "$response.body#/messages/0/id"),
+];
+const SENT_ON: &[(&str, &str)] = &[
+    ("chat_id", "$response.body#/chat_id"),
+    ("branch_id", "$response.body#/branch_id"),
+];
+const BRANCH: &[(&str, &str)] = &[
+    ("chat_id", "$response.body#/chat_id"),
+    ("branch_id", "$response.body#/id"),
+];
+const GENERATION: &[(&str, &str)] = &[
+    ("chat_id", "$response.body#/branch/chat_id"),
+    ("generation_id", "$response.body#/generation_id"),
+];
+
+/// Adds [`LINKS`] to the responses they start from.
+fn add_links(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for operation in paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|operations| operations.values_mut())
+    {
+        let id = operation["operationId"].as_str().unwrap_or_default();
+        let Some((_, status, targets)) = LINKS.iter().find(|(from, _, _)| *from == id) else {
+            continue;
+        };
+        let Some(response) = operation.pointer_mut(&format!("/responses/{status}")) else {
+            continue;
+        };
+        let links: Map<String, Value> = targets
+            .iter()
+            .map(|link| {
+                let parameters: Map<String, Value> = link
+                    .parameters
+                    .iter()
+                    .map(|(name, expression)| ((*name).to_owned(), json!(expression)))
+                    .collect();
+                let mut value = json!({"operationId": link.to, "parameters": parameters});
+                if let Some((field, expression)) = link.body {
+                    value["requestBody"] = json!({ field: expression });
+                }
+                (link.to.to_owned(), value)
+            })
+            .collect();
+        response["links"] = Value::Object(links);
+    }
 }
 
 /// Error answers that many endpoints share, as `components.responses`, named by each status.
@@ -358,6 +491,49 @@ fn merge(schema: Option<&mut Value>, extra: &Value) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operation_ids_are_unique_and_every_link_names_one() {
+        let doc = document(&crate::config::Settings::default().limits);
+        let operations: Vec<&Value> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|operations| operations.as_object().unwrap().values())
+            .collect();
+        let mut ids: Vec<&str> = operations
+            .iter()
+            .map(|o| o["operationId"].as_str().unwrap())
+            .collect();
+        let count = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "operationIds repeat: {ids:?}");
+        let mut links = 0;
+        for operation in &operations {
+            for response in operation["responses"].as_object().unwrap().values() {
+                for link in response["links"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|l| l.values())
+                {
+                    let target = link["operationId"].as_str().unwrap();
+                    assert!(
+                        ids.contains(&target),
+                        "a link to {target}, which is not an operation"
+                    );
+                    links += 1;
+                }
+            }
+        }
+        assert_eq!(
+            links,
+            LINKS
+                .iter()
+                .map(|(_, _, targets)| targets.len())
+                .sum::<usize>()
+        );
+    }
 
     #[test]
     fn the_document_carries_the_configured_limits() {

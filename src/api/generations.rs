@@ -19,7 +19,7 @@ pub struct EventsQuery {
 }
 
 /// A generation's status and, once stored, its reply's id.
-#[utoipa::path(get, path = "/api/v1/chats/{chat_id}/generations/{generation_id}", tag = "generations",
+#[utoipa::path(get, path = "/api/v1/chats/{chat_id}/generations/{generation_id}", operation_id = "get_generation", tag = "generations",
     security(("bearer" = [])), params(("chat_id" = ChatId, Path), ("generation_id" = GenerationId, Path)),
     responses((status = 200, body = GenerationView), (status = 404, body = ErrorBody)))]
 pub async fn get(
@@ -34,7 +34,7 @@ pub async fn get(
 /// The generation's events as server-sent events: those after `Last-Event-ID` (all without it),
 /// then the live ones until the reply ends. Events are kept `llm.event_retention_secs` after the
 /// end.
-#[utoipa::path(get, path = "/api/v1/chats/{chat_id}/generations/{generation_id}/events",
+#[utoipa::path(get, path = "/api/v1/chats/{chat_id}/generations/{generation_id}/events", operation_id = "stream_generation",
     tag = "generations", security(("bearer" = [])),
     params(("chat_id" = ChatId, Path), ("generation_id" = GenerationId, Path),
         ("Last-Event-ID" = Option<u64>, Header), EventsQuery),
@@ -68,7 +68,7 @@ pub async fn events(
 
 /// Stops a generation: the upstream request is dropped and the partial reply is stored, marked
 /// `incomplete`. Answers once the generation has ended; cancelling an ended one changes nothing.
-#[utoipa::path(post, path = "/api/v1/chats/{chat_id}/generations/{generation_id}/cancel",
+#[utoipa::path(post, path = "/api/v1/chats/{chat_id}/generations/{generation_id}/cancel", operation_id = "cancel_generation",
     tag = "generations", security(("bearer" = [])),
     params(("chat_id" = ChatId, Path), ("generation_id" = GenerationId, Path)),
     responses((status = 200, body = GenerationView), (status = 404, body = ErrorBody)))]

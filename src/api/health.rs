@@ -7,13 +7,13 @@ use crate::lifecycle::Lifecycle;
 use crate::storage::Stores;
 
 /// The process is up.
-#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200)))]
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "operations", responses((status = 200)))]
 pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
 /// Both stores answer and the server is not shutting down.
-#[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200), (status = 503)))]
+#[utoipa::path(get, path = "/ready", operation_id = "ready", tag = "operations", responses((status = 200), (status = 503)))]
 pub async fn ready(stores: web::Data<Stores>, lifecycle: web::Data<Lifecycle>) -> HttpResponse {
     if lifecycle.is_draining() {
         return HttpResponse::ServiceUnavailable().json(json!({ "status": "draining" }));

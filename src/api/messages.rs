@@ -142,7 +142,7 @@ pub(crate) fn parse_send(
 /// With `reply` and `stream: true` (or `Accept: text/event-stream`), answers with server-sent
 /// events (`user_message`, `delta`s, then `assistant_message` or `error`); see the README.
 /// Honours `Idempotency-Key`: a retried send returns the original result and adds nothing.
-#[utoipa::path(post, path = "/api/v1/chats/{chat_id}/messages", tag = "messages", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/chats/{chat_id}/messages", operation_id = "send_message", tag = "messages", security(("bearer" = [])),
     params(("chat_id" = ChatId, Path), ("Idempotency-Key" = Option<String>, Header)),
     request_body = SendMessage,
     responses((status = 201, body = SendView), (status = 200, content_type = "text/event-stream", body = String),
@@ -168,7 +168,7 @@ pub async fn send(
 }
 
 /// A branch's path, paged from the head backwards; each page is oldest first.
-#[utoipa::path(get, path = "/api/v1/chats/{chat_id}/messages", tag = "messages", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/chats/{chat_id}/messages", operation_id = "list_messages", tag = "messages", security(("bearer" = [])),
     params(("chat_id" = ChatId, Path), ListMessagesQuery),
     responses((status = 200, body = MessagePage), (status = 404, body = ErrorBody)))]
 pub async fn list(
@@ -196,7 +196,7 @@ pub async fn list(
         .body(body))
 }
 
-#[utoipa::path(get, path = "/api/v1/chats/{chat_id}/messages/{message_id}", tag = "messages",
+#[utoipa::path(get, path = "/api/v1/chats/{chat_id}/messages/{message_id}", operation_id = "get_message", tag = "messages",
     security(("bearer" = [])), params(("chat_id" = ChatId, Path), ("message_id" = MessageId, Path)),
     responses((status = 200, body = MessageView), (status = 404, body = ErrorBody)))]
 pub async fn get(
@@ -209,7 +209,7 @@ pub async fn get(
 }
 
 /// Edit a message: its new version becomes a sibling on a new branch (active by default).
-#[utoipa::path(post, path = "/api/v1/chats/{chat_id}/messages/{message_id}/edit", tag = "messages",
+#[utoipa::path(post, path = "/api/v1/chats/{chat_id}/messages/{message_id}/edit", operation_id = "edit_message", tag = "messages",
     security(("bearer" = [])), params(("chat_id" = ChatId, Path), ("message_id" = MessageId, Path)),
     request_body = EditMessage,
     responses((status = 201, body = EditView), (status = 200, content_type = "text/event-stream", body = String),
@@ -243,7 +243,7 @@ pub async fn edit(
 /// A new reply to a message (a user message, or the one an assistant reply answered), on a new
 /// branch from that message, made active; the old reply stays reachable on its branch. The body
 /// is optional.
-#[utoipa::path(post, path = "/api/v1/chats/{chat_id}/messages/{message_id}/regenerate", tag = "messages",
+#[utoipa::path(post, path = "/api/v1/chats/{chat_id}/messages/{message_id}/regenerate", operation_id = "regenerate_message", tag = "messages",
     security(("bearer" = [])), params(("chat_id" = ChatId, Path), ("message_id" = MessageId, Path)),
     request_body(content = Option<RegenerateMessage>),
     responses((status = 201, body = RegenerateView), (status = 200, content_type = "text/event-stream", body = String),
@@ -271,7 +271,7 @@ pub async fn regenerate(
 }
 
 /// Every message with its parent and children, and every branch.
-#[utoipa::path(get, path = "/api/v1/chats/{chat_id}/tree", tag = "messages", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/chats/{chat_id}/tree", operation_id = "get_tree", tag = "messages", security(("bearer" = [])),
     params(("chat_id" = ChatId, Path)), responses((status = 200, body = TreeView), (status = 404, body = ErrorBody)))]
 pub async fn tree(
     chats: web::Data<Chats>,
