@@ -11,8 +11,8 @@ pub mod error;
 pub mod generations;
 pub mod health;
 pub mod messages;
+pub mod methods;
 pub mod models;
-pub mod routes;
 pub mod segments;
 pub mod sse;
 
@@ -21,7 +21,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::config::LimitSettings;
 use error::ApiError;
-use routes::{delete, get, patch, post, put, resource};
+use methods::{delete, get, patch, post, put, resource};
 use segments::SegmentScope;
 
 /// Registers every route under `/api/v1`, plus health, readiness, the admin page, the seed

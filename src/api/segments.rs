@@ -25,7 +25,7 @@ use actix_web::{Error, Route};
 use futures_util::future::{join_all, LocalBoxFuture};
 
 use super::error::ApiError;
-use super::routes::{self, MethodRoute};
+use super::methods::{self, MethodRoute};
 use crate::metrics::RouteMetrics;
 
 /// What a `Route` builds: its handler behind its guards (actix-web does not export the name).
@@ -129,7 +129,7 @@ impl SegmentScope {
     /// method routes (`get().to(handler)` and the like). Resources are tried in the order they
     /// are added; the first whose pattern matches answers, as in an actix-web scope.
     pub fn resource(mut self, pattern: &'static str, routes: Vec<MethodRoute>) -> Self {
-        let (routes, allow) = routes::split(routes);
+        let (routes, allow) = methods::split(routes);
         self.resources.push(SegmentResource {
             parts: parse_pattern(pattern),
             label: format!("{}{}{}", self.parent, self.mount, pattern),
@@ -237,7 +237,7 @@ impl Service<ServiceRequest> for SegmentScopeService {
             }
         }
         Box::pin(std::future::ready(Ok(req.into_response(
-            routes::method_not_allowed(resource.allow.clone()),
+            methods::method_not_allowed(resource.allow.clone()),
         ))))
     }
 }

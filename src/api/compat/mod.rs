@@ -23,7 +23,7 @@ use arbor_actors::views::{BranchView, ChatView, MessageView, TreeView};
 use arbor_actors::{Chats, SendRequest};
 
 use super::error::ApiError;
-use super::routes::{delete, get, patch, post, put, resource};
+use super::methods::{delete, get, patch, post, put, resource};
 use super::segments::SegmentScope;
 use crate::auth::{Accounts, AuthUser};
 
