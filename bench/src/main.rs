@@ -7,7 +7,8 @@
 //! - `stub-llm`: an OpenAI-protocol provider that streams a fixed reply at once, so the reply
 //!   scenario measures Arbor, not a model;
 //! - `ttft`: Arbor's added time to first token, against the stub;
-//! - `activation`, `memory`, `lag`: in-process measurements (see `inproc`).
+//! - `activation`, `memory`, `lag`: in-process measurements (see `inproc`);
+//! - `store-floor`: the message store alone under the write target's load (see `floor`).
 
 mod floor;
 #[cfg(not(feature = "system-alloc"))]
@@ -144,7 +145,7 @@ enum Command {
         seconds: u64,
         #[arg(long, default_value_t = 2)]
         in_flight: usize,
-        /// At most this many messages per call (Arbor's writer: `storage.batch_max`).
+        /// At most this many messages per call (Arbor's writer: `storage.flush_max_rows` rows).
         #[arg(long, default_value_t = 1024)]
         batch_max: usize,
         /// At least this long between the starts of two calls (0: as soon as a slot is free).
