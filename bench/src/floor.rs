@@ -212,8 +212,8 @@ async fn measure(floor: Floor) -> anyhow::Result<()> {
             sent = end;
             continue;
         }
-        // The next message falls due, or the next call may start.
-        let wake = (started + due(sent.min(total.saturating_sub(1)) + 1)).max(next_call);
+        // The next message (`sent`, not yet due here) falls due, or the next call may start.
+        let wake = (started + due(sent)).max(next_call);
         tokio::select! {
             Some(done) = calls.join_next(), if !calls.is_empty() => {
                 let (range, took, confirmed, result) = done?;
