@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Load scenarios against a release build of Arbor over real HTTP on loopback, with wrk
-# (Debian: wrk), 64 connections, a random chat per request. Prints one table row per scenario:
+# (Debian: wrk; installed when missing, see scripts/need.sh), 64 connections, a random chat per request. Prints one table row per scenario:
 # req/s, p50/p99 latency and the ratio to the trivial actix-web handler measured in the same
 # run. See BENCHMARKS.md for the scenarios, targets and latest results.
 #
@@ -76,7 +76,8 @@ while [ $# -gt 0 ]; do
 done
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(ceiling ceiling_body ceiling_actor ceiling_local read_path add_pair add_pair_rated
                                          fork reply fork_20 fork_1k fork_10k ttft ack activation lag memory)
-command -v wrk >/dev/null || { echo "bench/run.sh needs wrk (Debian: apt-get install wrk)" >&2; exit 1; }
+. scripts/need.sh
+need_packages "wrk:command -v wrk >/dev/null"
 if [[ " ${SCENARIOS[*]} " == *" add_pair_rated "* ]] && ! command -v oha >/dev/null; then
     echo "add_pair_rated needs oha: cargo install oha --version 1.16.0 --no-default-features" \
          "--features native-tls --locked (Debian libssl-dev, pkg-config)" >&2

@@ -1,17 +1,40 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on real servers: starts a throwaway PostgreSQL cluster and a
-# MongoDB-wire server (SecantusDB; installed into a venv on first use), installs Schemathesis
-# (the API contract test's tool, into a venv on first use), runs every test with the
+# Runs the whole test suite on real servers, on a fresh Debian-like machine with only Rust:
+# first installs what the tests need and the machine lacks, then starts a throwaway PostgreSQL
+# cluster and a MongoDB-wire server (SecantusDB; installed into a venv on first use), installs
+# Schemathesis (the API contract test's tool, into a venv on first use), runs every test with the
 # embedded SQLite stores, then the API suite again with PostgreSQL metadata + MongoDB messages,
 # and stops both servers. Arguments are passed to both `cargo nextest run`s (e.g. a filter).
 #
 #   scripts/test.sh                     everything, both backends
 #   scripts/test.sh -E 'test(chats)'    a subset, both backends
 #
-# Needs: PostgreSQL binaries (Debian: postgresql), python3 with venv (and PyPI), cargo-nextest, promtool
-# (Debian: prometheus), chromium and chromedriver (Debian: chromium, chromium-driver).
+# What it installs when missing (as root through apt-get; otherwise it stops with one line naming
+# the package and the command to install it):
+#   PostgreSQL's server binaries   Debian `postgresql`
+#   python3's venv                 Debian `python3-venv` (SecantusDB, Schemathesis)
+#   promtool                       Debian `prometheus` (checks the /metrics exposition)
+#   chromium, chromedriver         Debian `chromium`, `chromium-driver` (the browser tests)
+#   cargo-nextest                  crates.io, through `cargo install --locked`
+# ARBOR_NO_INSTALL=1 only checks, and stops naming what is missing (scripts/need.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+. scripts/need.sh
+need_packages \
+    "postgresql:ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null" \
+    "python3-venv:python3 -c 'import ensurepip, venv' 2>/dev/null" \
+    "prometheus:command -v promtool >/dev/null" \
+    "chromium:command -v chromium >/dev/null" \
+    "chromium-driver:command -v chromedriver >/dev/null"
+if ! cargo nextest --version >/dev/null 2>&1; then
+    if [ -n "${ARBOR_NO_INSTALL:-}" ]; then
+        echo "test.sh: cargo-nextest is missing; install it with: cargo install --locked cargo-nextest" >&2
+        exit 1
+    fi
+    echo "== installing cargo-nextest (crates.io)"
+    cargo install --locked --quiet cargo-nextest
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/arbor-test.XXXXXX")
 cleanup() {
