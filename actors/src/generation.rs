@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ChatError;
+pub use crate::model::GenerationStatus;
 use crate::model::{BranchId, ChatId, GenerationId, MessageId, UserId};
 use crate::ports::Usage;
 use crate::views::{GenerationView, MessageView};
@@ -41,18 +41,6 @@ pub enum EventKind {
     },
     /// Why the generation failed (last event of a failed generation).
     Error(ChatError),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum GenerationStatus {
-    Running,
-    Completed,
-    /// Stopped by a client; the partial reply was stored, marked incomplete.
-    Cancelled,
-    /// The provider or the store failed; no reply was stored.
-    Failed,
 }
 
 /// A stored reply: complete, or the partial content of a cancelled generation.

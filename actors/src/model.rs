@@ -338,3 +338,16 @@ impl Hasher for IdHasher {
         self.0
     }
 }
+
+/// Where a reply being generated stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum GenerationStatus {
+    Running,
+    Completed,
+    /// Stopped by a client; the partial reply was stored, marked incomplete.
+    Cancelled,
+    /// The provider or the store failed; no reply was stored.
+    Failed,
+}

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::generation::GenerationStatus;
-use crate::model::{BranchId, ChatId, ChatMeta, ChatRow, GenerationId, MessageId, Role};
+use crate::model::{
+    BranchId, ChatId, ChatMeta, ChatRow, GenerationId, GenerationStatus, MessageId, Role,
+};
 use crate::tree::{BranchRef, Node, Page, Tree};
 
 #[cfg(feature = "openapi")]
