@@ -18,9 +18,9 @@ use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Heade
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::api::error::ApiError;
 use crate::config::{AuthSettings, Secret};
 use crate::domain::{Email, Password, Username};
+use crate::error::{ApiError, Code};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -140,14 +140,15 @@ impl Tokens {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => {
-                    ApiError::unauthorized("token_expired", "the access token has expired")
+                    ApiError::new(Code::TokenExpired, "the access token has expired")
                 }
-                _ => ApiError::unauthorized("invalid_token", "the access token is invalid"),
+                _ => ApiError::new(Code::InvalidToken, "the access token is invalid"),
             })?;
-        let user =
-            data.claims.sub.parse().map_err(|_| {
-                ApiError::unauthorized("invalid_token", "the access token is invalid")
-            })?;
+        let user = data
+            .claims
+            .sub
+            .parse()
+            .map_err(|_| ApiError::new(Code::InvalidToken, "the access token is invalid"))?;
         Ok((user, data.claims.exp))
     }
 }
@@ -324,17 +325,18 @@ impl Accounts {
             .map_err(ApiError::internal)?;
         match user {
             Some(user) if ok => self.session(user),
-            _ => Err(ApiError::unauthorized(
-                "invalid_credentials",
+            _ => Err(ApiError::new(
+                Code::InvalidCredentials,
                 "wrong login or password",
             )),
         }
     }
 
     pub async fn user(&self, id: UserId) -> Result<UserRecord, ApiError> {
-        self.store.user_by_id(id).await?.ok_or_else(|| {
-            ApiError::unauthorized("invalid_token", "the token's user no longer exists")
-        })
+        self.store
+            .user_by_id(id)
+            .await?
+            .ok_or_else(|| ApiError::new(Code::InvalidToken, "the token's user no longer exists"))
     }
 
     fn session(&self, user: UserRecord) -> Result<Session, ApiError> {
@@ -364,9 +366,10 @@ pub fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
     let accounts = req
         .app_data::<web::Data<Accounts>>()
         .ok_or_else(|| ApiError::internal("accounts not configured"))?;
-    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
-        ApiError::unauthorized("missing_token", "send Authorization: Bearer <token>")
-    })?;
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::new(Code::MissingToken, "send Authorization: Bearer <token>"))?;
     // Bytes, then UTF-8: `HeaderValue::to_str` checks the ~180 bytes of a token one at a time
     // (5% of a read's instructions), `from_utf8` a word at a time. A header value holds no
     // control characters but tab, which `trim_ascii` removes at the ends, and a token with
@@ -378,9 +381,7 @@ pub fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
         .and_then(|t| std::str::from_utf8(t).ok())
-        .ok_or_else(|| {
-            ApiError::unauthorized("missing_token", "send Authorization: Bearer <token>")
-        })?;
+        .ok_or_else(|| ApiError::new(Code::MissingToken, "send Authorization: Bearer <token>"))?;
     if let Some(user) = accounts.api_token_user(token) {
         return Ok(AuthUser(user));
     }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::api::error::ApiError;
+use crate::error::{ApiError, Code};
 
 /// A normalized (trimmed, lower-cased) email address.
 #[derive(Debug, Clone)]
@@ -18,8 +18,8 @@ impl Email {
         if valid {
             Ok(Self(email))
         } else {
-            Err(ApiError::validation(
-                "invalid_email",
+            Err(ApiError::new(
+                Code::InvalidEmail,
                 "not a valid email address",
             ))
         }
@@ -44,8 +44,8 @@ impl Username {
         if valid {
             Ok(Self(name.to_owned()))
         } else {
-            Err(ApiError::validation(
-                "invalid_username",
+            Err(ApiError::new(
+                Code::InvalidUsername,
                 "a username is 3 to 32 letters, digits, '_', '.' or '-'",
             ))
         }
@@ -62,8 +62,8 @@ pub struct Password(String);
 impl Password {
     pub fn parse(raw: String) -> Result<Self, ApiError> {
         if raw.chars().count() < 8 || raw.len() > 72 {
-            return Err(ApiError::validation(
-                "invalid_password",
+            return Err(ApiError::new(
+                Code::InvalidPassword,
                 "a password is 8 to 72 bytes long",
             ));
         }
@@ -84,20 +84,20 @@ fn has_nul(text: &str) -> bool {
 /// Message text: not blank, no NUL characters, at most `max` characters.
 pub fn content(raw: &str, max: usize) -> Result<Arc<str>, ApiError> {
     if has_nul(raw) {
-        return Err(ApiError::validation(
-            "invalid_content",
+        return Err(ApiError::new(
+            Code::InvalidContent,
             "content must not contain NUL characters",
         ));
     }
     if raw.trim().is_empty() {
-        return Err(ApiError::validation(
-            "empty_content",
+        return Err(ApiError::new(
+            Code::EmptyContent,
             "content must not be empty",
         ));
     }
     if raw.chars().count() > max {
-        return Err(ApiError::validation(
-            "content_too_long",
+        return Err(ApiError::new(
+            Code::ContentTooLong,
             format!("content is limited to {max} characters"),
         ));
     }
@@ -110,8 +110,8 @@ pub fn title(raw: Option<&str>, max: usize) -> Result<Option<String>, ApiError> 
         return Ok(None);
     };
     if t.chars().count() > max || has_nul(t) {
-        return Err(ApiError::validation(
-            "invalid_title",
+        return Err(ApiError::new(
+            Code::InvalidTitle,
             format!("a title is limited to {max} characters, without NUL characters"),
         ));
     }
@@ -122,8 +122,8 @@ pub fn title(raw: Option<&str>, max: usize) -> Result<Option<String>, ApiError> 
 pub fn branch_name(raw: &str, max: usize) -> Result<String, ApiError> {
     let name = raw.trim();
     if name.is_empty() || name.chars().count() > max || has_nul(name) {
-        return Err(ApiError::validation(
-            "invalid_branch_name",
+        return Err(ApiError::new(
+            Code::InvalidBranchName,
             format!("a branch name is 1 to {max} characters, without NUL characters"),
         ));
     }
@@ -137,26 +137,26 @@ pub fn optional_branch_name(raw: Option<&str>, max: usize) -> Result<Option<Stri
 
 /// A system prompt: blank means none, at most `max` characters.
 pub fn system_prompt(raw: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
-    long_text(raw, max, "invalid_system_prompt", "a system prompt")
+    long_text(raw, max, Code::InvalidSystemPrompt, "a system prompt")
 }
 
 /// A chat's description: blank means none, at most `max` characters.
 pub fn description(raw: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
-    long_text(raw, max, "invalid_description", "a description")
+    long_text(raw, max, Code::InvalidDescription, "a description")
 }
 
 /// Free text kept as given: blank means none, at most `max` characters, no NUL.
 fn long_text(
     raw: Option<&str>,
     max: usize,
-    code: &'static str,
+    code: Code,
     what: &str,
 ) -> Result<Option<String>, ApiError> {
     let Some(text) = raw.filter(|t| !t.trim().is_empty()) else {
         return Ok(None);
     };
     if text.chars().count() > max || has_nul(text) {
-        return Err(ApiError::validation(
+        return Err(ApiError::new(
             code,
             format!("{what} is limited to {max} characters, without NUL characters"),
         ));

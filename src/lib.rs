@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod domain;
+pub mod error;
 pub mod lifecycle;
 pub mod llm;
 pub mod metrics;

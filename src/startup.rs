@@ -17,9 +17,10 @@ use arbor_actors::writer::{AckMode, WriterConfig, WriterHandle};
 use arbor_actors::{Chats, Placement, RegistryConfig};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::api::{self, error::extractors};
+use crate::api;
 use crate::auth::{load_or_create_secret, Accounts, Tokens};
 use crate::config::{self, ActorPlacement, Settings};
+use crate::error::extractors;
 use crate::lifecycle::{self, Lifecycle};
 use crate::metrics::Metrics;
 use crate::storage::{self, Connections, Stores};

@@ -312,7 +312,7 @@ async fn static_body(req: HttpRequest, body: web::Data<web::Bytes>) -> HttpRespo
         .body(sized(&req, &body))
 }
 
-async fn issue_token(tokens: web::Data<Tokens>) -> Result<String, arbor::api::error::ApiError> {
+async fn issue_token(tokens: web::Data<Tokens>) -> Result<String, arbor::error::ApiError> {
     tokens.issue(arbor_actors::model::UserId::new())
 }
 
@@ -338,7 +338,7 @@ async fn through_actor(
     body: web::Data<web::Bytes>,
     tokens: web::Data<Tokens>,
     actors: web::Data<Vec<Addr<Holder>>>,
-) -> Result<HttpResponse, arbor::api::error::ApiError> {
+) -> Result<HttpResponse, arbor::error::ApiError> {
     let actor = actors[id.as_bytes()[15] as usize % actors.len()].clone();
     through(&req, &body, &tokens, actor).await
 }
@@ -355,7 +355,7 @@ async fn through_local_actor(
     body: web::Data<web::Bytes>,
     tokens: web::Data<Tokens>,
     locals: web::Data<Locals>,
-) -> Result<HttpResponse, arbor::api::error::ApiError> {
+) -> Result<HttpResponse, arbor::error::ApiError> {
     let actor = {
         let locals = locals.0.read().expect("locals");
         locals[id.as_bytes()[15] as usize % locals.len()].clone()
@@ -369,7 +369,7 @@ async fn through(
     body: &web::Bytes,
     tokens: &Tokens,
     actor: Addr<Holder>,
-) -> Result<HttpResponse, arbor::api::error::ApiError> {
+) -> Result<HttpResponse, arbor::error::ApiError> {
     let bearer = req
         .headers()
         .get("authorization")
@@ -380,7 +380,7 @@ async fn through(
     actor
         .send(Ping)
         .await
-        .map_err(arbor::api::error::ApiError::internal)?;
+        .map_err(arbor::error::ApiError::internal)?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(sized(req, body)))

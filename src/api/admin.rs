@@ -11,9 +11,9 @@ use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::error::{ApiError, ErrorBody};
 use crate::auth::{authenticate, constant_time_eq, Accounts};
 use crate::config::{AdminSettings, MetricsSettings};
+use crate::error::{ApiError, Code, ErrorBody};
 use crate::metrics::{Metrics, RuntimeStats, CONTENT_TYPE};
 
 /// An authenticated admin: an account listed in `admin.emails` or granted the role with
@@ -78,8 +78,8 @@ pub async fn actors(
         None => 50,
         Some(n) if (1..=MAX_ACTOR_PAGE).contains(&n) => n,
         Some(_) => {
-            return Err(ApiError::validation(
-                "invalid_limit",
+            return Err(ApiError::new(
+                Code::InvalidLimit,
                 format!("limit must be between 1 and {MAX_ACTOR_PAGE}"),
             ))
         }
@@ -93,11 +93,7 @@ pub async fn actors(
 }
 
 fn actor_not_found() -> ApiError {
-    ApiError::new(
-        actix_web::http::StatusCode::NOT_FOUND,
-        "actor_not_found",
-        "no actor of that chat is resident",
-    )
+    ApiError::new(Code::ActorNotFound, "no actor of that chat is resident")
 }
 
 /// One resident actor: the list's fields plus its active branch and replies in flight. Does
@@ -191,8 +187,8 @@ pub async fn metrics(
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !constant_time_eq(sent.as_bytes(), expected.as_bytes()) {
-            return Err(ApiError::unauthorized(
-                "invalid_token",
+            return Err(ApiError::new(
+                Code::InvalidToken,
                 "send Authorization: Bearer <metrics token>",
             ));
         }

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::body::Json;
-use super::error::{ApiError, ErrorBody};
 use crate::auth::{Accounts, AuthUser, Session};
 use crate::domain::{Email, Password, Username};
+use crate::error::{ApiError, Code, ErrorBody};
 
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
@@ -121,7 +121,7 @@ pub async fn login(
         .email
         .as_deref()
         .or(body.username.as_deref())
-        .ok_or_else(|| ApiError::validation("validation_failed", "give `email` or `username`"))?;
+        .ok_or_else(|| ApiError::new(Code::ValidationFailed, "give `email` or `username`"))?;
     let session = accounts.login(login, &body.password).await?;
     Ok(web::Json(session.into()))
 }

@@ -17,7 +17,7 @@ use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
+use crate::error::{ApiError, Code};
 
 /// A JSON object body, sent as `application/json` (or `application/*+json`).
 pub struct Json<T>(pub T);
@@ -93,7 +93,7 @@ fn payload_error(e: actix_web::Error) -> ApiError {
     if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::payload_too_large()
     } else {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string())
+        ApiError::new(Code::InvalidBody, e.to_string())
     }
 }
 
@@ -101,15 +101,14 @@ fn payload_error(e: actix_web::Error) -> ApiError {
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let is_object = bytes.trim_ascii_start().first() == Some(&b'{');
     match serde_json::from_slice::<T>(bytes) {
-        Ok(_) if !is_object => Err(ApiError::validation(
-            "validation_failed",
+        Ok(_) if !is_object => Err(ApiError::new(
+            Code::ValidationFailed,
             "the body must be a JSON object",
         )),
         Ok(body) => Ok(body),
-        Err(e) if e.is_data() => Err(ApiError::validation("validation_failed", e.to_string())),
+        Err(e) if e.is_data() => Err(ApiError::new(Code::ValidationFailed, e.to_string())),
         Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
+            Code::InvalidJson,
             format!("malformed JSON: {e}"),
         )),
     }

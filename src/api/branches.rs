@@ -9,10 +9,10 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::body::Json;
-use super::error::{ApiError, ErrorBody};
 use crate::auth::AuthUser;
 use crate::config::LimitSettings;
 use crate::domain;
+use crate::error::{ApiError, Code, ErrorBody};
 
 /// Fork from `from_message_id`, or from `message_index` (0-based) on `from_branch_id` (the active
 /// branch by default).
@@ -44,12 +44,12 @@ fn fork_point(body: &CreateBranch) -> Result<ForkPoint, ApiError> {
             branch: body.from_branch_id,
             index,
         }),
-        (None, None) => Err(ApiError::validation(
-            "missing_fork_point",
+        (None, None) => Err(ApiError::new(
+            Code::MissingForkPoint,
             "give `from_message_id`, or `message_index` (with an optional `from_branch_id`)",
         )),
-        _ => Err(ApiError::validation(
-            "validation_failed",
+        _ => Err(ApiError::new(
+            Code::ValidationFailed,
             "give `from_message_id` or `message_index`, not both",
         )),
     }

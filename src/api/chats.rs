@@ -9,11 +9,11 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::body::{Json, OptionalJson};
-use super::error::{ApiError, ErrorBody};
 use super::{double_option, page_limit};
 use crate::auth::AuthUser;
 use crate::config::LimitSettings;
 use crate::domain;
+use crate::error::{ApiError, ErrorBody};
 
 #[derive(Deserialize, ToSchema, Default)]
 pub struct CreateChat {

@@ -13,7 +13,7 @@ use utoipa::openapi::security::{
 };
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, auth, branches, chats, error, generations, health, messages, models};
+use super::{admin, auth, branches, chats, generations, health, messages, models};
 use crate::config::LimitSettings;
 
 #[derive(OpenApi)]
@@ -30,7 +30,7 @@ use crate::config::LimitSettings;
         admin::actors, admin::actor, admin::evict, admin::stats,
     ),
     components(schemas(
-        error::ErrorBody, error::ErrorDetail,
+        crate::error::ErrorBody, crate::error::ErrorDetail,
         arbor_actors::inspect::ActorSort, arbor_actors::inspect::SortOrder,
     )),
     modifiers(&Security),
@@ -71,10 +71,32 @@ impl Modify for Security {
 pub fn document(limits: &LimitSettings) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
     add_shared_responses(&mut doc);
+    list_error_codes(&mut doc);
     describe_event_streams(&mut doc);
     add_limits(&mut doc, limits);
     add_links(&mut doc);
     doc
+}
+
+/// `ErrorDetail.code` takes one of the registry's codes (`crate::error::Code`), each
+/// described with the status it comes with.
+fn list_error_codes(doc: &mut Value) {
+    let codes = crate::error::Code::ALL;
+    let code = &mut doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"];
+    if let Some(code) = code.as_object_mut() {
+        code.insert(
+            "enum".to_owned(),
+            codes.iter().map(|c| json!(c.name())).collect(),
+        );
+        code.insert(
+            "x-status".to_owned(),
+            codes
+                .iter()
+                .map(|c| (c.name().to_owned(), json!(c.status().as_u16())))
+                .collect::<Map<_, _>>()
+                .into(),
+        );
+    }
 }
 
 /// A link from a created resource to an operation on it: the operation's id, its parameters

@@ -8,9 +8,9 @@ use arbor_actors::Chats;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::error::{ApiError, ErrorBody};
 use super::sse::{self, StreamSettings};
 use crate::auth::AuthUser;
+use crate::error::{ApiError, Code, ErrorBody};
 
 #[derive(Deserialize, IntoParams)]
 pub struct EventsQuery {
@@ -57,8 +57,8 @@ pub async fn events(
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .ok_or_else(|| {
-                ApiError::validation(
-                    "invalid_last_event_id",
+                ApiError::new(
+                    Code::InvalidLastEventId,
                     "Last-Event-ID must be an event id (a non-negative integer)",
                 )
             })?,

@@ -11,12 +11,12 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::body::{Json, OptionalJson};
-use super::error::{ApiError, ErrorBody};
 use super::page_limit;
 use super::sse::{self, StreamSettings};
 use crate::auth::AuthUser;
 use crate::config::LimitSettings;
 use crate::domain;
+use crate::error::{ApiError, Code, ErrorBody};
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -85,8 +85,8 @@ pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<Option<Arc<str>>, Api
     };
     match value.to_str() {
         Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(Arc::from(key))),
-        _ => Err(ApiError::validation(
-            "invalid_idempotency_key",
+        _ => Err(ApiError::new(
+            Code::InvalidIdempotencyKey,
             "Idempotency-Key must be 1 to 255 visible ASCII characters",
         )),
     }
@@ -99,26 +99,26 @@ pub(crate) fn parse_send(
 ) -> Result<SendRequest, ApiError> {
     let role = body.role.unwrap_or(Role::User);
     if body.response.is_some() && body.reply {
-        return Err(ApiError::validation(
-            "validation_failed",
+        return Err(ApiError::new(
+            Code::ValidationFailed,
             "give `response` or `reply`, not both",
         ));
     }
     if (body.response.is_some() || body.reply) && role != Role::User {
-        return Err(ApiError::validation(
-            "validation_failed",
+        return Err(ApiError::new(
+            Code::ValidationFailed,
             "`response` and `reply` follow a user message",
         ));
     }
     if body.stream && !body.reply {
-        return Err(ApiError::validation(
-            "validation_failed",
+        return Err(ApiError::new(
+            Code::ValidationFailed,
             "`stream` needs `reply: true`",
         ));
     }
     if body.metadata.as_ref().is_some_and(|m| !m.is_object()) {
-        return Err(ApiError::validation(
-            "validation_failed",
+        return Err(ApiError::new(
+            Code::ValidationFailed,
             "`metadata` must be a JSON object",
         ));
     }

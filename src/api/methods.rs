@@ -5,10 +5,10 @@
 use actix_web::body::BoxBody;
 use actix_web::guard::{Guard, GuardContext};
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::Method;
 use actix_web::{web, FromRequest, Handler, HttpResponse, Responder, Route};
 
-use super::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, Code, ErrorBody};
 use crate::metrics::RouteMetrics;
 
 /// A route for one method: a `Route` behind a method guard, with the method kept for the
@@ -107,8 +107,7 @@ pub fn method_not_allowed(allow: HeaderValue) -> HttpResponse<BoxBody> {
     HttpResponse::MethodNotAllowed()
         .insert_header((header::ALLOW, allow))
         .json(ErrorBody::of(&ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            Code::MethodNotAllowed,
             "this endpoint does not support that method",
         )))
 }

@@ -7,7 +7,7 @@ pub mod branches;
 pub mod chats;
 pub mod compat;
 pub mod docs;
-pub mod error;
+
 pub mod generations;
 pub mod health;
 pub mod messages;
@@ -20,7 +20,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Deserializer};
 
 use crate::config::LimitSettings;
-use error::ApiError;
+use crate::error::{ApiError, Code};
 use methods::{delete, get, patch, post, put, resource};
 use segments::SegmentScope;
 
@@ -133,8 +133,8 @@ pub fn page_limit(requested: Option<usize>, limits: &LimitSettings) -> Result<us
     match requested {
         None => Ok(limits.default_page_size),
         Some(n) if (1..=limits.max_page_size).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::validation(
-            "invalid_limit",
+        Some(_) => Err(ApiError::new(
+            Code::InvalidLimit,
             format!("limit must be between 1 and {}", limits.max_page_size),
         )),
     }

@@ -24,8 +24,8 @@ use actix_web::http::header::HeaderValue;
 use actix_web::{Error, Route};
 use futures_util::future::{join_all, LocalBoxFuture};
 
-use super::error::ApiError;
 use super::methods::{self, MethodRoute};
+use crate::error::ApiError;
 use crate::metrics::RouteMetrics;
 
 /// What a `Route` builds: its handler behind its guards (actix-web does not export the name).

@@ -19,7 +19,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use arbor_actors::generation::{Event, EventKind, Generation};
 use serde_json::json;
 
-use super::error::ApiError;
+use crate::error::ApiError;
 
 pub struct StreamSettings {
     /// Longest silence before a keep-alive comment.

@@ -22,10 +22,10 @@ use arbor_actors::model::{BranchId, ChatId, MessageId, Role, UserId};
 use arbor_actors::views::{BranchView, ChatView, MessageView, TreeView};
 use arbor_actors::{Chats, SendRequest};
 
-use super::error::ApiError;
 use super::methods::{delete, get, patch, post, put, resource};
 use super::segments::SegmentScope;
 use crate::auth::{Accounts, AuthUser};
+use crate::error::ApiError;
 
 /// The seed 000–002 routes under `/api/v1/chats`, added to that scope before Arbor's own
 /// `/{chat_id}` routes, which would otherwise claim `/create-chat`.

@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use super::exchange;
 use crate::api::body::{Json, OptionalJson};
-use crate::api::error::ApiError;
 use crate::api::page_limit;
 use crate::auth::AuthUser;
 use crate::config::LimitSettings;
 use crate::domain;
+use crate::error::ApiError;
 
 /// `GET /`.
 pub async fn root() -> HttpResponse {

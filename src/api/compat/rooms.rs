@@ -16,11 +16,11 @@ use serde::{Deserialize, Serialize};
 use super::{account_name, exchange};
 use crate::api::auth::{RegisterRequest, Registered, UserView};
 use crate::api::body::Json;
-use crate::api::error::ApiError;
 use crate::api::page_limit;
 use crate::auth::{Accounts, AuthUser};
 use crate::config::LimitSettings;
 use crate::domain;
+use crate::error::{ApiError, Code};
 
 /// Messages `GET /rooms/{room_id}` shows: the newest ten.
 const ROOM_MESSAGES: usize = 10;
@@ -144,7 +144,7 @@ pub async fn create(
     body: Json<CreateRoom>,
 ) -> Result<HttpResponse, ApiError> {
     let name = domain::title(Some(&body.name), limits.max_title_chars)?
-        .ok_or_else(|| ApiError::validation("invalid_title", "a room needs a `name`"))?;
+        .ok_or_else(|| ApiError::new(Code::InvalidTitle, "a room needs a `name`"))?;
     let new = NewChat {
         title: Some(name),
         description: domain::description(

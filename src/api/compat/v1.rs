@@ -18,12 +18,12 @@ use serde::{Deserialize, Serialize};
 use super::qa::{self, Pair};
 use super::{account_name, Acknowledged, Snapshot};
 use crate::api::body::{Json, OptionalJson};
-use crate::api::error::ApiError;
 use crate::api::messages::{idempotency_key, parse_send, SendMessage};
 use crate::api::page_limit;
 use crate::auth::{Accounts, AuthUser};
 use crate::config::LimitSettings;
 use crate::domain;
+use crate::error::{ApiError, Code};
 
 /// One question/answer pair.
 #[derive(Serialize)]
@@ -252,7 +252,7 @@ pub async fn branch_messages(
 ) -> Result<HttpResponse, ApiError> {
     let chat = query
         .chat_id
-        .ok_or_else(|| ApiError::validation("missing_chat_id", "give `chat_id`"))?;
+        .ok_or_else(|| ApiError::new(Code::MissingChatId, "give `chat_id`"))?;
     let snapshot = Snapshot::read(&chats, user.0, chat).await?;
     let account = account_name(&accounts, user.0).await?;
     Ok(HttpResponse::Ok().json(ChatV1::full(&snapshot, query.branch_id, user.0, &account)?))
@@ -335,8 +335,8 @@ fn one_of(fields: [(&'static str, Option<String>); 3]) -> Result<Option<String>,
     match given.len() {
         0 => Ok(None),
         1 => Ok(given.into_iter().next().and_then(|(_, v)| v)),
-        _ => Err(ApiError::validation(
-            "validation_failed",
+        _ => Err(ApiError::new(
+            Code::ValidationFailed,
             format!(
                 "give one of {}",
                 given
@@ -365,7 +365,7 @@ pub async fn add_message(
         ("content", body.content),
         ("message", body.message),
     ])?
-    .ok_or_else(|| ApiError::validation("empty_content", "give `question` (or `content`)"))?;
+    .ok_or_else(|| ApiError::new(Code::EmptyContent, "give `question` (or `content`)"))?;
     let response = one_of([
         ("response", body.response),
         ("answer", body.answer),
@@ -416,7 +416,7 @@ pub async fn create_branch(
     let chat = body
         .chat_id
         .or(body.parent_chat_id)
-        .ok_or_else(|| ApiError::validation("missing_chat_id", "give `parent_chat_id`"))?;
+        .ok_or_else(|| ApiError::new(Code::MissingChatId, "give `parent_chat_id`"))?;
     let name = domain::optional_branch_name(body.name.as_deref(), limits.max_branch_name_chars)?;
     let message = body
         .message_id
@@ -424,8 +424,8 @@ pub async fn create_branch(
         .or(body.response_id);
     let (from, index) = match (message, body.message_index) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::validation(
-                "validation_failed",
+            return Err(ApiError::new(
+                Code::ValidationFailed,
                 "give a message id or `message_index`, not both",
             ))
         }
@@ -464,8 +464,8 @@ fn fork_point(
     let index = match index {
         Some(i) if i < pairs.len() => i,
         Some(i) => {
-            return Err(ApiError::validation(
-                "message_index_out_of_range",
+            return Err(ApiError::new(
+                Code::MessageIndexOutOfRange,
                 format!(
                     "message_index {i} is out of range: the branch has {} pairs",
                     pairs.len()
@@ -510,11 +510,11 @@ pub async fn set_active_branch(
     let chat = query
         .chat_id
         .or(body.chat_id)
-        .ok_or_else(|| ApiError::validation("missing_chat_id", "give `chat_id`"))?;
+        .ok_or_else(|| ApiError::new(Code::MissingChatId, "give `chat_id`"))?;
     let branch = query
         .branch_id
         .or(body.branch_id)
-        .ok_or_else(|| ApiError::validation("missing_branch_id", "give `branch_id`"))?;
+        .ok_or_else(|| ApiError::new(Code::MissingBranchId, "give `branch_id`"))?;
     let branch = if branch.as_uuid() == chat.as_uuid() {
         let snapshot = Snapshot::read(&chats, user.0, chat).await?;
         snapshot
