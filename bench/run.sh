@@ -439,7 +439,7 @@ for scenario in "${INPROC[@]}"; do
         case "$scenario" in
             ttft)
                 # Durable acks store the question before the reply starts: the first token waits
-                # for its commit (BENCHMARKS.md), so durable runs sit just above the target.
+                # for its commit (BENCHMARKS.md, "Time to first token"), so durable runs sit just above the target.
                 ttft_limit=1
                 echo "| ttft: Arbor adds $(field added_p50_ms "$line") ms p50 (direct $(field direct_p50_ms "$line"), through Arbor $(field arbor_p50_ms "$line") p50 / $(field arbor_p99_ms "$line") p99) | target ≤ $ttft_limit ms"
                 check_at_most ttft "$(field added_p50_ms "$line")" "$ttft_limit"
@@ -456,7 +456,7 @@ for scenario in "${INPROC[@]}"; do
             activation)
                 echo "| activation of a $(field messages "$line")-message chat: p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms ($(field samples "$line") samples; the stores alone: metadata $(field meta_read_p50_ms "$line") ms, messages $(field messages_read_p50_ms "$line") ms p50 / $(field messages_read_p99_ms "$line") p99) | target p50 ≤ 5, p99 ≤ 15"
                 # Guarded on the median: a disk stall of the VM sends the p99 of 60 samples
-                # past ten times its limit on its own (BENCHMARKS.md).
+                # past ten times its limit on its own (BENCHMARKS.md, "Regression guard").
                 check_at_most activation_p50 "$(field p50_ms "$line")" 5 ;;
             lag)
                 echo "| write-behind lag at $(field offered_msgs_per_s "$line") msg/s: p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms, $(field le_50ms "$line") within 50 ms | target p99 ≤ 50"

@@ -132,17 +132,17 @@ pub struct StorageSettings {
     /// SQLite: copy the WAL back into the database file once it holds this many pages (4 KiB
     /// each). The writer pays for that copy inside a commit; a page rewritten by many batches is
     /// copied once per checkpoint, so rarer checkpoints cost less per commit (SQLite's own
-    /// default is 1,000; BENCHMARKS.md measures both).
+    /// default is 1,000; bench/HISTORY.md measures both).
     pub sqlite_checkpoint_pages: u32,
     /// SQLite: page cache of each of the four read connections, in KiB (SQLite's default is
     /// 2,000). Reads are one chat's rows by index and the operating system caches the file
     /// anyway: at 512 a 1,000-message chat loads 3% slower and 100k resident chats take 13 MiB
-    /// less (BENCHMARKS.md). The write connection keeps SQLite's default.
+    /// less (bench/HISTORY.md, "Memory per idle chat"). The write connection keeps SQLite's default.
     pub sqlite_read_cache_kib: u32,
     pub ack_mode: AckMode,
     /// Write-behind: wait at most this long for more changes before committing a batch. 0 (the
     /// default) commits as soon as the writer is free: changes arriving during a commit form
-    /// the next batch anyway, and waiting only adds latency (measured in BENCHMARKS.md).
+    /// the next batch anyway, and waiting only adds latency (BENCHMARKS.md, "Group commit").
     pub flush_interval_ms: u64,
     /// Write-behind: commit once a batch holds this many rows.
     pub flush_max_rows: usize,

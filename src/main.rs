@@ -5,7 +5,7 @@ use arbor::config::Settings;
 use arbor::{telemetry, Application};
 use clap::{Parser, Subcommand};
 
-/// mimalloc: less fragmentation and faster small allocations than glibc malloc (BENCHMARKS.md).
+/// mimalloc: less fragmentation and faster small allocations than glibc malloc (BENCHMARKS.md, "Memory per idle chat").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 /// Fixed cost of a resident actor beyond what `Tree::approx_bytes` counts: the task (actix's
 /// context and mailbox, the actor), the handle with this probe, the registry's cache and live
 /// entries. An estimate from the memory benchmark (a 10-message chat: 2,236 B in mimalloc blocks,
-/// of which its tree counts ~1,040; BENCHMARKS.md), not accounting.
+/// of which its tree counts ~1,040; BENCHMARKS.md, "Memory per idle chat"), not accounting.
 const ACTOR_OVERHEAD_BYTES: usize = 1200;
 
 /// Why a resident actor left memory (the `reason` label of `arbor_chat_evictions_total`).

@@ -95,7 +95,7 @@ pub fn page(tree: &Tree, branch: BranchId, page: &Page<'_>) -> Result<Vec<u8>, s
 /// escaped (`\n`, `\r`, `\t`, `\b`, `\f` short, the rest as `\u00xx`), nothing else. serde_json
 /// looks every byte up in a table; this skips eight bytes at a time while none needs escaping
 /// (`escapes`). Message text is most of a real page: 22 KB pages took 13.7 µs instead of 21.5
-/// (BENCHMARKS, read path).
+/// (BENCHMARKS.md, "Read path").
 fn string(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     out.reserve(bytes.len() + 2);

@@ -2,7 +2,7 @@
 //! written from.
 //!
 //! A page's JSON is most of what a resident read costs its chat's actor (about 3 µs for 20
-//! messages; BENCHMARKS.md, read path), and clients read the same page again and again: a chat
+//! messages; BENCHMARKS.md, "Read path"), and clients read the same page again and again: a chat
 //! open in a browser, on a phone, polled. The actor keeps what it wrote here, keyed by the
 //! tree's revision (`Tree::revision`, new after every change and unique among all trees), and
 //! answers the same request for the same revision with the same bytes.

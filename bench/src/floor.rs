@@ -10,7 +10,8 @@
 //!
 //! `--tick-ms` spaces the calls (bigger batches, more wait), and `--shape bucket` writes one
 //! document per chat and call instead of one per message: what other writers and another
-//! schema could get from the same store (BENCHMARKS.md, "The message store alone").
+//! schema could get from the same store (BENCHMARKS.md, "Durable writes on PostgreSQL +
+//! MongoDB: the message store's floor").
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

@@ -28,7 +28,7 @@ use clap::{Parser, Subcommand};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 
-/// mimalloc: less fragmentation and faster small allocations than glibc malloc (BENCHMARKS.md),
+/// mimalloc: less fragmentation and faster small allocations than glibc malloc (BENCHMARKS.md, "Memory per idle chat"),
 /// counting the blocks in use when `memory` measures (see `heap`). The `system-alloc` feature
 /// leaves it out, for heap profilers that hook malloc (heaptrack).
 #[cfg(not(feature = "system-alloc"))]

@@ -5,7 +5,7 @@ the given URL, then times `find({chat_id})` for each, 5 rounds, with pymongo dec
 (RawBSONDocument). Any client, Arbor included, needs at least this long to activate a
 1,000-message chat from that server. The same read with the server sorting by `_id`
 (`.sort(_id)`, which Arbor asked for until `a72c284`) is timed beside it, interleaved. Usage
-(BENCHMARKS.md):
+(BENCHMARKS.md, "Activation"):
 
     python bench/tools/mongo_read_floor.py mongodb://127.0.0.1:PORT/?directConnection=true
 """

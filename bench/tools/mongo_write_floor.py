@@ -9,7 +9,7 @@ seconds, and prints documents/s, the pairs/s that allows, each call's latency (p
 the slowest, and how many took over 25 ms: a durable acknowledgment waits for one such call) and
 (with --pid) the server's CPU use in percent of one core. --keep leaves the documents in place
 for the next run (a grown collection), and --grow N inserts N documents first, untimed. No client, Arbor included, can store pairs faster than this on the same
-machine. Usage in BENCHMARKS.md.
+machine. Usage in bench/HISTORY.md.
 """
 
 import argparse

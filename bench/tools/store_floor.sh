@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The message store's own floor under add_pair_rated's load (BENCHMARKS.md, "The message store
-# alone"): for each configuration, a fresh MongoDB-wire server (scripts/mongodb.sh, synced on
+# The message store's own floor under add_pair_rated's load (BENCHMARKS.md, "Durable
+# writes on PostgreSQL + MongoDB: the message store's floor"): for each configuration, a fresh MongoDB-wire server (scripts/mongodb.sh, synced on
 # every commit as the durable bench runs it), `arbor-bench store-floor` against it, then the
 # server stopped and its data removed.
 #

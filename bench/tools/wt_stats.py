@@ -9,7 +9,7 @@ in-memory updates the engine holds (a gauge; once they reach `eviction_updates_t
 the cache by default, eviction starts writing pages out), pages written by eviction, the forced
 evictions (a page evicted by the thread that touched it, which waits, and every writer of that
 page with it), the time threads slept waiting for a page, checkpoints and the longest, and the
-log's syncs. Usage and what they showed: BENCHMARKS.md, "What the message store's stalls are".
+log's syncs. Usage and what they showed: bench/HISTORY.md, "What the message store's stalls are".
 """
 
 import json

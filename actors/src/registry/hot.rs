@@ -1,6 +1,6 @@
 //! Each thread's recently used chat handles, in front of the registry's moka cache.
 //!
-//! A moka lookup is about 1 µs of the read path's 20 (BENCHMARKS.md, read path): a probe into a
+//! A moka lookup is about 1 µs of the read path's 20 (BENCHMARKS.md, "Read path"): a probe into a
 //! table another thread last wrote, a read recorded for the cache's access order, and, every
 //! 64 reads, the cache's housekeeping run inline. A request for a chat that this thread looked
 //! up a moment ago finds its handle here instead, in a small map of the thread's own.
