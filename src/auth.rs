@@ -259,7 +259,7 @@ impl Accounts {
                 None => {
                     let user = UserRecord {
                         id: UserId::new(),
-                        email,
+                        email: Some(email),
                         username: None,
                         // Not a bcrypt hash: no password ever verifies against it.
                         password_hash: "!".into(),
@@ -292,7 +292,7 @@ impl Accounts {
 
     pub async fn register(
         &self,
-        email: Email,
+        email: Option<Email>,
         username: Option<Username>,
         password: Password,
     ) -> Result<Session, ApiError> {
@@ -304,7 +304,7 @@ impl Accounts {
             .map_err(ApiError::internal)?;
         let user = UserRecord {
             id: UserId::new(),
-            email: email.into_inner(),
+            email: email.map(Email::into_inner),
             username: username.map(Username::into_inner),
             password_hash: hash,
             created_at: arbor_actors::model::now(),

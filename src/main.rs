@@ -36,9 +36,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AdminAction {
-    /// Make the account with this email an admin.
+    /// Make the account with this email (or username) an admin.
     Grant { email: String },
-    /// Take the admin role away from the account with this email.
+    /// Take the admin role away from the account with this email (or username).
     Revoke { email: String },
 }
 
@@ -65,22 +65,21 @@ async fn main() -> anyhow::Result<()> {
             match updated.context("updating the account")? {
                 Some(user) => {
                     let verb = if grant { "is now" } else { "is no longer" };
-                    println!("{} ({}) {verb} an admin", user.email, user.id);
-                    if !grant
-                        && settings
-                            .admin
-                            .emails
-                            .iter()
-                            .any(|e| e.trim().eq_ignore_ascii_case(&user.email))
-                    {
+                    let name = user.email.as_deref().or(user.username.as_deref());
+                    let name = name.unwrap_or_default();
+                    println!("{name} ({}) {verb} an admin", user.id);
+                    let listed = user.email.as_deref().is_some_and(|m| {
+                        let listed = settings.admin.emails.iter();
+                        listed.clone().any(|e| e.trim().eq_ignore_ascii_case(m))
+                    });
+                    if !grant && listed {
                         println!(
-                            "note: {} is still listed in admin.emails, which keeps it an admin",
-                            user.email
+                            "note: {name} is still listed in admin.emails, which keeps it an admin"
                         );
                     }
                     Ok(())
                 }
-                None => anyhow::bail!("no account has the email {email}"),
+                None => anyhow::bail!("no account has the email or username {email}"),
             }
         }
         Command::Migrate => {

@@ -299,7 +299,9 @@ impl ChatRow {
 #[derive(Clone, Debug, PartialEq)]
 pub struct UserRecord {
     pub id: UserId,
-    pub email: String,
+    /// Unique when given; an account registered with only a username (as seed 002's clients
+    /// do) has none.
+    pub email: Option<String>,
     pub username: Option<String>,
     pub password_hash: String,
     pub created_at: DateTime<Utc>,

@@ -110,8 +110,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
     /// Looks a user up by email or username (case-insensitive).
     async fn user_by_login(&self, login: &str) -> Result<Option<UserRecord>, StoreError>;
-    /// Grants or revokes a user's admin role by email (case-insensitive); returns the updated
-    /// user, or `None` if no user has that email.
+    /// Grants or revokes a user's admin role by email or username (case-insensitive; a
+    /// username has no `@`, so the two never collide); returns the updated user, or `None` if
+    /// no user has that login.
     async fn set_admin(&self, email: &str, admin: bool) -> Result<Option<UserRecord>, StoreError>;
     /// A chat's row and its branches.
     async fn load_chat(&self, id: ChatId) -> Result<Option<(ChatMeta, Vec<Branch>)>, StoreError>;

@@ -60,7 +60,10 @@ where
 async fn new_user(chats: &Chats) -> anyhow::Result<UserId> {
     let user = UserRecord {
         id: UserId::new(),
-        email: format!("inproc-{}@example.com", uuid::Uuid::new_v4().simple()),
+        email: Some(format!(
+            "inproc-{}@example.com",
+            uuid::Uuid::new_v4().simple()
+        )),
         username: None,
         password_hash: String::new(),
         created_at: chrono::Utc::now(),

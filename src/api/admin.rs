@@ -37,10 +37,12 @@ impl FromRequest for Admin {
                 .user(user.0)
                 .await
                 .map_err(|_| ApiError::not_found())?;
-            let listed = settings
-                .emails
-                .iter()
-                .any(|e| e.trim().eq_ignore_ascii_case(&record.email));
+            let listed = settings.emails.iter().any(|e| {
+                record
+                    .email
+                    .as_deref()
+                    .is_some_and(|m| e.trim().eq_ignore_ascii_case(m))
+            });
             if record.is_admin || listed {
                 Ok(Admin(record.id))
             } else {

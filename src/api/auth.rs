@@ -11,9 +11,11 @@ use crate::auth::{Accounts, AuthUser, Session};
 use crate::domain::{Email, Password, Username};
 use crate::error::{ApiError, Code, ErrorBody};
 
+/// A new account: an email, a username, or both (seed 002's clients send only a username).
+/// Either one logs in; an email, when given, is unique, and so is a username.
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
-    pub email: String,
+    pub email: Option<String>,
     pub password: String,
     pub username: Option<String>,
 }
@@ -36,7 +38,8 @@ pub struct TokenForm {
 #[derive(Serialize, ToSchema, Clone)]
 pub struct UserView {
     pub id: uuid::Uuid,
-    pub email: String,
+    /// `null` for an account registered with only a username.
+    pub email: Option<String>,
     pub username: Option<String>,
     pub created_at: DateTime<Utc>,
 }
@@ -84,7 +87,13 @@ pub struct Registered {
 
 impl Registered {
     pub async fn create(accounts: &Accounts, body: RegisterRequest) -> Result<Self, ApiError> {
-        let email = Email::parse(&body.email)?;
+        if body.email.is_none() && body.username.is_none() {
+            return Err(ApiError::new(
+                Code::ValidationFailed,
+                "give `email`, `username`, or both",
+            ));
+        }
+        let email = body.email.as_deref().map(Email::parse).transpose()?;
         let username = body.username.as_deref().map(Username::parse).transpose()?;
         let password = Password::parse(body.password)?;
         let session = TokenResponse::from(accounts.register(email, username, password).await?);

@@ -426,6 +426,11 @@ fn add_limits(doc: &mut Value, limits: &LimitSettings) {
             &limit,
         );
     }
+    // An account has an email, a username, or both.
+    merge(
+        doc.pointer_mut(&format!("{schemas}/RegisterRequest")),
+        &json!({"anyOf": [{"required": ["email"]}, {"required": ["username"]}]}),
+    );
     // A fork names its point: a message, or an index on a branch.
     merge(
         doc.pointer_mut(&format!("{schemas}/CreateBranch")),

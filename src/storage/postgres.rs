@@ -393,7 +393,7 @@ impl MetadataStore for PostgresStore {
         let email = email.trim().to_owned();
         let row = self
             .pooled(|pool| async move {
-                sqlx::query("UPDATE users SET is_admin = $1 WHERE email = lower($2) RETURNING *")
+                sqlx::query("UPDATE users SET is_admin = $1 WHERE email = lower($2) OR lower(username) = lower($2) RETURNING *")
                     .bind(admin)
                     .bind(email)
                     .fetch_optional(&pool)

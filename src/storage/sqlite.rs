@@ -184,7 +184,7 @@ fn opt_id<T: FromStr>(row: &SqliteRow, column: &str) -> Result<Option<T>, StoreE
 fn user_from(row: &SqliteRow) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         id: parse_id("users.id", &text(row, "id")?)?,
-        email: text(row, "email")?,
+        email: opt_text(row, "email")?,
         username: opt_text(row, "username")?,
         password_hash: text(row, "password_hash")?,
         created_at: time(row, "created_at")?,
@@ -344,7 +344,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn set_admin(&self, email: &str, admin: bool) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query("UPDATE users SET is_admin = ?1 WHERE email = lower(?2) RETURNING *")
+        let row = sqlx::query("UPDATE users SET is_admin = ?1 WHERE email = lower(?2) OR lower(username) = lower(?2) RETURNING *")
             .bind(admin)
             .bind(email.trim())
             .fetch_optional(&self.writes)

@@ -335,3 +335,89 @@ async fn ownership_and_validation_hold() {
     // Nothing of the refused requests was stored.
     assert!(app.path(&owner, &chat_id, None).await.is_empty());
 }
+
+/// Seed 002's clients register with a username and a password only, and log in by username.
+/// Such an account has no email (`/auth/me` shows `null`) and logs in on Arbor's own API by its
+/// username, in the JSON login or the OAuth2 form. Usernames stay unique, and so do emails when
+/// given; accounts without one never collide on it.
+#[actix_web::test]
+async fn registers_with_a_username_only_and_logs_in_by_it() {
+    let app = spawn_app().await;
+    let res = app
+        .post_anon(
+            "/api/v1/auth/register",
+            json!({"username": "testuser", "password": "testpassword"}),
+        )
+        .await;
+    let registered = json_with(res, StatusCode::CREATED).await;
+    assert_eq!(registered["username"], "testuser");
+    assert_eq!(registered["email"], serde_json::Value::Null);
+
+    let res = app
+        .post_anon(
+            "/api/v1/auth/login",
+            json!({"username": "TestUser", "password": "testpassword"}),
+        )
+        .await;
+    let user = User::from_session(&json_with(res, StatusCode::OK).await);
+    let me = json_with(app.get(&user, "/api/v1/auth/me").await, StatusCode::OK).await;
+    assert_eq!(me["username"], "testuser");
+    assert_eq!(me["email"], serde_json::Value::Null);
+    assert_eq!(me["id"], registered["id"]);
+
+    let res = test_client()
+        .post(app.url("/api/v1/auth/token"))
+        .form(&[("username", "testuser"), ("password", "testpassword")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_with(res, StatusCode::OK).await["user"]["id"],
+        registered["id"]
+    );
+    let res = app
+        .post_anon(
+            "/api/v1/auth/login",
+            json!({"username": "testuser", "password": "wrong-password"}),
+        )
+        .await;
+    assert_error(res, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+
+    // A second account without an email does not collide with the first on it ...
+    let res = app
+        .post_anon(
+            "/api/v1/auth/register",
+            json!({"username": "otheruser", "password": "testpassword"}),
+        )
+        .await;
+    json_with(res, StatusCode::CREATED).await;
+    // ... but a username is taken once, whatever its case, and so is an email.
+    let res = app
+        .post_anon(
+            "/api/v1/auth/register",
+            json!({"username": "TESTUSER", "password": "testpassword"}),
+        )
+        .await;
+    assert_error(res, StatusCode::CONFLICT, "username_taken").await;
+    let body = json!({"email": "a@example.com", "password": "testpassword"});
+    json_with(
+        app.post_anon("/api/v1/auth/register", body.clone()).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let res = app.post_anon("/api/v1/auth/register", body).await;
+    assert_error(res, StatusCode::CONFLICT, "email_taken").await;
+
+    // Neither is refused; so is seed 004's signup without the email it requires.
+    let res = app
+        .post_anon("/api/v1/auth/register", json!({"password": "testpassword"}))
+        .await;
+    assert_error(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let res = app
+        .post_anon(
+            "/auth/signup",
+            json!({"username": "roomuser", "password": "testpassword"}),
+        )
+        .await;
+    assert_error(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+}

@@ -103,7 +103,7 @@ message_cases!(messages_sqlite => sqlite_messages, messages_mongodb => mongodb_m
 pub(crate) fn user(email: &str, username: Option<&str>) -> UserRecord {
     UserRecord {
         id: UserId::new(),
-        email: email.into(),
+        email: Some(email.into()),
         username: username.map(Into::into),
         password_hash: "$2b$04$hash".into(),
         created_at: now(),

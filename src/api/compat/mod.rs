@@ -203,7 +203,7 @@ pub async fn delete_chat(
 /// How the seeds name an account in their views: the username, or the email without one.
 pub async fn account_name(accounts: &Accounts, user: UserId) -> Result<String, ApiError> {
     let record = accounts.user(user).await?;
-    Ok(record.username.unwrap_or(record.email))
+    Ok(record.username.or(record.email).unwrap_or_default())
 }
 
 /// A seed's `{"message": ..., "chat_id": ...}` acknowledgement.

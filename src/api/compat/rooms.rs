@@ -43,12 +43,16 @@ struct UserData {
     user: UserView,
 }
 
-/// `POST /auth/signup`: `{"username", "email", "password"}`.
+/// `POST /auth/signup`: `{"username", "email", "password"}`; seed 004 requires the email.
 pub async fn signup(
     accounts: web::Data<Accounts>,
     body: Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let registered = Registered::create(&accounts, body.into_inner()).await?;
+    let body = body.into_inner();
+    if body.email.is_none() {
+        return Err(ApiError::new(Code::ValidationFailed, "give `email`"));
+    }
+    let registered = Registered::create(&accounts, body).await?;
     Ok(envelope(
         "User created successfully",
         UserData {
