@@ -15,7 +15,6 @@ use arbor_actors::generation::Generations;
 use arbor_actors::llm::LlmPool;
 use arbor_actors::writer::{AckMode, WriterConfig, WriterHandle};
 use arbor_actors::{Chats, Placement, RegistryConfig};
-use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api;
 use crate::auth::{load_or_create_secret, Accounts, Tokens};
@@ -271,10 +270,7 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
             .app_data(admin.clone())
             .app_data(metrics_settings.clone())
             .configure(|cfg| api::routes(cfg, metrics_here))
-            .service(
-                SwaggerUi::new("/docs/{_:.*}")
-                    .external_urls_from_iter_unchecked([("/openapi.json", openapi.clone())]),
-            )
+            .configure(|cfg| api::doc_pages::routes(cfg, openapi.clone()))
             .default_service(web::to(api::not_found))
     })
     .workers(workers)

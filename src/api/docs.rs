@@ -13,7 +13,7 @@ use utoipa::openapi::security::{
 };
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, auth, branches, chats, generations, health, messages, models};
+use super::{admin, auth, branches, chats, compat, generations, health, messages, models};
 use crate::config::LimitSettings;
 
 #[derive(OpenApi)]
@@ -69,7 +69,10 @@ impl Modify for Security {
 /// The document `/openapi.json` serves: the handlers' declarations, with the answers and limits
 /// they share added (see the module's comment).
 pub fn document(limits: &LimitSettings) -> Value {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    let mut api = ApiDoc::openapi();
+    api.merge(compat::openapi::SeedDoc::openapi());
+    let mut doc = serde_json::to_value(api).unwrap_or_else(|_| json!({}));
+    compat::openapi::add_aliases(&mut doc);
     add_shared_responses(&mut doc);
     list_error_codes(&mut doc);
     describe_event_streams(&mut doc);
@@ -101,13 +104,16 @@ fn list_error_codes(doc: &mut Value) {
 
 /// A link from a created resource to an operation on it: the operation's id, its parameters
 /// as runtime expressions on the response, and what its body takes from the response.
-struct Link {
+pub(crate) struct Link {
     to: &'static str,
     parameters: &'static [(&'static str, &'static str)],
     body: Option<(&'static str, &'static str)>,
 }
 
-const fn link(to: &'static str, parameters: &'static [(&'static str, &'static str)]) -> Link {
+pub(crate) const fn link(
+    to: &'static str,
+    parameters: &'static [(&'static str, &'static str)],
+) -> Link {
     Link {
         to,
         parameters,
@@ -206,7 +212,8 @@ fn add_links(doc: &mut Value) {
         .flat_map(|operations| operations.values_mut())
     {
         let id = operation["operationId"].as_str().unwrap_or_default();
-        let Some((_, status, targets)) = LINKS.iter().find(|(from, _, _)| *from == id) else {
+        let mut all = LINKS.iter().chain(compat::openapi::LINKS);
+        let Some((_, status, targets)) = all.find(|(from, _, _)| *from == id) else {
             continue;
         };
         let Some(response) = operation.pointer_mut(&format!("/responses/{status}")) else {
@@ -273,7 +280,8 @@ const SHARED: [(&str, &str, &str); 6] = [
 /// - 401 where it needs a token (admin operations answer 404 instead, as if absent);
 /// - 413 and 415 where it takes a body, 422 where it takes a body or a query string (a value
 ///   out of its limits);
-/// - 503 on everything under `/api/v1` (a store or an actor's queue can refuse any of it).
+/// - 503 on everything but `/`, `/health` and `/ready` (a store or an actor's queue can refuse
+///   any of it).
 fn add_shared_responses(doc: &mut Value) {
     let error_body = json!({"$ref": "#/components/schemas/ErrorBody"});
     let mut named = Map::new();
@@ -316,7 +324,8 @@ fn add_shared_responses(doc: &mut Value) {
             if has_body || has_query {
                 wanted.push("422");
             }
-            if path.starts_with("/api/v1/") {
+            // A store or an actor's queue can refuse anything but the service's own status.
+            if !matches!(path.as_str(), "/" | "/health" | "/ready") {
                 wanted.push("503");
             }
             let Some(responses) = operation
@@ -384,6 +393,17 @@ fn add_limits(doc: &mut Value, limits: &LimitSettings) {
     let title = text(limits.max_title_chars, &no_nul);
     let system_prompt = text(limits.max_system_prompt_chars, &no_nul);
     let description = text(limits.max_description_chars, &no_nul);
+    compat::openapi::add_limits(
+        doc,
+        limits,
+        &compat::openapi::SeedTexts {
+            content: content.clone(),
+            title: title.clone(),
+            description: description.clone(),
+            branch_name: branch_name.clone(),
+            room_name: text(limits.max_title_chars, &not_blank),
+        },
+    );
     let schemas = "/components/schemas";
     for (field, limit) in [
         ("SendMessage/properties/content", &content),
@@ -421,15 +441,20 @@ fn add_limits(doc: &mut Value, limits: &LimitSettings) {
                                    no further)."}),
         ),
     ] {
-        merge(
-            doc.pointer_mut(&format!("{schemas}/RegisterRequest/properties/{field}")),
-            &limit,
-        );
+        for schema in ["RegisterRequest", "SignupRequest"] {
+            merge(
+                doc.pointer_mut(&format!("{schemas}/{schema}/properties/{field}")),
+                &limit,
+            );
+        }
     }
     // An account has an email, a username, or both.
     merge(
         doc.pointer_mut(&format!("{schemas}/RegisterRequest")),
-        &json!({"anyOf": [{"required": ["email"]}, {"required": ["username"]}]}),
+        &json!({"anyOf": [
+            {"required": ["email"], "properties": {"email": {"type": "string"}}},
+            {"required": ["username"], "properties": {"username": {"type": "string"}}},
+        ]}),
     );
     // A fork names its point: a message, or an index on a branch.
     merge(
@@ -464,19 +489,18 @@ fn add_limits(doc: &mut Value, limits: &LimitSettings) {
         parameter(doc, "/api/v1/admin/actors", "get", "offset"),
         &json!({"maximum": usize::MAX}),
     );
-    merge(
-        parameter(
-            doc,
-            "/api/v1/chats/{chat_id}/messages",
-            "post",
-            "Idempotency-Key",
-        ),
-        &json!({"maxLength": 255, "pattern": r"^[!-~]([\t -~]*[!-~])?$"}),
-    );
+    let key = json!({"maxLength": 255, "pattern": r"^[!-~]([\t -~]*[!-~])?$"});
+    for path in [
+        "/api/v1/chats/{chat_id}/messages",
+        "/api/v1/messages/add-message",
+        "/api/v1/conversations/",
+    ] {
+        merge(parameter(doc, path, "post", "Idempotency-Key"), &key);
+    }
 }
 
 /// The schema of one of an operation's parameters.
-fn parameter<'a>(
+pub(crate) fn parameter<'a>(
     doc: &'a mut Value,
     path: &str,
     method: &str,
@@ -494,7 +518,7 @@ fn parameter<'a>(
 
 /// Adds `extra`'s keys to a schema (the unit tests check that each one is found). A schema `utoipa` wrote as `oneOf: [null, X]` (an optional
 /// field) gets them on its `X` alternative, where a string or number is checked.
-fn merge(schema: Option<&mut Value>, extra: &Value) {
+pub(crate) fn merge(schema: Option<&mut Value>, extra: &Value) {
     let Some(schema) = schema else {
         return;
     };

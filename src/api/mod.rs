@@ -6,6 +6,7 @@ pub mod body;
 pub mod branches;
 pub mod chats;
 pub mod compat;
+pub mod doc_pages;
 pub mod docs;
 
 pub mod generations;

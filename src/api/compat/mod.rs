@@ -9,6 +9,7 @@
 //! Where the seeds leave a status code unstated, these endpoints answer 200 like the FastAPI
 //! services they replace.
 
+pub mod openapi;
 pub mod plain;
 pub mod qa;
 pub mod rooms;
@@ -186,6 +187,10 @@ pub async fn exchange(
 }
 
 /// `DELETE /api/v1/chats/delete-chat/{chat_id}` (001) and `DELETE /chats/{chat_id}` (003).
+#[utoipa::path(delete, path = "/api/v1/chats/delete-chat/{chat_id}", operation_id = "seed_delete_chat",
+    tag = "seed 001", security(("bearer" = [])), params(("chat_id" = ChatId, Path)),
+    responses((status = 200, description = "The chat and everything in it are deleted", body = Acknowledged),
+        (status = 404, body = crate::error::ErrorBody)))]
 pub async fn delete_chat(
     chats: web::Data<Chats>,
     user: AuthUser,
@@ -207,7 +212,7 @@ pub async fn account_name(accounts: &Accounts, user: UserId) -> Result<String, A
 }
 
 /// A seed's `{"message": ..., "chat_id": ...}` acknowledgement.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Acknowledged {
     pub message: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]

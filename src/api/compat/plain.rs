@@ -9,6 +9,7 @@ use arbor_actors::views::{ChatSummary, ChatView, MessageView};
 use arbor_actors::Chats;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::exchange;
 use crate::api::body::{Json, OptionalJson};
@@ -16,20 +17,32 @@ use crate::api::page_limit;
 use crate::auth::AuthUser;
 use crate::config::LimitSettings;
 use crate::domain;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+
+/// What `GET /` answers: where the docs and the health check are.
+#[derive(Serialize, ToSchema)]
+pub struct ServiceInfo {
+    pub message: &'static str,
+    pub version: &'static str,
+    pub docs: &'static str,
+    pub health: &'static str,
+}
 
 /// `GET /`.
+#[utoipa::path(get, path = "/", operation_id = "seed_root", tag = "seed 003",
+    responses((status = 200, description = "The service, its version and where its docs are", body = ServiceInfo)))]
 pub async fn root() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({
-        "message": "Arbor: branching AI conversations",
-        "version": env!("CARGO_PKG_VERSION"),
-        "docs": "/docs",
-        "health": "/health",
-    }))
+    HttpResponse::Ok().json(ServiceInfo {
+        message: "Arbor: branching AI conversations",
+        version: env!("CARGO_PKG_VERSION"),
+        docs: "/docs",
+        health: "/health",
+    })
 }
 
 /// A chat as seed 003 keeps it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Seed003Chat)]
 pub struct ChatPlain {
     pub id: ChatId,
     pub user_id: UserId,
@@ -66,13 +79,16 @@ impl ChatPlain {
 }
 
 /// A message as seed 003 keeps it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Seed003Message)]
 pub struct MessagePlain {
     pub id: MessageId,
     pub chat_id: ChatId,
     pub parent_id: Option<MessageId>,
     pub role: Role,
+    #[schema(value_type = String)]
     pub content: Arc<str>,
+    #[schema(value_type = Option<String>)]
     pub model: Option<Arc<str>>,
     pub created_at: DateTime<Utc>,
 }
@@ -91,12 +107,17 @@ impl From<MessageView> for MessagePlain {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = Seed003ChatBody)]
 pub struct ChatBody {
+    /// `null` clears it (on update).
     pub title: Option<String>,
 }
 
 /// `POST /chats`.
+#[utoipa::path(post, path = "/chats", operation_id = "seed_create_plain_chat", tag = "seed 003",
+    security(("bearer" = [])), request_body(content = Option<ChatBody>),
+    responses((status = 200, description = "The new chat", body = ChatPlain)))]
 pub async fn create_chat(
     chats: web::Data<Chats>,
     limits: web::Data<LimitSettings>,
@@ -111,14 +132,20 @@ pub async fn create_chat(
     Ok(HttpResponse::Ok().json(ChatPlain::of(&chat, user.0)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Chats per page.
     pub limit: Option<usize>,
+    /// The page: chats older than this one.
     pub before: Option<ChatId>,
 }
 
 /// `GET /chats`: the caller's chats, newest first (up to `limits.max_page_size`; page with
 /// `before`).
+#[utoipa::path(get, path = "/chats", operation_id = "seed_list_plain_chats", tag = "seed 003",
+    security(("bearer" = [])), params(ListQuery),
+    responses((status = 200, description = "The caller's chats, newest first", body = Vec<ChatPlain>)))]
 pub async fn list_chats(
     chats: web::Data<Chats>,
     limits: web::Data<LimitSettings>,
@@ -148,6 +175,10 @@ async fn active_path(
 }
 
 /// `GET /chats/{chat_id}`: the chat with its (active branch's) messages.
+#[utoipa::path(get, path = "/chats/{chat_id}", operation_id = "seed_get_plain_chat", tag = "seed 003",
+    security(("bearer" = [])), params(("chat_id" = ChatId, Path)),
+    responses((status = 200, description = "The chat with its active branch's messages", body = ChatPlain),
+        (status = 404, body = ErrorBody)))]
 pub async fn get_chat(
     chats: web::Data<Chats>,
     user: AuthUser,
@@ -164,6 +195,10 @@ pub async fn get_chat(
 }
 
 /// `GET /chats/{chat_id}/messages`: every message of the active branch, oldest first.
+#[utoipa::path(get, path = "/chats/{chat_id}/messages", operation_id = "seed_list_plain_messages", tag = "seed 003",
+    security(("bearer" = [])), params(("chat_id" = ChatId, Path)),
+    responses((status = 200, description = "The active branch's messages, oldest first", body = Vec<MessagePlain>),
+        (status = 404, body = ErrorBody)))]
 pub async fn messages(
     chats: web::Data<Chats>,
     user: AuthUser,
@@ -173,6 +208,9 @@ pub async fn messages(
 }
 
 /// `PATCH /chats/{chat_id}`: `{"title"}` (`null` clears it).
+#[utoipa::path(patch, path = "/chats/{chat_id}", operation_id = "seed_update_plain_chat", tag = "seed 003",
+    security(("bearer" = [])), params(("chat_id" = ChatId, Path)), request_body = ChatBody,
+    responses((status = 200, description = "The chat", body = ChatPlain), (status = 404, body = ErrorBody)))]
 pub async fn update_chat(
     chats: web::Data<Chats>,
     limits: web::Data<LimitSettings>,
@@ -191,7 +229,9 @@ pub async fn update_chat(
     Ok(HttpResponse::Ok().json(ChatPlain::of(&chat, user.0)))
 }
 
-#[derive(Deserialize)]
+/// A message for `POST /chat`.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = Seed003ChatMessage)]
 pub struct ChatMessage {
     /// Absent: a new chat is created, titled after the message.
     pub chat_id: Option<ChatId>,
@@ -201,12 +241,15 @@ pub struct ChatMessage {
 }
 
 /// What `POST /chat` answers.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Seed003ChatReply)]
 pub struct ChatReply {
     pub chat_id: ChatId,
     /// The assistant's answer.
+    #[schema(value_type = String)]
     pub response: Arc<str>,
     /// The model that answered (`provider/model`).
+    #[schema(value_type = Option<String>)]
     pub model: Option<Arc<str>>,
     pub user_message: MessagePlain,
     pub assistant_message: MessagePlain,
@@ -222,6 +265,11 @@ fn model_for(chats: &Chats, requested: Option<String>) -> Option<Arc<str>> {
 }
 
 /// `POST /chat`: sends the message and answers with the model's reply (on the active branch).
+#[utoipa::path(post, path = "/chat", operation_id = "seed_chat", tag = "seed 003",
+    security(("bearer" = [])), request_body = ChatMessage,
+    responses((status = 200, description = "The message and the model's reply", body = ChatReply),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody),
+        (status = 504, body = ErrorBody)))]
 pub async fn chat(
     chats: web::Data<Chats>,
     limits: web::Data<LimitSettings>,

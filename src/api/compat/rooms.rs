@@ -12,6 +12,7 @@ use arbor_actors::Chats;
 use chrono::{DateTime, Utc};
 use futures_util::future::try_join_all;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{account_name, exchange};
 use crate::api::auth::{RegisterRequest, Registered, UserView};
@@ -20,7 +21,7 @@ use crate::api::page_limit;
 use crate::auth::{Accounts, AuthUser};
 use crate::config::LimitSettings;
 use crate::domain;
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Code, ErrorBody};
 
 /// Messages `GET /rooms/{room_id}` shows: the newest ten.
 const ROOM_MESSAGES: usize = 10;
@@ -28,8 +29,8 @@ const ROOM_MESSAGES: usize = 10;
 const AI_NAME: &str = "AI Assistant";
 
 /// `{"message": ..., "data": {...}}`.
-#[derive(Serialize)]
-struct Envelope<T: Serialize> {
+#[derive(Serialize, ToSchema)]
+pub struct Envelope<T: Serialize> {
     message: &'static str,
     data: T,
 }
@@ -38,20 +39,38 @@ fn envelope<T: Serialize>(message: &'static str, data: T) -> HttpResponse {
     HttpResponse::Ok().json(Envelope { message, data })
 }
 
-#[derive(Serialize)]
-struct UserData {
+#[derive(Serialize, ToSchema)]
+pub struct UserData {
     user: UserView,
 }
 
-/// `POST /auth/signup`: `{"username", "email", "password"}`; seed 004 requires the email.
+/// Seed 004's new account: its email is required.
+#[derive(Deserialize, ToSchema)]
+pub struct SignupRequest {
+    pub username: Option<String>,
+    pub email: String,
+    pub password: String,
+}
+
+/// `POST /auth/signup`: `{"username", "email", "password"}`.
+#[utoipa::path(post, path = "/auth/signup", operation_id = "seed_signup", tag = "seed 004",
+    request_body = SignupRequest,
+    responses((status = 200, description = "The new account", body = Envelope<UserData>),
+        (status = 409, body = ErrorBody)))]
 pub async fn signup(
     accounts: web::Data<Accounts>,
-    body: Json<RegisterRequest>,
+    body: Json<SignupRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    if body.email.is_none() {
-        return Err(ApiError::new(Code::ValidationFailed, "give `email`"));
-    }
+    let SignupRequest {
+        username,
+        email,
+        password,
+    } = body.into_inner();
+    let body = RegisterRequest {
+        email: Some(email),
+        username,
+        password,
+    };
     let registered = Registered::create(&accounts, body).await?;
     Ok(envelope(
         "User created successfully",
@@ -62,7 +81,7 @@ pub async fn signup(
 }
 
 /// A room: a chat with its name, description and owner.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Room {
     pub id: ChatId,
     pub name: Option<String>,
@@ -97,10 +116,11 @@ impl Room {
 }
 
 /// A message as seed 004 shows it: `message_type` `user` or `ai`; `user_id` null for the AI.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RoomMessage {
     pub id: MessageId,
     pub m_id: MessageId,
+    #[schema(value_type = String)]
     pub content: Arc<str>,
     pub user_id: Option<UserId>,
     pub room_id: ChatId,
@@ -129,18 +149,21 @@ impl RoomMessage {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct CreateRoom {
     pub name: String,
     pub description: Option<String>,
 }
 
-#[derive(Serialize)]
-struct RoomData {
+#[derive(Serialize, ToSchema)]
+pub struct RoomData {
     room: Room,
 }
 
 /// `POST /rooms/`: `{"name", "description"}`.
+#[utoipa::path(post, path = "/rooms/", operation_id = "seed_create_room", tag = "seed 004",
+    security(("bearer" = [])), request_body = CreateRoom,
+    responses((status = 200, description = "The new room", body = Envelope<RoomData>)))]
 pub async fn create(
     chats: web::Data<Chats>,
     limits: web::Data<LimitSettings>,
@@ -166,18 +189,24 @@ pub async fn create(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Rooms per page.
     pub limit: Option<usize>,
+    /// The page: rooms older than this one.
     pub before: Option<ChatId>,
 }
 
-#[derive(Serialize)]
-struct RoomsData {
+#[derive(Serialize, ToSchema)]
+pub struct RoomsData {
     rooms: Vec<Room>,
 }
 
 /// `GET /rooms/`: the caller's rooms, newest first, with their message counts.
+#[utoipa::path(get, path = "/rooms/", operation_id = "seed_list_rooms", tag = "seed 004",
+    security(("bearer" = [])), params(ListQuery),
+    responses((status = 200, description = "The caller's rooms, newest first", body = Envelope<RoomsData>)))]
 pub async fn list(
     chats: web::Data<Chats>,
     limits: web::Data<LimitSettings>,
@@ -198,6 +227,10 @@ pub async fn list(
 }
 
 /// `GET /rooms/{room_id}`: the room with its newest ten messages, oldest first.
+#[utoipa::path(get, path = "/rooms/{room_id}", operation_id = "seed_get_room", tag = "seed 004",
+    security(("bearer" = [])), params(("room_id" = ChatId, Path)),
+    responses((status = 200, description = "The room with its newest ten messages", body = Room),
+        (status = 404, body = ErrorBody)))]
 pub async fn get(
     chats: web::Data<Chats>,
     accounts: web::Data<Accounts>,
@@ -220,23 +253,28 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(room))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct SendToRoom {
     pub content: String,
 }
 
-#[derive(Serialize)]
-struct Exchange {
+#[derive(Serialize, ToSchema)]
+pub struct Exchange {
     user_message: RoomMessage,
     ai_message: RoomMessage,
 }
 
-#[derive(Serialize)]
-struct MessagesData {
+#[derive(Serialize, ToSchema)]
+pub struct MessagesData {
     messages: Exchange,
 }
 
 /// `POST /chat/{room_id}`: `{"content"}`; answers with the stored message and the model's reply.
+#[utoipa::path(post, path = "/chat/{room_id}", operation_id = "seed_send_to_room", tag = "seed 004",
+    security(("bearer" = [])), params(("room_id" = ChatId, Path)), request_body = SendToRoom,
+    responses((status = 200, description = "The message and the model's reply", body = Envelope<MessagesData>),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody),
+        (status = 504, body = ErrorBody)))]
 pub async fn send(
     chats: web::Data<Chats>,
     accounts: web::Data<Accounts>,

@@ -14,6 +14,7 @@ use arbor_actors::views::{BranchView, ChatSummary, ChatView, MessageView, SendVi
 use arbor_actors::Chats;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::qa::{self, Pair};
 use super::{account_name, Acknowledged, Snapshot};
@@ -23,12 +24,15 @@ use crate::api::page_limit;
 use crate::auth::{Accounts, AuthUser};
 use crate::config::LimitSettings;
 use crate::domain;
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Code, ErrorBody};
 
 /// One question/answer pair.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = V1Pair)]
 pub struct PairView {
+    #[schema(value_type = Option<String>)]
     pub question: Option<Arc<str>>,
+    #[schema(value_type = Option<String>)]
     pub response: Option<Arc<str>>,
     pub question_id: Option<MessageId>,
     pub response_id: Option<MessageId>,
@@ -48,7 +52,8 @@ impl From<&Pair<'_>> for PairView {
 }
 
 /// A branch as seed 002 lists it (forks only: the chat's own line is the chat).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = V1Branch)]
 pub struct BranchV1 {
     pub branch_id: BranchId,
     pub id: BranchId,
@@ -96,7 +101,8 @@ impl BranchV1 {
 }
 
 /// A chat in the shape all three seeds document (`_id` is the chat id again).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = V1Chat)]
 pub struct ChatV1 {
     pub chat_id: ChatId,
     pub id: ChatId,
@@ -174,23 +180,30 @@ impl ChatV1 {
     }
 }
 
-#[derive(Deserialize, Default)]
+/// A chat's title (`title`, or seed 002's `name`) and description.
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = V1ChatBody)]
 pub struct ChatBody {
     pub title: Option<String>,
+    /// Seed 002's name for `title`.
     pub name: Option<String>,
     pub description: Option<String>,
 }
 
 impl ChatBody {
+    /// `title`, else `name`; each is checked when given.
     fn title(&self, limits: &LimitSettings) -> Result<Option<String>, ApiError> {
-        domain::title(
-            self.title.as_deref().or(self.name.as_deref()),
-            limits.max_title_chars,
-        )
+        let title = domain::title(self.title.as_deref(), limits.max_title_chars)?;
+        let name = domain::title(self.name.as_deref(), limits.max_title_chars)?;
+        Ok(title.or(name))
     }
 }
 
 /// `POST /api/v1/chats/create-chat`: `{"title"}` (000, 001) or `{"name"}` (002).
+#[utoipa::path(post, path = "/api/v1/chats/create-chat", operation_id = "seed_create_chat",
+    tags = ["seed 000", "seed 001", "seed 002"], security(("bearer" = [])),
+    request_body(content = Option<ChatBody>),
+    responses((status = 200, description = "The new chat", body = ChatV1)))]
 pub async fn create_chat(
     chats: web::Data<Chats>,
     accounts: web::Data<Accounts>,
@@ -211,16 +224,34 @@ pub async fn create_chat(
     Ok(HttpResponse::Ok().json(ChatV1::new_chat(&chat, user.0, &account)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ChatQuery {
+    /// The chat to show; without it, the caller's chats.
     pub chat_id: Option<ChatId>,
+    /// The branch whose pairs to show; the active branch by default.
     pub branch_id: Option<BranchId>,
+    /// Chats per page (the list).
     pub limit: Option<usize>,
+    /// The list's page: chats older than this one.
     pub before: Option<ChatId>,
+}
+
+/// `get-chat`'s answer: one chat with its pairs, or the caller's chats.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = V1ChatOrList)]
+pub enum ChatOrList {
+    One(Box<ChatV1>),
+    List(Vec<ChatV1>),
 }
 
 /// `GET /api/v1/chats/get-chat`: with `chat_id`, that chat with its pairs (002); without, the
 /// caller's chats (001).
+#[utoipa::path(get, path = "/api/v1/chats/get-chat", operation_id = "seed_get_chat",
+    tags = ["seed 001", "seed 002"], security(("bearer" = [])), params(ChatQuery),
+    responses((status = 200, description = "With `chat_id`: that chat with its forks and the pairs of a branch; without: the caller's chats, newest first", body = ChatOrList),
+        (status = 404, body = ErrorBody)))]
 pub async fn get_chat(
     chats: web::Data<Chats>,
     accounts: web::Data<Accounts>,
@@ -237,13 +268,20 @@ pub async fn get_chat(
             .iter()
             .map(|c| ChatV1::summary(c, user.0, &account))
             .collect();
-        return Ok(HttpResponse::Ok().json(list));
+        return Ok(HttpResponse::Ok().json(ChatOrList::List(list)));
     };
     let snapshot = Snapshot::read(&chats, user.0, chat).await?;
-    Ok(HttpResponse::Ok().json(ChatV1::full(&snapshot, query.branch_id, user.0, &account)?))
+    let chat = ChatV1::full(&snapshot, query.branch_id, user.0, &account)?;
+    Ok(HttpResponse::Ok().json(ChatOrList::One(Box::new(chat))))
 }
 
 /// `GET /api/v1/messages/get-chat?chat_id=..[&branch_id=..]` (000): a branch's pairs.
+#[utoipa::path(get, path = "/api/v1/messages/get-chat", operation_id = "seed_get_chat_messages",
+    tag = "seed 000", security(("bearer" = [])),
+    params(("chat_id" = ChatId, Query, description = "The chat"),
+        ("branch_id" = Option<BranchId>, Query, description = "The branch; the active one by default")),
+    responses((status = 200, description = "The chat with the pairs of the branch", body = ChatV1),
+        (status = 404, body = ErrorBody)))]
 pub async fn branch_messages(
     chats: web::Data<Chats>,
     accounts: web::Data<Accounts>,
@@ -259,6 +297,10 @@ pub async fn branch_messages(
 }
 
 /// `PUT /api/v1/chats/update-chat/{chat_id}` (001): `{"title"}` or `{"name"}`, `description`.
+#[utoipa::path(put, path = "/api/v1/chats/update-chat/{chat_id}", operation_id = "seed_update_chat",
+    tag = "seed 001", security(("bearer" = [])), params(("chat_id" = ChatId, Path)),
+    request_body = ChatBody,
+    responses((status = 200, description = "The chat", body = ChatV1), (status = 404, body = ErrorBody)))]
 pub async fn update_chat(
     chats: web::Data<Chats>,
     accounts: web::Data<Accounts>,
@@ -284,8 +326,10 @@ pub async fn update_chat(
     Ok(HttpResponse::Ok().json(ChatV1::summary(&ChatSummary::from(&chat), user.0, &account)))
 }
 
-/// A message or a question/answer pair, in any of the seeds' spellings.
-#[derive(Deserialize)]
+/// A message or a question/answer pair, in any of the seeds' spellings: the question as one of
+/// `question`, `content` or `message`, its answer as `response` or `answer`.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = V1AddMessage)]
 pub struct AddMessage {
     pub chat_id: ChatId,
     /// The branch to add to; the active branch by default.
@@ -300,7 +344,8 @@ pub struct AddMessage {
 }
 
 /// What an add created, as a pair, with the messages themselves.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = V1Added)]
 pub struct AddedV1 {
     pub chat_id: ChatId,
     pub branch_id: BranchId,
@@ -352,6 +397,12 @@ fn one_of(fields: [(&'static str, Option<String>); 3]) -> Result<Option<String>,
 /// `POST /api/v1/messages/add-message` (000, 001, 002) and `POST /api/v1/conversations/` (001):
 /// a question (`question`, `content` or `message`) and optionally its answer (`response` or
 /// `answer`), appended to the branch.
+#[utoipa::path(post, path = "/api/v1/messages/add-message", operation_id = "seed_add_message",
+    tags = ["seed 000", "seed 001", "seed 002"], security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header)),
+    request_body = AddMessage,
+    responses((status = 200, description = "The pair added, with its messages", body = AddedV1),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn add_message(
     req: HttpRequest,
     chats: web::Data<Chats>,
@@ -390,7 +441,8 @@ pub async fn add_message(
 /// point: `message_index` (a pair on `branch_id`, the active branch by default), a message id
 /// (`message_id`, `parent_message_id` or `response_id`), or else the branch's head (an empty
 /// branch when it has none: its first message starts a new conversation in the chat).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = V1CreateBranch)]
 pub struct CreateBranch {
     pub chat_id: Option<ChatId>,
     pub parent_chat_id: Option<ChatId>,
@@ -406,6 +458,11 @@ pub struct CreateBranch {
 
 /// `POST /api/v1/branches/create-branch` (000, 001, 002) and
 /// `POST /api/v1/chats/create-conversation` (000).
+#[utoipa::path(post, path = "/api/v1/branches/create-branch", operation_id = "seed_create_branch",
+    tags = ["seed 000", "seed 001", "seed 002"], security(("bearer" = [])),
+    request_body = CreateBranch,
+    responses((status = 200, description = "The new branch", body = BranchV1),
+        (status = 404, body = ErrorBody)))]
 pub async fn create_branch(
     chats: web::Data<Chats>,
     limits: web::Data<LimitSettings>,
@@ -478,12 +535,18 @@ fn fork_point(
     Ok((ForkPoint::Message(pairs[index].last().id), Some(index)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BranchesQuery {
+    /// The chat.
     pub chat_id: ChatId,
 }
 
 /// `GET /api/v1/branches/get-branches?chat_id=..` (001, 002): the chat's forks.
+#[utoipa::path(get, path = "/api/v1/branches/get-branches", operation_id = "seed_get_branches",
+    tags = ["seed 001", "seed 002"], security(("bearer" = [])), params(BranchesQuery),
+    responses((status = 200, description = "The chat's forks", body = Vec<BranchV1>),
+        (status = 404, body = ErrorBody)))]
 pub async fn branches(
     chats: web::Data<Chats>,
     user: AuthUser,
@@ -493,14 +556,23 @@ pub async fn branches(
     Ok(HttpResponse::Ok().json(BranchV1::list(&snapshot)))
 }
 
-#[derive(Deserialize, Default)]
+/// The chat and the branch to make active, in the query string or the body.
+#[derive(Deserialize, Default, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[schema(as = V1SetActive)]
 pub struct SetActive {
     pub chat_id: Option<ChatId>,
+    /// The chat's id for the chat's own line.
     pub branch_id: Option<BranchId>,
 }
 
 /// `PUT /api/v1/branches/set-active-branch?chat_id=..&branch_id=..` (001, 002); both may also
 /// come in a JSON body. `branch_id` equal to the chat id returns to the chat's own line.
+#[utoipa::path(put, path = "/api/v1/branches/set-active-branch", operation_id = "seed_set_active_branch",
+    tags = ["seed 001", "seed 002"], security(("bearer" = [])), params(SetActive),
+    request_body(content = Option<SetActive>),
+    responses((status = 200, description = "The branch is active", body = Acknowledged),
+        (status = 404, body = ErrorBody)))]
 pub async fn set_active_branch(
     chats: web::Data<Chats>,
     user: AuthUser,
