@@ -581,6 +581,7 @@ mod tests {
             links,
             LINKS
                 .iter()
+                .chain(compat::openapi::LINKS)
                 .map(|(_, _, targets)| targets.len())
                 .sum::<usize>()
         );

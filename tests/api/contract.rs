@@ -65,15 +65,7 @@ async fn the_api_keeps_its_openapi_contract() {
     assert!(status.success(), "Schemathesis found failures:\n{report}");
     // A run that tested nothing would pass too: every operation of the document, Arbor's own
     // and the seed dialects', must have been tested.
-    let doc: serde_json::Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     let operations: usize = doc["paths"]
         .as_object()
         .unwrap()

@@ -24,6 +24,15 @@ fn operations(doc: &Value) -> BTreeSet<(String, String)> {
     found
 }
 
+/// The strings of a script's array, each through `part`.
+fn strings(array: &Value, part: impl Fn(&str) -> &str) -> BTreeSet<String> {
+    let array = array.as_array().unwrap();
+    array
+        .iter()
+        .map(|s| part(s.as_str().unwrap()).to_owned())
+        .collect()
+}
+
 /// The URLs of every resource the page loaded, which must all be the server's own.
 const RESOURCES: &str = "return performance.getEntriesByType('resource').map(e => e.name)";
 
@@ -48,14 +57,7 @@ async fn docs_redoc_and_the_document_are_served_at_fastapis_paths_and_render_off
         let res = client.get(app.url(path)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{path}");
     }
-    let doc: Value = client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     let operations = operations(&doc);
     let paths: BTreeSet<String> = operations.iter().map(|(p, _)| p.clone()).collect();
     let ids: BTreeSet<String> = operations.iter().map(|(_, id)| id.clone()).collect();
@@ -71,13 +73,7 @@ async fn docs_redoc_and_the_document_are_served_at_fastapis_paths_and_render_off
             |v| v.as_array().is_some_and(|a| a.len() >= operations.len()),
         )
         .await;
-    let shown: BTreeSet<String> = shown
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(shown, paths);
+    assert_eq!(strings(&shown, |p| p), paths);
     let title = browser
         .script("return document.querySelector('.info .title').textContent")
         .await;
@@ -92,19 +88,7 @@ async fn docs_redoc_and_the_document_are_served_at_fastapis_paths_and_render_off
             |v| v.as_array().is_some_and(|a| a.len() >= operations.len()),
         )
         .await;
-    let sections: BTreeSet<String> = sections
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            s.as_str()
-                .unwrap()
-                .rsplit("/operation/")
-                .next()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let sections = strings(&sections, |s| s.rsplit("/operation/").next().unwrap());
     assert_eq!(sections, ids);
     loaded_only_from(&browser, &base).await;
 

@@ -161,6 +161,18 @@ impl TestApp {
         User::from_session(&res.json().await.unwrap())
     }
 
+    /// The OpenAPI document the server serves.
+    pub async fn openapi(&self) -> Value {
+        let res = self
+            .client
+            .get(self.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.unwrap()
+    }
+
     /// POSTs JSON without a token.
     pub async fn post_anon(&self, path: &str, body: Value) -> Response {
         self.client
