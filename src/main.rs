@@ -79,7 +79,8 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Ok(())
                 }
-                None => anyhow::bail!("no account has the email or username {email}"),
+                None if email.contains('@') => anyhow::bail!("no account has the email {email}"),
+                None => anyhow::bail!("no account has the username {email}"),
             }
         }
         Command::Migrate => {
