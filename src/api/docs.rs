@@ -13,6 +13,7 @@ use utoipa::openapi::security::{
 };
 use utoipa::{Modify, OpenApi};
 
+use super::openapi::{add_links, link, merge, parameter, Link};
 use super::{admin, auth, branches, chats, compat, generations, health, messages, models};
 use crate::config::LimitSettings;
 
@@ -77,7 +78,7 @@ pub fn document(limits: &LimitSettings) -> Value {
     list_error_codes(&mut doc);
     describe_event_streams(&mut doc);
     add_limits(&mut doc, limits);
-    add_links(&mut doc);
+    add_links(&mut doc, &[LINKS, compat::openapi::LINKS]);
     doc
 }
 
@@ -99,25 +100,6 @@ fn list_error_codes(doc: &mut Value) {
                 .collect::<Map<_, _>>()
                 .into(),
         );
-    }
-}
-
-/// A link from a created resource to an operation on it: the operation's id, its parameters
-/// as runtime expressions on the response, and what its body takes from the response.
-pub(crate) struct Link {
-    to: &'static str,
-    parameters: &'static [(&'static str, &'static str)],
-    body: Option<(&'static str, &'static str)>,
-}
-
-pub(crate) const fn link(
-    to: &'static str,
-    parameters: &'static [(&'static str, &'static str)],
-) -> Link {
-    Link {
-        to,
-        parameters,
-        body: None,
     }
 }
 
@@ -200,43 +182,6 @@ const GENERATION: &[(&str, &str)] = &[
     ("chat_id", "$response.body#/branch/chat_id"),
     ("generation_id", "$response.body#/generation_id"),
 ];
-
-/// Adds [`LINKS`] to the responses they start from.
-fn add_links(doc: &mut Value) {
-    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
-        return;
-    };
-    for operation in paths
-        .values_mut()
-        .filter_map(Value::as_object_mut)
-        .flat_map(|operations| operations.values_mut())
-    {
-        let id = operation["operationId"].as_str().unwrap_or_default();
-        let mut all = LINKS.iter().chain(compat::openapi::LINKS);
-        let Some((_, status, targets)) = all.find(|(from, _, _)| *from == id) else {
-            continue;
-        };
-        let Some(response) = operation.pointer_mut(&format!("/responses/{status}")) else {
-            continue;
-        };
-        let links: Map<String, Value> = targets
-            .iter()
-            .map(|link| {
-                let parameters: Map<String, Value> = link
-                    .parameters
-                    .iter()
-                    .map(|(name, expression)| ((*name).to_owned(), json!(expression)))
-                    .collect();
-                let mut value = json!({"operationId": link.to, "parameters": parameters});
-                if let Some((field, expression)) = link.body {
-                    value["requestBody"] = json!({ field: expression });
-                }
-                (link.to.to_owned(), value)
-            })
-            .collect();
-        response["links"] = Value::Object(links);
-    }
-}
 
 /// Error answers that many endpoints share, as `components.responses`, named by each status.
 const SHARED: [(&str, &str, &str); 6] = [
@@ -496,45 +441,6 @@ fn add_limits(doc: &mut Value, limits: &LimitSettings) {
         "/api/v1/conversations/",
     ] {
         merge(parameter(doc, path, "post", "Idempotency-Key"), &key);
-    }
-}
-
-/// The schema of one of an operation's parameters.
-pub(crate) fn parameter<'a>(
-    doc: &'a mut Value,
-    path: &str,
-    method: &str,
-    name: &str,
-) -> Option<&'a mut Value> {
-    doc.get_mut("paths")?
-        .get_mut(path)?
-        .get_mut(method)?
-        .get_mut("parameters")?
-        .as_array_mut()?
-        .iter_mut()
-        .find(|p| p["name"] == name)?
-        .get_mut("schema")
-}
-
-/// Adds `extra`'s keys to a schema (the unit tests check that each one is found). A schema `utoipa` wrote as `oneOf: [null, X]` (an optional
-/// field) gets them on its `X` alternative, where a string or number is checked.
-pub(crate) fn merge(schema: Option<&mut Value>, extra: &Value) {
-    let Some(schema) = schema else {
-        return;
-    };
-    let target = match schema.get_mut("oneOf").and_then(Value::as_array_mut) {
-        Some(alternatives) => alternatives
-            .iter_mut()
-            .find(|a| a["type"] != "null")
-            .filter(|a| a.get("$ref").is_none()),
-        None => Some(schema),
-    };
-    let (Some(target), Some(extra)) = (target.and_then(Value::as_object_mut), extra.as_object())
-    else {
-        return;
-    };
-    for (key, value) in extra {
-        target.insert(key.clone(), value.clone());
     }
 }
 

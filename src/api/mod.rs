@@ -8,6 +8,7 @@ pub mod chats;
 pub mod compat;
 pub mod doc_pages;
 pub mod docs;
+mod openapi;
 
 pub mod generations;
 pub mod health;

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 use utoipa::OpenApi;
 
 use super::{plain, rooms, v1};
-use crate::api::docs::{link, merge, parameter, Link};
+use crate::api::openapi::{link, merge, parameter, Link};
 use crate::config::LimitSettings;
 
 #[derive(OpenApi)]
