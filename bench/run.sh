@@ -131,14 +131,19 @@ messages = \"mongodb\"
 postgres_url = \"$PG_URL\"
 mongodb_url = \"$MONGO_URL\""
 fi
-cat > "$WORK/config.toml" <<TOML
+# The server's configuration, and the in-process scenarios' (ack, activation, page, lag,
+# memory): the same settings on stores of their own, since two processes must never share
+# stores (the second one refuses to start: README, "Deployments").
+write_config() {
+    cat <<TOML
 [server]
 port = $ARBOR_PORT
 workers = 2
 [storage]
-data_dir = "$WORK/data"
+data_dir = "$1"
 ack_mode = "$ACK"
 $STORAGE
+$2
 ${BENCH_STORAGE:-}
 [auth]
 bcrypt_cost = 4
@@ -152,6 +157,12 @@ default_model = "stub"
 max_concurrent = 64
 queue_capacity = 4096
 TOML
+}
+write_config "$WORK/data" "" > "$WORK/config.toml"
+INPROC_STORAGE=""
+[ "$BACKEND" != postgres-mongodb ] || INPROC_STORAGE='postgres_schema = "inproc"
+mongodb_database = "arbor_inproc"'
+write_config "$WORK/inproc-data" "$INPROC_STORAGE" > "$WORK/inproc.toml"
 
 "$BIN/arbor-bench" ceiling --port "$CEILING_PORT" --workers 2 & PIDS+=($!); CEILING_PID=$!
 "$BIN/arbor-bench" stub-llm --port "$STUB_PORT" & PIDS+=($!)
@@ -409,18 +420,18 @@ run_inproc() {
             "$BIN/arbor-bench" ttft --base "http://127.0.0.1:$ARBOR_PORT" --state "$(state_for ttft)" \
                 --stub "http://127.0.0.1:$STUB_PORT" --requests $((DURATION * 50)) ;;
         ack)
-            "$BIN/arbor-bench" ack --config "$WORK/config.toml" --chats 100 --sends $((DURATION * 250)) ;;
+            "$BIN/arbor-bench" ack --config "$WORK/inproc.toml" --chats 100 --sends $((DURATION * 250)) ;;
         activation)
-            "$BIN/arbor-bench" activation --config "$WORK/config.toml" --chats 20 --pairs 500 \
+            "$BIN/arbor-bench" activation --config "$WORK/inproc.toml" --chats 20 --pairs 500 \
                 --rounds $(( DURATION > 5 ? 10 : 3 )) ;;
         page)
-            "$BIN/arbor-bench" page --config "$WORK/config.toml" --chats "$CHATS" --pairs "$PAIRS" \
+            "$BIN/arbor-bench" page --config "$WORK/inproc.toml" --chats "$CHATS" --pairs "$PAIRS" \
                 --answer-bytes "$ANSWER_BYTES" --reads $((DURATION * 20000)) ;;
         lag)
-            "$BIN/arbor-bench" lag --config "$WORK/config.toml" --chats "$CHATS" --rate "$LAG_RATE" \
+            "$BIN/arbor-bench" lag --config "$WORK/inproc.toml" --chats "$CHATS" --rate "$LAG_RATE" \
                 --seconds "$DURATION" ;;
         memory)
-            "$BIN/arbor-bench" memory --config "$WORK/config.toml" --chats "$MEMORY_CHATS" --pairs 5
+            "$BIN/arbor-bench" memory --config "$WORK/inproc.toml" --chats "$MEMORY_CHATS" --pairs 5
             "$BIN/arbor-bench" memory-floor --chats "$MEMORY_CHATS" ;;
     esac
 }

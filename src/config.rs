@@ -50,6 +50,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub admin: AdminSettings,
+    pub membership: MembershipSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -323,6 +324,20 @@ pub struct AdminSettings {
     pub history_secs: usize,
 }
 
+/// The membership table every server enters in its metadata store (`crate::membership`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipSettings {
+    /// A node whose last heartbeat is older than this is dead.
+    pub node_ttl_secs: u64,
+}
+
+impl MembershipSettings {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.node_ttl_secs.max(1))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
@@ -412,6 +427,7 @@ impl Default for Settings {
                 emails: Vec::new(),
                 history_secs: 300,
             },
+            membership: MembershipSettings { node_ttl_secs: 10 },
         }
     }
 }
@@ -459,6 +475,12 @@ impl Default for MetricsSettings {
 impl Default for AdminSettings {
     fn default() -> Self {
         Settings::default().admin
+    }
+}
+
+impl Default for MembershipSettings {
+    fn default() -> Self {
+        Settings::default().membership
     }
 }
 

@@ -16,6 +16,7 @@ pub mod domain;
 pub mod error;
 pub mod lifecycle;
 pub mod llm;
+pub mod membership;
 pub mod metrics;
 pub mod startup;
 pub mod storage;

@@ -21,9 +21,19 @@ use crate::auth::{load_or_create_secret, Accounts, Tokens};
 use crate::config::{self, ActorPlacement, Settings};
 use crate::error::extractors;
 use crate::lifecycle::{self, Lifecycle};
+use crate::membership::Member;
 use crate::metrics::Metrics;
 use crate::storage::{self, Connections, Stores};
 use crate::telemetry;
+
+/// What `Application::start` builds.
+struct Started {
+    server: Server,
+    metrics_server: Option<(u16, Server)>,
+    chats: Chats,
+    lifecycle: Arc<Lifecycle>,
+    drain_delay: Duration,
+}
 
 pub struct Application {
     port: u16,
@@ -32,6 +42,8 @@ pub struct Application {
     metrics_server: Option<(u16, Server)>,
     chats: Chats,
     connections: Connections,
+    /// This server's row in the membership table, left after the last flush.
+    member: Member,
     lifecycle: Arc<Lifecycle>,
     drain_delay: Duration,
 }
@@ -41,6 +53,45 @@ impl Application {
     /// an actix system.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let (stores, connections) = storage::open(&settings).await?;
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .with_context(|| {
+                format!("binding {}:{}", settings.server.host, settings.server.port)
+            })?;
+        let port = listener.local_addr()?.port();
+        // Before anything is written or served: another live server on these stores keeps this
+        // one out.
+        let member = Member::join(
+            connections.membership()?,
+            format!("{}:{port}", settings.server.host),
+            settings.membership.ttl(),
+        )
+        .await?;
+        let started = Self::start(settings, stores, listener, port).await;
+        match started {
+            Ok(parts) => Ok(Self {
+                port,
+                server: parts.server,
+                metrics_server: parts.metrics_server,
+                chats: parts.chats,
+                connections,
+                member,
+                lifecycle: parts.lifecycle,
+                drain_delay: parts.drain_delay,
+            }),
+            Err(e) => {
+                member.leave().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Everything after the membership check: accounts, model pool, chats, metrics, HTTP.
+    async fn start(
+        settings: Settings,
+        stores: Stores,
+        listener: TcpListener,
+        port: u16,
+    ) -> anyhow::Result<Started> {
         let secret = load_or_create_secret(&settings.auth, &settings.storage.data_dir)?;
         let tokens = Tokens::new(&secret, settings.auth.token_ttl_minutes);
         let accounts = Accounts::new(stores.metadata.clone(), tokens, settings.auth.bcrypt_cost)?
@@ -60,11 +111,6 @@ impl Application {
         );
         metrics.start_sampler();
 
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
-            .with_context(|| {
-                format!("binding {}:{}", settings.server.host, settings.server.port)
-            })?;
-        let port = listener.local_addr()?.port();
         let metrics_server = match settings.metrics.listen.trim() {
             "" => None,
             _ if !settings.metrics.enabled => None,
@@ -84,12 +130,10 @@ impl Application {
             stores = %storage::describe(&settings),
             "arbor is listening"
         );
-        Ok(Self {
-            port,
+        Ok(Started {
             server,
             metrics_server,
             chats,
-            connections,
             lifecycle,
             drain_delay: Duration::from_secs(settings.server.drain_delay_secs),
         })
@@ -155,9 +199,18 @@ impl Application {
         served.context("HTTP server failed")?;
         tracing::info!("HTTP stopped; flushing chats");
         self.chats.shutdown().await;
+        self.member.leave().await;
         self.connections.close().await;
         tracing::info!("all writes flushed; bye");
         Ok(())
+    }
+
+    /// For tools that build the application in-process without serving it (the benchmarks):
+    /// flushes every chat, leaves the membership table and closes the stores.
+    pub async fn close(self) {
+        self.chats.shutdown().await;
+        self.member.leave().await;
+        self.connections.close().await;
     }
 }
 

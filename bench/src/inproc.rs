@@ -50,8 +50,8 @@ where
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         let chats = app.chats().clone();
-        let result = body(chats.clone()).await;
-        chats.shutdown().await;
+        let result = body(chats).await;
+        app.close().await;
         result
     })
 }

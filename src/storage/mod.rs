@@ -12,6 +12,7 @@ use arbor_actors::model::{Branch, ChatMeta};
 use arbor_actors::ports::{BatchStore, MessageStore, MetadataStore, StoreError};
 
 use crate::config::{MessageBackend, MetadataBackend, Settings};
+use crate::membership::MembershipStore;
 
 /// Parses an id column; a bad one means the stored data is corrupt.
 pub(crate) fn parse_id<T: FromStr>(column: &str, value: &str) -> Result<T, StoreError> {
@@ -56,6 +57,15 @@ pub struct Connections {
 }
 
 impl Connections {
+    /// The membership table: in the metadata store (`crate::membership`).
+    pub fn membership(&self) -> anyhow::Result<Arc<dyn MembershipStore>> {
+        match (&self.postgres, &self.sqlite) {
+            (Some(postgres), _) => Ok(Arc::new(postgres.clone())),
+            (None, Some(sqlite)) => Ok(Arc::new(sqlite.clone())),
+            (None, None) => anyhow::bail!("no metadata store is open"),
+        }
+    }
+
     pub async fn close(&self) {
         if let Some(s) = &self.sqlite {
             s.close().await;

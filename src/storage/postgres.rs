@@ -18,6 +18,7 @@ use sqlx::{Connection, Row};
 use uuid::Uuid;
 
 use super::fold_chat_rows;
+use crate::membership::{KnownDead, MembershipStore, NodeRecord, NodeSeen};
 
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -595,5 +596,108 @@ async fn connect_at_startup(
         }
         tracing::warn!(%error, "PostgreSQL is not answering yet; retrying");
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn node_from(row: &PgRow) -> Result<NodeSeen, StoreError> {
+    let age: f64 = get(row, "age")?;
+    let pid: i32 = get(row, "pid")?;
+    Ok(NodeSeen {
+        node: NodeRecord {
+            id: get(row, "id")?,
+            address: get(row, "address")?,
+            host: get(row, "host")?,
+            pid: u32::try_from(pid).unwrap_or(u32::MAX),
+            started_at: get(row, "started_at")?,
+        },
+        heartbeat_age: Duration::from_secs_f64(age.max(0.0)),
+    })
+}
+
+/// Each row with its heartbeat's age, by the database's clock.
+const NODES: &str =
+    "SELECT *, EXTRACT(EPOCH FROM clock_timestamp() - heartbeat_at)::float8 AS age FROM nodes";
+
+/// The membership table (`crate::membership`): its join is one transaction holding the table's
+/// lock, so two servers starting at once enter it one after the other.
+#[async_trait]
+impl MembershipStore for PostgresStore {
+    async fn join(
+        &self,
+        node: &NodeRecord,
+        ttl: Duration,
+        known_dead: KnownDead,
+    ) -> Result<Vec<NodeSeen>, StoreError> {
+        let node = node.clone();
+        // One call on the pool's thread: the transaction never leaves it.
+        self.pooled(|pool| async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query("LOCK TABLE nodes IN EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+            let rows = sqlx::query(NODES).fetch_all(&mut *tx).await?;
+            let seen = match rows.iter().map(node_from).collect::<Result<Vec<_>, _>>() {
+                Ok(seen) => seen,
+                Err(corrupt) => return Ok(Err(corrupt)),
+            };
+            let (dead, live): (Vec<NodeSeen>, Vec<NodeSeen>) = seen
+                .into_iter()
+                .partition(|n| n.heartbeat_age >= ttl || known_dead(&n.node));
+            let dead: Vec<Uuid> = dead.iter().map(|n| n.node.id).collect();
+            sqlx::query("DELETE FROM nodes WHERE id = ANY($1)")
+                .bind(&dead)
+                .execute(&mut *tx)
+                .await?;
+            if live.is_empty() {
+                sqlx::query(
+                    "INSERT INTO nodes (id, address, host, pid, started_at, heartbeat_at)
+                     VALUES ($1, $2, $3, $4, $5, clock_timestamp())",
+                )
+                .bind(node.id)
+                .bind(&node.address)
+                .bind(&node.host)
+                .bind(i32::try_from(node.pid).unwrap_or(i32::MAX))
+                .bind(node.started_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(Ok(live))
+        })
+        .await?
+    }
+
+    async fn heartbeat(&self, id: Uuid) -> Result<bool, StoreError> {
+        let done = self
+            .pooled(|pool| async move {
+                sqlx::query("UPDATE nodes SET heartbeat_at = clock_timestamp() WHERE id = $1")
+                    .bind(id)
+                    .execute(&pool)
+                    .await
+            })
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn leave(&self, id: Uuid) -> Result<(), StoreError> {
+        self.pooled(|pool| async move {
+            sqlx::query("DELETE FROM nodes WHERE id = $1")
+                .bind(id)
+                .execute(&pool)
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeSeen>, StoreError> {
+        let rows = self
+            .pooled(|pool| async move {
+                sqlx::query(&format!("{NODES} ORDER BY id"))
+                    .fetch_all(&pool)
+                    .await
+            })
+            .await?;
+        rows.iter().map(node_from).collect()
     }
 }

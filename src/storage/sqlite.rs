@@ -17,9 +17,11 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
+use uuid::Uuid;
 
 use super::{fold_chat_rows, parse_id, parse_metadata};
 use crate::config::SqliteSync;
+use crate::membership::{KnownDead, MembershipStore, NodeRecord, NodeSeen};
 
 /// Bytes the WAL file keeps after a checkpoint.
 const JOURNAL_LIMIT: &str = "67108864";
@@ -569,6 +571,115 @@ fn push_message_deletes(q: &mut QueryBuilder<'_, Sqlite>, deletes: &MessageDelet
         q.push("DELETE FROM messages WHERE chat_id IN (");
         push_ids::<ChatId>(q, chunk);
         q.push(";\n");
+    }
+}
+
+fn node_from(row: &SqliteRow, now_ms: i64) -> Result<NodeSeen, StoreError> {
+    let heartbeat: i64 = row
+        .try_get("heartbeat_ms")
+        .map_err(|e| StoreError::Corrupt(format!("nodes.heartbeat_ms: {e}")))?;
+    let pid: i64 = row
+        .try_get("pid")
+        .map_err(|e| StoreError::Corrupt(format!("nodes.pid: {e}")))?;
+    Ok(NodeSeen {
+        node: NodeRecord {
+            id: parse_id("nodes.id", &text(row, "id")?)?,
+            address: text(row, "address")?,
+            host: text(row, "host")?,
+            pid: u32::try_from(pid).unwrap_or(u32::MAX),
+            started_at: time(row, "started_at")?,
+        },
+        heartbeat_age: Duration::from_millis(u64::try_from(now_ms - heartbeat).unwrap_or(0)),
+    })
+}
+
+/// The membership table (`crate::membership`): its join is one `BEGIN IMMEDIATE` transaction on
+/// the write connection, which other processes on the same file wait for.
+#[async_trait]
+impl MembershipStore for SqliteStore {
+    async fn join(
+        &self,
+        node: &NodeRecord,
+        ttl: Duration,
+        known_dead: KnownDead,
+    ) -> Result<Vec<NodeSeen>, StoreError> {
+        let mut conn = self.writes.acquire().await.map_err(store_error)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+        let joined = async {
+            let now = Utc::now().timestamp_millis();
+            let rows = sqlx::query("SELECT * FROM nodes")
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(store_error)?;
+            let seen = rows
+                .iter()
+                .map(|r| node_from(r, now))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (dead, live): (Vec<NodeSeen>, Vec<NodeSeen>) = seen
+                .into_iter()
+                .partition(|n| n.heartbeat_age >= ttl || known_dead(&n.node));
+            for gone in &dead {
+                sqlx::query("DELETE FROM nodes WHERE id = ?")
+                    .bind(gone.node.id.to_string())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(store_error)?;
+            }
+            if live.is_empty() {
+                sqlx::query(
+                    "INSERT INTO nodes (id, address, host, pid, started_at, heartbeat_ms)
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(node.id.to_string())
+                .bind(&node.address)
+                .bind(&node.host)
+                .bind(i64::from(node.pid))
+                .bind(node.started_at)
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(store_error)?;
+            }
+            Ok::<_, StoreError>(live)
+        }
+        .await;
+        let end = if joined.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        sqlx::query(end)
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+        joined
+    }
+
+    async fn heartbeat(&self, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE nodes SET heartbeat_ms = ? WHERE id = ?")
+            .bind(Utc::now().timestamp_millis())
+            .bind(id.to_string())
+            .execute(&self.writes)
+            .await
+            .map_err(store_error)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn leave(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM nodes WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&self.writes)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeSeen>, StoreError> {
+        let now = Utc::now().timestamp_millis();
+        let rows = sqlx::query("SELECT * FROM nodes ORDER BY id")
+            .fetch_all(&self.reads)
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(|r| node_from(r, now)).collect()
     }
 }
 

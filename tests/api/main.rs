@@ -18,6 +18,7 @@ mod helpers;
 mod isolation;
 mod llm;
 mod local_model;
+mod membership;
 mod messages;
 mod operations;
 mod outage;

@@ -1,0 +1,259 @@
+//! The membership table: every server enters a row in the metadata store's `nodes` table when it
+//! starts, refreshes its heartbeat while it runs and leaves when it stops (after its last
+//! flush). A node whose heartbeat is older than `membership.node_ttl_secs` is dead.
+//!
+//! Without cluster mode, two processes must never share stores: each keeps its chats' trees in
+//! memory and would overwrite the other's writes. So a server refuses to start while another
+//! live node is in the table, and says which. The check and the entry are one transaction, so
+//! two servers starting at once cannot both get in.
+//!
+//! A node that died without leaving (kill -9, a crash) stays in the table until its heartbeat
+//! expires; on the same host it is known dead at once when its process is gone (or, in this
+//! process, when it is no longer running here), so a restart after a crash need not wait.
+//! This is Orleans' SQL membership table, the first piece of cluster mode.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arbor_actors::ports::StoreError;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// One server as the table keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    /// New for every start (UUIDv7).
+    pub id: Uuid,
+    /// Where its HTTP server listens (`host:port`).
+    pub address: String,
+    /// The machine it runs on, and its process there.
+    pub host: String,
+    pub pid: u32,
+    pub started_at: DateTime<Utc>,
+}
+
+/// A node in the table, with how long ago (by the store's clock) it last sent a heartbeat.
+#[derive(Debug, Clone)]
+pub struct NodeSeen {
+    pub node: NodeRecord,
+    pub heartbeat_age: Duration,
+}
+
+/// Whether a node in the table is known dead without waiting for its heartbeat to expire.
+pub type KnownDead = Arc<dyn Fn(&NodeRecord) -> bool + Send + Sync>;
+
+/// The table, in the metadata store (SQLite or PostgreSQL).
+#[async_trait]
+pub trait MembershipStore: Send + Sync {
+    /// In one transaction: removes the nodes that are dead (heartbeat older than `ttl`, or
+    /// `known_dead`), then enters `node` unless another node is live. Answers the live nodes
+    /// that kept it out (none: it is in).
+    async fn join(
+        &self,
+        node: &NodeRecord,
+        ttl: Duration,
+        known_dead: KnownDead,
+    ) -> Result<Vec<NodeSeen>, StoreError>;
+    /// Refreshes the node's heartbeat; `false` if its row is gone.
+    async fn heartbeat(&self, id: Uuid) -> Result<bool, StoreError>;
+    async fn leave(&self, id: Uuid) -> Result<(), StoreError>;
+    /// Every node in the table.
+    async fn nodes(&self) -> Result<Vec<NodeSeen>, StoreError>;
+}
+
+/// The nodes this process runs now: one whose row names this process but not this set was
+/// dropped without leaving (an in-process restart, as tests do).
+static RUNNING: Mutex<Option<HashSet<Uuid>>> = Mutex::new(None);
+
+fn running(id: Uuid, run: bool) {
+    if let Ok(mut set) = RUNNING.lock() {
+        let set = set.get_or_insert_with(HashSet::new);
+        match run {
+            true => set.insert(id),
+            false => set.remove(&id),
+        };
+    }
+}
+
+fn is_running_here(id: Uuid) -> bool {
+    RUNNING
+        .lock()
+        .map(|set| set.as_ref().is_some_and(|s| s.contains(&id)))
+        .unwrap_or(true)
+}
+
+/// This machine's name (Linux), or "" where it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// A node on this host whose process is gone, or which this process no longer runs.
+fn known_dead(me: &NodeRecord) -> KnownDead {
+    let (host, pid) = (me.host.clone(), me.pid);
+    Arc::new(move |other: &NodeRecord| {
+        if host.is_empty() || other.host != host {
+            return false;
+        }
+        if other.pid == pid {
+            return !is_running_here(other.id);
+        }
+        !std::path::Path::new(&format!("/proc/{}", other.pid)).exists()
+    })
+}
+
+/// Another live server uses these stores.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another Arbor server is using these stores: {}. Without cluster mode two servers must \
+     never share stores (README, \"Deployments\"): stop it first, or wait {ttl:?} after it \
+     died for its heartbeat to expire",
+    describe(.others)
+)]
+pub struct StoresInUse {
+    pub others: Vec<NodeSeen>,
+    pub ttl: Duration,
+}
+
+fn describe(others: &[NodeSeen]) -> String {
+    let nodes: Vec<String> = others
+        .iter()
+        .map(|o| {
+            let n = &o.node;
+            format!(
+                "node {} at {} (process {} on {}, last heartbeat {:.1} s ago)",
+                n.id,
+                n.address,
+                n.pid,
+                n.host,
+                o.heartbeat_age.as_secs_f64()
+            )
+        })
+        .collect();
+    nodes.join("; ")
+}
+
+/// This server's entry in the table while it runs: a task keeps its heartbeat fresh.
+pub struct Member {
+    store: Arc<dyn MembershipStore>,
+    id: Uuid,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Member {
+    /// Enters the table, or fails with [`StoresInUse`]. Starts the heartbeat (every third of
+    /// `ttl`) on the current runtime.
+    pub async fn join(
+        store: Arc<dyn MembershipStore>,
+        address: String,
+        ttl: Duration,
+    ) -> anyhow::Result<Self> {
+        let node = NodeRecord {
+            id: Uuid::now_v7(),
+            address,
+            host: host_name(),
+            pid: std::process::id(),
+            started_at: Utc::now(),
+        };
+        running(node.id, true);
+        let others = match store.join(&node, ttl, known_dead(&node)).await {
+            Ok(others) => others,
+            Err(e) => {
+                running(node.id, false);
+                return Err(anyhow::anyhow!("entering the membership table: {e}"));
+            }
+        };
+        if !others.is_empty() {
+            running(node.id, false);
+            return Err(StoresInUse { others, ttl }.into());
+        }
+        let id = node.id;
+        let beating = store.clone();
+        let heartbeat = tokio::spawn(async move {
+            // Dropped with the runtime (an in-process server that was never stopped): this
+            // process no longer runs the node.
+            let _running = Running(id);
+            let mut every = tokio::time::interval(ttl / 3);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                match beating.heartbeat(id).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!(node = %id, "this server's row left the membership table; entering it again");
+                        let _ = beating.join(&node, ttl, known_dead(&node)).await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "membership heartbeat failed");
+                    }
+                }
+            }
+        });
+        tracing::info!(node = %id, "entered the membership table");
+        Ok(Self {
+            store,
+            id,
+            heartbeat,
+        })
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Leaves the table (after the last flush): another server may start on the stores at once.
+    pub async fn leave(self) {
+        self.heartbeat.abort();
+        if let Err(error) = self.store.leave(self.id).await {
+            tracing::warn!(%error, "leaving the membership table failed; the row expires by itself");
+        }
+        running(self.id, false);
+    }
+}
+
+/// Marks a node as no longer run by this process when dropped.
+struct Running(Uuid);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        running(self.0, false);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn node(host: &str, pid: u32) -> NodeRecord {
+        NodeRecord {
+            id: Uuid::now_v7(),
+            address: "127.0.0.1:1".into(),
+            host: host.into(),
+            pid,
+            started_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn only_nodes_of_this_host_are_known_dead_and_only_when_they_are() {
+        let me = node("here", std::process::id());
+        let dead = known_dead(&me);
+        // Another host: only its heartbeat says.
+        assert!(!dead(&node("elsewhere", u32::MAX)));
+        // This host, a process that does not exist.
+        assert!(dead(&node("here", u32::MAX)));
+        // This host, a live process (pid 1 always runs).
+        assert!(!dead(&node("here", 1)));
+        // This process: dead unless it runs the node now.
+        let mine = node("here", std::process::id());
+        assert!(dead(&mine));
+        running(mine.id, true);
+        assert!(!dead(&mine));
+        running(mine.id, false);
+        assert!(dead(&mine));
+    }
+}
