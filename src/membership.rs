@@ -13,8 +13,9 @@
 //! This is Orleans' SQL membership table, the first piece of cluster mode.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arbor_actors::ports::StoreError;
 use async_trait::async_trait;
@@ -136,10 +137,43 @@ fn describe(others: &[NodeSeen]) -> String {
     nodes.join("; ")
 }
 
+/// What readiness and the operator surface see of this server's membership.
+pub struct MemberStatus {
+    pub id: Uuid,
+    pub store: Arc<dyn MembershipStore>,
+    ttl: Duration,
+    since: Instant,
+    /// Milliseconds after `since` of the last heartbeat the table took.
+    last_beat_ms: AtomicU64,
+}
+
+impl MemberStatus {
+    fn beat(&self) {
+        let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_beat_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// A server is dead once its heartbeat is older than this.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// How long ago the table last took this server's heartbeat.
+    pub fn since_last_beat(&self) -> Duration {
+        let last = Duration::from_millis(self.last_beat_ms.load(Ordering::Relaxed));
+        self.since.elapsed().saturating_sub(last)
+    }
+
+    /// Whether the other servers still see this one live: its last heartbeat is younger than
+    /// two thirds of the TTL (a third of it before it would expire). `/ready` is 503 otherwise.
+    pub fn healthy(&self) -> bool {
+        self.since_last_beat() < self.ttl * 2 / 3
+    }
+}
+
 /// This server's entry in the table while it runs: a task keeps its heartbeat fresh.
 pub struct Member {
-    store: Arc<dyn MembershipStore>,
-    id: Uuid,
+    status: Arc<MemberStatus>,
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
@@ -171,7 +205,14 @@ impl Member {
             return Err(StoresInUse { others, ttl }.into());
         }
         let id = node.id;
-        let beating = store.clone();
+        let status = Arc::new(MemberStatus {
+            id,
+            store: store.clone(),
+            ttl,
+            since: Instant::now(),
+            last_beat_ms: AtomicU64::new(0),
+        });
+        let beating = status.clone();
         let heartbeat = tokio::spawn(async move {
             // Dropped with the runtime (an in-process server that was never stopped): this
             // process no longer runs the node.
@@ -180,11 +221,14 @@ impl Member {
             every.tick().await;
             loop {
                 every.tick().await;
-                match beating.heartbeat(id).await {
-                    Ok(true) => {}
+                match beating.store.heartbeat(id).await {
+                    Ok(true) => beating.beat(),
                     Ok(false) => {
                         tracing::error!(node = %id, "this server's row left the membership table; entering it again");
-                        let _ = beating.join(&node, ttl, known_dead(&node)).await;
+                        let again = beating.store.join(&node, ttl, known_dead(&node)).await;
+                        if again.is_ok_and(|others| others.is_empty()) {
+                            beating.beat();
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(%error, "membership heartbeat failed");
@@ -193,24 +237,21 @@ impl Member {
             }
         });
         tracing::info!(node = %id, "entered the membership table");
-        Ok(Self {
-            store,
-            id,
-            heartbeat,
-        })
+        Ok(Self { status, heartbeat })
     }
 
-    pub fn id(&self) -> Uuid {
-        self.id
+    pub fn status(&self) -> &Arc<MemberStatus> {
+        &self.status
     }
 
     /// Leaves the table (after the last flush): another server may start on the stores at once.
     pub async fn leave(self) {
         self.heartbeat.abort();
-        if let Err(error) = self.store.leave(self.id).await {
+        let id = self.status.id;
+        if let Err(error) = self.status.store.leave(id).await {
             tracing::warn!(%error, "leaving the membership table failed; the row expires by itself");
         }
-        running(self.id, false);
+        running(id, false);
     }
 }
 

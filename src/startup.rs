@@ -21,7 +21,7 @@ use crate::auth::{load_or_create_secret, Accounts, Tokens};
 use crate::config::{self, ActorPlacement, Settings};
 use crate::error::extractors;
 use crate::lifecycle::{self, Lifecycle};
-use crate::membership::Member;
+use crate::membership::{Member, MemberStatus};
 use crate::metrics::Metrics;
 use crate::storage::{self, Connections, Stores};
 use crate::telemetry;
@@ -66,7 +66,7 @@ impl Application {
             settings.membership.ttl(),
         )
         .await?;
-        let started = Self::start(settings, stores, listener, port).await;
+        let started = Self::start(settings, stores, listener, port, member.status().clone()).await;
         match started {
             Ok(parts) => Ok(Self {
                 port,
@@ -91,6 +91,7 @@ impl Application {
         stores: Stores,
         listener: TcpListener,
         port: u16,
+        membership: Arc<MemberStatus>,
     ) -> anyhow::Result<Started> {
         let secret = load_or_create_secret(&settings.auth, &settings.storage.data_dir)?;
         let tokens = Tokens::new(&secret, settings.auth.token_ttl_minutes);
@@ -122,6 +123,7 @@ impl Application {
             chats: chats.clone(),
             metrics,
             lifecycle: lifecycle.clone(),
+            membership,
         };
         let server = serve(listener, &settings, shared)?;
         tracing::info!(
@@ -270,6 +272,7 @@ struct Shared {
     chats: Chats,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
+    membership: Arc<MemberStatus>,
 }
 
 fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::Result<Server> {
@@ -279,9 +282,11 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
         chats,
         metrics,
         lifecycle,
+        membership,
     } = shared;
     let metrics = web::Data::from(metrics);
     let lifecycle = web::Data::from(lifecycle);
+    let membership = web::Data::from(membership);
     let admin = web::Data::new(settings.admin.clone());
     let metrics_settings = web::Data::new(settings.metrics.clone());
     let metrics_here = settings.metrics.enabled && settings.metrics.listen.trim().is_empty();
@@ -320,6 +325,7 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
             .app_data(chats.clone())
             .app_data(metrics.clone())
             .app_data(lifecycle.clone())
+            .app_data(membership.clone())
             .app_data(admin.clone())
             .app_data(metrics_settings.clone())
             .configure(|cfg| api::routes(cfg, metrics_here))

@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{authenticate, constant_time_eq, Accounts};
 use crate::config::{AdminSettings, MetricsSettings};
 use crate::error::{ApiError, Code, ErrorBody};
+use crate::membership::MemberStatus;
 use crate::metrics::{Metrics, RuntimeStats, CONTENT_TYPE};
 
 /// An authenticated admin: an account listed in `admin.emails` or granted the role with
@@ -148,6 +149,60 @@ pub async fn evict(
         description = "Not an admin (or no token), or no such resident actor")))]
 pub async fn stats(_: Admin, metrics: web::Data<Metrics>) -> web::Json<RuntimeStats> {
     web::Json(metrics.runtime_stats())
+}
+
+/// One server in the membership table.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberView {
+    pub id: uuid::Uuid,
+    /// Where its HTTP server listens.
+    pub address: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// How long ago it last sent a heartbeat, by the metadata store's clock.
+    pub heartbeat_age_ms: u64,
+    /// The server that answered.
+    pub this_node: bool,
+}
+
+/// The servers on these stores, as the membership table has them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterView {
+    /// The server that answered.
+    pub node: uuid::Uuid,
+    /// A server is dead once its heartbeat is older than this (`membership.node_ttl_secs`).
+    pub node_ttl_secs: u64,
+    pub members: Vec<MemberView>,
+}
+
+/// The membership table: every server on these stores with its heartbeat's age. Without
+/// cluster mode there is one (a second one refuses to start).
+#[utoipa::path(get, path = "/api/v1/admin/cluster", operation_id = "get_cluster", tag = "admin",
+    security(("bearer" = [])), responses((status = 200, body = ClusterView), (status = 404, body = ErrorBody,
+        description = "Not an admin (or no token)")))]
+pub async fn cluster(
+    _: Admin,
+    membership: web::Data<MemberStatus>,
+) -> Result<web::Json<ClusterView>, ApiError> {
+    let nodes = membership.store.nodes().await?;
+    let members = nodes
+        .into_iter()
+        .map(|seen| MemberView {
+            this_node: seen.node.id == membership.id,
+            id: seen.node.id,
+            address: seen.node.address,
+            host: seen.node.host,
+            pid: seen.node.pid,
+            started_at: seen.node.started_at,
+            heartbeat_age_ms: u64::try_from(seen.heartbeat_age.as_millis()).unwrap_or(u64::MAX),
+        })
+        .collect();
+    Ok(web::Json(ClusterView {
+        node: membership.id,
+        node_ttl_secs: membership.ttl().as_secs(),
+        members,
+    }))
 }
 
 /// The admin page: self-contained (inline script and style, no external assets). It holds no

@@ -28,7 +28,7 @@ use crate::config::LimitSettings;
         branches::create, branches::list, branches::get, branches::rename, branches::delete,
         branches::set_active,
         health::health, health::ready,
-        admin::actors, admin::actor, admin::evict, admin::stats,
+        admin::actors, admin::actor, admin::evict, admin::stats, admin::cluster,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorDetail,

@@ -48,6 +48,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
         .service(resource("/auth/me", vec![get().to(auth::me)]))
         .service(resource("/models", vec![get().to(models::list)]))
         .service(resource("/admin/stats", vec![get().to(admin::stats)]))
+        .service(resource("/admin/cluster", vec![get().to(admin::cluster)]))
         .service(resource("/admin/actors", vec![get().to(admin::actors)]))
         .service(resource(
             "/admin/actors/{chat_id}",

@@ -140,3 +140,46 @@ async fn a_second_process_exits_naming_the_first_and_a_killed_one_is_replaced_at
     assert!(started.elapsed() < Duration::from_secs(30));
     drop(replacement);
 }
+
+/// The operator surface: `/api/v1/admin/cluster` lists the membership table (admins only), and
+/// `/ready` says the table has this server's recent heartbeat.
+#[actix_web::test]
+async fn admins_see_the_membership_table_and_readiness_includes_it() {
+    let app = spawn_with(|s| {
+        s.admin.emails = vec!["ops@example.com".into()];
+        s.membership.node_ttl_secs = 3;
+    })
+    .await;
+    let ops = app.register("ops@example.com").await;
+    let user = app.register("user@example.com").await;
+    // A heartbeat or two first.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let res = app.get(&ops, "/api/v1/admin/cluster").await;
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let view: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(view["node_ttl_secs"], 3);
+    let members = view["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1, "{view}");
+    let me = &members[0];
+    assert_eq!(me["this_node"], true);
+    assert_eq!(me["id"], view["node"]);
+    assert_eq!(me["pid"], std::process::id());
+    let port = app.base.rsplit(':').next().unwrap();
+    assert_eq!(me["address"], format!("127.0.0.1:{port}"));
+    // Refreshed every second (a third of the TTL), so never older than that by much.
+    assert!(me["heartbeat_age_ms"].as_u64().unwrap() < 1500, "{view}");
+    let res = app.get(&user, "/api/v1/admin/cluster").await;
+    assert_eq!(res.status(), reqwest::StatusCode::NOT_FOUND);
+
+    let ready: serde_json::Value = app
+        .client
+        .get(app.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["membership"], true, "{ready}");
+    app.stop().await;
+}
