@@ -64,6 +64,17 @@ pub trait MembershipStore: Send + Sync {
     async fn nodes(&self) -> Result<Vec<NodeSeen>, StoreError>;
 }
 
+/// Splits the table's rows into the dead (heartbeat older than `ttl`, or known dead) and the
+/// live, as both stores' `join` do.
+pub fn split_dead(
+    seen: Vec<NodeSeen>,
+    ttl: Duration,
+    known_dead: &KnownDead,
+) -> (Vec<NodeSeen>, Vec<NodeSeen>) {
+    seen.into_iter()
+        .partition(|n| n.heartbeat_age >= ttl || known_dead(&n.node))
+}
+
 /// The nodes this process runs now: one whose row names this process but not this set was
 /// dropped without leaving (an in-process restart, as tests do).
 static RUNNING: Mutex<Option<HashSet<Uuid>>> = Mutex::new(None);

@@ -18,7 +18,7 @@ use sqlx::{Connection, Row};
 use uuid::Uuid;
 
 use super::fold_chat_rows;
-use crate::membership::{KnownDead, MembershipStore, NodeRecord, NodeSeen};
+use crate::membership::{split_dead, KnownDead, MembershipStore, NodeRecord, NodeSeen};
 
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -640,9 +640,7 @@ impl MembershipStore for PostgresStore {
                 Ok(seen) => seen,
                 Err(corrupt) => return Ok(Err(corrupt)),
             };
-            let (dead, live): (Vec<NodeSeen>, Vec<NodeSeen>) = seen
-                .into_iter()
-                .partition(|n| n.heartbeat_age >= ttl || known_dead(&n.node));
+            let (dead, live) = split_dead(seen, ttl, &known_dead);
             let dead: Vec<Uuid> = dead.iter().map(|n| n.node.id).collect();
             sqlx::query("DELETE FROM nodes WHERE id = ANY($1)")
                 .bind(&dead)

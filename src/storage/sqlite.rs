@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::{fold_chat_rows, parse_id, parse_metadata};
 use crate::config::SqliteSync;
-use crate::membership::{KnownDead, MembershipStore, NodeRecord, NodeSeen};
+use crate::membership::{split_dead, KnownDead, MembershipStore, NodeRecord, NodeSeen};
 
 /// Bytes the WAL file keeps after a checkpoint.
 const JOURNAL_LIMIT: &str = "67108864";
@@ -618,9 +618,7 @@ impl MembershipStore for SqliteStore {
                 .iter()
                 .map(|r| node_from(r, now))
                 .collect::<Result<Vec<_>, _>>()?;
-            let (dead, live): (Vec<NodeSeen>, Vec<NodeSeen>) = seen
-                .into_iter()
-                .partition(|n| n.heartbeat_age >= ttl || known_dead(&n.node));
+            let (dead, live) = split_dead(seen, ttl, &known_dead);
             for gone in &dead {
                 sqlx::query("DELETE FROM nodes WHERE id = ?")
                     .bind(gone.node.id.to_string())

@@ -171,15 +171,7 @@ async fn admins_see_the_membership_table_and_readiness_includes_it() {
     let res = app.get(&user, "/api/v1/admin/cluster").await;
     assert_eq!(res.status(), reqwest::StatusCode::NOT_FOUND);
 
-    let ready: serde_json::Value = app
-        .client
-        .get(app.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.anon_json("/ready").await;
     assert_eq!(ready["membership"], true, "{ready}");
     app.stop().await;
 }
