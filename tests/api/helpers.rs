@@ -173,6 +173,12 @@ impl TestApp {
         res.json().await.unwrap()
     }
 
+    /// A JSON answer to a GET without a token, whatever its status.
+    pub async fn anon_json(&self, path: &str) -> Value {
+        let res = self.client.get(self.url(path)).send().await.unwrap();
+        res.json().await.unwrap()
+    }
+
     /// POSTs JSON without a token.
     pub async fn post_anon(&self, path: &str, body: Value) -> Response {
         self.client
