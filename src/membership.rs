@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arbor_actors::metrics::Instruments;
 use arbor_actors::ports::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -148,10 +149,41 @@ fn describe(others: &[NodeSeen]) -> String {
     nodes.join("; ")
 }
 
+/// The membership's instruments for `/metrics` (the heartbeat's age is read at scrape time).
+pub struct MembershipStats {
+    /// Servers in the table, as the last heartbeat saw it.
+    pub nodes: prometheus::IntGauge,
+    pub heartbeat_failures: prometheus::IntCounter,
+}
+
+impl Default for MembershipStats {
+    fn default() -> Self {
+        Self {
+            nodes: prometheus::IntGauge::new(
+                "arbor_membership_nodes",
+                "Servers in the membership table (live or not yet expired), as of the last heartbeat.",
+            )
+            .expect("valid gauge"),
+            heartbeat_failures: prometheus::IntCounter::new(
+                "arbor_membership_heartbeat_failures_total",
+                "Heartbeats the membership table did not take (the store failed or timed out).",
+            )
+            .expect("valid counter"),
+        }
+    }
+}
+
+impl Instruments for MembershipStats {
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        arbor_actors::collectors![self.nodes, self.heartbeat_failures]
+    }
+}
+
 /// What readiness and the operator surface see of this server's membership.
 pub struct MemberStatus {
     pub id: Uuid,
     pub store: Arc<dyn MembershipStore>,
+    pub stats: MembershipStats,
     ttl: Duration,
     since: Instant,
     /// Milliseconds after `since` of the last heartbeat the table took.
@@ -222,7 +254,9 @@ impl Member {
             ttl,
             since: Instant::now(),
             last_beat_ms: AtomicU64::new(0),
+            stats: MembershipStats::default(),
         });
+        status.stats.nodes.set(1);
         let beating = status.clone();
         let heartbeat = tokio::spawn(async move {
             // Dropped with the runtime (an in-process server that was never stopped): this
@@ -233,7 +267,12 @@ impl Member {
             loop {
                 every.tick().await;
                 match beating.store.heartbeat(id).await {
-                    Ok(true) => beating.beat(),
+                    Ok(true) => {
+                        beating.beat();
+                        if let Ok(nodes) = beating.store.nodes().await {
+                            beating.stats.nodes.set(nodes.len() as i64);
+                        }
+                    }
                     Ok(false) => {
                         tracing::error!(node = %id, "this server's row left the membership table; entering it again");
                         let again = beating.store.join(&node, ttl, known_dead(&node)).await;
@@ -242,6 +281,7 @@ impl Member {
                         }
                     }
                     Err(error) => {
+                        beating.stats.heartbeat_failures.inc();
                         tracing::warn!(%error, "membership heartbeat failed");
                     }
                 }

@@ -20,6 +20,7 @@ use prometheus::{
 use serde::Serialize;
 
 use crate::lifecycle::Lifecycle;
+use crate::membership::MemberStatus;
 
 /// The Prometheus text exposition format's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -32,6 +33,7 @@ pub struct Metrics {
     process: ProcessInstruments,
     chats: Chats,
     lifecycle: Arc<Lifecycle>,
+    membership: Arc<MemberStatus>,
     /// Every HTTP request so far (the rate the sampler reads; cheaper than summing the vec).
     requests: AtomicU64,
     history: Mutex<History>,
@@ -87,6 +89,8 @@ struct RuntimeGauges {
     llm_queue_capacity: IntGaugeVec,
     llm_circuit: IntGaugeVec,
     draining: IntGauge,
+    /// Seconds since the membership table last took this server's heartbeat.
+    heartbeat_age: Gauge,
 }
 
 struct ProcessInstruments {
@@ -144,6 +148,7 @@ impl Metrics {
     pub fn new(
         chats: Chats,
         lifecycle: Arc<Lifecycle>,
+        membership: Arc<MemberStatus>,
         history_secs: usize,
     ) -> Result<Self, prometheus::Error> {
         let http = HttpInstruments {
@@ -232,6 +237,10 @@ impl Metrics {
                 "arbor_draining",
                 "1 once a shutdown has begun (readiness answers 503).",
             ),
+            heartbeat_age: Gauge::new(
+                "arbor_membership_heartbeat_age_seconds",
+                "Seconds since the membership table last took this server's heartbeat.",
+            )?,
         };
         let process = ProcessInstruments {
             resident_memory: gauge(
@@ -295,6 +304,8 @@ impl Metrics {
         collectors.push(Box::new(process.cpu_seconds.clone()));
         collectors.extend(chats.stats().collectors());
         collectors.extend(chats.runtime().writer.stats.collectors());
+        collectors.extend(membership.stats.collectors());
+        collectors.push(Box::new(gauges.heartbeat_age.clone()));
         for provider in chats.llm().providers() {
             collectors.extend(provider.stats.collectors());
         }
@@ -318,6 +329,7 @@ impl Metrics {
             process,
             chats,
             lifecycle,
+            membership,
             requests: AtomicU64::new(0),
             history: Mutex::new(History {
                 samples: VecDeque::with_capacity(history_secs.max(1)),
@@ -408,6 +420,8 @@ impl Metrics {
         g.generations_running
             .set(self.chats.runtime().generations.running().len() as i64);
         g.draining.set(i64::from(self.lifecycle.is_draining()));
+        g.heartbeat_age
+            .set(self.membership.since_last_beat().as_secs_f64());
         for provider in self.chats.llm().providers() {
             let name = provider.config.name.as_str();
             g.llm_in_flight

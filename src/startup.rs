@@ -106,6 +106,7 @@ impl Application {
             Metrics::new(
                 chats.clone(),
                 lifecycle.clone(),
+                membership.clone(),
                 settings.admin.history_secs,
             )
             .context("registering metrics")?,

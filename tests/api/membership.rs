@@ -173,5 +173,26 @@ async fn admins_see_the_membership_table_and_readiness_includes_it() {
 
     let ready = app.anon_json("/ready").await;
     assert_eq!(ready["membership"], true, "{ready}");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\narbor_membership_nodes 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("\narbor_membership_heartbeat_failures_total 0\n"));
+    let age: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("arbor_membership_heartbeat_age_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(age < 1.5, "{age}");
     app.stop().await;
 }
