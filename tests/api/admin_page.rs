@@ -57,6 +57,18 @@ async fn the_admin_page_signs_in_and_shows_live_actors() {
         .await;
     assert_eq!(row[1], u.id.as_str(), "owner column: {row}");
     assert_eq!(row[6], "1", "message count column: {row}");
+    // The membership table: this server alone, marked as the one answering.
+    let members = browser
+        .wait_for(
+            "return Array.from(document.querySelectorAll('#members tr')).map(r => Array.from(r.cells).map(c => c.textContent))",
+            |v| v.as_array().is_some_and(|rows| !rows.is_empty()),
+        )
+        .await;
+    assert_eq!(members.as_array().unwrap().len(), 1, "{members}");
+    let port = app.base.rsplit(':').next().unwrap();
+    assert_eq!(members[0][1], format!("127.0.0.1:{port}"), "{members}");
+    assert_eq!(members[0][3], std::process::id().to_string(), "{members}");
+    assert_eq!(members[0][6], "this server", "{members}");
     let totals = browser
         .script("return document.getElementById('totals').innerText")
         .await;
