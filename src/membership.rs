@@ -12,7 +12,7 @@
 //! process, when it is no longer running here), so a restart after a crash need not wait.
 //! This is Orleans' SQL membership table, the first piece of cluster mode.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,11 +78,10 @@ pub fn split_dead(
 
 /// The nodes this process runs now: one whose row names this process but not this set was
 /// dropped without leaving (an in-process restart, as tests do).
-static RUNNING: Mutex<Option<HashSet<Uuid>>> = Mutex::new(None);
+static RUNNING: Mutex<BTreeSet<Uuid>> = Mutex::new(BTreeSet::new());
 
 fn running(id: Uuid, run: bool) {
     if let Ok(mut set) = RUNNING.lock() {
-        let set = set.get_or_insert_with(HashSet::new);
         match run {
             true => set.insert(id),
             false => set.remove(&id),
@@ -91,10 +90,7 @@ fn running(id: Uuid, run: bool) {
 }
 
 fn is_running_here(id: Uuid) -> bool {
-    RUNNING
-        .lock()
-        .map(|set| set.as_ref().is_some_and(|s| s.contains(&id)))
-        .unwrap_or(true)
+    RUNNING.lock().map(|set| set.contains(&id)).unwrap_or(true)
 }
 
 /// This machine's name (Linux), or "" where it cannot be read.

@@ -300,7 +300,9 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
     let chats = web::Data::new(chats);
     let origins = settings.server.cors_origins.clone();
     let body_limit = settings.limits.max_body_bytes;
-    let openapi = api::docs::document(&settings.limits);
+    let doc_pages = web::Data::new(api::doc_pages::DocPages::new(&api::docs::document(
+        &settings.limits,
+    )));
     let workers = match settings.server.workers {
         0 => Settings::cores(),
         n => n,
@@ -330,7 +332,7 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
             .app_data(admin.clone())
             .app_data(metrics_settings.clone())
             .configure(|cfg| api::routes(cfg, metrics_here))
-            .configure(|cfg| api::doc_pages::routes(cfg, openapi.clone()))
+            .configure(|cfg| api::doc_pages::routes(cfg, doc_pages.clone()))
             .default_service(web::to(api::not_found))
     })
     .workers(workers)

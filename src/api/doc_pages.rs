@@ -7,14 +7,29 @@
 use std::sync::Arc;
 
 use actix_web::http::header::{CacheControl, CacheDirective, ContentType};
+use actix_web::web::Bytes;
 use actix_web::{web, HttpResponse};
 use serde_json::Value;
 use utoipa_swagger_ui::Config;
 
 use super::methods::{get, resource};
+use crate::error::ApiError;
 
-/// The document `/openapi.json` serves, built once at start.
-pub struct OpenApiDocument(pub Value);
+/// What the pages serve, built once at start and shared by every HTTP worker: the document as
+/// its JSON text, and Swagger UI's configuration.
+pub struct DocPages {
+    document: Bytes,
+    config: Arc<Config<'static>>,
+}
+
+impl DocPages {
+    pub fn new(document: &Value) -> Self {
+        Self {
+            document: Bytes::from(document.to_string()),
+            config: Arc::new(Config::new(["/openapi.json"]).persist_authorization(true)),
+        }
+    }
+}
 
 /// ReDoc's standalone bundle (npm `redoc`, see `api/assets/redoc/README.md`).
 const REDOC_JS: &[u8] = include_bytes!("assets/redoc/redoc.standalone.js");
@@ -56,10 +71,8 @@ const REDOC_HTML: &str = r#"<!DOCTYPE html>
 "#;
 
 /// Registers `/openapi.json`, `/docs`, `/docs/`, `/docs/{file}`, `/redoc` and its bundle.
-pub fn routes(cfg: &mut web::ServiceConfig, document: Value) {
-    let config = Arc::new(Config::new(["/openapi.json"]).persist_authorization(true));
-    cfg.app_data(web::Data::new(OpenApiDocument(document)))
-        .app_data(web::Data::from(config))
+pub fn routes(cfg: &mut web::ServiceConfig, pages: web::Data<DocPages>) {
+    cfg.app_data(pages)
         .service(resource("/openapi.json", vec![get().to(openapi)]))
         .service(resource("/docs", vec![get().to(swagger_page)]))
         .service(resource("/docs/", vec![get().to(swagger_page)]))
@@ -71,8 +84,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, document: Value) {
         ));
 }
 
-async fn openapi(document: web::Data<OpenApiDocument>) -> HttpResponse {
-    HttpResponse::Ok().json(&document.0)
+async fn openapi(pages: web::Data<DocPages>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(pages.document.clone())
 }
 
 async fn swagger_page() -> HttpResponse {
@@ -93,19 +108,19 @@ fn html(page: &'static str) -> HttpResponse {
 /// document's URL, and the token kept across reloads).
 async fn swagger_asset(
     file: web::Path<String>,
-    config: web::Data<Config<'static>>,
-) -> Result<HttpResponse, crate::error::ApiError> {
+    pages: web::Data<DocPages>,
+) -> Result<HttpResponse, ApiError> {
     let file = file.into_inner();
     if file == "index.html" {
         return Ok(swagger_page().await);
     }
-    match utoipa_swagger_ui::serve(&file, config.into_inner()) {
+    match utoipa_swagger_ui::serve(&file, pages.config.clone()) {
         Ok(Some(asset)) => Ok(HttpResponse::Ok()
             .content_type(asset.content_type)
             .insert_header(CacheControl(vec![CacheDirective::MaxAge(3600)]))
             .body(asset.bytes.into_owned())),
-        Ok(None) => Err(crate::error::ApiError::not_found()),
-        Err(e) => Err(crate::error::ApiError::internal(e)),
+        Ok(None) => Err(ApiError::not_found()),
+        Err(e) => Err(ApiError::internal(e)),
     }
 }
 
