@@ -85,7 +85,7 @@ pub struct ActorProbe {
     tree_bytes: AtomicUsize,
     evict_reason: AtomicU8,
     /// What the actor has come to (`DELETED`, `FLUSHED`): set once, never cleared. Kept here,
-    /// in the probe's padding, rather than in the actor, which has no byte to spare (`chat.rs`).
+    /// in the probe's padding, rather than in the actor, which has no byte to spare (`chat/`).
     ends: AtomicU8,
 }
 

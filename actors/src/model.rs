@@ -210,7 +210,7 @@ pub struct ChatMeta {
 /// A chat's own row as its actor keeps it: [`ChatMeta`] without the id and the active branch
 /// (the tree holds those), its texts boxed, and the two that most chats leave empty boxed
 /// together. 72 bytes against `ChatMeta`'s 152: the row is inline in the actor, which must stay
-/// within its task's size class (see `chat.rs`).
+/// within its task's size class (see `chat/tests.rs`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChatRow {
     pub owner: UserId,

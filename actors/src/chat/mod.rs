@@ -1,7 +1,7 @@
 //! The chat actor: the single writer of one chat's tree and active-branch pointer.
 //!
 //! Every handler runs synchronously against in-memory state: validate, reserve a write-behind
-//! slot, mutate, hand the rows to the writer, reply with the view and a [`CommitTicket`]. Waiting
+//! slot, mutate, hand the rows to the writer, reply with the view and a [`CommitTicket`](crate::writer::CommitTicket). Waiting
 //! for the commit happens *outside* the actor (in [`crate::Chats`]), so an actor never blocks on
 //! I/O and a slow store never stalls reads.
 //!

@@ -236,7 +236,6 @@ pub(crate) fn next_generation() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Where a fork starts.
 /// What a new chat starts with.
 #[derive(Debug, Clone, Default)]
 pub struct NewChat {
@@ -253,6 +252,7 @@ pub struct ChatPatch {
     pub description: Option<Option<String>>,
 }
 
+/// Where a fork starts.
 #[derive(Debug, Clone, Copy)]
 pub enum ForkPoint {
     Message(MessageId),

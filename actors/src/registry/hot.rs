@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
+use crate::chat::ChatHandle;
 use crate::model::{ChatId, IdHasher};
-use crate::registry::ChatHandle;
 
 /// Entries per thread at most; the map is emptied when it is full.
 const CAPACITY: usize = 4096;

@@ -206,8 +206,8 @@ impl Chats {
         }
     }
 
-    /// The resident actor of a chat, activated from the stores if needed.
-    /// The chat's actor: this thread's hot handle (`hot`), else the cache's, else a new one.
+    /// The chat's actor: this thread's hot handle (`hot`), else the cache's, else one
+    /// activated from the stores.
     pub(super) async fn handle(&self, chat: ChatId) -> Result<ChatHandle, ChatError> {
         let Inner { id, refresh, .. } = *self.inner;
         if let Some(handle) = hot::get(id, chat, refresh) {

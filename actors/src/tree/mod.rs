@@ -236,7 +236,7 @@ pub struct Restored {
 pub struct Tree {
     /// Every node; links are positions in here. A `ThinVec` (one pointer inline, its length and
     /// capacity in the allocation), like `branches`: the tree is inline in its chat's actor,
-    /// which must stay within its task's size class (see `chat.rs`).
+    /// which must stay within its task's size class (see `chat/tests.rs`).
     nodes: ThinVec<Node>,
     /// Every message's content, one after the other (in node order).
     text: String,
