@@ -51,6 +51,7 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub admin: AdminSettings,
     pub membership: MembershipSettings,
+    pub cluster: ClusterSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -338,6 +339,40 @@ impl MembershipSettings {
     }
 }
 
+/// Cluster mode (`crate::cluster`): several servers on one set of stores, each chat owned by
+/// the holder of its shard's lease.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    pub enabled: bool,
+    /// `host:port` the other nodes and the load balancer reach this node on, spelled as in
+    /// nginx's `server` lines; empty: `server.host:server.port`.
+    pub advertise: String,
+    /// Shared by every node: node-to-node calls carry it. At least 16 characters.
+    pub secret: Secret,
+    /// How often a node renews its heartbeat and leases, and claims or hands over shards.
+    pub lease_interval_ms: u64,
+    /// Times a request may be forwarded between nodes.
+    pub max_hops: u8,
+    /// How long a request for a shard that is changing owner waits for the move to finish
+    /// before it gets 503 `chat_moved`.
+    pub move_wait_ms: u64,
+    /// Bound on connecting to another node when forwarding.
+    pub connect_timeout_ms: u64,
+}
+
+impl ClusterSettings {
+    pub fn lease_interval(&self) -> Duration {
+        Duration::from_millis(self.lease_interval_ms.max(50))
+    }
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Settings::default().cluster
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
@@ -428,6 +463,15 @@ impl Default for Settings {
                 history_secs: 300,
             },
             membership: MembershipSettings { node_ttl_secs: 10 },
+            cluster: ClusterSettings {
+                enabled: false,
+                advertise: String::new(),
+                secret: Secret::default(),
+                lease_interval_ms: 1000,
+                max_hops: 1,
+                move_wait_ms: 2000,
+                connect_timeout_ms: 1000,
+            },
         }
     }
 }

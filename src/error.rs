@@ -106,6 +106,13 @@ make_error_codes! {
     /// A chat's mailbox or the write queue is full; retry.
     Overloaded = SERVICE_UNAVAILABLE, "overloaded";
     StorageUnavailable = SERVICE_UNAVAILABLE, "storage_unavailable";
+    /// Cluster mode: the chat's shard is moving between servers, or its owner cannot be
+    /// reached; retry after `Retry-After`.
+    ChatMoved = SERVICE_UNAVAILABLE, "chat_moved";
+    /// Cluster mode: a request claimed to come from another node without the cluster secret.
+    ClusterAuthFailed = FORBIDDEN, "cluster_auth_failed";
+    /// Cluster mode: the request was forwarded as often as `cluster.max_hops` allows.
+    TooManyHops = LOOP_DETECTED, "too_many_hops";
     /// The provider's queue is full.
     LlmOverloaded = SERVICE_UNAVAILABLE, "llm_overloaded";
     /// The provider's circuit breaker is open.
@@ -236,6 +243,7 @@ impl From<ChatError> for ApiError {
             ChatError::Invalid(_) => Code::ValidationFailed,
             ChatError::Overloaded => Code::Overloaded,
             ChatError::StorageUnavailable => Code::StorageUnavailable,
+            ChatError::Moved => Code::ChatMoved,
             ChatError::UnknownModel(_) => Code::UnknownModel,
             ChatError::LlmOverloaded => Code::LlmOverloaded,
             ChatError::LlmUnavailable => Code::LlmUnavailable,
@@ -269,6 +277,7 @@ impl From<StoreError> for ApiError {
                 tracing::error!(%detail, "store unavailable");
                 Self::new(Code::StorageUnavailable, "storage is unavailable")
             }
+            StoreError::Fenced(_) => ChatError::Moved.into(),
             StoreError::Corrupt(detail) | StoreError::Rejected(detail) => Self::internal(detail),
         }
     }

@@ -34,6 +34,19 @@ pub struct NodeRecord {
     pub host: String,
     pub pid: u32,
     pub started_at: DateTime<Utc>,
+    /// A cluster-mode node: cluster nodes share the stores with each other, never with a
+    /// node outside cluster mode.
+    pub cluster: bool,
+    /// Bumped each time the node enters the table again after it was declared dead (a pause
+    /// longer than the TTL): its leases from before are void.
+    pub incarnation: i64,
+}
+
+impl NodeRecord {
+    /// Whether `other`, live, keeps this node out of the table.
+    pub fn excluded_by(&self, other: &NodeRecord) -> bool {
+        !(self.cluster && other.cluster)
+    }
 }
 
 /// A node in the table, with how long ago (by the store's clock) it last sent a heartbeat.
@@ -50,30 +63,39 @@ pub type KnownDead = Arc<dyn Fn(&NodeRecord) -> bool + Send + Sync>;
 #[async_trait]
 pub trait MembershipStore: Send + Sync {
     /// In one transaction: removes the nodes that are dead (heartbeat older than `ttl`, or
-    /// `known_dead`), then enters `node` unless another node is live. Answers the live nodes
-    /// that kept it out (none: it is in).
+    /// `known_dead`), then enters `node` unless a live node excludes it (any other node, unless
+    /// both are cluster nodes: [`NodeRecord::excluded_by`]). Answers the live nodes that kept
+    /// it out (none: it is in).
     async fn join(
         &self,
         node: &NodeRecord,
         ttl: Duration,
         known_dead: KnownDead,
     ) -> Result<Vec<NodeSeen>, StoreError>;
-    /// Refreshes the node's heartbeat; `false` if its row is gone.
-    async fn heartbeat(&self, id: Uuid) -> Result<bool, StoreError>;
+    /// Refreshes the node's heartbeat; `false` if its row is gone or its heartbeat is already
+    /// older than `ttl` (it was dead: it must enter the table again, as a new incarnation).
+    async fn heartbeat(&self, id: Uuid, ttl: Duration) -> Result<bool, StoreError>;
     async fn leave(&self, id: Uuid) -> Result<(), StoreError>;
     /// Every node in the table.
     async fn nodes(&self) -> Result<Vec<NodeSeen>, StoreError>;
 }
 
 /// Splits the table's rows into the dead (heartbeat older than `ttl`, or known dead) and the
-/// live, as both stores' `join` do.
+/// live nodes that keep `me` out, as both stores' `join` do.
 pub fn split_dead(
+    me: &NodeRecord,
     seen: Vec<NodeSeen>,
     ttl: Duration,
     known_dead: &KnownDead,
 ) -> (Vec<NodeSeen>, Vec<NodeSeen>) {
-    seen.into_iter()
-        .partition(|n| n.heartbeat_age >= ttl || known_dead(&n.node))
+    let (dead, live): (Vec<_>, Vec<_>) = seen
+        .into_iter()
+        .partition(|n| n.heartbeat_age >= ttl || known_dead(&n.node));
+    let excluding = live
+        .into_iter()
+        .filter(|n| n.node.id != me.id && me.excluded_by(&n.node))
+        .collect();
+    (dead, excluding)
 }
 
 /// The nodes this process runs now: one whose row names this process but not this set was
@@ -184,10 +206,35 @@ pub struct MemberStatus {
     since: Instant,
     /// Milliseconds after `since` of the last heartbeat the table took.
     last_beat_ms: AtomicU64,
+    /// This server's row.
+    record: Mutex<NodeRecord>,
 }
 
 impl MemberStatus {
-    fn beat(&self) {
+    /// This server's row as it stands (its incarnation changes when it enters again).
+    pub fn record(&self) -> NodeRecord {
+        match self.record.lock() {
+            Ok(record) => record.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Enters the table again after the row went or expired, as the next incarnation (cluster
+    /// mode: the leases of the last one are void). Answers the live nodes that keep it out.
+    pub async fn rejoin(&self) -> Result<Vec<NodeSeen>, StoreError> {
+        let node = {
+            let mut record = match self.record.lock() {
+                Ok(record) => record,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            record.incarnation += 1;
+            record.clone()
+        };
+        self.store.join(&node, self.ttl, known_dead(&node)).await
+    }
+
+    /// The table took a heartbeat just now.
+    pub fn beat(&self) {
         let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_beat_ms.store(now, Ordering::Relaxed);
     }
@@ -210,19 +257,21 @@ impl MemberStatus {
     }
 }
 
-/// This server's entry in the table while it runs: a task keeps its heartbeat fresh.
+/// This server's entry in the table while it runs: a task keeps its heartbeat fresh (in cluster
+/// mode the lease loop does, with its leases: `crate::cluster`).
 pub struct Member {
     status: Arc<MemberStatus>,
-    heartbeat: tokio::task::JoinHandle<()>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Member {
-    /// Enters the table, or fails with [`StoresInUse`]. Starts the heartbeat (every third of
-    /// `ttl`) on the current runtime.
+    /// Enters the table, or fails with [`StoresInUse`]. Outside cluster mode, starts the
+    /// heartbeat (every third of `ttl`) on the current runtime.
     pub async fn join(
         store: Arc<dyn MembershipStore>,
         address: String,
         ttl: Duration,
+        cluster: bool,
     ) -> anyhow::Result<Self> {
         let node = NodeRecord {
             id: Uuid::now_v7(),
@@ -230,6 +279,8 @@ impl Member {
             host: host_name(),
             pid: std::process::id(),
             started_at: Utc::now(),
+            cluster,
+            incarnation: 0,
         };
         running(node.id, true);
         let others = match store.join(&node, ttl, known_dead(&node)).await {
@@ -251,39 +302,11 @@ impl Member {
             since: Instant::now(),
             last_beat_ms: AtomicU64::new(0),
             stats: MembershipStats::default(),
+            record: Mutex::new(node),
         });
         status.stats.nodes.set(1);
-        let beating = status.clone();
-        let heartbeat = tokio::spawn(async move {
-            // Dropped with the runtime (an in-process server that was never stopped): this
-            // process no longer runs the node.
-            let _running = Running(id);
-            let mut every = tokio::time::interval(ttl / 3);
-            every.tick().await;
-            loop {
-                every.tick().await;
-                match beating.store.heartbeat(id).await {
-                    Ok(true) => {
-                        beating.beat();
-                        if let Ok(nodes) = beating.store.nodes().await {
-                            beating.stats.nodes.set(nodes.len() as i64);
-                        }
-                    }
-                    Ok(false) => {
-                        tracing::error!(node = %id, "this server's row left the membership table; entering it again");
-                        let again = beating.store.join(&node, ttl, known_dead(&node)).await;
-                        if again.is_ok_and(|others| others.is_empty()) {
-                            beating.beat();
-                        }
-                    }
-                    Err(error) => {
-                        beating.stats.heartbeat_failures.inc();
-                        tracing::warn!(%error, "membership heartbeat failed");
-                    }
-                }
-            }
-        });
-        tracing::info!(node = %id, "entered the membership table");
+        let heartbeat = (!cluster).then(|| tokio::spawn(heartbeat(status.clone())));
+        tracing::info!(node = %id, cluster, "entered the membership table");
         Ok(Self { status, heartbeat })
     }
 
@@ -293,12 +316,47 @@ impl Member {
 
     /// Leaves the table (after the last flush): another server may start on the stores at once.
     pub async fn leave(self) {
-        self.heartbeat.abort();
+        if let Some(task) = &self.heartbeat {
+            task.abort();
+        }
         let id = self.status.id;
         if let Err(error) = self.status.store.leave(id).await {
             tracing::warn!(%error, "leaving the membership table failed; the row expires by itself");
         }
         running(id, false);
+    }
+}
+
+/// Outside cluster mode: refreshes the heartbeat every third of the TTL, and enters the table
+/// again if the row went.
+async fn heartbeat(status: Arc<MemberStatus>) {
+    let id = status.id;
+    let ttl = status.ttl;
+    // Dropped with the runtime (an in-process server that was never stopped): this process no
+    // longer runs the node.
+    let _running = Running(id);
+    let mut every = tokio::time::interval(ttl / 3);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        match status.store.heartbeat(id, ttl).await {
+            Ok(true) => {
+                status.beat();
+                if let Ok(nodes) = status.store.nodes().await {
+                    status.stats.nodes.set(nodes.len() as i64);
+                }
+            }
+            Ok(false) => {
+                tracing::error!(node = %id, "this server's row left the membership table; entering it again");
+                if status.rejoin().await.is_ok_and(|others| others.is_empty()) {
+                    status.beat();
+                }
+            }
+            Err(error) => {
+                status.stats.heartbeat_failures.inc();
+                tracing::warn!(%error, "membership heartbeat failed");
+            }
+        }
     }
 }
 
@@ -323,6 +381,8 @@ mod tests {
             host: host.into(),
             pid,
             started_at: Utc::now(),
+            cluster: false,
+            incarnation: 0,
         }
     }
 

@@ -150,6 +150,7 @@ impl Metrics {
         lifecycle: Arc<Lifecycle>,
         membership: Arc<MemberStatus>,
         history_secs: usize,
+        extra: Vec<Box<dyn prometheus::core::Collector>>,
     ) -> Result<Self, prometheus::Error> {
         let http = HttpInstruments {
             requests: IntCounterVec::new(
@@ -306,6 +307,7 @@ impl Metrics {
         collectors.extend(chats.runtime().writer.stats.collectors());
         collectors.extend(membership.stats.collectors());
         collectors.push(Box::new(gauges.heartbeat_age.clone()));
+        collectors.extend(extra);
         for provider in chats.llm().providers() {
             collectors.extend(provider.stats.collectors());
         }

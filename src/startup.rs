@@ -13,12 +13,14 @@ use anyhow::Context;
 use arbor_actors::chat::ChatRuntime;
 use arbor_actors::generation::Generations;
 use arbor_actors::llm::LlmPool;
+use arbor_actors::metrics::Instruments;
 use arbor_actors::writer::{AckMode, WriterConfig, WriterHandle};
 use arbor_actors::{Chats, Placement, RegistryConfig};
 
 use crate::api;
 use crate::auth::{load_or_create_secret, Accounts, Tokens};
-use crate::config::{self, ActorPlacement, Settings};
+use crate::cluster::Cluster;
+use crate::config::{self, ActorPlacement, MetadataBackend, Settings};
 use crate::error::extractors;
 use crate::lifecycle::{self, Lifecycle};
 use crate::membership::{Member, MemberStatus};
@@ -33,6 +35,8 @@ struct Started {
     chats: Chats,
     lifecycle: Arc<Lifecycle>,
     drain_delay: Duration,
+    /// Cluster mode: the lease loop.
+    leases: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub struct Application {
@@ -44,6 +48,8 @@ pub struct Application {
     connections: Connections,
     /// This server's row in the membership table, left after the last flush.
     member: Member,
+    /// Cluster mode: this node's leases, and the loop renewing them.
+    cluster: Option<(Arc<Cluster>, tokio::task::JoinHandle<()>)>,
     lifecycle: Arc<Lifecycle>,
     drain_delay: Duration,
 }
@@ -52,6 +58,7 @@ impl Application {
     /// Opens the stores, starts the actors and binds `server.host:server.port`. Must run inside
     /// an actix system.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        check_cluster(&settings)?;
         let (stores, connections) = storage::open(&settings).await?;
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {
@@ -60,13 +67,34 @@ impl Application {
         let port = listener.local_addr()?.port();
         // Before anything is written or served: another live server on these stores keeps this
         // one out.
+        let advertise = match settings.cluster.advertise.trim() {
+            "" => format!("{}:{port}", settings.server.host),
+            address => address.to_owned(),
+        };
         let member = Member::join(
             connections.membership()?,
-            format!("{}:{port}", settings.server.host),
+            advertise,
             settings.membership.ttl(),
+            settings.cluster.enabled,
         )
         .await?;
-        let started = Self::start(settings, stores, listener, port, member.status().clone()).await;
+        let cluster = match settings.cluster.enabled {
+            true => Some(Cluster::new(
+                member.status().clone(),
+                connections.leases()?,
+                settings.cluster.clone(),
+            )?),
+            false => None,
+        };
+        let started = Self::start(
+            settings,
+            stores,
+            listener,
+            port,
+            member.status().clone(),
+            cluster.clone(),
+        )
+        .await;
         match started {
             Ok(parts) => Ok(Self {
                 port,
@@ -75,6 +103,7 @@ impl Application {
                 chats: parts.chats,
                 connections,
                 member,
+                cluster: cluster.zip(parts.leases),
                 lifecycle: parts.lifecycle,
                 drain_delay: parts.drain_delay,
             }),
@@ -92,6 +121,7 @@ impl Application {
         listener: TcpListener,
         port: u16,
         membership: Arc<MemberStatus>,
+        cluster: Option<Arc<Cluster>>,
     ) -> anyhow::Result<Started> {
         let secret = load_or_create_secret(&settings.auth, &settings.storage.data_dir)?;
         let tokens = Tokens::new(&secret, settings.auth.token_ttl_minutes);
@@ -100,7 +130,12 @@ impl Application {
             .await
             .context("auth.api_tokens")?;
         let llm = Arc::new(crate::llm::start_pool(&settings.llm)?);
-        let chats = start_chats(&settings, &stores, llm);
+        let chats = start_chats(&settings, &stores, llm, cluster.clone());
+        // Cluster mode: the first renewal (and the claims it makes) before anything is served.
+        let leases = match &cluster {
+            Some(cluster) => Some(cluster.start(chats.clone()).await),
+            None => None,
+        };
         let lifecycle = Arc::new(Lifecycle::default());
         let metrics = Arc::new(
             Metrics::new(
@@ -108,6 +143,10 @@ impl Application {
                 lifecycle.clone(),
                 membership.clone(),
                 settings.admin.history_secs,
+                cluster
+                    .as_ref()
+                    .map(|c| c.stats.collectors())
+                    .unwrap_or_default(),
             )
             .context("registering metrics")?,
         );
@@ -125,6 +164,7 @@ impl Application {
             metrics,
             lifecycle: lifecycle.clone(),
             membership,
+            cluster,
         };
         let server = serve(listener, &settings, shared)?;
         tracing::info!(
@@ -139,6 +179,7 @@ impl Application {
             chats,
             lifecycle,
             drain_delay: Duration::from_secs(settings.server.drain_delay_secs),
+            leases,
         })
     }
 
@@ -202,6 +243,7 @@ impl Application {
         served.context("HTTP server failed")?;
         tracing::info!("HTTP stopped; flushing chats");
         self.chats.shutdown().await;
+        leave(self.cluster, &self.chats).await;
         self.member.leave().await;
         self.connections.close().await;
         tracing::info!("all writes flushed; bye");
@@ -212,12 +254,54 @@ impl Application {
     /// flushes every chat, leaves the membership table and closes the stores.
     pub async fn close(self) {
         self.chats.shutdown().await;
+        leave(self.cluster, &self.chats).await;
         self.member.leave().await;
         self.connections.close().await;
     }
+
+    /// Cluster mode: this node's part (tests and the admin surface read it).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref().map(|(cluster, _)| cluster)
+    }
 }
 
-fn start_chats(settings: &Settings, stores: &Stores, llm: Arc<LlmPool>) -> Chats {
+/// Cluster mode, after the last flush: stops renewing and hands every lease over.
+async fn leave(cluster: Option<(Arc<Cluster>, tokio::task::JoinHandle<()>)>, chats: &Chats) {
+    if let Some((cluster, renewing)) = cluster {
+        renewing.abort();
+        cluster.leave(chats).await;
+    }
+}
+
+/// Cluster mode's requirements, checked before anything starts.
+fn check_cluster(settings: &Settings) -> anyhow::Result<()> {
+    let cluster = &settings.cluster;
+    if !cluster.enabled {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        settings.storage.metadata == MetadataBackend::Postgres,
+        "cluster mode needs storage.metadata = \"postgres\": the nodes share the membership and \
+         shard lease tables there (SQLite is one machine's file)"
+    );
+    anyhow::ensure!(
+        cluster.secret.expose().len() >= 16,
+        "cluster mode needs cluster.secret, at least 16 characters, the same on every node"
+    );
+    anyhow::ensure!(
+        !settings.auth.jwt_secret.expose().is_empty(),
+        "cluster mode needs auth.jwt_secret, the same on every node (a token one node signs \
+         must be valid on all)"
+    );
+    Ok(())
+}
+
+fn start_chats(
+    settings: &Settings,
+    stores: &Stores,
+    llm: Arc<LlmPool>,
+    cluster: Option<Arc<Cluster>>,
+) -> Chats {
     let storage = &settings.storage;
     let writer = WriterHandle::spawn(
         stores.clone(),
@@ -236,16 +320,20 @@ fn start_chats(settings: &Settings, stores: &Stores, llm: Arc<LlmPool>) -> Chats
         },
     );
     let actors = &settings.actors;
+    let mut runtime = ChatRuntime::new(
+        writer,
+        stores.metadata.clone(),
+        stores.messages.clone(),
+        Arc::new(Generations::new(
+            Duration::from_secs(settings.llm.event_retention_secs),
+            settings.llm.max_retained_generations.max(1),
+        )),
+    );
+    if let Some(cluster) = cluster {
+        runtime = runtime.with_ownership(cluster);
+    }
     Chats::start(
-        ChatRuntime::new(
-            writer,
-            stores.metadata.clone(),
-            stores.messages.clone(),
-            Arc::new(Generations::new(
-                Duration::from_secs(settings.llm.event_retention_secs),
-                settings.llm.max_retained_generations.max(1),
-            )),
-        ),
+        runtime,
         RegistryConfig {
             max_resident: actors.max_resident.max(1),
             idle_timeout: Duration::from_secs(actors.idle_timeout_secs.max(1)),
@@ -274,6 +362,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
     membership: Arc<MemberStatus>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::Result<Server> {
@@ -284,7 +373,10 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
         metrics,
         lifecycle,
         membership,
+        cluster,
     } = shared;
+    let clustered = cluster.is_some();
+    let cluster = cluster.map(web::Data::from);
     let metrics = web::Data::from(metrics);
     let lifecycle = web::Data::from(lifecycle);
     let membership = web::Data::from(membership);
@@ -308,7 +400,17 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
         n => n,
     };
     let server = HttpServer::new(move || {
-        App::new()
+        let app = App::new();
+        let app = match &cluster {
+            Some(cluster) => app.app_data(cluster.clone()),
+            None => app,
+        };
+        app
+            // Innermost: the request reaches the router after CORS and the request span.
+            .wrap(Condition::new(
+                clustered,
+                from_fn(crate::cluster::route::route),
+            ))
             // No origins is CORS off: no middleware, rather than one that checks every request
             // and adds `Vary` headers to answer no origin.
             .wrap(Condition::new(!origins.is_empty(), cors(&origins)))

@@ -33,6 +33,9 @@ pub enum ChatError {
     Overloaded,
     #[error("storage is unavailable")]
     StorageUnavailable,
+    /// Cluster mode: this server does not hold the lease of the chat's shard (any more).
+    #[error("the chat is on another server or moving between servers; retry")]
+    Moved,
     #[error("the model is unknown: {0}")]
     UnknownModel(String),
     #[error("the model provider's queue is full; retry later")]

@@ -39,16 +39,19 @@ pub enum EvictReason {
     Shutdown = 4,
     /// The actor stopped on its own (a reload from a failing store, say).
     Stopped = 5,
+    /// Cluster mode: the lease of its chat's shard moved to another server.
+    Moved = 6,
 }
 
 impl EvictReason {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Idle,
         Self::Capacity,
         Self::Admin,
         Self::Deleted,
         Self::Shutdown,
         Self::Stopped,
+        Self::Moved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl EvictReason {
             Self::Deleted => "deleted",
             Self::Shutdown => "shutdown",
             Self::Stopped => "stopped",
+            Self::Moved => "moved",
         }
     }
 

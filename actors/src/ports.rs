@@ -23,6 +23,10 @@ pub enum StoreError {
     Rejected(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Cluster mode: these fences of the batch are stale (their shard's lease moved to another
+    /// epoch since the changes were made). Nothing of the batch was applied.
+    #[error("fenced: stale shard leases {0:?}")]
+    Fenced(Vec<Fence>),
 }
 
 impl StoreError {
@@ -33,13 +37,35 @@ impl StoreError {
             Self::Conflict(_) => "conflict",
             Self::Rejected(_) => "rejected",
             Self::Corrupt(_) => "corrupt",
+            Self::Fenced(_) => "fenced",
         }
     }
+}
+
+/// Cluster mode: the shard a chat belongs to and the epoch of that shard's lease its changes were
+/// made under. A batch commits only while every fence it carries is still the lease's epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fence {
+    pub shard: u16,
+    pub epoch: i64,
+}
+
+/// Which chats this server may change (cluster mode: the shard leases it holds). Without it,
+/// every chat is this server's.
+pub trait Ownership: Send + Sync + 'static {
+    /// The fence a chat's writes carry while this server holds its shard's lease; `None` when
+    /// it does not (the chat is another server's, or its shard is moving).
+    fn fence(&self, chat: ChatId) -> Option<Fence>;
+    /// An id for a new chat, in a shard this server holds; `None` when it holds none.
+    fn new_chat_id(&self) -> Option<ChatId>;
 }
 
 /// The metadata changes of one write-behind batch, already coalesced (latest version per row).
 #[derive(Debug, Default, Clone)]
 pub struct MetaBatch {
+    /// The fences of the batch's chats, one per shard: checked in the same transaction as the
+    /// changes, which are refused whole ([`StoreError::Fenced`]) if any is stale.
+    pub fences: Vec<Fence>,
     pub chats: Vec<ChatMeta>,
     /// Each branch with the chat version that produced it.
     pub branches: Vec<(Branch, i64)>,
@@ -124,7 +150,9 @@ pub trait MetadataStore: Send + Sync + 'static {
         before: Option<ChatId>,
     ) -> Result<Vec<ChatMeta>, StoreError>;
     /// Applies a batch in one transaction. Rows carry versions: an older version never
-    /// overwrites a newer one.
+    /// overwrites a newer one. A store that keeps shard leases checks the batch's fences in
+    /// the same transaction and fails with [`StoreError::Fenced`] naming the stale shards;
+    /// one that keeps none (no cluster mode) ignores them.
     async fn apply(&self, batch: &MetaBatch) -> Result<(), StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -66,6 +66,14 @@ impl Connections {
         }
     }
 
+    /// The shard lease table of cluster mode: PostgreSQL only.
+    pub fn leases(&self) -> anyhow::Result<Arc<dyn crate::cluster::leases::LeaseStore>> {
+        match &self.postgres {
+            Some(postgres) => Ok(Arc::new(postgres.clone())),
+            None => anyhow::bail!("cluster mode needs PostgreSQL as the metadata store"),
+        }
+    }
+
     pub async fn close(&self) {
         if let Some(s) = &self.sqlite {
             s.close().await;

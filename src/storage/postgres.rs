@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arbor_actors::model::{Branch, BranchId, ChatId, ChatMeta, MessageId, UserId, UserRecord};
-use arbor_actors::ports::{MetaBatch, MetadataStore, StoreError};
+use arbor_actors::ports::{Fence, MetaBatch, MetadataStore, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
@@ -18,6 +18,7 @@ use sqlx::{Connection, Row};
 use uuid::Uuid;
 
 use super::fold_chat_rows;
+use crate::cluster::leases::{Lease, LeaseStore, Snapshot};
 use crate::membership::{split_dead, KnownDead, MembershipStore, NodeRecord, NodeSeen};
 
 #[derive(Clone)]
@@ -516,36 +517,56 @@ impl MetadataStore for PostgresStore {
         let delete = sqlx::query(DELETE)
             .bind(uuids(&batch.deleted_branches, |b| *b.as_uuid()))
             .bind(uuids(&batch.deleted_chats, |c| *c.as_uuid()));
-        if !upserts && !deletes {
+        let fences = &batch.fences;
+        if !upserts && !deletes && fences.is_empty() {
             return Ok(());
         }
-        self.bounded(async {
-            // Taken out for the call: if it fails, or this future is dropped midway (the
-            // bound), the connection goes with it rather than back in a state nobody knows.
-            let mut held = self.writer.lock().await;
-            let mut conn = self.writer_connection(held.take()).await?;
-            // One statement is atomic on its own; both need a transaction.
-            match (upserts, deletes) {
-                (true, false) => {
-                    upsert.execute(&mut conn).await?;
+        let stale = self
+            .bounded(async {
+                // Taken out for the call: if it fails, or this future is dropped midway (the
+                // bound), the connection goes with it rather than back in a state nobody knows.
+                let mut held = self.writer.lock().await;
+                let mut conn = self.writer_connection(held.take()).await?;
+                let mut stale = Vec::new();
+                // One statement is atomic on its own; more need a transaction. Fences are
+                // checked in it, holding their lease rows (`FOR SHARE`) until the commit: a
+                // takeover, which updates the row, waits for the commit or comes before it.
+                match (upserts, deletes, fences.is_empty()) {
+                    (true, false, true) => {
+                        upsert.execute(&mut conn).await?;
+                    }
+                    (false, true, true) => {
+                        delete.execute(&mut conn).await?;
+                    }
+                    _ => {
+                        let mut tx = conn.begin().await?;
+                        if !fences.is_empty() {
+                            stale = stale_fences(&mut tx, fences).await?;
+                        }
+                        if stale.is_empty() {
+                            if upserts {
+                                upsert.execute(&mut *tx).await?;
+                            }
+                            if deletes {
+                                delete.execute(&mut *tx).await?;
+                            }
+                            tx.commit().await?;
+                        } else {
+                            tx.rollback().await?;
+                        }
+                    }
                 }
-                (false, true) => {
-                    delete.execute(&mut conn).await?;
-                }
-                _ => {
-                    let mut tx = conn.begin().await?;
-                    upsert.execute(&mut *tx).await?;
-                    delete.execute(&mut *tx).await?;
-                    tx.commit().await?;
-                }
-            }
-            *held = Some(Held {
-                conn,
-                used: Instant::now(),
-            });
-            Ok(())
-        })
-        .await
+                *held = Some(Held {
+                    conn,
+                    used: Instant::now(),
+                });
+                Ok(stale)
+            })
+            .await?;
+        match stale.is_empty() {
+            true => Ok(()),
+            false => Err(StoreError::Fenced(stale)),
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -559,6 +580,32 @@ impl PostgresStore {
     pub fn shared(self) -> Arc<Self> {
         Arc::new(self)
     }
+}
+
+/// The fences whose lease has another epoch now, locking the lease rows until the transaction
+/// ends.
+async fn stale_fences(
+    conn: &mut PgConnection,
+    fences: &[Fence],
+) -> Result<Vec<Fence>, sqlx::Error> {
+    let shards: Vec<i32> = fences.iter().map(|f| i32::from(f.shard)).collect();
+    let rows = sqlx::query(
+        "SELECT shard, epoch FROM shards WHERE shard = ANY($1) ORDER BY shard FOR SHARE",
+    )
+    .bind(&shards)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut epochs = std::collections::HashMap::new();
+    for row in &rows {
+        let shard: i32 = row.try_get("shard")?;
+        let epoch: i64 = row.try_get("epoch")?;
+        epochs.insert(shard, epoch);
+    }
+    Ok(fences
+        .iter()
+        .filter(|f| epochs.get(&i32::from(f.shard)) != Some(&f.epoch))
+        .copied()
+        .collect())
 }
 
 /// How long startup keeps trying to reach PostgreSQL. Each attempt is bounded by the store
@@ -609,6 +656,8 @@ fn node_from(row: &PgRow) -> Result<NodeSeen, StoreError> {
             host: get(row, "host")?,
             pid: u32::try_from(pid).unwrap_or(u32::MAX),
             started_at: get(row, "started_at")?,
+            cluster: get(row, "cluster")?,
+            incarnation: get(row, "incarnation")?,
         },
         heartbeat_age: Duration::from_secs_f64(age.max(0.0)),
     })
@@ -640,7 +689,7 @@ impl MembershipStore for PostgresStore {
                 Ok(seen) => seen,
                 Err(corrupt) => return Ok(Err(corrupt)),
             };
-            let (dead, live) = split_dead(seen, ttl, &known_dead);
+            let (dead, live) = split_dead(&node, seen, ttl, &known_dead);
             let dead: Vec<Uuid> = dead.iter().map(|n| n.node.id).collect();
             sqlx::query("DELETE FROM nodes WHERE id = ANY($1)")
                 .bind(&dead)
@@ -648,14 +697,19 @@ impl MembershipStore for PostgresStore {
                 .await?;
             if live.is_empty() {
                 sqlx::query(
-                    "INSERT INTO nodes (id, address, host, pid, started_at, heartbeat_at)
-                     VALUES ($1, $2, $3, $4, $5, clock_timestamp())",
+                    "INSERT INTO nodes
+                        (id, address, host, pid, started_at, heartbeat_at, cluster, incarnation)
+                     VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6, $7)
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp(),
+                        address = $2, incarnation = $7",
                 )
                 .bind(node.id)
                 .bind(&node.address)
                 .bind(&node.host)
                 .bind(i32::try_from(node.pid).unwrap_or(i32::MAX))
                 .bind(node.started_at)
+                .bind(node.cluster)
+                .bind(node.incarnation)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -665,11 +719,15 @@ impl MembershipStore for PostgresStore {
         .await?
     }
 
-    async fn heartbeat(&self, id: Uuid) -> Result<bool, StoreError> {
+    async fn heartbeat(&self, id: Uuid, ttl: Duration) -> Result<bool, StoreError> {
         let done = self
-            .pooled(|pool| async move {
-                sqlx::query("UPDATE nodes SET heartbeat_at = clock_timestamp() WHERE id = $1")
-                    .bind(id)
+            .pooled(move |pool| async move {
+                sqlx::query(
+                    "UPDATE nodes SET heartbeat_at = clock_timestamp()
+                     WHERE id = $1 AND heartbeat_at > clock_timestamp() - $2::float8 * interval '1 second'",
+                )
+                .bind(id)
+                .bind(ttl.as_secs_f64())
                     .execute(&pool)
                     .await
             })
@@ -698,4 +756,125 @@ impl MembershipStore for PostgresStore {
             .await?;
         rows.iter().map(node_from).collect()
     }
+}
+
+/// The shard leases of cluster mode (`crate::cluster::leases`).
+#[async_trait]
+impl LeaseStore for PostgresStore {
+    async fn renew(&self, me: &NodeRecord, ttl: Duration) -> Result<Option<Snapshot>, StoreError> {
+        let (id, incarnation) = (me.id, me.incarnation);
+        let rows = self
+            .pooled(move |pool| async move {
+                let beat = sqlx::query(
+                    "UPDATE nodes SET heartbeat_at = clock_timestamp()
+                     WHERE id = $1 AND incarnation = $2
+                       AND heartbeat_at > clock_timestamp() - $3::float8 * interval '1 second'",
+                )
+                .bind(id)
+                .bind(incarnation)
+                .bind(ttl.as_secs_f64())
+                .execute(&pool)
+                .await?;
+                if beat.rows_affected() != 1 {
+                    return Ok(None);
+                }
+                let nodes = sqlx::query(&format!("{NODES} ORDER BY id"))
+                    .fetch_all(&pool)
+                    .await?;
+                let leases = sqlx::query(
+                    "SELECT shard, owner, owner_incarnation, epoch FROM shards ORDER BY shard",
+                )
+                .fetch_all(&pool)
+                .await?;
+                Ok(Some((nodes, leases)))
+            })
+            .await?;
+        let Some((nodes, leases)) = rows else {
+            return Ok(None);
+        };
+        Ok(Some(Snapshot {
+            nodes: nodes.iter().map(node_from).collect::<Result<_, _>>()?,
+            leases: leases.iter().map(lease_from).collect::<Result<_, _>>()?,
+        }))
+    }
+
+    async fn claim(
+        &self,
+        me: &NodeRecord,
+        shards: &[u16],
+        ttl: Duration,
+    ) -> Result<Vec<(u16, i64)>, StoreError> {
+        let (id, incarnation) = (me.id, me.incarnation);
+        let shards: Vec<i32> = shards.iter().map(|&s| i32::from(s)).collect();
+        let rows = self
+            .pooled(move |pool| async move {
+                sqlx::query(
+                    "UPDATE shards s SET owner = $1, owner_incarnation = $2,
+                            epoch = s.epoch + 1, changed_at = clock_timestamp()
+                     WHERE s.shard = ANY($3)
+                       AND NOT EXISTS (
+                           SELECT 1 FROM nodes n
+                           WHERE n.id = s.owner AND n.incarnation = s.owner_incarnation
+                             AND n.heartbeat_at > clock_timestamp() - $4::float8 * interval '1 second')
+                     RETURNING s.shard, s.epoch",
+                )
+                .bind(id)
+                .bind(incarnation)
+                .bind(&shards)
+                .bind(ttl.as_secs_f64())
+                .fetch_all(&pool)
+                .await
+            })
+            .await?;
+        rows.iter().map(shard_epoch).collect()
+    }
+
+    async fn hand_over(
+        &self,
+        me: &NodeRecord,
+        shards: &[u16],
+        to: Option<&NodeRecord>,
+    ) -> Result<Vec<(u16, i64)>, StoreError> {
+        let (id, incarnation) = (me.id, me.incarnation);
+        let (to_id, to_incarnation) = match to {
+            Some(node) => (Some(node.id), node.incarnation),
+            None => (None, 0),
+        };
+        let shards: Vec<i32> = shards.iter().map(|&s| i32::from(s)).collect();
+        let rows = self
+            .pooled(move |pool| async move {
+                sqlx::query(
+                    "UPDATE shards SET owner = $1, owner_incarnation = $2,
+                            epoch = epoch + 1, changed_at = clock_timestamp()
+                     WHERE shard = ANY($3) AND owner = $4 AND owner_incarnation = $5
+                     RETURNING shard, epoch",
+                )
+                .bind(to_id)
+                .bind(to_incarnation)
+                .bind(&shards)
+                .bind(id)
+                .bind(incarnation)
+                .fetch_all(&pool)
+                .await
+            })
+            .await?;
+        rows.iter().map(shard_epoch).collect()
+    }
+}
+
+fn shard_epoch(row: &PgRow) -> Result<(u16, i64), StoreError> {
+    let shard: i32 = get(row, "shard")?;
+    let shard = u16::try_from(shard).map_err(|_| StoreError::Corrupt(format!("shard {shard}")))?;
+    Ok((shard, get(row, "epoch")?))
+}
+
+fn lease_from(row: &PgRow) -> Result<Lease, StoreError> {
+    let (shard, epoch) = shard_epoch(row)?;
+    let owner: Option<Uuid> = get(row, "owner")?;
+    let incarnation: i64 = get(row, "owner_incarnation")?;
+    Ok(Lease {
+        shard,
+        owner: owner.map(|o| (o, incarnation)),
+        epoch,
+    })
 }

@@ -588,6 +588,13 @@ fn node_from(row: &SqliteRow, now_ms: i64) -> Result<NodeSeen, StoreError> {
             host: text(row, "host")?,
             pid: u32::try_from(pid).unwrap_or(u32::MAX),
             started_at: time(row, "started_at")?,
+            cluster: row
+                .try_get::<i64, _>("cluster")
+                .map_err(|e| StoreError::Corrupt(format!("nodes.cluster: {e}")))?
+                != 0,
+            incarnation: row
+                .try_get("incarnation")
+                .map_err(|e| StoreError::Corrupt(format!("nodes.incarnation: {e}")))?,
         },
         heartbeat_age: Duration::from_millis(u64::try_from(now_ms - heartbeat).unwrap_or(0)),
     })
@@ -618,7 +625,7 @@ impl MembershipStore for SqliteStore {
                 .iter()
                 .map(|r| node_from(r, now))
                 .collect::<Result<Vec<_>, _>>()?;
-            let (dead, live) = split_dead(seen, ttl, &known_dead);
+            let (dead, live) = split_dead(node, seen, ttl, &known_dead);
             for gone in &dead {
                 sqlx::query("DELETE FROM nodes WHERE id = ?")
                     .bind(gone.node.id.to_string())
@@ -628,8 +635,9 @@ impl MembershipStore for SqliteStore {
             }
             if live.is_empty() {
                 sqlx::query(
-                    "INSERT INTO nodes (id, address, host, pid, started_at, heartbeat_ms)
-                     VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO nodes
+                        (id, address, host, pid, started_at, heartbeat_ms, cluster, incarnation)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(node.id.to_string())
                 .bind(&node.address)
@@ -637,6 +645,8 @@ impl MembershipStore for SqliteStore {
                 .bind(i64::from(node.pid))
                 .bind(node.started_at)
                 .bind(now)
+                .bind(i64::from(node.cluster))
+                .bind(node.incarnation)
                 .execute(&mut *conn)
                 .await
                 .map_err(store_error)?;
@@ -652,13 +662,17 @@ impl MembershipStore for SqliteStore {
         joined
     }
 
-    async fn heartbeat(&self, id: Uuid) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE nodes SET heartbeat_ms = ? WHERE id = ?")
-            .bind(Utc::now().timestamp_millis())
-            .bind(id.to_string())
-            .execute(&self.writes)
-            .await
-            .map_err(store_error)?;
+    async fn heartbeat(&self, id: Uuid, ttl: Duration) -> Result<bool, StoreError> {
+        let now = Utc::now().timestamp_millis();
+        let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let done =
+            sqlx::query("UPDATE nodes SET heartbeat_ms = ? WHERE id = ? AND heartbeat_ms > ?")
+                .bind(now)
+                .bind(id.to_string())
+                .bind(now.saturating_sub(ttl))
+                .execute(&self.writes)
+                .await
+                .map_err(store_error)?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -63,6 +63,8 @@ async fn a_node_elsewhere_keeps_others_out_until_its_heartbeat_expires() {
         host: "another-machine".into(),
         pid: 4242,
         started_at: chrono::Utc::now(),
+        cluster: false,
+        incarnation: 0,
     };
     let others = table
         .join(
@@ -82,7 +84,10 @@ async fn a_node_elsewhere_keeps_others_out_until_its_heartbeat_expires() {
     );
     // A heartbeat keeps it live past the TTL ...
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(table.heartbeat(elsewhere.id).await.unwrap());
+    assert!(table
+        .heartbeat(elsewhere.id, Duration::from_secs(2))
+        .await
+        .unwrap());
     tokio::time::sleep(Duration::from_millis(1000)).await;
     refused(&s).await;
     // ... and without one it is dead after the TTL: the server starts and the row is gone.
@@ -93,7 +98,10 @@ async fn a_node_elsewhere_keeps_others_out_until_its_heartbeat_expires() {
     assert_eq!(nodes.len(), 1, "{nodes:?}");
     assert_ne!(nodes[0].node.id, elsewhere.id);
     assert_eq!(nodes[0].node.pid, std::process::id());
-    assert!(!table.heartbeat(elsewhere.id).await.unwrap());
+    assert!(!table
+        .heartbeat(elsewhere.id, Duration::from_secs(2))
+        .await
+        .unwrap());
     app.stop().await;
     assert!(table.nodes().await.unwrap().is_empty(), "left on stop");
     connections.close().await;

@@ -97,6 +97,7 @@ fn round(
     ChatWrite {
         chat: meta.id,
         generation: 0,
+        fence: None,
         ops,
         owner: None,
     }

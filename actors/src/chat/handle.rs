@@ -215,7 +215,7 @@ impl WriteOwner for HandleInner {
         };
     }
 
-    fn failed(&self, generation: u64) {
-        self.addr.do_send(WriteFailed { generation });
+    fn failed(&self, generation: u64, moved: bool) {
+        self.addr.do_send(WriteFailed { generation, moved });
     }
 }

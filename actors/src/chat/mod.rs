@@ -28,8 +28,9 @@ pub(crate) use self::handle::{AskError, Birth, Liveness};
 pub use self::messages::*;
 pub use self::state::*;
 use crate::error::ChatError;
-use crate::inspect::ActorProbe;
+use crate::inspect::{ActorProbe, EvictReason};
 use crate::model::{BranchId, UserId};
+use crate::ports::Fence;
 
 ///
 /// A resident chat is mostly this actor, inline in its task with actix's context: tokio rounds a
@@ -60,6 +61,7 @@ impl ChatActor {
         rt: Arc<ChatRuntime>,
         birth: Birth,
         handle: ChatHandle,
+        fence: Option<Fence>,
     ) -> Self {
         birth.claim();
         Self {
@@ -67,6 +69,7 @@ impl ChatActor {
                 state,
                 rt,
                 generation: next_generation(),
+                fence,
                 handle,
             },
         }
@@ -83,6 +86,7 @@ impl ChatActor {
         rt: Arc<ChatRuntime>,
         birth: Birth,
         instance: u64,
+        fence: Option<Fence>,
     ) -> ChatHandle {
         let (tx, rx) = actix::dev::channel::channel(0);
         let handle = ChatHandle::new(
@@ -93,7 +97,7 @@ impl ChatActor {
         let own = handle.clone();
         arbiter.spawn_fn(move || {
             let ctx = actix::Context::with_receiver(rx);
-            let actor = ChatActor::new(state, rt, birth, own);
+            let actor = ChatActor::new(state, rt, birth, own, fence);
             actix::spawn(ctx.into_future(actor));
         });
         handle
@@ -124,16 +128,21 @@ impl ChatActor {
     }
 
     /// Replaces the in-memory state with the stored one, once everything queued is flushed.
-    /// The mailbox waits meanwhile.
+    /// The mailbox waits meanwhile. In cluster mode only under the same shard lease as before:
+    /// otherwise the actor stops, and the chat activates anew wherever its lease is.
     fn reload(&mut self, ctx: &mut Context<Self>) {
         let rt = self.core.rt.clone();
         let id = self.core.state.tree.chat();
+        let fence = self.core.fence;
         let fut = async move {
             rt.writer.barrier().await;
+            if rt.fence(id)? != fence {
+                return Err(ChatError::Moved);
+            }
             load_chat(&rt, id).await
         };
         ctx.wait(fut.into_actor(self).map(|loaded, act, ctx| match loaded {
-            Ok(Some(state)) => {
+            Ok(Some((state, _orphans))) => {
                 act.core.state = state;
                 act.core.handle.probe().observe(&act.core.state.tree);
             }
@@ -212,15 +221,31 @@ impl Handler<WriteFailed> for ChatActor {
         if msg.generation < self.core.generation {
             return; // Already reloaded past that failure.
         }
+        if msg.moved {
+            tracing::info!(chat = %self.core.state.tree.chat(), "this chat's shard lease moved on; stopping its actor");
+            self.core.generation = next_generation();
+            self.core
+                .handle
+                .probe()
+                .set_evict_reason(EvictReason::Moved);
+            let barrier = self.core.rt.writer.barrier();
+            ctx.wait(barrier.into_actor(self).map(|_, act, ctx| {
+                act.core.handle.probe().mark_flushed();
+                ctx.stop();
+            }));
+            return;
+        }
         tracing::warn!(chat = %self.core.state.tree.chat(), "a write of this chat failed; reloading it from the store");
         self.core.generation = next_generation();
         self.reload(ctx);
     }
 }
 
-/// Told to a chat actor whose writes failed: reload from the store.
+/// Told to a chat actor whose writes failed: reload from the store, or stop when they were
+/// refused because the chat's shard lease `moved` on.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct WriteFailed {
     pub generation: u64,
+    pub moved: bool,
 }

@@ -9,7 +9,7 @@ use super::Liveness;
 use crate::error::ChatError;
 use crate::generation::{Generation, Generations};
 use crate::model::{Branch, BranchId, ChatId, ChatMeta, ChatRow, Message, MessageId, UserId};
-use crate::ports::{MessageStore, MetadataStore, Turn};
+use crate::ports::{Fence, MessageStore, MetadataStore, Ownership, Turn};
 use crate::tree::Tree;
 use crate::views::{EditView, MessageView, RegenerateView, SendView};
 use crate::writer::{committed, CommitTicket, WriteOp, WriterHandle};
@@ -20,6 +20,8 @@ pub struct ChatRuntime {
     pub metadata: Arc<dyn MetadataStore>,
     pub messages: Arc<dyn MessageStore>,
     pub generations: Arc<Generations>,
+    /// Cluster mode: the shard leases this server holds. `None`: every chat is this server's.
+    pub ownership: Option<Arc<dyn Ownership>>,
     /// The actors alive, kept by the registry; each leaves it when dropped.
     pub(crate) live: Arc<Liveness>,
     /// Bytes of written pages each thread keeps (`pages`); set by the registry.
@@ -38,8 +40,24 @@ impl ChatRuntime {
             metadata,
             messages,
             generations,
+            ownership: None,
             live: Arc::default(),
             page_cache_bytes: 0,
+        }
+    }
+
+    /// Cluster mode: chats are served and changed only under this server's shard leases.
+    pub fn with_ownership(mut self, ownership: Arc<dyn Ownership>) -> Self {
+        self.ownership = Some(ownership);
+        self
+    }
+
+    /// The fence a chat's writes carry: `None` without cluster mode; `Moved` when this server
+    /// does not hold the chat's shard lease.
+    pub fn fence(&self, chat: ChatId) -> Result<Option<Fence>, ChatError> {
+        match &self.ownership {
+            None => Ok(None),
+            Some(ownership) => ownership.fence(chat).map(Some).ok_or(ChatError::Moved),
         }
     }
 }
@@ -161,12 +179,13 @@ impl ChatState {
         (state, ops)
     }
 
-    /// Rebuilds a chat from its stored rows.
+    /// Rebuilds a chat from its stored rows; also answers the stored messages it left out
+    /// because no branch reaches them (see `Tree::restore`).
     pub fn restore(
         meta: ChatMeta,
         branches: Vec<Branch>,
         messages: Vec<Message>,
-    ) -> Result<Self, ChatError> {
+    ) -> Result<(Self, Vec<MessageId>), ChatError> {
         let restored = Tree::restore(branches, meta.active_branch, messages).map_err(|e| {
             ChatError::Internal(format!("chat {} cannot be restored: {e}", meta.id))
         })?;
@@ -196,7 +215,7 @@ impl ChatState {
         }
         let idem = IdemMap((!idem.is_empty()).then(|| Box::new(idem)));
         let row = ChatRow::new(meta);
-        Ok(Self { row, tree, idem })
+        Ok((Self { row, tree, idem }, restored.pruned))
     }
 }
 
@@ -207,7 +226,12 @@ impl ChatState {
 /// in flight when it activates (eviction flushes first), but should one be, a head missing from
 /// the messages read gets the messages read once more (now after the metadata read) before
 /// restore treats it as a crash remnant (and moves it back to its fallback).
-pub async fn load_chat(rt: &ChatRuntime, id: ChatId) -> Result<Option<ChatState>, ChatError> {
+///
+/// Also answers the stored messages the restore left out because no branch reaches them.
+pub async fn load_chat(
+    rt: &ChatRuntime,
+    id: ChatId,
+) -> Result<Option<(ChatState, Vec<MessageId>)>, ChatError> {
     let (meta, messages) =
         futures_util::future::join(rt.metadata.load_chat(id), rt.messages.load_chat(id)).await;
     let Some((meta, branches)) = meta.map_err(storage_error)? else {

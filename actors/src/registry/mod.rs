@@ -263,7 +263,12 @@ impl Chats {
 
     /// Creates a chat owned by `owner`; its actor starts resident.
     pub async fn create(&self, owner: UserId, new: NewChat) -> Result<ChatView, ChatError> {
-        let id = ChatId::new();
+        let rt = &self.inner.rt;
+        let id = match &rt.ownership {
+            Some(ownership) => ownership.new_chat_id().ok_or(ChatError::Moved)?,
+            None => ChatId::new(),
+        };
+        let fence = rt.fence(id)?;
         let (state, ops) = ChatState::create(id, owner, new);
         let view = ChatView::of(&state.row, &state.tree);
         self.inner.rt.writer.room().await;
@@ -273,10 +278,11 @@ impl Chats {
             .writer
             .reserve()
             .ok_or(ChatError::Overloaded)?;
-        let handle = self.spawn(id, state);
+        let handle = self.spawn(id, state, fence);
         let commit = slot.send(crate::writer::ChatWrite {
             chat: id,
             generation: 0,
+            fence,
             ops,
             owner: Some(handle.write_owner()),
         });
@@ -622,6 +628,7 @@ fn commit_error(e: WriteError) -> ChatError {
         WriteError::StorageUnavailable | WriteError::Fenced | WriteError::Stopped => {
             ChatError::StorageUnavailable
         }
+        WriteError::Moved => ChatError::Moved,
     }
 }
 

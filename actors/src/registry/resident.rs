@@ -16,7 +16,8 @@ use crate::error::ChatError;
 use crate::inspect::{
     ActorDetail, ActorInfo, ActorPage, ActorSort, ActorTotals, EvictReason, SortOrder,
 };
-use crate::model::ChatId;
+use crate::model::{ChatId, MessageId};
+use crate::ports::Fence;
 
 /// The registry's instruments for the operator surface.
 pub struct RegistryStats {
@@ -26,6 +27,8 @@ pub struct RegistryStats {
     pub activation_seconds: Histogram,
     /// By [`EvictReason`].
     pub evictions: IntCounterVec,
+    /// Stored messages no branch reaches, deleted on activation.
+    pub orphans: IntCounter,
 }
 
 impl Default for RegistryStats {
@@ -33,7 +36,7 @@ impl Default for RegistryStats {
         use crate::metrics::*;
         let evictions = counter_vec(
             "arbor_chat_evictions_total",
-            "Chat actors that left memory, by reason (idle, capacity, admin, deleted, shutdown, stopped).",
+            "Chat actors that left memory, by reason (idle, capacity, admin, deleted, shutdown, stopped, moved).",
             &[],
             &["reason"],
         );
@@ -58,6 +61,11 @@ impl Default for RegistryStats {
                 LATENCY_BUCKETS,
             ),
             evictions,
+            orphans: counter(
+                "arbor_chat_orphan_messages_deleted_total",
+                "Stored messages no branch reached (left by a batch whose metadata was refused or failed), deleted when their chat activated.",
+                &[],
+            ),
         }
     }
 }
@@ -84,6 +92,7 @@ impl crate::metrics::Instruments for RegistryStats {
             self.activation_failures,
             self.activation_seconds,
             self.evictions,
+            self.orphans,
         ]
     }
 }
@@ -175,6 +184,25 @@ impl Chats {
             .is_some()
     }
 
+    /// Evicts every resident chat `lost` picks (their shard's lease moved away): each flushes
+    /// what it queued (what the new owner fences is refused) and stops. Returns how many.
+    pub async fn evict_where(&self, lost: impl Fn(ChatId) -> bool) -> usize {
+        let chats: Vec<ChatId> = self
+            .inner
+            .cache
+            .iter()
+            .map(|(chat, _)| *chat)
+            .filter(|chat| lost(*chat))
+            .collect();
+        for chat in &chats {
+            self.remove(*chat, EvictReason::Moved).await;
+        }
+        for chat in &chats {
+            self.wait_gone(*chat).await;
+        }
+        chats.len()
+    }
+
     /// Asks every running generation to stop; each stores its partial reply.
     pub fn cancel_generations(&self) {
         for generation in self.inner.rt.generations.running() {
@@ -234,13 +262,17 @@ impl Chats {
             // What its last actor queued may not be stored yet: load after it is.
             self.inner.rt.writer.barrier().await;
         }
+        // Cluster mode: only under this server's lease of the chat's shard, taken before the
+        // load, so the load sees every commit made under earlier leases.
+        let fence = self.inner.rt.fence(chat)?;
         let started = std::time::Instant::now();
         let stats = &self.inner.stats;
-        let state = load_chat(&self.inner.rt, chat)
+        let (state, orphans) = load_chat(&self.inner.rt, chat)
             .await
             .inspect_err(|_| stats.activation_failures.inc())?
             .ok_or(ChatError::ChatNotFound)?;
-        let handle = self.spawn(chat, state);
+        let handle = self.spawn(chat, state, fence);
+        self.collect_orphans(chat, fence, orphans);
         stats.activations.inc();
         stats
             .activation_seconds
@@ -271,7 +303,28 @@ impl Chats {
             .await;
     }
 
-    pub(super) fn spawn(&self, chat: ChatId, state: ChatState) -> ChatHandle {
+    /// Deletes the stored messages no branch reaches (a batch whose metadata was refused or
+    /// failed left them; the restore already left them out), under the chat's fence. Best
+    /// effort: with the queue full they wait for the next activation.
+    fn collect_orphans(&self, chat: ChatId, fence: Option<Fence>, orphans: Vec<MessageId>) {
+        if orphans.is_empty() {
+            return;
+        }
+        let Some(slot) = self.inner.rt.writer.reserve() else {
+            return;
+        };
+        tracing::info!(%chat, messages = orphans.len(), "deleting stored messages no branch reaches");
+        self.inner.stats.orphans.inc_by(orphans.len() as u64);
+        drop(slot.send(crate::writer::ChatWrite {
+            chat,
+            generation: 0,
+            fence,
+            ops: vec![crate::writer::WriteOp::DeleteMessages(orphans)],
+            owner: None,
+        }));
+    }
+
+    pub(super) fn spawn(&self, chat: ChatId, state: ChatState, fence: Option<Fence>) -> ChatHandle {
         let instance = self.inner.next_instance.fetch_add(1, Ordering::Relaxed);
         let birth = self.inner.rt.live.born(chat, instance);
         let local = match self.inner.config.placement {
@@ -281,6 +334,13 @@ impl Chats {
         let arbiter = local.unwrap_or_else(|| {
             self.inner.arbiters[arbiter_for(chat, self.inner.arbiters.len())].clone()
         });
-        ChatActor::start_on(&arbiter, state, self.inner.rt.clone(), birth, instance)
+        ChatActor::start_on(
+            &arbiter,
+            state,
+            self.inner.rt.clone(),
+            birth,
+            instance,
+            fence,
+        )
     }
 }

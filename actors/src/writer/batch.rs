@@ -2,7 +2,7 @@
 //! (retrying a failing one, fencing the chats of a batch that failed for good), and settles
 //! every write's ticket.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,9 +33,11 @@ pub(super) struct Writer {
     barriers: Vec<oneshot::Sender<()>>,
 }
 
-/// What one batch in flight hands back: its writes, their row count, and the commit's result.
+/// What one batch in flight hands back: its writes, their row count, and the commit's result;
+/// and the writes the store refused because their shard lease had moved on.
 pub(super) struct Flushed {
     writes: Vec<Queued>,
+    moved: Vec<Queued>,
     rows: usize,
     result: Result<(), StoreError>,
 }
@@ -200,24 +202,40 @@ impl Writer {
         // The queue is FIFO: the first write taken is the one queued longest (held writes were
         // queued before the rest).
         let oldest = writes.iter().map(|(_, _, queued)| *queued).min()?;
-        let mut batch = coalesce(writes.iter().map(|(w, _, _)| w));
         let committer = self.committer.clone();
-        // One database commits a batch in one transaction: nothing to fall back from.
-        if committer.stores.unified.is_none() {
-            set_fallbacks(&mut batch.batch.meta.branches, &batch.batch.inserts);
-        }
         self.busy.extend(writes.iter().map(|(w, _, _)| w.chat));
         Some(
             async move {
                 let started = std::time::Instant::now();
-                let result = committer.commit(&batch.batch, oldest).await;
+                let mut writes = writes;
+                let mut moved = Vec::new();
+                let (result, rows) = loop {
+                    let batch = committer.coalesce(&writes);
+                    let result = committer.commit(&batch.batch, oldest).await;
+                    let Err(StoreError::Fenced(stale)) = &result else {
+                        break (result, batch.rows);
+                    };
+                    // Drop the writes of the stale leases; commit the rest again at once.
+                    let (gone, kept): (Vec<_>, Vec<_>) = writes
+                        .into_iter()
+                        .partition(|(w, _, _)| w.fence.is_some_and(|f| stale.contains(&f)));
+                    writes = kept;
+                    if gone.is_empty() {
+                        break (result, batch.rows);
+                    }
+                    moved.extend(gone);
+                    if writes.is_empty() {
+                        break (Ok(()), 0);
+                    }
+                };
                 committer
                     .stats
                     .flush_seconds
                     .observe(started.elapsed().as_secs_f64());
                 Flushed {
                     writes,
-                    rows: batch.rows,
+                    moved,
+                    rows,
                     result,
                 }
             }
@@ -228,8 +246,18 @@ impl Writer {
     /// Settles a finished batch's writes and frees its chats.
     pub(super) fn finish(&mut self, flushed: Flushed) {
         let stats = &self.committer.stats;
-        for (w, _, _) in &flushed.writes {
+        for (w, _, _) in flushed.writes.iter().chain(&flushed.moved) {
             self.busy.remove(&w.chat);
+        }
+        for (w, ack, _) in flushed.moved {
+            stats.fenced_writes.inc();
+            // Later queued writes of that actor carry the same stale fence: refused here.
+            let fence = self.fences.entry(w.chat).or_insert(0);
+            *fence = (*fence).max(w.generation + 1);
+            if let Some(owner) = &w.owner {
+                owner.failed(w.generation, true);
+            }
+            settle(&w, ack, Err(WriteError::Moved));
         }
         match flushed.result {
             Ok(()) => {
@@ -248,7 +276,7 @@ impl Writer {
                     let fence = self.fences.entry(w.chat).or_insert(0);
                     *fence = (*fence).max(w.generation + 1);
                     if let Some(owner) = &w.owner {
-                        owner.failed(w.generation);
+                        owner.failed(w.generation, false);
                     }
                     settle(&w, ack, Err(WriteError::StorageUnavailable));
                 }
@@ -265,6 +293,16 @@ pub(super) struct Committer {
 }
 
 impl Committer {
+    /// One batch of `writes`, with the fallbacks of its branch rows when two stores take it.
+    pub(super) fn coalesce(&self, writes: &[Queued]) -> Coalesced {
+        let mut batch = coalesce(writes.iter().map(|(w, _, _)| w));
+        // One database commits a batch in one transaction: nothing to fall back from.
+        if self.stores.unified.is_none() {
+            set_fallbacks(&mut batch.batch.meta.branches, &batch.batch.inserts);
+        }
+        batch
+    }
+
     /// Commits one batch, retrying transient failures: in durable mode until the retry window
     /// of its oldest write (`queued`) has passed, so no client waits much longer than the window
     /// however long the queue; in buffered mode until it succeeds (those writes were
@@ -326,7 +364,8 @@ impl Committer {
             inserted.await.map_err(|e| ("messages", e))
         };
         let apply = async {
-            if batch.meta.is_empty() {
+            // A batch of message deletions alone still has its fences checked.
+            if batch.meta.is_empty() && batch.meta.fences.is_empty() {
                 return Ok(());
             }
             let applied = self.timed("metadata", stores.metadata.apply(&batch.meta));
@@ -406,8 +445,10 @@ pub(super) fn coalesce<'a>(writes: impl Iterator<Item = &'a ChatWrite>) -> Coale
     let mut branches: HashMap<BranchId, (Branch, i64)> = HashMap::new();
     let mut meta = MetaBatch::default();
     let mut deletes = MessageDeletes::default();
+    let mut fences = BTreeSet::new();
     let mut rows = 0;
     for write in writes {
+        fences.extend(write.fence);
         for op in &write.ops {
             rows += op.rows();
             match op {
@@ -443,6 +484,7 @@ pub(super) fn coalesce<'a>(writes: impl Iterator<Item = &'a ChatWrite>) -> Coale
         let gone: std::collections::HashSet<_> = deletes.messages.iter().copied().collect();
         inserts.retain(|m| !gone.contains(&m.id));
     }
+    meta.fences = fences.into_iter().collect();
     meta.chats = chats.into_values().collect();
     meta.branches = branches.into_values().collect();
     Coalesced {

@@ -16,6 +16,11 @@
 //! versioned upserts, deletes), so a failed batch is retried whole. When one database holds both
 //! stores ([`Stores::unified`]), the steps are one transaction.
 //!
+//! In cluster mode each write carries the [`Fence`] of its chat's shard lease, and the metadata
+//! store checks them in the batch's transaction. If some are stale (the lease moved on), the
+//! batch is refused whole; the writer drops the writes of the stale fences (their clients get
+//! [`WriteError::Moved`], their actors stop) and commits the rest again at once.
+//!
 //! If a batch fails for good, every chat in it is *fenced*: its later queued writes are refused
 //! too (they may build on the failed ones), and its actor is told to reload from the store, so a
 //! refused write never stays visible.
@@ -29,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::model::{Branch, BranchId, ChatId, ChatMeta, Message, MessageId};
-use crate::ports::Stores;
+use crate::ports::{Fence, Stores};
 
 mod batch;
 mod stats;
@@ -115,6 +120,10 @@ pub enum WriteError {
     Fenced,
     #[error("the writer stopped")]
     Stopped,
+    /// Cluster mode: the chat's shard lease moved to another epoch (another server owns the
+    /// chat now); nothing of the write was stored.
+    #[error("the chat's shard moved to another server")]
+    Moved,
 }
 
 /// Where a write comes from, as the writer sees it: it counts the write while it is pending and
@@ -124,8 +133,9 @@ pub trait WriteOwner: Send + Sync {
     /// One more write of this owner is queued (`true`), or one has settled (`false`).
     fn pending(&self, queued: bool);
     /// A write made under actor generation `generation` failed for good: the owner must drop
-    /// what it applied in memory (the chat actor reloads from the store).
-    fn failed(&self, generation: u64);
+    /// what it applied in memory (the chat actor reloads from the store, or stops when the
+    /// write was refused because its chat `moved` to another server).
+    fn failed(&self, generation: u64, moved: bool);
 }
 
 /// Resolves when a write has committed (or failed). Cloneable, so a retried idempotent request
@@ -142,6 +152,8 @@ pub struct ChatWrite {
     pub chat: ChatId,
     /// The actor's generation: bumped when it reloads after a failure; older writes are fenced.
     pub generation: u64,
+    /// Cluster mode: the shard lease the change was made under.
+    pub fence: Option<Fence>,
     pub ops: Vec<WriteOp>,
     /// The actor the write comes from: told when the write fails, and counts the write while
     /// it is pending.

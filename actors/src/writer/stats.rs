@@ -11,6 +11,8 @@ pub struct WriterStats {
     pub rows: IntCounter,
     pub failed_batches: IntCounter,
     pub retries: IntCounter,
+    /// Cluster mode: chat writes refused because their shard's lease had moved on.
+    pub fenced_writes: IntCounter,
     /// Store calls that failed, by store (`metadata`, `messages`) and kind.
     pub store_errors: IntCounterVec,
     pub batch_rows: Histogram,
@@ -47,6 +49,11 @@ impl Default for WriterStats {
             retries: counter(
                 "arbor_writer_retries_total",
                 "Batch attempts retried because a store was unavailable.",
+                &[],
+            ),
+            fenced_writes: counter(
+                "arbor_writer_fenced_writes_total",
+                "Chat writes the metadata store refused because their shard's lease had moved to another epoch (cluster mode); their clients got errors.",
                 &[],
             ),
             store_errors: counter_vec(
@@ -105,6 +112,7 @@ impl crate::metrics::Instruments for WriterStats {
             self.rows,
             self.failed_batches,
             self.retries,
+            self.fenced_writes,
             self.store_errors,
             self.batch_rows,
             self.flush_seconds,
