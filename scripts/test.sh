@@ -26,7 +26,8 @@ need_packages \
     "python3-venv:python3 -c 'import ensurepip, venv' 2>/dev/null" \
     "prometheus:command -v promtool >/dev/null" \
     "chromium:command -v chromium >/dev/null" \
-    "chromium-driver:command -v chromedriver >/dev/null"
+    "chromium-driver:command -v chromedriver >/dev/null" \
+    "nginx-light:test -x /usr/sbin/nginx"
 if ! cargo nextest --version >/dev/null 2>&1; then
     if [ -n "${ARBOR_NO_INSTALL:-}" ]; then
         echo "test.sh: cargo-nextest is missing; install it with: cargo install --locked cargo-nextest" >&2

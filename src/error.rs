@@ -111,8 +111,6 @@ make_error_codes! {
     ChatMoved = SERVICE_UNAVAILABLE, "chat_moved";
     /// Cluster mode: a request claimed to come from another node without the cluster secret.
     ClusterAuthFailed = FORBIDDEN, "cluster_auth_failed";
-    /// Cluster mode: the request was forwarded as often as `cluster.max_hops` allows.
-    TooManyHops = LOOP_DETECTED, "too_many_hops";
     /// The provider's queue is full.
     LlmOverloaded = SERVICE_UNAVAILABLE, "llm_overloaded";
     /// The provider's circuit breaker is open.

@@ -76,6 +76,10 @@ impl Server {
         Self { child, base, log }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no flush, no goodbye.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

@@ -9,6 +9,7 @@ mod binary;
 mod branches;
 mod browser;
 mod chats;
+mod cluster;
 mod concurrency;
 mod contract;
 mod doc_pages;

@@ -9,10 +9,11 @@ use crate::model::ChatId;
 
 /// tokio rounds a task up to 128 bytes, and a resident chat's task is this actor inside
 /// actix's context: heaptrack measured 768 bytes a task at 320 bytes of actor, 896 at 416
-/// (BENCHMARKS.md, "Memory per idle chat"). Growing past 320 risks the next 128.
+/// (BENCHMARKS.md, "Memory per idle chat"). Growing past 320 risks the next 128. The cluster
+/// fence took it from 200 to 224; the memory scenario measured the same bytes per chat.
 #[test]
 fn a_chat_actor_stays_within_its_task_size_class() {
-    assert!(std::mem::size_of::<ChatActor>() <= 200);
+    assert!(std::mem::size_of::<ChatActor>() <= 224);
 }
 
 /// Every resident chat pays for these: the cache entry and the actor hold the handle

@@ -1,0 +1,709 @@
+//! Cluster mode with real processes: several `arbor` binaries on one PostgreSQL (metadata,
+//! membership, leases) and one MongoDB-wire server (messages), on loopback. Clients talk to
+//! any node; what a node acknowledges must be on its chat's path, read from any node and after
+//! restarts, whatever happens to the nodes (kill -9, SIGSTOP past the lease, join, leave).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arbor::config::{AckMode, Secret, Settings};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::binary::{free_port, Server};
+use crate::helpers::*;
+
+const SECRET: &str = "cluster-test-secret-0123456789";
+
+/// Settings of one node of a cluster on `schema` / `database`.
+fn node_settings(dir: &Path, schema: &str, database: &str) -> Settings {
+    let mut s = settings(dir.join("data"));
+    use_postgres(&mut s, &postgres_url());
+    use_mongodb(&mut s, &mongodb_url());
+    s.storage.postgres_schema = schema.to_owned();
+    s.storage.mongodb_database = database.to_owned();
+    s.storage.ack_mode = AckMode::Durable;
+    s.storage.durable_retry_ms = 2000;
+    s.server.port = free_port();
+    s.membership.node_ttl_secs = 3;
+    s.cluster.enabled = true;
+    s.cluster.secret = Secret::new(SECRET.into());
+    s.cluster.lease_interval_ms = 200;
+    s.cluster.move_wait_ms = 3000;
+    s
+}
+
+/// Nodes on one set of stores.
+struct Cluster {
+    dirs: Vec<tempfile::TempDir>,
+    settings: Vec<Settings>,
+    nodes: Vec<Option<Server>>,
+    schema: String,
+    database: String,
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Self {
+        let mut cluster = Self {
+            dirs: Vec::new(),
+            settings: Vec::new(),
+            nodes: Vec::new(),
+            schema: unique_name(),
+            database: unique_name(),
+        };
+        for _ in 0..n {
+            cluster.add().await;
+        }
+        cluster.settle().await;
+        cluster
+    }
+
+    /// Starts one more node; answers its index.
+    async fn add(&mut self) -> usize {
+        let dir = tempfile::tempdir().unwrap();
+        let s = node_settings(dir.path(), &self.schema, &self.database);
+        let server = Server::start_logged(&s, dir.path()).await;
+        self.dirs.push(dir);
+        self.settings.push(s);
+        self.nodes.push(Some(server));
+        self.nodes.len() - 1
+    }
+
+    fn base(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.settings[i].server.port)
+    }
+
+    /// The indexes of the running nodes.
+    fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_some())
+            .collect()
+    }
+
+    /// Waits until every running node holds its share of the 256 leases (placement settled).
+    async fn settle(&self) {
+        let client = test_client();
+        let started = Instant::now();
+        loop {
+            let mut total = 0;
+            let mut each = true;
+            for i in self.running() {
+                let owned = metric(&client, &self.base(i), "arbor_cluster_shards_owned").await;
+                total += owned as usize;
+                each &= owned > 0.0;
+            }
+            if total == 256 && each {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "leases did not settle: {total} held"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.nodes[i].take().unwrap().kill();
+    }
+
+    fn pid(&self, i: usize) -> u32 {
+        self.nodes[i].as_ref().unwrap().pid()
+    }
+
+    /// SIGTERM, and waits for the exit.
+    async fn stop(&mut self, i: usize) {
+        let mut server = self.nodes[i].take().unwrap();
+        server.terminate();
+        assert!(server.wait_exit(Duration::from_secs(30)).await.success());
+    }
+
+    async fn restart(&mut self, i: usize) {
+        let server = Server::start_logged(&self.settings[i], self.dirs[i].path()).await;
+        self.nodes[i] = Some(server);
+    }
+}
+
+/// A gauge or counter's value in a node's `/metrics` (summed over its labels).
+async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let Ok(res) = client.get(format!("{base}/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = res.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn register(client: &reqwest::Client, base: &str, email: &str) -> String {
+    let res = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"email": email, "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let body: Value = res.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn create_chat(client: &reqwest::Client, base: &str, token: &str, title: &str) -> String {
+    let res = client
+        .post(format!("{base}/api/v1/chats"))
+        .bearer_auth(token)
+        .json(&json!({"title": title}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    id(&res.json().await.unwrap())
+}
+
+/// What a send came to: acknowledged, refused with an answer, or no answer at all.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    Acked,
+    Refused,
+    Unknown,
+}
+
+async fn send_pair(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    chat: &str,
+    content: &str,
+) -> Outcome {
+    let res = client
+        .post(format!("{base}/api/v1/chats/{chat}/messages"))
+        .bearer_auth(token)
+        .header("idempotency-key", content)
+        .json(&json!({"content": content, "response": format!("re: {content}")}))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await;
+    match res {
+        Ok(res) if res.status() == StatusCode::CREATED => Outcome::Acked,
+        Ok(_) => Outcome::Refused,
+        Err(_) => Outcome::Unknown,
+    }
+}
+
+/// The contents on a chat's active path, oldest first, read from `base`.
+async fn path(client: &reqwest::Client, base: &str, token: &str, chat: &str) -> Vec<String> {
+    let res = client
+        .get(format!("{base}/api/v1/chats/{chat}/messages?limit=200"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "reading {chat} from {base}");
+    let page: Value = res.json().await.unwrap();
+    assert_eq!(page["has_more"], false);
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every message of a chat's tree, by content, with how often it is stored.
+async fn stored(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    chat: &str,
+) -> HashMap<String, usize> {
+    let res = client
+        .get(format!("{base}/api/v1/chats/{chat}/tree"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let tree: Value = res.json().await.unwrap();
+    let mut seen = HashMap::new();
+    for node in tree["nodes"].as_array().unwrap() {
+        *seen
+            .entry(node["content"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    seen
+}
+
+/// A client alternating nodes on every request across many chats: every acknowledged message
+/// is on its chat's path, in order, read from any node, and again after a full restart.
+#[actix_web::test]
+async fn three_nodes_taking_turns_lose_nothing_and_agree() {
+    let mut cluster = Cluster::start(3).await;
+    let client = test_client();
+    let token = register(&client, &cluster.base(0), "turns@example.com").await;
+    let mut chats = Vec::new();
+    for i in 0..12 {
+        let base = cluster.base(i % 3);
+        chats.push(create_chat(&client, &base, &token, &format!("chat {i}")).await);
+    }
+    let mut sent: HashMap<String, Vec<String>> = HashMap::new();
+    let mut turn = 0;
+    for round in 0..8 {
+        for chat in &chats {
+            turn += 1;
+            let content = format!("{chat} m{round}");
+            let outcome = send_pair(&client, &cluster.base(turn % 3), &token, chat, &content).await;
+            assert_eq!(outcome, Outcome::Acked, "{content}");
+            sent.entry(chat.clone())
+                .or_default()
+                .extend([content.clone(), format!("re: {content}")]);
+        }
+    }
+    // Most requests were forwarded: two of three nodes do not hold a given chat.
+    let mut forwarded = 0.0;
+    for i in 0..3 {
+        forwarded += metric(&client, &cluster.base(i), "arbor_cluster_forwards_total").await;
+    }
+    assert!(forwarded >= 40.0, "only {forwarded} forwards");
+    for chat in &chats {
+        for i in 0..3 {
+            assert_eq!(&path(&client, &cluster.base(i), &token, chat).await, &sent[chat]);
+        }
+    }
+    for i in 0..3 {
+        cluster.stop(i).await;
+    }
+    for i in 0..3 {
+        cluster.restart(i).await;
+    }
+    cluster.settle().await;
+    for (n, chat) in chats.iter().enumerate() {
+        let base = cluster.base(n % 3);
+        assert_eq!(&path(&client, &base, &token, chat).await, &sent[chat], "after the restart");
+    }
+}
+
+/// Writers keep sending to every chat through the nodes in turn; the node holding most of
+/// them is killed with SIGKILL. The others take its leases over within the TTL plus a bound,
+/// and nothing acknowledged is lost: the client's log of acknowledgements against the stores.
+#[actix_web::test]
+async fn a_killed_owner_is_taken_over_and_loses_nothing_acknowledged() {
+    let mut cluster = Cluster::start(3).await;
+    let client = test_client();
+    let token = register(&client, &cluster.base(0), "kill@example.com").await;
+    let mut chats = Vec::new();
+    for i in 0..9 {
+        chats.push(create_chat(&client, &cluster.base(i % 3), &token, "busy").await);
+    }
+    let log: Arc<Mutex<Vec<(String, String, Outcome)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bases: Vec<String> = (0..3).map(|i| cluster.base(i)).collect();
+    let mut writers = Vec::new();
+    for (w, chat) in chats.iter().enumerate() {
+        let (client, token, chat, log, stop, bases) = (
+            client.clone(),
+            token.clone(),
+            chat.clone(),
+            log.clone(),
+            stop.clone(),
+            bases.clone(),
+        );
+        writers.push(actix_web::rt::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let content = format!("{chat} k{n}");
+                // Nodes in turn, skipping none: the dead one's clients see errors.
+                let base = &bases[(w + n) % bases.len()];
+                let outcome = send_pair(&client, base, &token, &chat, &content).await;
+                log.lock().unwrap().push((chat.clone(), content, outcome));
+                n += 1;
+                if outcome != Outcome::Acked {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed_at = Instant::now();
+    cluster.kill(1);
+    // Takeover: the survivors hold all 256 leases again.
+    cluster.settle().await;
+    let takeover = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let ttl = Duration::from_secs(cluster.settings[0].membership.node_ttl_secs);
+    assert!(takeover < ttl + Duration::from_secs(3), "takeover took {takeover:?}");
+    eprintln!("takeover after kill -9: {takeover:?} (TTL {ttl:?})");
+
+    let log = log.lock().unwrap().clone();
+    let acked: Vec<&(String, String, Outcome)> =
+        log.iter().filter(|(_, _, o)| *o == Outcome::Acked).collect();
+    assert!(acked.len() > 50, "too little load: {}", acked.len());
+    let mut stores = HashMap::new();
+    for chat in &chats {
+        stores.insert(chat.clone(), stored(&client, &cluster.base(0), &token, chat).await);
+    }
+    for (chat, content, _) in &acked {
+        assert_eq!(
+            stores[chat].get(content.as_str()),
+            Some(&1),
+            "acknowledged {content} is not stored exactly once"
+        );
+    }
+    // After the takeover every chat takes writes again, through any node.
+    for (i, chat) in chats.iter().enumerate() {
+        let base = cluster.base([0, 2][i % 2]);
+        assert_eq!(send_pair(&client, &base, &token, chat, &format!("{chat} after")).await, Outcome::Acked);
+    }
+}
+
+/// A node is paused (SIGSTOP) past its lease while its chats take writes through the others,
+/// then resumed. Writes it had in flight carry the old epoch: their commits are refused, and
+/// their clients got errors. No write made under the stale epoch is stored.
+#[actix_web::test]
+async fn a_paused_owner_is_fenced_when_it_wakes() {
+    let cluster = Cluster::start(2).await;
+    let client = test_client();
+    let token = register(&client, &cluster.base(0), "pause@example.com").await;
+    let mut chats = Vec::new();
+    for _ in 0..6 {
+        chats.push(create_chat(&client, &cluster.base(1), &token, "paused").await);
+    }
+    // Chats created on node 1 are in its shards.
+    let log: Arc<Mutex<Vec<(String, String, Outcome)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for chat in &chats {
+        for via in [0, 1] {
+            let base = cluster.base(via);
+            let (client, token, chat, log, stop) =
+                (client.clone(), token.clone(), chat.clone(), log.clone(), stop.clone());
+            writers.push(actix_web::rt::spawn(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let content = format!("{chat} via{via} p{n}");
+                    let outcome = send_pair(&client, &base, &token, &chat, &content).await;
+                    log.lock().unwrap().push((chat.clone(), content, outcome));
+                    n += 1;
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let pid = cluster.pid(1).to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    // Past the TTL: node 0 takes the leases over and serves the chats.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let fenced = metric(&client, &cluster.base(1), "arbor_writer_fenced_writes_total").await;
+    let log = log.lock().unwrap().clone();
+    let acked: HashSet<&str> = log
+        .iter()
+        .filter(|(_, _, o)| *o == Outcome::Acked)
+        .map(|(_, c, _)| c.as_str())
+        .collect();
+    let refused: HashSet<&str> = log
+        .iter()
+        .filter(|(_, _, o)| *o == Outcome::Refused)
+        .map(|(_, c, _)| c.as_str())
+        .collect();
+    assert!(acked.len() > 30, "too little load");
+    cluster.settle().await;
+    for chat in &chats {
+        let stored = stored(&client, &cluster.base(0), &token, chat).await;
+        for (content, times) in &stored {
+            let question = content.strip_prefix("re: ").unwrap_or(content);
+            assert_eq!(*times, 1, "{content} stored {times} times");
+            assert!(
+                !refused.contains(question) || acked.contains(question),
+                "{content} is stored though its client got an error"
+            );
+        }
+        for content in acked.iter().filter(|c| c.starts_with(chat.as_str())) {
+            assert!(stored.contains_key(*content), "acknowledged {content} is lost");
+        }
+    }
+    eprintln!(
+        "paused node: {} acknowledged, {} refused, {fenced} writes fenced",
+        acked.len(),
+        refused.len()
+    );
+}
+
+/// A third node joins under load and one leaves (SIGTERM): leases move by hand-over. Clients
+/// retry refused sends with the same Idempotency-Key until acknowledged; every message is then
+/// stored exactly once.
+#[actix_web::test]
+async fn join_and_leave_under_load_lose_and_duplicate_nothing() {
+    let mut cluster = Cluster::start(2).await;
+    let client = test_client();
+    let token = register(&client, &cluster.base(0), "move@example.com").await;
+    let mut chats = Vec::new();
+    for i in 0..8 {
+        chats.push(create_chat(&client, &cluster.base(i % 2), &token, "moving").await);
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bases: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(vec![cluster.base(0)]));
+    let sent: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let mut writers = Vec::new();
+    for chat in &chats {
+        let (client, token, chat, stop, bases, sent) = (
+            client.clone(),
+            token.clone(),
+            chat.clone(),
+            stop.clone(),
+            bases.clone(),
+            sent.clone(),
+        );
+        writers.push(actix_web::rt::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let content = format!("{chat} j{n}");
+                // Retried with the same key until acknowledged.
+                let mut tries = 0;
+                loop {
+                    let list = bases.lock().unwrap().clone();
+                    let base = &list[(n + tries) % list.len()];
+                    if send_pair(&client, base, &token, &chat, &content).await == Outcome::Acked {
+                        break;
+                    }
+                    tries += 1;
+                    assert!(tries < 200, "{content} was never acknowledged");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                sent.lock().unwrap().push((chat.clone(), content));
+                n += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let joined = cluster.add().await;
+    bases.lock().unwrap().push(cluster.base(joined));
+    cluster.settle().await;
+    let handed = metric(&client, &cluster.base(0), "arbor_cluster_handovers_total").await
+        + metric(&client, &cluster.base(1), "arbor_cluster_handovers_total").await;
+    assert!(handed > 0.0, "the new node got no lease by hand-over");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    bases.lock().unwrap().retain(|b| *b != cluster.base(1));
+    cluster.stop(1).await;
+    cluster.settle().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let sent = sent.lock().unwrap().clone();
+    assert!(sent.len() > 40, "too little load: {}", sent.len());
+    for chat in &chats {
+        let stored = stored(&client, &cluster.base(0), &token, chat).await;
+        let mine: Vec<&String> = sent.iter().filter(|(c, _)| c == chat).map(|(_, m)| m).collect();
+        for content in &mine {
+            assert_eq!(stored.get(content.as_str()), Some(&1), "{content}");
+        }
+        assert_eq!(stored.len(), mine.len() * 2, "stored messages nobody sent");
+    }
+}
+
+/// A streamed reply asked of a node that does not hold the chat is forwarded as it streams,
+/// and its events are read again (`/events`) through another node.
+#[actix_web::test]
+async fn streams_are_forwarded_and_resumed_on_another_node() {
+    let cluster = Cluster::start(2).await;
+    let client = test_client();
+    let token = register(&client, &cluster.base(0), "stream@example.com").await;
+    let chat = create_chat(&client, &cluster.base(0), &token, "streamed").await;
+    // Node 1 does not hold the chat: it forwards.
+    let res = client
+        .post(format!("{}/api/v1/chats/{chat}/messages", cluster.base(1)))
+        .bearer_auth(&token)
+        .json(&json!({"content": "tell me", "reply": true, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key("x-arbor-forwarded-by"));
+    let mut events = crate::llm::Events::new(res);
+    let mut all = Vec::new();
+    while let Some(ev) = events.next().await {
+        all.push(ev);
+    }
+    assert_eq!(all.last().unwrap().event, "assistant_message");
+    let generation = all[0].data["generation_id"].as_str().unwrap().to_owned();
+    for i in 0..2 {
+        let res = client
+            .get(format!(
+                "{}/api/v1/chats/{chat}/generations/{generation}/events",
+                cluster.base(i)
+            ))
+            .bearer_auth(&token)
+            .header("last-event-id", "0")
+            .send()
+            .await
+            .unwrap();
+        let mut again = crate::llm::Events::new(res);
+        let mut replayed = Vec::new();
+        while let Some(ev) = again.next().await {
+            replayed.push(ev);
+        }
+        assert_eq!(replayed.last().unwrap().event, "assistant_message", "via node {i}");
+        assert_eq!(replayed.last().unwrap().data, all.last().unwrap().data);
+    }
+}
+
+/// Node-to-node headers without the cluster secret are refused; forwarding keeps the user's
+/// own authentication (no token: 401 from the owner, relayed).
+#[actix_web::test]
+async fn a_client_cannot_pose_as_a_node() {
+    let cluster = Cluster::start(2).await;
+    let client = test_client();
+    let token = register(&client, &cluster.base(0), "pose@example.com").await;
+    let chat = create_chat(&client, &cluster.base(0), &token, "mine").await;
+    for (secret, status) in [("wrong", StatusCode::FORBIDDEN), (SECRET, StatusCode::OK)] {
+        let res = client
+            .get(format!("{}/api/v1/chats/{chat}", cluster.base(0)))
+            .bearer_auth(&token)
+            .header("x-arbor-hops", "1")
+            .header("x-arbor-cluster-secret", secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "secret {secret}");
+    }
+    for i in 0..2 {
+        let res = client
+            .get(format!("{}/api/v1/chats/{chat}", cluster.base(i)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "via node {i}");
+    }
+}
+
+/// The shipped nginx configuration, rendered for the nodes, in front of them: the API's main
+/// flows pass through it, and nearly every chat request reaches the chat's owner first.
+#[actix_web::test]
+async fn nginx_in_front_sends_chat_requests_to_their_owner() {
+    let nginx_bin = Path::new("/usr/sbin/nginx");
+    assert!(nginx_bin.exists(), "nginx is missing: scripts/test.sh installs nginx-light");
+    let cluster = Cluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let servers: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.1:{}", cluster.settings[i].server.port))
+        .collect();
+    let nginx = Nginx::start(dir.path(), port, &servers);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = test_client();
+    let token = register(&client, &base, "nginx@example.com").await;
+    let mut chats = Vec::new();
+    for i in 0..10 {
+        chats.push(create_chat(&client, &base, &token, &format!("via nginx {i}")).await);
+    }
+    let before = forwards(&client, &cluster).await;
+    let mut requests = 0;
+    for chat in &chats {
+        for n in 0..5 {
+            let content = format!("{chat} n{n}");
+            assert_eq!(send_pair(&client, &base, &token, chat, &content).await, Outcome::Acked);
+            let res = client
+                .post(format!("{base}/api/v1/chats/{chat}/branches"))
+                .bearer_auth(&token)
+                .json(&json!({"message_index": 0}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::CREATED);
+            assert_eq!(path(&client, &base, &token, chat).await.len(), 2 * (n + 1));
+            requests += 3;
+        }
+    }
+    // A seed-dialect read with the chat in the query.
+    let res = client
+        .get(format!("{base}/api/v1/branches/get-branches?chat_id={}", chats[0]))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let forwarded = forwards(&client, &cluster).await - before;
+    assert!(
+        forwarded <= requests as f64 * 0.05,
+        "{forwarded} of {requests} chat requests were forwarded behind nginx"
+    );
+    drop(nginx);
+}
+
+async fn forwards(client: &reqwest::Client, cluster: &Cluster) -> f64 {
+    let mut total = 0.0;
+    for i in cluster.running() {
+        total += metric(client, &cluster.base(i), "arbor_cluster_forwards_total").await;
+    }
+    total
+}
+
+/// nginx from Debian's package, on loopback, with `deploy/nginx/arbor.conf` rendered for the
+/// nodes; stopped (by its PID) when dropped.
+struct Nginx {
+    pid_file: PathBuf,
+}
+
+impl Nginx {
+    fn start(dir: &Path, port: u16, servers: &[String]) -> Self {
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/arbor.conf"),
+        )
+        .unwrap();
+        let upstream: String = servers
+            .iter()
+            .map(|s| format!("    server {s} max_fails=1 fail_timeout=2s;\n"))
+            .collect();
+        let site = shipped
+            .replace("    server 127.0.0.1:8001 max_fails=1 fail_timeout=2s;\n", &upstream)
+            .replace("    server 127.0.0.1:8002 max_fails=1 fail_timeout=2s;\n", "")
+            .replace("    server 127.0.0.1:8003 max_fails=1 fail_timeout=2s;\n", "")
+            .replace("listen 127.0.0.1:8080;", &format!("listen 127.0.0.1:{port};"));
+        assert!(site.contains(&servers[0]), "the shipped config's upstream changed");
+        let pid_file = dir.join("nginx.pid");
+        let main = format!(
+            "daemon on;\nuser root;\npid {pid};\nerror_log {dir}/error.log warn;\nevents {{ worker_connections 512; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n{site}\n}}\n",
+            pid = pid_file.display(),
+            dir = dir.display(),
+        );
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, main).unwrap();
+        let status = Command::new("/usr/sbin/nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "nginx did not start");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "nginx is not listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { pid_file }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.pid_file) {
+            let _ = Command::new("kill").arg("-QUIT").arg(pid.trim()).status();
+        }
+    }
+}
