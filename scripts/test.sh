@@ -62,9 +62,9 @@ cargo nextest run --workspace --no-run
 echo "== every test; API suite on SQLite"
 TEST_BACKEND=sqlite cargo nextest run --workspace "$@"
 
-# The store contract and outage tests name their backends themselves: they ran above.
+# The store contract, outage and cluster tests name their backends themselves: they ran above.
 echo "== API suite on PostgreSQL + MongoDB"
 # `--workspace` as above, with the API binary picked by filter: `--package arbor` alone would
 # resolve features without the bench crate's and build every shared dependency a second time.
 TEST_BACKEND=postgres-mongodb cargo nextest run --workspace \
-    -E 'binary_id(arbor::api) & not (test(/^stores::/) | test(/^writer::/) | test(/^outage::/))' "$@"
+    -E 'binary_id(arbor::api) & not (test(/^stores::/) | test(/^writer::/) | test(/^outage::/) | test(/^cluster::/))' "$@"

@@ -271,7 +271,10 @@ async fn three_nodes_taking_turns_lose_nothing_and_agree() {
     assert!(forwarded >= 40.0, "only {forwarded} forwards");
     for chat in &chats {
         for i in 0..3 {
-            assert_eq!(&path(&client, &cluster.base(i), &token, chat).await, &sent[chat]);
+            assert_eq!(
+                &path(&client, &cluster.base(i), &token, chat).await,
+                &sent[chat]
+            );
         }
     }
     for i in 0..3 {
@@ -283,7 +286,11 @@ async fn three_nodes_taking_turns_lose_nothing_and_agree() {
     cluster.settle().await;
     for (n, chat) in chats.iter().enumerate() {
         let base = cluster.base(n % 3);
-        assert_eq!(&path(&client, &base, &token, chat).await, &sent[chat], "after the restart");
+        assert_eq!(
+            &path(&client, &base, &token, chat).await,
+            &sent[chat],
+            "after the restart"
+        );
     }
 }
 
@@ -339,16 +346,24 @@ async fn a_killed_owner_is_taken_over_and_loses_nothing_acknowledged() {
         w.await.unwrap();
     }
     let ttl = Duration::from_secs(cluster.settings[0].membership.node_ttl_secs);
-    assert!(takeover < ttl + Duration::from_secs(3), "takeover took {takeover:?}");
+    assert!(
+        takeover < ttl + Duration::from_secs(3),
+        "takeover took {takeover:?}"
+    );
     eprintln!("takeover after kill -9: {takeover:?} (TTL {ttl:?})");
 
     let log = log.lock().unwrap().clone();
-    let acked: Vec<&(String, String, Outcome)> =
-        log.iter().filter(|(_, _, o)| *o == Outcome::Acked).collect();
+    let acked: Vec<&(String, String, Outcome)> = log
+        .iter()
+        .filter(|(_, _, o)| *o == Outcome::Acked)
+        .collect();
     assert!(acked.len() > 50, "too little load: {}", acked.len());
     let mut stores = HashMap::new();
     for chat in &chats {
-        stores.insert(chat.clone(), stored(&client, &cluster.base(0), &token, chat).await);
+        stores.insert(
+            chat.clone(),
+            stored(&client, &cluster.base(0), &token, chat).await,
+        );
     }
     for (chat, content, _) in &acked {
         assert_eq!(
@@ -360,7 +375,10 @@ async fn a_killed_owner_is_taken_over_and_loses_nothing_acknowledged() {
     // After the takeover every chat takes writes again, through any node.
     for (i, chat) in chats.iter().enumerate() {
         let base = cluster.base([0, 2][i % 2]);
-        assert_eq!(send_pair(&client, &base, &token, chat, &format!("{chat} after")).await, Outcome::Acked);
+        assert_eq!(
+            send_pair(&client, &base, &token, chat, &format!("{chat} after")).await,
+            Outcome::Acked
+        );
     }
 }
 
@@ -383,8 +401,13 @@ async fn a_paused_owner_is_fenced_when_it_wakes() {
     for chat in &chats {
         for via in [0, 1] {
             let base = cluster.base(via);
-            let (client, token, chat, log, stop) =
-                (client.clone(), token.clone(), chat.clone(), log.clone(), stop.clone());
+            let (client, token, chat, log, stop) = (
+                client.clone(),
+                token.clone(),
+                chat.clone(),
+                log.clone(),
+                stop.clone(),
+            );
             writers.push(actix_web::rt::spawn(async move {
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -398,16 +421,29 @@ async fn a_paused_owner_is_fenced_when_it_wakes() {
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     let pid = cluster.pid(1).to_string();
-    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
     // Past the TTL: node 0 takes the leases over and serves the chats.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
     }
-    let fenced = metric(&client, &cluster.base(1), "arbor_writer_fenced_writes_total").await;
+    let fenced = metric(
+        &client,
+        &cluster.base(1),
+        "arbor_writer_fenced_writes_total",
+    )
+    .await;
     let log = log.lock().unwrap().clone();
     let acked: HashSet<&str> = log
         .iter()
@@ -432,7 +468,10 @@ async fn a_paused_owner_is_fenced_when_it_wakes() {
             );
         }
         for content in acked.iter().filter(|c| c.starts_with(chat.as_str())) {
-            assert!(stored.contains_key(*content), "acknowledged {content} is lost");
+            assert!(
+                stored.contains_key(*content),
+                "acknowledged {content} is lost"
+            );
         }
     }
     eprintln!(
@@ -508,7 +547,11 @@ async fn join_and_leave_under_load_lose_and_duplicate_nothing() {
     assert!(sent.len() > 40, "too little load: {}", sent.len());
     for chat in &chats {
         let stored = stored(&client, &cluster.base(0), &token, chat).await;
-        let mine: Vec<&String> = sent.iter().filter(|(c, _)| c == chat).map(|(_, m)| m).collect();
+        let mine: Vec<&String> = sent
+            .iter()
+            .filter(|(c, _)| c == chat)
+            .map(|(_, m)| m)
+            .collect();
         for content in &mine {
             assert_eq!(stored.get(content.as_str()), Some(&1), "{content}");
         }
@@ -556,7 +599,11 @@ async fn streams_are_forwarded_and_resumed_on_another_node() {
         while let Some(ev) = again.next().await {
             replayed.push(ev);
         }
-        assert_eq!(replayed.last().unwrap().event, "assistant_message", "via node {i}");
+        assert_eq!(
+            replayed.last().unwrap().event,
+            "assistant_message",
+            "via node {i}"
+        );
         assert_eq!(replayed.last().unwrap().data, all.last().unwrap().data);
     }
 }
@@ -595,7 +642,10 @@ async fn a_client_cannot_pose_as_a_node() {
 #[actix_web::test]
 async fn nginx_in_front_sends_chat_requests_to_their_owner() {
     let nginx_bin = Path::new("/usr/sbin/nginx");
-    assert!(nginx_bin.exists(), "nginx is missing: scripts/test.sh installs nginx-light");
+    assert!(
+        nginx_bin.exists(),
+        "nginx is missing: scripts/test.sh installs nginx-light"
+    );
     let cluster = Cluster::start(3).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -615,7 +665,10 @@ async fn nginx_in_front_sends_chat_requests_to_their_owner() {
     for chat in &chats {
         for n in 0..5 {
             let content = format!("{chat} n{n}");
-            assert_eq!(send_pair(&client, &base, &token, chat, &content).await, Outcome::Acked);
+            assert_eq!(
+                send_pair(&client, &base, &token, chat, &content).await,
+                Outcome::Acked
+            );
             let res = client
                 .post(format!("{base}/api/v1/chats/{chat}/branches"))
                 .bearer_auth(&token)
@@ -630,7 +683,10 @@ async fn nginx_in_front_sends_chat_requests_to_their_owner() {
     }
     // A seed-dialect read with the chat in the query.
     let res = client
-        .get(format!("{base}/api/v1/branches/get-branches?chat_id={}", chats[0]))
+        .get(format!(
+            "{base}/api/v1/branches/get-branches?chat_id={}",
+            chats[0]
+        ))
         .bearer_auth(&token)
         .send()
         .await
@@ -669,11 +725,26 @@ impl Nginx {
             .map(|s| format!("    server {s} max_fails=1 fail_timeout=2s;\n"))
             .collect();
         let site = shipped
-            .replace("    server 127.0.0.1:8001 max_fails=1 fail_timeout=2s;\n", &upstream)
-            .replace("    server 127.0.0.1:8002 max_fails=1 fail_timeout=2s;\n", "")
-            .replace("    server 127.0.0.1:8003 max_fails=1 fail_timeout=2s;\n", "")
-            .replace("listen 127.0.0.1:8080;", &format!("listen 127.0.0.1:{port};"));
-        assert!(site.contains(&servers[0]), "the shipped config's upstream changed");
+            .replace(
+                "    server 127.0.0.1:8001 max_fails=1 fail_timeout=2s;\n",
+                &upstream,
+            )
+            .replace(
+                "    server 127.0.0.1:8002 max_fails=1 fail_timeout=2s;\n",
+                "",
+            )
+            .replace(
+                "    server 127.0.0.1:8003 max_fails=1 fail_timeout=2s;\n",
+                "",
+            )
+            .replace(
+                "listen 127.0.0.1:8080;",
+                &format!("listen 127.0.0.1:{port};"),
+            );
+        assert!(
+            site.contains(&servers[0]),
+            "the shipped config's upstream changed"
+        );
         let pid_file = dir.join("nginx.pid");
         let main = format!(
             "daemon on;\nuser root;\npid {pid};\nerror_log {dir}/error.log warn;\nevents {{ worker_connections 512; }}\n\
@@ -693,7 +764,10 @@ impl Nginx {
         assert!(status.success(), "nginx did not start");
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "nginx is not listening");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nginx is not listening"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { pid_file }
@@ -706,4 +780,109 @@ impl Drop for Nginx {
             let _ = Command::new("kill").arg("-QUIT").arg(pid.trim()).status();
         }
     }
+}
+
+/// The fence, deterministically, on the real stores: node A holds two shards and commits a
+/// chat in each; shard 2 is handed over to node B; a batch of A's holding a write in each
+/// shard then commits the shard-1 write and refuses the shard-2 one (`Moved`), whose message
+/// is left unreferenced in the message store, and left out when the chat is restored.
+#[actix_web::test]
+async fn a_commit_under_a_stale_epoch_is_refused_and_the_rest_of_its_batch_commits() {
+    use arbor::cluster::ring::new_chat_id;
+    use arbor::membership::NodeRecord;
+    use arbor_actors::chat::ChatState;
+    use arbor_actors::model::MessageId;
+    use arbor_actors::ports::Fence;
+    use arbor_actors::writer::{WriteError, WriterConfig, WriterHandle};
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = node_settings(dir.path(), &unique_name(), &unique_name());
+    let (stores, connections) = arbor::storage::open(&s).await.unwrap();
+    let (membership, leases) = (
+        connections.membership().unwrap(),
+        connections.leases().unwrap(),
+    );
+    let ttl = Duration::from_secs(30);
+    let node = |port: u16| NodeRecord {
+        id: uuid::Uuid::now_v7(),
+        address: format!("127.0.0.1:{port}"),
+        host: "test".into(),
+        pid: 1,
+        started_at: chrono::Utc::now(),
+        cluster: true,
+        incarnation: 0,
+    };
+    let (a, b) = (node(1), node(2));
+    for n in [&a, &b] {
+        let others = membership
+            .join(n, ttl, Arc::new(|_: &NodeRecord| false))
+            .await
+            .unwrap();
+        assert!(others.is_empty());
+    }
+    let taken = leases.claim(&a, &[1, 2], ttl).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    // B cannot take a live node's lease.
+    assert!(leases.claim(&b, &[1, 2], ttl).await.unwrap().is_empty());
+    let epoch = |shard: u16| taken.iter().find(|(s, _)| *s == shard).unwrap().1;
+    let fence = |shard: u16| {
+        Some(Fence {
+            shard,
+            epoch: epoch(shard),
+        })
+    };
+
+    let writer = WriterHandle::spawn(stores.clone(), WriterConfig::default());
+    let owner = crate::stores::user(&format!("{}@example.com", unique_name()), None);
+    stores.metadata.create_user(&owner).await.unwrap();
+    let mut chats = Vec::new();
+    for shard in [1u16, 2] {
+        let (mut meta, mut branch) = crate::stores::chat(owner.id, 0);
+        meta.id = new_chat_id(shard);
+        branch.chat_id = meta.id;
+        let mut messages: Vec<MessageId> = Vec::new();
+        let mut write = crate::writer::round(&mut meta, &mut branch, &mut messages, 1, 2);
+        write.fence = fence(shard);
+        writer.reserve().unwrap().send(write).await.unwrap();
+        chats.push((shard, meta, branch, messages));
+    }
+    let moved = leases.hand_over(&a, &[2], Some(&b)).await.unwrap();
+    assert_eq!(moved, vec![(2, epoch(2) + 1)]);
+
+    // One batch: both writes are queued before the writer wakes.
+    let mut tickets = Vec::new();
+    for (shard, meta, branch, messages) in &mut chats {
+        let mut write = crate::writer::round(meta, branch, messages, 2, 2);
+        write.fence = fence(*shard);
+        tickets.push(writer.reserve().unwrap().send(write));
+    }
+    let (first, second) = (tickets.remove(0).await, tickets.remove(0).await);
+    assert_eq!(first, Ok(()));
+    assert_eq!(second, Err(WriteError::Moved));
+    assert_eq!(writer.stats.fenced_writes.get(), 1);
+
+    for (shard, meta, _, messages) in &chats {
+        let (stored, branches) = stores.metadata.load_chat(meta.id).await.unwrap().unwrap();
+        let all = stores.messages.load_chat(meta.id).await.unwrap();
+        assert_eq!(
+            all.len(),
+            4,
+            "shard {shard}: both rounds' messages reached the message store"
+        );
+        let (state, orphans) = ChatState::restore(stored.clone(), branches, all).unwrap();
+        match shard {
+            1 => {
+                assert_eq!(stored.version, 2);
+                assert!(orphans.is_empty());
+                assert_eq!(state.tree.nodes().count(), 4);
+            }
+            _ => {
+                // The refused round left version 1 and its two messages unreferenced.
+                assert_eq!(stored.version, 1);
+                assert_eq!(orphans, messages[2..].to_vec());
+                assert_eq!(state.tree.nodes().count(), 2);
+            }
+        }
+    }
+    connections.close().await;
 }

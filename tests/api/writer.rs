@@ -61,7 +61,7 @@ contract!(postgres_mongodb => postgres_mongodb; each_chats_writes_commit_in_orde
 
 /// Round `round` of a chat: its next `count` messages (a chain under the previous one), and the
 /// chat and branch rows that move the branch's head to the last of them, at version `round`.
-fn round(
+pub(crate) fn round(
     meta: &mut ChatMeta,
     branch: &mut Branch,
     messages: &mut Vec<MessageId>,
