@@ -289,6 +289,9 @@ pub struct ActorPage {
     pub limit: usize,
     /// The `offset` of the next page, if there is one.
     pub next_offset: Option<usize>,
+    /// The server these actors are resident on (the one that answered): in cluster mode each
+    /// node lists its own chats, those whose shard leases it holds.
+    pub node: Option<uuid::Uuid>,
 }
 
 impl ActorPage {
@@ -321,6 +324,7 @@ impl ActorPage {
             offset,
             limit,
             next_offset,
+            node: None,
         }
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{authenticate, constant_time_eq, Accounts};
+use crate::cluster::Cluster;
 use crate::config::{AdminSettings, MetricsSettings};
 use crate::error::{ApiError, Code, ErrorBody};
 use crate::membership::MemberStatus;
@@ -75,6 +76,7 @@ pub(crate) const MAX_ACTOR_PAGE: usize = 1000;
 pub async fn actors(
     _: Admin,
     chats: web::Data<Chats>,
+    membership: web::Data<MemberStatus>,
     query: web::Query<ActorQuery>,
 ) -> Result<web::Json<ActorPage>, ApiError> {
     let limit = match query.limit {
@@ -87,12 +89,9 @@ pub async fn actors(
             ))
         }
     };
-    Ok(web::Json(chats.actor_page(
-        query.sort,
-        query.order,
-        query.offset.unwrap_or(0),
-        limit,
-    )))
+    let mut page = chats.actor_page(query.sort, query.order, query.offset.unwrap_or(0), limit);
+    page.node = Some(membership.id);
+    Ok(web::Json(page))
 }
 
 fn actor_not_found() -> ApiError {
@@ -164,6 +163,23 @@ pub struct MemberView {
     pub heartbeat_age_ms: u64,
     /// The server that answered.
     pub this_node: bool,
+    /// A cluster-mode node, and which incarnation of it (bumped each time it entered the table
+    /// again after it was declared dead).
+    pub cluster: bool,
+    pub incarnation: i64,
+    /// Cluster mode: the shard leases it holds, as the answering node last saw them.
+    pub shards: u32,
+}
+
+/// One shard's lease (cluster mode).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShardLeaseView {
+    pub shard: u16,
+    /// The node holding it; absent when nobody does (its owner left or died, and no node has
+    /// taken it over yet).
+    pub owner: Option<uuid::Uuid>,
+    /// Rises on every change of owner; commits made under an older epoch are refused.
+    pub epoch: i64,
 }
 
 /// The servers on these stores, as the membership table has them.
@@ -174,21 +190,43 @@ pub struct ClusterView {
     /// A server is dead once its heartbeat is older than this (`membership.node_ttl_secs`).
     pub node_ttl_secs: u64,
     pub members: Vec<MemberView>,
+    /// Whether this server runs in cluster mode.
+    pub cluster: bool,
+    /// Cluster mode: every shard's lease, as this node last renewed them (empty otherwise).
+    pub shards: Vec<ShardLeaseView>,
 }
 
-/// The membership table: every server on these stores with its heartbeat's age. Without
-/// cluster mode there is one (a second one refuses to start).
+/// The membership table: every server on these stores with its heartbeat's age, and in cluster
+/// mode the shard leases and who holds them. Without cluster mode there is one server (a second
+/// one refuses to start).
 #[utoipa::path(get, path = "/api/v1/admin/cluster", operation_id = "get_cluster", tag = "admin",
     security(("bearer" = [])), responses((status = 200, body = ClusterView), (status = 404, body = ErrorBody,
         description = "Not an admin (or no token)")))]
 pub async fn cluster(
     _: Admin,
     membership: web::Data<MemberStatus>,
+    cluster: Option<web::Data<Cluster>>,
 ) -> Result<web::Json<ClusterView>, ApiError> {
     let nodes = membership.store.nodes().await?;
+    let view = cluster.as_ref().map(|c| c.view());
+    let shards: Vec<ShardLeaseView> = view
+        .iter()
+        .flat_map(|v| &v.shards)
+        .map(|s| ShardLeaseView {
+            shard: s.lease.shard,
+            owner: s.lease.owner.map(|(id, _)| id),
+            epoch: s.lease.epoch,
+        })
+        .collect();
     let members = nodes
         .into_iter()
         .map(|seen| MemberView {
+            shards: shards
+                .iter()
+                .filter(|s| s.owner == Some(seen.node.id))
+                .count() as u32,
+            cluster: seen.node.cluster,
+            incarnation: seen.node.incarnation,
             this_node: seen.node.id == membership.id,
             id: seen.node.id,
             address: seen.node.address,
@@ -202,6 +240,8 @@ pub async fn cluster(
         node: membership.id,
         node_ttl_secs: membership.ttl().as_secs(),
         members,
+        cluster: cluster.is_some(),
+        shards,
     }))
 }
 

@@ -68,7 +68,8 @@ async fn the_admin_page_signs_in_and_shows_live_actors() {
     let port = app.base.rsplit(':').next().unwrap();
     assert_eq!(members[0][1], format!("127.0.0.1:{port}"), "{members}");
     assert_eq!(members[0][3], std::process::id().to_string(), "{members}");
-    assert_eq!(members[0][6], "this server", "{members}");
+    assert_eq!(members[0][6], "not a cluster", "{members}");
+    assert_eq!(members[0][7], "this server", "{members}");
     let totals = browser
         .script("return document.getElementById('totals').innerText")
         .await;

@@ -34,8 +34,11 @@ fn node_settings(dir: &Path, schema: &str, database: &str) -> Settings {
     s.cluster.secret = Secret::new(SECRET.into());
     s.cluster.lease_interval_ms = 200;
     s.cluster.move_wait_ms = 3000;
+    s.admin.emails = vec![ADMIN.into()];
     s
 }
+
+const ADMIN: &str = "admin@example.com";
 
 /// Nodes on one set of stores.
 struct Cluster {
