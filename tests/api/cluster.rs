@@ -272,6 +272,16 @@ async fn three_nodes_taking_turns_lose_nothing_and_agree() {
         forwarded += metric(&client, &cluster.base(i), "arbor_cluster_forwards_total").await;
     }
     assert!(forwarded >= 40.0, "only {forwarded} forwards");
+    let text = client
+        .get(format!("{}/metrics", cluster.base(0)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("arbor_cluster_shards_owned"));
+    crate::operations::promtool_check(&text);
     for chat in &chats {
         for i in 0..3 {
             assert_eq!(
