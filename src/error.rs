@@ -70,6 +70,9 @@ make_error_codes! {
     /// No such endpoint; also admin routes for non-admins.
     NotFound = NOT_FOUND, "not_found";
     MethodNotAllowed = METHOD_NOT_ALLOWED, "method_not_allowed";
+    /// The reply was being generated (or its events kept) by a server that stopped: its outcome
+    /// is unknown here. If it finished, its message is on the branch; otherwise ask again.
+    GenerationInterrupted = GONE, "generation_interrupted";
     EmailTaken = CONFLICT, "email_taken";
     UsernameTaken = CONFLICT, "username_taken";
     LastBranch = CONFLICT, "last_branch";

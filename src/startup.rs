@@ -386,6 +386,7 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
     let limits = web::Data::new(settings.limits.clone());
     let streams = web::Data::new(api::sse::StreamSettings {
         keepalive: Duration::from_secs(settings.llm.keepalive_secs.max(1)),
+        retention: Duration::from_secs(settings.llm.event_retention_secs),
     });
     let stores = web::Data::new(stores);
     let accounts = web::Data::new(accounts);

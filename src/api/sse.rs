@@ -24,6 +24,22 @@ use crate::error::ApiError;
 pub struct StreamSettings {
     /// Longest silence before a keep-alive comment.
     pub keepalive: Duration,
+    /// How long a generation's events are kept after it ends (`llm.event_retention_secs`).
+    pub retention: Duration,
+}
+
+/// The events of a generation this server never ran because the server that ran it stopped
+/// (see `generations::lost`): one terminal `error` event, `generation_interrupted`.
+pub fn interrupted(after: u64, error: &ApiError) -> HttpResponse {
+    let frame = format!(
+        "id: {}\nevent: error\ndata: {}\n\n",
+        after + 1,
+        json!(error.detail())
+    );
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(frame)
 }
 
 /// Whether a client asked for an event stream: a `stream: true` body field, or `Accept:

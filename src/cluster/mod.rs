@@ -58,6 +58,8 @@ pub struct ShardView {
     /// The owner's address, when the owner is a live node.
     pub address: Option<Arc<str>>,
     pub state: Holding,
+    /// Since when this node holds the lease (when it does).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// This node's part in a shard.
@@ -244,6 +246,7 @@ impl Cluster {
                         },
                         address: None,
                         state: Holding::Other,
+                        since: None,
                     })
                     .collect(),
                 nodes: Vec::new(),
@@ -303,6 +306,12 @@ impl Cluster {
                 _ => Route::Wait,
             },
         }
+    }
+
+    /// Since when this node holds the lease of `chat`'s shard; `None` when it does not.
+    pub fn held_since(&self, chat: ChatId) -> Option<chrono::DateTime<chrono::Utc>> {
+        let view = self.view();
+        view.shards.get(usize::from(shard_of(chat)))?.since
     }
 
     /// Asks the lease loop to renew now (at most every 50 ms).
@@ -395,10 +404,15 @@ impl Cluster {
                     .find(|n| n.id == id && n.incarnation == incarnation)
                     .map(|n| Arc::from(n.address.as_str()))
             });
+            let since = match state {
+                Holding::Other => None,
+                _ => before.since.or_else(|| Some(chrono::Utc::now())),
+            };
             shards.push(ShardView {
                 lease: lease.clone(),
                 address,
                 state,
+                since,
             });
         }
         self.stats.leases_lost.inc_by(lost.len() as u64);
@@ -486,6 +500,7 @@ impl Cluster {
                     slot.lease.epoch = *epoch;
                     slot.address = Some(Arc::from(me.address.as_str()));
                     slot.state = Holding::Held;
+                    slot.since = Some(chrono::Utc::now());
                 }
                 self.stats.leases_taken.inc_by(taken.len() as u64);
                 self.install(next);
@@ -519,6 +534,7 @@ impl Cluster {
                     slot.lease.epoch = *epoch;
                     slot.address = to.map(|n| Arc::from(n.address.as_str()));
                     slot.state = Holding::Other;
+                    slot.since = None;
                 }
                 self.stats.handovers.inc_by(moved.len() as u64);
                 self.stats.leases_lost.inc_by(moved.len() as u64);
@@ -562,6 +578,7 @@ impl Cluster {
         let mut next = (*view).clone();
         for slot in &mut next.shards {
             slot.state = Holding::Other;
+            slot.since = None;
         }
         self.install(next);
         self.stats.leases_lost.inc_by(held.len() as u64);

@@ -899,3 +899,56 @@ async fn a_commit_under_a_stale_epoch_is_refused_and_the_rest_of_its_batch_commi
     }
     connections.close().await;
 }
+
+/// A reply generated on a node that then dies: resuming its events through the node that took
+/// the chat over ends at once with a terminal `generation_interrupted` event (never hangs), and
+/// its status answers 410. A generation id this cluster never made is still 404.
+#[actix_web::test]
+async fn resuming_a_reply_whose_node_died_ends_with_interrupted() {
+    let mut cluster = Cluster::start(2).await;
+    let client = test_client();
+    let token = register(&client, &cluster.base(1), "died@example.com").await;
+    let chat = create_chat(&client, &cluster.base(0), &token, "replied").await;
+    let res = client
+        .post(format!("{}/api/v1/chats/{chat}/messages", cluster.base(0)))
+        .bearer_auth(&token)
+        .json(&json!({"content": "hello", "reply": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let sent: Value = res.json().await.unwrap();
+    let generation = sent["generation_id"].as_str().unwrap().to_owned();
+    // Node 0 made the chat in one of its own shards; after it dies node 1 takes them.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    cluster.kill(0);
+    cluster.settle().await;
+    let url = format!(
+        "{}/api/v1/chats/{chat}/generations/{generation}",
+        cluster.base(1)
+    );
+    let res = client
+        .get(format!("{url}/events"))
+        .bearer_auth(&token)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let mut events = crate::llm::Events::new(res);
+    let last = events.next().await.unwrap();
+    assert_eq!(last.event, "error");
+    assert_eq!(last.data["code"], "generation_interrupted");
+    assert!(events.next().await.is_none(), "the stream ends after it");
+    let res = client.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_error(res, StatusCode::GONE, "generation_interrupted").await;
+    let never = format!(
+        "{}/api/v1/chats/{chat}/generations/{}",
+        cluster.base(1),
+        uuid::Uuid::now_v7()
+    );
+    let res = client.get(&never).bearer_auth(&token).send().await.unwrap();
+    assert_error(res, StatusCode::NOT_FOUND, "generation_not_found").await;
+    // The reply had finished before the node died: both messages are on the path.
+    let path = path(&client, &cluster.base(1), &token, &chat).await;
+    assert_eq!(path.len(), 2, "{path:?}");
+}

@@ -983,3 +983,31 @@ async fn storing_the_same_reply_twice_stores_it_once() {
     assert_eq!(t.app.path(&t.u, &t.chat, None).await, ["q", "a"]);
     t.stub.stop().await;
 }
+
+/// A reply started before this server did (it ran on the process that crashed, or on another
+/// node): resuming it ends at once with `generation_interrupted`, never a hang; an id this
+/// server could have made is still 404.
+#[actix_web::test]
+async fn a_reply_from_before_this_server_started_reads_as_interrupted() {
+    let t = Setup::new().await;
+    let a_minute_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        - Duration::from_secs(60);
+    let earlier = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        a_minute_ago.as_secs(),
+        a_minute_ago.subsec_nanos(),
+    ));
+    let res = t.app.get(&t.u, &t.generation(&earlier.to_string())).await;
+    assert_error(res, StatusCode::GONE, "generation_interrupted").await;
+    let res = t.events_after(&earlier.to_string(), "3").await;
+    let mut events = Events::new(res);
+    let ev = events.next().await.unwrap();
+    assert_eq!((ev.id, ev.event.as_str()), (4, "error"));
+    assert_eq!(ev.data["code"], "generation_interrupted");
+    assert!(events.next().await.is_none());
+    let later = uuid::Uuid::now_v7().to_string();
+    let res = t.app.get(&t.u, &t.generation(&later)).await;
+    assert_error(res, StatusCode::NOT_FOUND, "generation_not_found").await;
+}
