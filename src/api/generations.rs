@@ -14,18 +14,35 @@ use crate::cluster::Cluster;
 use crate::error::{ApiError, Code, ErrorBody};
 use crate::lifecycle::Lifecycle;
 
-/// Where a generation this server does not know may have run: since when this server serves
-/// the chat (this process's start; in cluster mode, since this node holds the chat's shard).
-pub struct Serving<'a> {
-    pub lifecycle: &'a Lifecycle,
-    pub cluster: Option<&'a Cluster>,
+/// Since when this server serves a chat (this process's start; in cluster mode, since this
+/// node holds the chat's shard): a generation it does not know that started earlier ran
+/// elsewhere.
+pub struct Serving {
+    lifecycle: web::Data<Lifecycle>,
+    cluster: Option<web::Data<Cluster>>,
 }
 
-impl Serving<'_> {
+impl Serving {
     fn since(&self, chat: ChatId) -> chrono::DateTime<chrono::Utc> {
         self.cluster
+            .as_ref()
             .and_then(|c| c.held_since(chat))
             .unwrap_or(self.lifecycle.started_at)
+    }
+}
+
+impl actix_web::FromRequest for Serving {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(match req.app_data::<web::Data<Lifecycle>>() {
+            Some(lifecycle) => Ok(Self {
+                lifecycle: lifecycle.clone(),
+                cluster: req.app_data::<web::Data<Cluster>>().cloned(),
+            }),
+            None => Err(ApiError::internal("no lifecycle in the app data")),
+        })
     }
 }
 
@@ -38,7 +55,7 @@ async fn missing(
     user: &AuthUser,
     chat: ChatId,
     id: GenerationId,
-    serving: Serving<'_>,
+    serving: &Serving,
     retention: std::time::Duration,
 ) -> ApiError {
     match chats.get(user.0, chat).await {
@@ -79,19 +96,14 @@ pub async fn get(
     chats: web::Data<Chats>,
     user: AuthUser,
     path: web::Path<(ChatId, GenerationId)>,
-    lifecycle: web::Data<Lifecycle>,
-    cluster: Option<web::Data<Cluster>>,
+    serving: Serving,
     settings: web::Data<StreamSettings>,
 ) -> Result<web::Json<GenerationView>, ApiError> {
     let (chat, id) = path.into_inner();
     match chats.generation(user.0, chat, id) {
         Ok(generation) => Ok(web::Json(generation.view())),
         Err(ChatError::GenerationNotFound) => {
-            let serving = Serving {
-                lifecycle: &lifecycle,
-                cluster: cluster.as_deref().map(|c| &**c),
-            };
-            Err(missing(&chats, &user, chat, id, serving, settings.retention).await)
+            Err(missing(&chats, &user, chat, id, &serving, settings.retention).await)
         }
         Err(e) => Err(e.into()),
     }
@@ -114,8 +126,7 @@ pub async fn events(
     user: AuthUser,
     path: web::Path<(ChatId, GenerationId)>,
     query: web::Query<EventsQuery>,
-    lifecycle: web::Data<Lifecycle>,
-    cluster: Option<web::Data<Cluster>>,
+    serving: Serving,
 ) -> Result<HttpResponse, ApiError> {
     let (chat, id) = path.into_inner();
     let generation = chats.generation(user.0, chat, id);
@@ -135,11 +146,7 @@ pub async fn events(
     match generation {
         Ok(generation) => Ok(sse::respond(generation, after, &settings)),
         Err(ChatError::GenerationNotFound) => {
-            let serving = Serving {
-                lifecycle: &lifecycle,
-                cluster: cluster.as_deref().map(|c| &**c),
-            };
-            let error = missing(&chats, &user, chat, id, serving, settings.retention).await;
+            let error = missing(&chats, &user, chat, id, &serving, settings.retention).await;
             match error.code() {
                 "generation_interrupted" => Ok(sse::interrupted(after, &error)),
                 _ => Err(error),
