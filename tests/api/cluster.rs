@@ -952,3 +952,49 @@ async fn resuming_a_reply_whose_node_died_ends_with_interrupted() {
     let path = path(&client, &cluster.base(1), &token, &chat).await;
     assert_eq!(path.len(), 2, "{path:?}");
 }
+
+/// Cluster mode's requirements are checked before anything starts, each with its own message;
+/// and cluster nodes never share stores with a node outside cluster mode, either way round.
+#[actix_web::test]
+async fn cluster_mode_refuses_what_it_cannot_run_on() {
+    use arbor::startup::Application;
+
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |s: Settings| async move {
+        match Application::build(s).await {
+            Ok(_) => panic!("started"),
+            Err(e) => format!("{e:#}"),
+        }
+    };
+    let mut sqlite = settings(dir.path().join("sqlite"));
+    sqlite.storage.metadata = arbor::config::MetadataBackend::Sqlite;
+    sqlite.storage.messages = arbor::config::MessageBackend::Sqlite;
+    sqlite.cluster.enabled = true;
+    sqlite.cluster.secret = Secret::new(SECRET.into());
+    let error = refused(sqlite).await;
+    assert!(error.contains("storage.metadata = \"postgres\""), "{error}");
+
+    let mut short = node_settings(dir.path(), &unique_name(), &unique_name());
+    short.cluster.secret = Secret::new("short".into());
+    let error = refused(short).await;
+    assert!(error.contains("cluster.secret"), "{error}");
+
+    // A cluster node keeps a single server out, and a single server a cluster node.
+    let (schema, database) = (unique_name(), unique_name());
+    let node = start(node_settings(dir.path(), &schema, &database)).await;
+    let mut single = node_settings(&dir.path().join("single"), &schema, &database);
+    single.cluster.enabled = false;
+    let error = refused(single.clone()).await;
+    assert!(
+        error.contains("another Arbor server is using these stores"),
+        "{error}"
+    );
+    node.stop().await;
+    let alone = start(single).await;
+    let error = refused(node_settings(&dir.path().join("late"), &schema, &database)).await;
+    assert!(
+        error.contains("another Arbor server is using these stores"),
+        "{error}"
+    );
+    alone.stop().await;
+}
