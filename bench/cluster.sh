@@ -270,7 +270,7 @@ part_nginx() {
     echo
     echo "## behind nginx (deploy/nginx/arbor.conf), 64 connections"
     printf '| %-5s | %-9s | %9s | %7s | %7s | %6s | %10s | %s\n' nodes scenario "ok req/s" "p50 ms" "p99 ms" errors "no forward" "CPU ms/request (machine)"
-    for n in 2 3; do
+    for n in 1 2 3; do
         local ports=() bases=() servers=() pids=()
         for i in $(seq "$n"); do
             local p; p=$(free_port)

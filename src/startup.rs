@@ -220,6 +220,7 @@ impl Application {
         let chats = self.chats.clone();
         let lifecycle = self.lifecycle.clone();
         let delay = self.drain_delay;
+        let cluster = self.cluster.as_ref().map(|(cluster, _)| cluster.clone());
         let signals = actix_web::rt::spawn(async move {
             lifecycle::shutdown_signal().await;
             lifecycle.begin_draining();
@@ -230,7 +231,15 @@ impl Application {
             // Replies end first, so open event streams close promptly instead of holding the
             // HTTP drain for the whole grace period.
             tracing::info!("shutting down: cancelling replies, finishing in-flight requests");
-            chats.cancel_generations();
+            match &cluster {
+                // Cluster mode: the replies store what they have, then the leases go to the
+                // nodes that take over while this one still forwards their requests there.
+                Some(cluster) => {
+                    chats.end_generations().await;
+                    cluster.hand_over_all(&chats).await;
+                }
+                None => chats.cancel_generations(),
+            }
             handle.stop(true).await;
         });
         let served = self.server.await;

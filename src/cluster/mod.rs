@@ -34,7 +34,7 @@ pub mod ring;
 pub mod route;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -205,6 +205,9 @@ pub struct Cluster {
     pub settings: ClusterSettings,
     ttl: Duration,
     view: RwLock<Arc<View>>,
+    /// Per shard, the epoch of the lease this node holds and serves, or -1: what every request
+    /// reads (`route`, `fence`), without touching the view's lock.
+    serving: Vec<AtomicI64>,
     /// Leases are trusted until this many ms after `since`.
     valid_until_ms: AtomicU64,
     since: Instant,
@@ -212,9 +215,16 @@ pub struct Cluster {
     leaving: AtomicBool,
     /// Wakes the lease loop for a renewal now (a forward found its target gone).
     wake: tokio::sync::Notify,
+    /// Held by a renewal, so that leaving never runs beside one.
+    ticking: tokio::sync::Mutex<()>,
     pub stats: ClusterStats,
     /// Node-to-node HTTP.
     pub client: reqwest::Client,
+    /// This node's id as a response header value (`route::NODE`).
+    pub(crate) node_header: actix_web::http::header::HeaderValue,
+    /// `stats.routed`'s two series, resolved once.
+    pub(crate) served_local: IntCounter,
+    pub(crate) served_forwarded: IntCounter,
 }
 
 impl Cluster {
@@ -230,7 +240,12 @@ impl Cluster {
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let ttl = member.ttl();
+        let stats = ClusterStats::default();
         Ok(Arc::new(Self {
+            node_header: actix_web::http::header::HeaderValue::from_str(&member.id.to_string())?,
+            served_local: stats.routed.with_label_values(&["local"]),
+            served_forwarded: stats.routed.with_label_values(&["forwarded"]),
+            serving: (0..SHARDS).map(|_| AtomicI64::new(-1)).collect(),
             id: member.id,
             member,
             store,
@@ -255,7 +270,8 @@ impl Cluster {
             since: Instant::now(),
             leaving: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
-            stats: ClusterStats::default(),
+            ticking: tokio::sync::Mutex::new(()),
+            stats,
             client,
         }))
     }
@@ -275,6 +291,13 @@ impl Cluster {
             .filter(|s| s.state != Holding::Other)
             .count();
         self.stats.shards_owned.set(owned as i64);
+        for (slot, shard) in self.serving.iter().zip(&view.shards) {
+            let epoch = match shard.state {
+                Holding::Held => shard.lease.epoch,
+                _ => -1,
+            };
+            slot.store(epoch, Ordering::Release);
+        }
         match self.view.write() {
             Ok(mut slot) => *slot = Arc::new(view),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(view),
@@ -291,8 +314,20 @@ impl Cluster {
         self.now_ms() < self.valid_until_ms.load(Ordering::Relaxed)
     }
 
+    /// The epoch of `shard`'s lease while this node holds it, serves it and trusts it.
+    fn serving(&self, shard: u16) -> Option<i64> {
+        let epoch = self
+            .serving
+            .get(usize::from(shard))?
+            .load(Ordering::Acquire);
+        (epoch >= 0 && self.leases_valid()).then_some(epoch)
+    }
+
     /// Where a request for `chat` goes now.
     pub fn route(&self, chat: ChatId) -> Route {
+        if self.serving(shard_of(chat)).is_some() {
+            return Route::Here;
+        }
         let view = self.view();
         let shard = &view.shards[usize::from(shard_of(chat))];
         match shard.state {
@@ -340,6 +375,7 @@ impl Cluster {
 
     /// One renewal: heartbeat and leases, then the claims and hand-overs placement asks for.
     async fn tick(&self, chats: &Chats) {
+        let _ticking = self.ticking.lock().await;
         let me = self.member.record();
         let sent = self.now_ms();
         let snapshot = match self.store.renew(&me, self.ttl).await {
@@ -593,10 +629,20 @@ impl Cluster {
         }
     }
 
-    /// Graceful leave, after the last flush: hands every lease over to the node placement
-    /// gives it without this one (or frees it), so the others need not wait for the TTL.
+    /// The start of a graceful leave (SIGTERM), while this node still serves HTTP: it claims
+    /// nothing from now on and hands every lease over (flushing their chats) to the node
+    /// placement gives it without this one; its requests for them are forwarded there. It
+    /// keeps renewing its heartbeat until [`leave`](Self::leave).
+    pub async fn hand_over_all(&self, chats: &Chats) {
+        self.leaving.store(true, Ordering::Relaxed);
+        self.tick(chats).await;
+    }
+
+    /// Graceful leave, after the last flush: hands over what is still held (or frees it), so
+    /// the others need not wait for the TTL.
     pub async fn leave(&self, chats: &Chats) {
         self.leaving.store(true, Ordering::Relaxed);
+        let _ticking = self.ticking.lock().await;
         let me = self.member.record();
         let view = self.view();
         let others: Vec<NodeRecord> = view
@@ -632,15 +678,8 @@ pub fn placement(nodes: &[NodeRecord], without: Option<Uuid>) -> Vec<Option<Uuid
 
 impl Ownership for Cluster {
     fn fence(&self, chat: ChatId) -> Option<Fence> {
-        if !self.leases_valid() {
-            return None;
-        }
-        let view = self.view();
-        let shard = view.shards.get(usize::from(shard_of(chat)))?;
-        (shard.state == Holding::Held).then_some(Fence {
-            shard: shard.lease.shard,
-            epoch: shard.lease.epoch,
-        })
+        let shard = shard_of(chat);
+        self.serving(shard).map(|epoch| Fence { shard, epoch })
     }
 
     fn new_chat_id(&self) -> Option<ChatId> {

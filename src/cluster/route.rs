@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::HeaderName;
 use actix_web::middleware::Next;
 use actix_web::web::{self, Bytes};
 use actix_web::HttpMessage;
@@ -147,12 +147,10 @@ async fn local(
     if let Some(bytes) = body {
         req.set_payload(Payload::from(bytes));
     }
-    cluster.stats.routed.with_label_values(&["local"]).inc();
+    cluster.served_local.inc();
     let mut res = next.call(req).await?.map_into_boxed_body();
-    if let Ok(value) = HeaderValue::from_str(&cluster.id.to_string()) {
-        res.headers_mut()
-            .insert(HeaderName::from_static(NODE), value);
-    }
+    res.headers_mut()
+        .insert(HeaderName::from_static(NODE), cluster.node_header.clone());
     Ok(res)
 }
 
@@ -288,7 +286,7 @@ async fn forward(
         .forward_seconds
         .observe(started.elapsed().as_secs_f64());
     forwards.with_label_values(&["ok"]).inc();
-    cluster.stats.routed.with_label_values(&["forwarded"]).inc();
+    cluster.served_forwarded.inc();
     let status = actix_web::http::StatusCode::from_u16(upstream.status().as_u16())
         .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
     let mut response = HttpResponse::build(status);

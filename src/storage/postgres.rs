@@ -327,6 +327,40 @@ ON CONFLICT (id) DO UPDATE SET name = excluded.name, head_id = excluded.head_id,
     fallback_id = excluded.fallback_id
 WHERE excluded.version >= branches.version";
 
+/// [`UPSERT`] under fences ($19 shards, $20 epochs), in one statement: the lease rows are locked
+/// `FOR SHARE` (a takeover, which updates them, comes wholly before or after), the rows are
+/// written only if every fence still holds, and the stale fences are returned.
+const FENCED_UPSERT: &str = "
+WITH held AS (
+    SELECT shard, epoch FROM shards WHERE shard = ANY($19::int4[]) FOR SHARE
+), stale AS (
+    SELECT f.shard, f.epoch FROM UNNEST($19::int4[], $20::int8[]) AS f(shard, epoch)
+    LEFT JOIN held h ON h.shard = f.shard AND h.epoch = f.epoch
+    WHERE h.shard IS NULL
+), upsert_chats AS (
+    INSERT INTO chats (id, owner_id, title, system_prompt, active_branch_id, created_at,
+                       updated_at, version, description)
+    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[],
+                         $6::timestamptz[], $7::timestamptz[], $8::int8[], $17::text[])
+    WHERE NOT EXISTS (SELECT 1 FROM stale)
+    ON CONFLICT (id) DO UPDATE SET title = excluded.title,
+        system_prompt = excluded.system_prompt, description = excluded.description,
+        active_branch_id = excluded.active_branch_id,
+        updated_at = excluded.updated_at, version = excluded.version
+    WHERE excluded.version > chats.version
+), upsert_branches AS (
+    INSERT INTO branches (id, chat_id, name, head_id, forked_from_id, created_at, updated_at,
+                          version, fallback_id)
+    SELECT * FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::uuid[], $13::uuid[],
+                         $14::timestamptz[], $15::timestamptz[], $16::int8[], $18::uuid[])
+    WHERE NOT EXISTS (SELECT 1 FROM stale)
+    ON CONFLICT (id) DO UPDATE SET name = excluded.name, head_id = excluded.head_id,
+        updated_at = excluded.updated_at, version = excluded.version,
+        fallback_id = excluded.fallback_id
+    WHERE excluded.version >= branches.version
+)
+SELECT shard, epoch FROM stale";
+
 /// Deleted branches ($1) and deleted chats with their branches ($2). Each condition gets its
 /// own index scan.
 const DELETE: &str = "
@@ -465,7 +499,10 @@ impl MetadataStore for PostgresStore {
         let branch_times = |f: fn(&Branch) -> DateTime<Utc>| {
             branches.iter().map(|(b, _)| f(b)).collect::<Vec<_>>()
         };
-        let upsert = sqlx::query(UPSERT)
+        let fences = &batch.fences;
+        // One statement checks the fences and writes; with deletions a transaction does.
+        let fenced_upsert = !fences.is_empty() && !deletes;
+        let upsert = sqlx::query(if fenced_upsert { FENCED_UPSERT } else { UPSERT })
             .bind(uuids(chats, |c| *c.id.as_uuid()))
             .bind(uuids(chats, |c| *c.owner.as_uuid()))
             .bind(chats.iter().map(|c| c.title.clone()).collect::<Vec<_>>())
@@ -514,10 +551,20 @@ impl MetadataStore for PostgresStore {
                     .map(|(b, _)| b.fallback.map(|h| *h.as_uuid()))
                     .collect::<Vec<_>>(),
             );
+        let upsert = match fenced_upsert {
+            true => upsert
+                .bind(
+                    fences
+                        .iter()
+                        .map(|f| i32::from(f.shard))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(fences.iter().map(|f| f.epoch).collect::<Vec<_>>()),
+            false => upsert,
+        };
         let delete = sqlx::query(DELETE)
             .bind(uuids(&batch.deleted_branches, |b| *b.as_uuid()))
             .bind(uuids(&batch.deleted_chats, |c| *c.as_uuid()));
-        let fences = &batch.fences;
         if !upserts && !deletes && fences.is_empty() {
             return Ok(());
         }
@@ -535,8 +582,21 @@ impl MetadataStore for PostgresStore {
                     (true, false, true) => {
                         upsert.execute(&mut conn).await?;
                     }
+                    (true, false, false) => {
+                        for row in upsert.fetch_all(&mut conn).await? {
+                            let shard: i32 = row.try_get("shard")?;
+                            stale.push(Fence {
+                                shard: u16::try_from(shard).unwrap_or(u16::MAX),
+                                epoch: row.try_get("epoch")?,
+                            });
+                        }
+                    }
                     (false, true, true) => {
                         delete.execute(&mut conn).await?;
+                    }
+                    // Fences alone (a batch of message deletions): checked on their own.
+                    (false, false, false) => {
+                        stale = stale_fences(&mut conn, fences).await?;
                     }
                     _ => {
                         let mut tx = conn.begin().await?;

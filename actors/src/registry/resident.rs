@@ -203,16 +203,9 @@ impl Chats {
         chats.len()
     }
 
-    /// Asks every running generation to stop; each stores its partial reply.
-    pub fn cancel_generations(&self) {
-        for generation in self.inner.rt.generations.running() {
-            generation.cancel();
-        }
-    }
-
-    /// Cancels every running generation (their partial replies are stored), evicts every
-    /// resident chat and waits until all have flushed. For graceful shutdown.
-    pub async fn shutdown(&self) {
+    /// Stops every running generation and waits (at most 10 s) until each has stored its
+    /// partial reply.
+    pub async fn end_generations(&self) {
         let running = self.inner.rt.generations.running();
         for generation in &running {
             generation.cancel();
@@ -224,6 +217,19 @@ impl Chats {
         {
             tracing::warn!("some generations did not end within 10 s of shutdown");
         }
+    }
+
+    /// Asks every running generation to stop; each stores its partial reply.
+    pub fn cancel_generations(&self) {
+        for generation in self.inner.rt.generations.running() {
+            generation.cancel();
+        }
+    }
+
+    /// Cancels every running generation (their partial replies are stored), evicts every
+    /// resident chat and waits until all have flushed. For graceful shutdown.
+    pub async fn shutdown(&self) {
+        self.end_generations().await;
         self.inner.shutting_down.store(true, Ordering::Relaxed);
         self.inner.cache.invalidate_all();
         self.inner.cache.run_pending_tasks().await;
