@@ -5,12 +5,13 @@
 //! actor refreshes its sizes after every change. Listing thousands of actors is then a walk over
 //! the registry that never waits on a busy mailbox.
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU8, Ordering};
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{BranchId, ChatId, UserId};
+use crate::ports::Fence;
 use crate::tree::Tree;
 use crate::views::GenerationView;
 
@@ -86,7 +87,14 @@ pub struct ActorProbe {
     pub(crate) pending_writes: AtomicU32,
     messages: AtomicU32,
     branches: AtomicU32,
-    tree_bytes: AtomicUsize,
+    /// Saturates at 4 GiB: a figure for operators.
+    tree_bytes: AtomicU32,
+    /// Cluster mode: the shard lease the actor serves its chat under (its writes carry it), set
+    /// once at start; epoch 0 is none. Kept here, in what was the probe's padding, rather than in
+    /// the actor, which has no byte to spare (`chat/`): a held lease's epoch is at least 1, and
+    /// one above `u32::MAX` is never served (`Fence::compact`).
+    fence_epoch: u32,
+    fence_shard: u16,
     evict_reason: AtomicU8,
     /// What the actor has come to (`DELETED`, `FLUSHED`): set once, never cleared. Kept here,
     /// in the probe's padding, rather than in the actor, which has no byte to spare (`chat/`).
@@ -99,8 +107,9 @@ const DELETED: u8 = 1;
 const FLUSHED: u8 = 2;
 
 impl ActorProbe {
-    pub(crate) fn new(owner: UserId, tree: &Tree) -> Self {
+    pub(crate) fn new(owner: UserId, tree: &Tree, fence: Option<Fence>) -> Self {
         let now = Utc::now();
+        let (fence_shard, fence_epoch) = fence.and_then(Fence::compact).unwrap_or((0, 0));
         let probe = Self {
             owner,
             resident_since: now,
@@ -109,7 +118,9 @@ impl ActorProbe {
             pending_writes: AtomicU32::new(0),
             messages: AtomicU32::new(0),
             branches: AtomicU32::new(0),
-            tree_bytes: AtomicUsize::new(0),
+            tree_bytes: AtomicU32::new(0),
+            fence_epoch,
+            fence_shard,
             evict_reason: AtomicU8::new(EvictReason::Stopped as u8),
             ends: AtomicU8::new(0),
         };
@@ -147,7 +158,15 @@ impl ActorProbe {
         self.branches
             .store(count(tree.branches().len()), Ordering::Relaxed);
         self.tree_bytes
-            .store(tree.approx_bytes(), Ordering::Relaxed);
+            .store(count(tree.approx_bytes()), Ordering::Relaxed);
+    }
+
+    /// Cluster mode: the shard lease the actor serves under.
+    pub fn fence(&self) -> Option<Fence> {
+        (self.fence_epoch != 0).then_some(Fence {
+            shard: self.fence_shard,
+            epoch: i64::from(self.fence_epoch),
+        })
     }
 
     pub(crate) fn set_evict_reason(&self, reason: EvictReason) {
@@ -167,7 +186,7 @@ impl ActorProbe {
     }
 
     pub fn approx_memory_bytes(&self) -> usize {
-        ACTOR_OVERHEAD_BYTES + self.tree_bytes.load(Ordering::Relaxed)
+        ACTOR_OVERHEAD_BYTES + self.tree_bytes.load(Ordering::Relaxed) as usize
     }
 
     pub fn snapshot(&self, chat: ChatId) -> ActorInfo {

@@ -50,6 +50,15 @@ pub struct Fence {
     pub epoch: i64,
 }
 
+impl Fence {
+    /// The fence as a chat actor keeps it (`inspect::ActorProbe`): epochs of held leases are
+    /// 1 to `u32::MAX`; `None` for any other (an [`Ownership`] never hands those out).
+    pub fn compact(self) -> Option<(u16, u32)> {
+        let epoch = u32::try_from(self.epoch).ok().filter(|e| *e != 0)?;
+        Some((self.shard, epoch))
+    }
+}
+
 /// Which chats this server may change (cluster mode: the shard leases it holds). Without it,
 /// every chat is this server's.
 pub trait Ownership: Send + Sync + 'static {

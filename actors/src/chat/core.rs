@@ -25,8 +25,6 @@ pub struct ChatCore {
     /// From `next_generation` at start and on every reload; the writer refuses queued writes of
     /// a failed generation.
     pub(crate) generation: u64,
-    /// Cluster mode: the shard lease this actor serves its chat under; its writes carry it.
-    pub(crate) fence: Option<crate::ports::Fence>,
     /// This actor's own handle: the writer reports its failed writes to the address and counts
     /// its pending ones in the probe, which the operator surface reads. The probe also keeps
     /// whether the chat was deleted and whether the actor flushed before stopping: a chat
@@ -51,7 +49,8 @@ impl ChatCore {
         slot.send(ChatWrite {
             chat: self.state.tree.chat(),
             generation: self.generation,
-            fence: self.fence,
+            // Cluster mode: the lease the actor serves under, kept in its probe.
+            fence: self.handle.probe().fence(),
             ops,
             owner: Some(self.handle.write_owner()),
         })

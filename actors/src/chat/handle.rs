@@ -150,7 +150,11 @@ impl ChatHandle {
         Self(Arc::new(HandleInner {
             addr: Addr::new(tx),
             instance: 0,
-            probe: ActorProbe::new(crate::model::UserId::new(), &crate::tree::Tree::new(main)),
+            probe: ActorProbe::new(
+                crate::model::UserId::new(),
+                &crate::tree::Tree::new(main),
+                None,
+            ),
         }))
     }
 

@@ -61,7 +61,6 @@ impl ChatActor {
         rt: Arc<ChatRuntime>,
         birth: Birth,
         handle: ChatHandle,
-        fence: Option<Fence>,
     ) -> Self {
         birth.claim();
         Self {
@@ -69,7 +68,6 @@ impl ChatActor {
                 state,
                 rt,
                 generation: next_generation(),
-                fence,
                 handle,
             },
         }
@@ -92,12 +90,12 @@ impl ChatActor {
         let handle = ChatHandle::new(
             Addr::new(tx),
             instance,
-            ActorProbe::new(state.row.owner, &state.tree),
+            ActorProbe::new(state.row.owner, &state.tree, fence),
         );
         let own = handle.clone();
         arbiter.spawn_fn(move || {
             let ctx = actix::Context::with_receiver(rx);
-            let actor = ChatActor::new(state, rt, birth, own, fence);
+            let actor = ChatActor::new(state, rt, birth, own);
             actix::spawn(ctx.into_future(actor));
         });
         handle
@@ -133,7 +131,7 @@ impl ChatActor {
     fn reload(&mut self, ctx: &mut Context<Self>) {
         let rt = self.core.rt.clone();
         let id = self.core.state.tree.chat();
-        let fence = self.core.fence;
+        let fence = self.core.handle.probe().fence();
         let fut = async move {
             rt.writer.barrier().await;
             if rt.fence(id)? != fence {

@@ -57,7 +57,11 @@ impl ChatRuntime {
     pub fn fence(&self, chat: ChatId) -> Result<Option<Fence>, ChatError> {
         match &self.ownership {
             None => Ok(None),
-            Some(ownership) => ownership.fence(chat).map(Some).ok_or(ChatError::Moved),
+            Some(ownership) => ownership
+                .fence(chat)
+                .filter(|f| f.compact().is_some())
+                .map(Some)
+                .ok_or(ChatError::Moved),
         }
     }
 }
