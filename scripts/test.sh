@@ -15,6 +15,7 @@
 #   python3's venv                 Debian `python3-venv` (SecantusDB, Schemathesis)
 #   promtool                       Debian `prometheus` (checks the /metrics exposition)
 #   chromium, chromedriver         Debian `chromium`, `chromium-driver` (the browser tests)
+#   nginx                          Debian `nginx-light` (the cluster tests' load balancer)
 #   cargo-nextest                  crates.io, through `cargo install --locked`
 # ARBOR_NO_INSTALL=1 only checks, and stops naming what is missing (scripts/need.sh).
 set -euo pipefail
