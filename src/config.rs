@@ -325,7 +325,7 @@ pub struct AdminSettings {
     pub history_secs: usize,
 }
 
-/// The membership table every server enters in its metadata store (`crate::membership`).
+/// The membership table every server enters in its metadata store (`src/membership.rs`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MembershipSettings {
@@ -339,7 +339,7 @@ impl MembershipSettings {
     }
 }
 
-/// Cluster mode (`crate::cluster`): several servers on one set of stores, each chat owned by
+/// Cluster mode (`src/cluster/`): several servers on one set of stores, each chat owned by
 /// the holder of its shard's lease.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

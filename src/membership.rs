@@ -258,7 +258,7 @@ impl MemberStatus {
 }
 
 /// This server's entry in the table while it runs: a task keeps its heartbeat fresh (in cluster
-/// mode the lease loop does, with its leases: `crate::cluster`).
+/// mode the lease loop does, with its leases: `src/cluster/`).
 pub struct Member {
     status: Arc<MemberStatus>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,

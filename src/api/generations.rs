@@ -129,9 +129,27 @@ pub async fn events(
     serving: Serving,
 ) -> Result<HttpResponse, ApiError> {
     let (chat, id) = path.into_inner();
-    let generation = chats.generation(user.0, chat, id);
-    let after = match req.headers().get("last-event-id") {
-        None => query.last_event_id.unwrap_or(0),
+    // An unknown generation is answered before the cursor is read, as it always was.
+    let generation = match chats.generation(user.0, chat, id) {
+        Ok(generation) => generation,
+        Err(ChatError::GenerationNotFound) => {
+            let error = missing(&chats, &user, chat, id, &serving, settings.retention).await;
+            return match error.code() {
+                "generation_interrupted" => {
+                    Ok(sse::interrupted(after(&req, &query).unwrap_or(0), &error))
+                }
+                _ => Err(error),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(sse::respond(generation, after(&req, &query)?, &settings))
+}
+
+/// The event to resume after: `Last-Event-ID`, else `?last_event_id=`, else 0.
+fn after(req: &HttpRequest, query: &EventsQuery) -> Result<u64, ApiError> {
+    match req.headers().get("last-event-id") {
+        None => Ok(query.last_event_id.unwrap_or(0)),
         Some(value) => value
             .to_str()
             .ok()
@@ -141,18 +159,7 @@ pub async fn events(
                     Code::InvalidLastEventId,
                     "Last-Event-ID must be an event id (a non-negative integer)",
                 )
-            })?,
-    };
-    match generation {
-        Ok(generation) => Ok(sse::respond(generation, after, &settings)),
-        Err(ChatError::GenerationNotFound) => {
-            let error = missing(&chats, &user, chat, id, &serving, settings.retention).await;
-            match error.code() {
-                "generation_interrupted" => Ok(sse::interrupted(after, &error)),
-                _ => Err(error),
-            }
-        }
-        Err(e) => Err(e.into()),
+            }),
     }
 }
 

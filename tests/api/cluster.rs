@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -307,9 +308,115 @@ async fn three_nodes_taking_turns_lose_nothing_and_agree() {
     }
 }
 
-/// Writers keep sending to every chat through the nodes in turn; the node holding most of
-/// them is killed with SIGKILL. The others take its leases over within the TTL plus a bound,
-/// and nothing acknowledged is lost: the client's log of acknowledgements against the stores.
+/// Clients writing Q&A pairs to chats until stopped, each through the nodes of its list in
+/// turn (a list the test may change while they run). With `retry`, a pair that is not
+/// acknowledged is sent again with the same Idempotency-Key until it is.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<actix_web::rt::task::JoinHandle<()>>,
+    /// (chat, content, how its last attempt ended), in the order they ended.
+    log: Arc<Mutex<Vec<(String, String, Outcome)>>>,
+    /// Pairs whose first attempt was not acknowledged.
+    first_refused: Arc<AtomicUsize>,
+}
+
+/// One writer: its chat, the prefix of its messages, and the nodes it goes through.
+type Job = (String, String, Arc<Mutex<Vec<String>>>);
+
+impl Writers {
+    fn start(client: &reqwest::Client, token: &str, jobs: Vec<Job>, retry: bool) -> Self {
+        let writers = Self {
+            stop: Arc::default(),
+            tasks: Vec::new(),
+            log: Arc::default(),
+            first_refused: Arc::default(),
+        };
+        let mut tasks = Vec::new();
+        for (w, (chat, label, bases)) in jobs.into_iter().enumerate() {
+            let (client, token) = (client.clone(), token.to_owned());
+            let (stop, log, first_refused) = (
+                writers.stop.clone(),
+                writers.log.clone(),
+                writers.first_refused.clone(),
+            );
+            tasks.push(actix_web::rt::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let content = format!("{chat} {label}{n}");
+                    let mut tries = 0;
+                    let outcome = loop {
+                        let base = {
+                            let bases = bases.lock().unwrap();
+                            bases[(w + n + tries) % bases.len()].clone()
+                        };
+                        let outcome = send_pair(&client, &base, &token, &chat, &content).await;
+                        if outcome == Outcome::Acked {
+                            break outcome;
+                        }
+                        if tries == 0 {
+                            first_refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if !retry {
+                            break outcome;
+                        }
+                        assert!(tries < 300, "{content} was never acknowledged");
+                    };
+                    log.lock().unwrap().push((chat.clone(), content, outcome));
+                    n += 1;
+                }
+            }));
+        }
+        Self { tasks, ..writers }
+    }
+
+    /// Stops them; answers the log.
+    async fn finish(self) -> Vec<(String, String, Outcome)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let log = self.log.lock().unwrap().clone();
+        log
+    }
+}
+
+/// Checks the stores against what clients sent to `chats`: every acknowledged pair (question and
+/// answer) is stored exactly once; with `exact`, nothing else is stored.
+async fn check_stored(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    chats: &[String],
+    log: &[(String, String, Outcome)],
+    exact: bool,
+) {
+    for chat in chats {
+        let stored = stored(client, base, token, chat).await;
+        let acked: Vec<&String> = log
+            .iter()
+            .filter(|(c, _, o)| c == chat && *o == Outcome::Acked)
+            .map(|(_, m, _)| m)
+            .collect();
+        for content in &acked {
+            for message in [content.to_string(), format!("re: {content}")] {
+                assert_eq!(stored.get(&message), Some(&1), "acknowledged {message}");
+            }
+        }
+        if exact {
+            assert_eq!(
+                stored.len(),
+                2 * acked.len(),
+                "stored messages nobody had acknowledged"
+            );
+        }
+    }
+}
+
+/// Writers keep sending to every chat through the nodes in turn; one node is killed with
+/// SIGKILL. The others take its leases over within the TTL plus a bound, and nothing
+/// acknowledged is lost: the client's log of acknowledgements against the stores.
 #[actix_web::test]
 async fn a_killed_owner_is_taken_over_and_loses_nothing_acknowledged() {
     let mut cluster = Cluster::start(3).await;
@@ -319,34 +426,13 @@ async fn a_killed_owner_is_taken_over_and_loses_nothing_acknowledged() {
     for i in 0..9 {
         chats.push(create_chat(&client, &cluster.base(i % 3), &token, "busy").await);
     }
-    let log: Arc<Mutex<Vec<(String, String, Outcome)>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let bases: Vec<String> = (0..3).map(|i| cluster.base(i)).collect();
-    let mut writers = Vec::new();
-    for (w, chat) in chats.iter().enumerate() {
-        let (client, token, chat, log, stop, bases) = (
-            client.clone(),
-            token.clone(),
-            chat.clone(),
-            log.clone(),
-            stop.clone(),
-            bases.clone(),
-        );
-        writers.push(actix_web::rt::spawn(async move {
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let content = format!("{chat} k{n}");
-                // Nodes in turn, skipping none: the dead one's clients see errors.
-                let base = &bases[(w + n) % bases.len()];
-                let outcome = send_pair(&client, base, &token, &chat, &content).await;
-                log.lock().unwrap().push((chat.clone(), content, outcome));
-                n += 1;
-                if outcome != Outcome::Acked {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }));
-    }
+    // Nodes in turn, skipping none: the dead one's clients see errors.
+    let bases = Arc::new(Mutex::new((0..3).map(|i| cluster.base(i)).collect()));
+    let jobs = chats
+        .iter()
+        .map(|c| (c.clone(), "k".to_owned(), bases.clone()))
+        .collect();
+    let writers = Writers::start(&client, &token, jobs, false);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed_at = Instant::now();
     cluster.kill(1);
@@ -354,44 +440,21 @@ async fn a_killed_owner_is_taken_over_and_loses_nothing_acknowledged() {
     cluster.settle().await;
     let takeover = killed_at.elapsed();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
+    let log = writers.finish().await;
     let ttl = Duration::from_secs(cluster.settings[0].membership.node_ttl_secs);
     assert!(
         takeover < ttl + Duration::from_secs(3),
         "takeover took {takeover:?}"
     );
     eprintln!("takeover after kill -9: {takeover:?} (TTL {ttl:?})");
-
-    let log = log.lock().unwrap().clone();
-    let acked: Vec<&(String, String, Outcome)> = log
-        .iter()
-        .filter(|(_, _, o)| *o == Outcome::Acked)
-        .collect();
-    assert!(acked.len() > 50, "too little load: {}", acked.len());
-    let mut stores = HashMap::new();
-    for chat in &chats {
-        stores.insert(
-            chat.clone(),
-            stored(&client, &cluster.base(0), &token, chat).await,
-        );
-    }
-    for (chat, content, _) in &acked {
-        assert_eq!(
-            stores[chat].get(content.as_str()),
-            Some(&1),
-            "acknowledged {content} is not stored exactly once"
-        );
-    }
+    let acked = log.iter().filter(|(_, _, o)| *o == Outcome::Acked).count();
+    assert!(acked > 50, "too little load: {acked}");
+    check_stored(&client, &cluster.base(0), &token, &chats, &log, false).await;
     // After the takeover every chat takes writes again, through any node.
     for (i, chat) in chats.iter().enumerate() {
         let base = cluster.base([0, 2][i % 2]);
-        assert_eq!(
-            send_pair(&client, &base, &token, chat, &format!("{chat} after")).await,
-            Outcome::Acked
-        );
+        let after = send_pair(&client, &base, &token, chat, &format!("{chat} after")).await;
+        assert_eq!(after, Outcome::Acked);
     }
 }
 
@@ -409,44 +472,18 @@ async fn a_paused_owner_is_fenced_when_it_wakes() {
     let token = register(&client, &cluster.base(0), "pause@example.com").await;
     let mut chats = Vec::new();
     for _ in 0..6 {
+        // Chats created on node 1 are in its shards.
         chats.push(create_chat(&client, &cluster.base(1), &token, "paused").await);
     }
-    // Chats created on node 1 are in its shards.
-    let sent: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let first_refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut writers = Vec::new();
+    let mut jobs = Vec::new();
     for chat in &chats {
         for via in [0, 1] {
-            let base = cluster.base(via);
-            let (client, token, chat, sent, stop, first_refused) = (
-                client.clone(),
-                token.clone(),
-                chat.clone(),
-                sent.clone(),
-                stop.clone(),
-                first_refused.clone(),
-            );
-            writers.push(actix_web::rt::spawn(async move {
-                let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let content = format!("{chat} via{via} p{n}");
-                    let mut tries = 0;
-                    while send_pair(&client, &base, &token, &chat, &content).await != Outcome::Acked
-                    {
-                        if tries == 0 {
-                            first_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        tries += 1;
-                        assert!(tries < 300, "{content} was never acknowledged");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    sent.lock().unwrap().push((chat.clone(), content));
-                    n += 1;
-                }
-            }));
+            let bases = Arc::new(Mutex::new(vec![cluster.base(via)]));
+            jobs.push((chat.clone(), format!("via{via} p"), bases));
         }
     }
+    let writers = Writers::start(&client, &token, jobs, true);
+    let first_refused = writers.first_refused.clone();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let pid = cluster.pid(1).to_string();
     assert!(Command::new("kill")
@@ -462,44 +499,20 @@ async fn a_paused_owner_is_fenced_when_it_wakes() {
         .unwrap()
         .success());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
+    let log = writers.finish().await;
     let fenced = metric(
         &client,
         &cluster.base(1),
         "arbor_writer_fenced_writes_total",
     )
     .await;
-    let sent = sent.lock().unwrap().clone();
-    assert!(sent.len() > 30, "too little load");
+    assert!(log.len() > 30, "too little load");
     cluster.settle().await;
-    for chat in &chats {
-        let stored = stored(&client, &cluster.base(0), &token, chat).await;
-        let mine: Vec<&String> = sent
-            .iter()
-            .filter(|(c, _)| c == chat)
-            .map(|(_, m)| m)
-            .collect();
-        for content in &mine {
-            assert_eq!(stored.get(content.as_str()), Some(&1), "{content}");
-            assert_eq!(
-                stored.get(&format!("re: {content}")),
-                Some(&1),
-                "re: {content}"
-            );
-        }
-        assert_eq!(
-            stored.len(),
-            2 * mine.len(),
-            "stored messages no client had acknowledged"
-        );
-    }
+    check_stored(&client, &cluster.base(0), &token, &chats, &log, true).await;
     eprintln!(
         "paused node: {} messages, {} first attempts refused, {fenced} writes fenced",
-        sent.len(),
-        first_refused.load(std::sync::atomic::Ordering::Relaxed)
+        log.len(),
+        first_refused.load(Ordering::Relaxed)
     );
 }
 
@@ -515,40 +528,12 @@ async fn join_and_leave_under_load_lose_and_duplicate_nothing() {
     for i in 0..8 {
         chats.push(create_chat(&client, &cluster.base(i % 2), &token, "moving").await);
     }
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let bases: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(vec![cluster.base(0)]));
-    let sent: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let mut writers = Vec::new();
-    for chat in &chats {
-        let (client, token, chat, stop, bases, sent) = (
-            client.clone(),
-            token.clone(),
-            chat.clone(),
-            stop.clone(),
-            bases.clone(),
-            sent.clone(),
-        );
-        writers.push(actix_web::rt::spawn(async move {
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let content = format!("{chat} j{n}");
-                // Retried with the same key until acknowledged.
-                let mut tries = 0;
-                loop {
-                    let list = bases.lock().unwrap().clone();
-                    let base = &list[(n + tries) % list.len()];
-                    if send_pair(&client, base, &token, &chat, &content).await == Outcome::Acked {
-                        break;
-                    }
-                    tries += 1;
-                    assert!(tries < 200, "{content} was never acknowledged");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                sent.lock().unwrap().push((chat.clone(), content));
-                n += 1;
-            }
-        }));
-    }
+    let bases = Arc::new(Mutex::new(vec![cluster.base(0)]));
+    let jobs = chats
+        .iter()
+        .map(|c| (c.clone(), "j".to_owned(), bases.clone()))
+        .collect();
+    let writers = Writers::start(&client, &token, jobs, true);
     tokio::time::sleep(Duration::from_millis(800)).await;
     let joined = cluster.add().await;
     bases.lock().unwrap().push(cluster.base(joined));
@@ -561,24 +546,9 @@ async fn join_and_leave_under_load_lose_and_duplicate_nothing() {
     cluster.stop(1).await;
     cluster.settle().await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let sent = sent.lock().unwrap().clone();
-    assert!(sent.len() > 40, "too little load: {}", sent.len());
-    for chat in &chats {
-        let stored = stored(&client, &cluster.base(0), &token, chat).await;
-        let mine: Vec<&String> = sent
-            .iter()
-            .filter(|(c, _)| c == chat)
-            .map(|(_, m)| m)
-            .collect();
-        for content in &mine {
-            assert_eq!(stored.get(content.as_str()), Some(&1), "{content}");
-        }
-        assert_eq!(stored.len(), mine.len() * 2, "stored messages nobody sent");
-    }
+    let log = writers.finish().await;
+    assert!(log.len() > 40, "too little load: {}", log.len());
+    check_stored(&client, &cluster.base(0), &token, &chats, &log, true).await;
 }
 
 /// A streamed reply asked of a node that does not hold the chat is forwarded as it streams,
