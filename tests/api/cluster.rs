@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::binary::{free_port, Server};
 use crate::helpers::*;
+use crate::operations::register;
 
 const SECRET: &str = "cluster-test-secret-0123456789";
 
@@ -143,18 +144,6 @@ async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
         .filter(|l| l[name.len()..].starts_with([' ', '{']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-async fn register(client: &reqwest::Client, base: &str, email: &str) -> String {
-    let res = client
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"email": email, "password": "password123"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
-    let body: Value = res.json().await.unwrap();
-    body["access_token"].as_str().unwrap().to_owned()
 }
 
 async fn create_chat(client: &reqwest::Client, base: &str, token: &str, title: &str) -> String {

@@ -565,7 +565,7 @@ async fn admin_grant_and_revoke_from_the_command_line() {
     );
 }
 
-async fn register(client: &reqwest::Client, base: &str, email: &str) -> String {
+pub(crate) async fn register(client: &reqwest::Client, base: &str, email: &str) -> String {
     let res = client
         .post(format!("{base}/api/v1/auth/register"))
         .json(&json!({"email": email, "password": "password123"}))
