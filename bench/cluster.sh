@@ -86,6 +86,12 @@ postgres_url = "$PG_URL"
 postgres_schema = "$schema"
 mongodb_url = "$MONGO_URL"
 mongodb_database = "$schema"
+[rate_limits]
+# The load comes from one user (and one address) at rates no person reaches.
+writes_per_minute = 0
+replies_per_minute = 0
+concurrent_replies = 0
+auth_per_minute = 0
 [auth]
 bcrypt_cost = 4
 jwt_secret = "cluster-bench-jwt-secret-0123456789"

@@ -202,12 +202,76 @@ struct ApiToken {
     user: UserId,
 }
 
+/// Password hashing (bcrypt, about 0.2 s of a core at cost 12) on threads of its own behind a
+/// bounded queue: a login flood takes those threads, never the HTTP workers or the chat actors,
+/// and once the queue is full a sign-up or login gets 503 `auth_busy` at once instead of waiting.
+pub struct PasswordHasher {
+    jobs: std::sync::mpsc::SyncSender<Box<dyn FnOnce() + Send>>,
+    /// `arbor_auth_hash_rejected_total`.
+    pub rejected: prometheus::IntCounter,
+}
+
+impl PasswordHasher {
+    /// `threads` threads (0: half the cores, at least one), `queue` jobs waiting at most.
+    pub fn start(threads: usize, queue: usize) -> anyhow::Result<Self> {
+        let threads = match threads {
+            0 => (crate::config::Settings::cores() / 2).max(1),
+            n => n,
+        };
+        let (jobs, next) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(queue);
+        let next = Arc::new(std::sync::Mutex::new(next));
+        for i in 0..threads {
+            let next = next.clone();
+            std::thread::Builder::new()
+                .name(format!("arbor-hash-{i}"))
+                .spawn(move || loop {
+                    let job = next.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => break,
+                    }
+                })?;
+        }
+        Ok(Self {
+            jobs,
+            rejected: prometheus::IntCounter::new(
+                "arbor_auth_hash_rejected_total",
+                "Sign-ups and logins refused with 503 auth_busy: every password-hashing thread was busy and its queue full.",
+            )?,
+        })
+    }
+
+    /// Runs `work` on a hashing thread, or refuses at once when the queue is full.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let _ = done.send(work());
+        });
+        if self.jobs.try_send(job).is_err() {
+            self.rejected.inc();
+            return Err(ApiError::new(
+                Code::AuthBusy,
+                "too many sign-ups and logins at once; retry",
+            ));
+        }
+        outcome
+            .await
+            .map_err(|_| ApiError::internal("a password-hashing thread stopped"))
+    }
+}
+
 /// Account operations.
 pub struct Accounts {
     store: Arc<dyn MetadataStore>,
     tokens: Tokens,
     api_tokens: Vec<ApiToken>,
     bcrypt_cost: u32,
+    hasher: Arc<PasswordHasher>,
+    /// Per-user request limits, failed-login limits (`crate::rate_limit`); `None`: none.
+    limits: Option<Arc<crate::rate_limit::RateLimits>>,
     /// Verified against when the login is unknown, so timing does not reveal which logins exist.
     dummy_hash: String,
 }
@@ -231,8 +295,22 @@ impl Accounts {
             tokens,
             api_tokens: Vec::new(),
             bcrypt_cost,
+            hasher: Arc::new(PasswordHasher::start(1, 32)?),
+            limits: None,
             dummy_hash,
         })
+    }
+
+    /// Hashes and checks passwords on `hasher`'s threads.
+    pub fn with_hasher(mut self, hasher: Arc<PasswordHasher>) -> Self {
+        self.hasher = hasher;
+        self
+    }
+
+    /// Enforces `limits` on authenticated requests and failed logins.
+    pub fn with_limits(mut self, limits: Arc<crate::rate_limit::RateLimits>) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     pub fn tokens(&self) -> &Tokens {
@@ -298,9 +376,10 @@ impl Accounts {
     ) -> Result<Session, ApiError> {
         let cost = self.bcrypt_cost;
         let plain = password.expose().to_owned();
-        let hash = web::block(move || bcrypt::hash(plain, cost))
-            .await
-            .map_err(ApiError::internal)?
+        let hash = self
+            .hasher
+            .run(move || bcrypt::hash(plain, cost))
+            .await?
             .map_err(ApiError::internal)?;
         let user = UserRecord {
             id: UserId::new(),
@@ -314,15 +393,30 @@ impl Accounts {
         self.session(user)
     }
 
-    pub async fn login(&self, login: &str, password: &str) -> Result<Session, ApiError> {
-        let user = self.store.user_by_login(login.trim()).await?;
+    /// Checks a login from `ip`: refused before any hashing while that address, or that account
+    /// from it, has used up its failed logins (`crate::rate_limit`).
+    pub async fn login(
+        &self,
+        ip: std::net::IpAddr,
+        login: &str,
+        password: &str,
+    ) -> Result<Session, ApiError> {
+        let login = login.trim();
+        if let Some(limits) = &self.limits {
+            limits.check_login(ip, login)?;
+        }
+        let user = self.store.user_by_login(login).await?;
         let hash = user
             .as_ref()
             .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
         let plain = password.to_owned();
-        let ok = web::block(move || bcrypt::verify(plain, &hash).unwrap_or(false))
-            .await
-            .map_err(ApiError::internal)?;
+        let ok = self
+            .hasher
+            .run(move || bcrypt::verify(plain, &hash).unwrap_or(false))
+            .await?;
+        if let Some(limits) = &self.limits {
+            limits.login_outcome(ip, login, ok && user.is_some());
+        }
         match user {
             Some(user) if ok => self.session(user),
             _ => Err(ApiError::new(
@@ -356,8 +450,21 @@ impl FromRequest for AuthUser {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
 
+    /// Authenticates, then counts the request against the user's read or write limit.
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req))
+        ready(authenticate(req).and_then(|user| {
+            let limits = req
+                .app_data::<web::Data<Accounts>>()
+                .and_then(|a| a.limits.clone());
+            if let Some(limits) = limits {
+                let read = matches!(
+                    *req.method(),
+                    actix_web::http::Method::GET | actix_web::http::Method::HEAD
+                );
+                limits.check_request(user.0, read)?;
+            }
+            Ok(user)
+        }))
     }
 }
 

@@ -52,6 +52,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub membership: MembershipSettings,
     pub cluster: ClusterSettings,
+    pub rate_limits: RateLimitSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -205,6 +206,12 @@ pub struct AuthSettings {
     pub jwt_secret: Secret,
     pub token_ttl_minutes: i64,
     pub bcrypt_cost: u32,
+    /// Threads of their own that hash and check passwords (bcrypt); 0: half the cores, at least
+    /// one. Chat traffic keeps the other cores whatever the login load.
+    pub hash_threads: usize,
+    /// Password checks waiting for those threads; beyond it a sign-up or login gets 503
+    /// `auth_busy` at once.
+    pub hash_queue: usize,
     /// Static bearer tokens for service clients (seed 000's fixed token): account email →
     /// token (16 characters at least). Each token acts as that account, created without a
     /// password (it cannot log in) if it is not registered. Empty: off.
@@ -339,6 +346,42 @@ impl MembershipSettings {
     }
 }
 
+/// Fair use (`src/rate_limit.rs`): per-user and per-client-IP limits. A rate of 0 turns its
+/// limit off.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// Per user: GET and HEAD requests a minute.
+    pub reads_per_minute: u32,
+    /// Per user: every other request a minute.
+    pub writes_per_minute: u32,
+    /// Per user: requests that start a model reply, a minute.
+    pub replies_per_minute: u32,
+    /// Per user: imports a minute (no import route yet).
+    pub imports_per_minute: u32,
+    /// Per client IP: sign-ups, logins and token requests a minute.
+    pub auth_per_minute: u32,
+    /// Per user: replies running at once.
+    pub concurrent_replies: u32,
+    /// Failed logins per client IP (any account) in a window, then 429 until it ends.
+    pub failed_logins_per_ip: u32,
+    /// Failed logins per account from one client IP in a window.
+    pub failed_logins_per_account: u32,
+    pub failure_window_secs: u64,
+    /// Where trusted proxies put the client's address (`""`: never read).
+    pub client_ip_header: String,
+    /// The proxies (nginx, a load balancer) whose `client_ip_header` is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Keys (users, addresses) each limiter tracks at most.
+    pub max_tracked: usize,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Settings::default().rate_limits
+    }
+}
+
 /// Cluster mode (`src/cluster/`): several servers on one set of stores, each chat owned by
 /// the holder of its shard's lease.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -437,6 +480,8 @@ impl Default for Settings {
                 jwt_secret: Secret::default(),
                 token_ttl_minutes: 24 * 60,
                 bcrypt_cost: 12,
+                hash_threads: 0,
+                hash_queue: 32,
                 api_tokens: BTreeMap::new(),
             },
             llm: LlmSettings {
@@ -463,6 +508,20 @@ impl Default for Settings {
                 history_secs: 300,
             },
             membership: MembershipSettings { node_ttl_secs: 10 },
+            rate_limits: RateLimitSettings {
+                reads_per_minute: 0,
+                writes_per_minute: 1200,
+                replies_per_minute: 60,
+                imports_per_minute: 10,
+                auth_per_minute: 60,
+                concurrent_replies: 4,
+                failed_logins_per_ip: 30,
+                failed_logins_per_account: 5,
+                failure_window_secs: 300,
+                client_ip_header: "x-forwarded-for".into(),
+                trusted_proxies: Vec::new(),
+                max_tracked: 100_000,
+            },
             cluster: ClusterSettings {
                 enabled: false,
                 advertise: String::new(),

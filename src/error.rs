@@ -109,6 +109,11 @@ make_error_codes! {
     /// A chat's mailbox or the write queue is full; retry.
     Overloaded = SERVICE_UNAVAILABLE, "overloaded";
     StorageUnavailable = SERVICE_UNAVAILABLE, "storage_unavailable";
+    /// Over a rate limit (`[rate_limits]`); `Retry-After`, `RateLimit-Policy` and `RateLimit`
+    /// say which and when.
+    RateLimited = TOO_MANY_REQUESTS, "rate_limited";
+    /// Every password-hashing thread is busy and its queue is full; retry.
+    AuthBusy = SERVICE_UNAVAILABLE, "auth_busy";
     /// Cluster mode: the chat's shard is moving between servers, or its owner cannot be
     /// reached; retry after `Retry-After`.
     ChatMoved = SERVICE_UNAVAILABLE, "chat_moved";
@@ -127,6 +132,17 @@ pub struct ApiError {
     code: Code,
     message: String,
     upstream_status: Option<u16>,
+    /// With `rate_limited`: what its headers say.
+    limit: Option<Box<RateLimitHeaders>>,
+}
+
+/// The headers of a 429 `rate_limited`: `Retry-After`, and the IETF `RateLimit-Policy` (the
+/// limit: `"writes";q=1200;w=60`) and `RateLimit` (its state: `"writes";r=0;t=3`).
+#[derive(Debug, Clone)]
+pub struct RateLimitHeaders {
+    pub retry_after_secs: u64,
+    pub policy: String,
+    pub state: String,
 }
 
 /// The error body every endpoint uses.
@@ -163,7 +179,36 @@ impl ApiError {
             code,
             message: message.into(),
             upstream_status: None,
+            limit: None,
         }
+    }
+
+    /// A 429 `rate_limited` for `class` (`writes`, `auth`, ...): `limit` per `window_secs`
+    /// (0: `limit` at once), free again in `wait`.
+    pub fn over_limit(
+        class: &str,
+        limit: u32,
+        window_secs: u32,
+        wait: std::time::Duration,
+    ) -> Self {
+        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        let policy = match window_secs {
+            0 => format!("\"{class}\";q={limit}"),
+            w => format!("\"{class}\";q={limit};w={w}"),
+        };
+        let mut error = Self::new(
+            Code::RateLimited,
+            format!(
+                "too many {} requests; retry in {secs} s",
+                class.replace('_', " ")
+            ),
+        );
+        error.limit = Some(Box::new(RateLimitHeaders {
+            retry_after_secs: secs,
+            policy,
+            state: format!("\"{class}\";r=0;t={secs}"),
+        }));
+        error
     }
 
     /// The body's `error` object.
@@ -225,6 +270,11 @@ impl ResponseError for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             res.insert_header((header::RETRY_AFTER, "1"));
         }
+        if let Some(limit) = &self.limit {
+            res.insert_header((header::RETRY_AFTER, limit.retry_after_secs.to_string()))
+                .insert_header(("ratelimit-policy", limit.policy.as_str()))
+                .insert_header(("ratelimit", limit.state.as_str()));
+        }
         res.json(ErrorBody::of(self))
     }
 }
@@ -245,6 +295,19 @@ impl From<ChatError> for ApiError {
             ChatError::Overloaded => Code::Overloaded,
             ChatError::StorageUnavailable => Code::StorageUnavailable,
             ChatError::Moved => Code::ChatMoved,
+            ChatError::RateLimited {
+                class,
+                limit,
+                window_secs,
+                retry_after_ms,
+            } => {
+                return Self::over_limit(
+                    class,
+                    *limit,
+                    *window_secs,
+                    std::time::Duration::from_millis(*retry_after_ms),
+                );
+            }
             ChatError::UnknownModel(_) => Code::UnknownModel,
             ChatError::LlmOverloaded => Code::LlmOverloaded,
             ChatError::LlmUnavailable => Code::LlmUnavailable,

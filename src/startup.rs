@@ -18,13 +18,14 @@ use arbor_actors::writer::{AckMode, WriterConfig, WriterHandle};
 use arbor_actors::{Chats, Placement, RegistryConfig};
 
 use crate::api;
-use crate::auth::{load_or_create_secret, Accounts, Tokens};
+use crate::auth::{load_or_create_secret, Accounts, PasswordHasher, Tokens};
 use crate::cluster::Cluster;
 use crate::config::{self, ActorPlacement, MetadataBackend, Settings};
 use crate::error::extractors;
 use crate::lifecycle::{self, Lifecycle};
 use crate::membership::{Member, MemberStatus};
 use crate::metrics::Metrics;
+use crate::rate_limit::RateLimits;
 use crate::storage::{self, Connections, Stores};
 use crate::telemetry;
 
@@ -125,12 +126,20 @@ impl Application {
     ) -> anyhow::Result<Started> {
         let secret = load_or_create_secret(&settings.auth, &settings.storage.data_dir)?;
         let tokens = Tokens::new(&secret, settings.auth.token_ttl_minutes);
+        let limits = RateLimits::new(&settings.rate_limits).context("rate_limits")?;
+        limits.start_sweeper(Duration::from_secs(30));
+        let hasher = Arc::new(
+            PasswordHasher::start(settings.auth.hash_threads, settings.auth.hash_queue)
+                .context("starting the password-hashing threads")?,
+        );
         let accounts = Accounts::new(stores.metadata.clone(), tokens, settings.auth.bcrypt_cost)?
+            .with_hasher(hasher.clone())
+            .with_limits(limits.clone())
             .with_api_tokens(&settings.auth.api_tokens)
             .await
             .context("auth.api_tokens")?;
         let llm = Arc::new(crate::llm::start_pool(&settings.llm)?);
-        let chats = start_chats(&settings, &stores, llm, cluster.clone());
+        let chats = start_chats(&settings, &stores, llm, cluster.clone(), limits.clone());
         // Cluster mode: the first renewal (and the claims it makes) before anything is served.
         let leases = match &cluster {
             Some(cluster) => Some(cluster.start(chats.clone()).await),
@@ -143,10 +152,15 @@ impl Application {
                 lifecycle.clone(),
                 membership.clone(),
                 settings.admin.history_secs,
-                cluster
-                    .as_ref()
-                    .map(|c| c.stats.collectors())
-                    .unwrap_or_default(),
+                {
+                    let mut extra = cluster
+                        .as_ref()
+                        .map(|c| c.stats.collectors())
+                        .unwrap_or_default();
+                    extra.push(Box::new(limits.refused.clone()));
+                    extra.push(Box::new(hasher.rejected.clone()));
+                    extra
+                },
             )
             .context("registering metrics")?,
         );
@@ -165,6 +179,7 @@ impl Application {
             lifecycle: lifecycle.clone(),
             membership,
             cluster,
+            limits,
         };
         let server = serve(listener, &settings, shared)?;
         tracing::info!(
@@ -310,6 +325,7 @@ fn start_chats(
     stores: &Stores,
     llm: Arc<LlmPool>,
     cluster: Option<Arc<Cluster>>,
+    limits: Arc<RateLimits>,
 ) -> Chats {
     let storage = &settings.storage;
     let writer = WriterHandle::spawn(
@@ -340,6 +356,10 @@ fn start_chats(
     );
     if let Some(cluster) = cluster {
         runtime = runtime.with_ownership(cluster);
+    }
+    let replies = &settings.rate_limits;
+    if replies.replies_per_minute > 0 || replies.concurrent_replies > 0 {
+        runtime = runtime.with_reply_gate(limits);
     }
     Chats::start(
         runtime,
@@ -372,6 +392,7 @@ struct Shared {
     lifecycle: Arc<Lifecycle>,
     membership: Arc<MemberStatus>,
     cluster: Option<Arc<Cluster>>,
+    limits: Arc<RateLimits>,
 }
 
 fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::Result<Server> {
@@ -383,7 +404,9 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
         lifecycle,
         membership,
         cluster,
+        limits: rate_limits,
     } = shared;
+    let rate_limits = web::Data::from(rate_limits);
     let clustered = cluster.is_some();
     let cluster = cluster.map(web::Data::from);
     let metrics = web::Data::from(metrics);
@@ -441,6 +464,7 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
             .app_data(metrics.clone())
             .app_data(lifecycle.clone())
             .app_data(membership.clone())
+            .app_data(rate_limits.clone())
             .app_data(admin.clone())
             .app_data(metrics_settings.clone())
             .configure(|cfg| api::routes(cfg, metrics_here))

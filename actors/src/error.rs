@@ -33,6 +33,15 @@ pub enum ChatError {
     Overloaded,
     #[error("storage is unavailable")]
     StorageUnavailable,
+    /// A per-user limit refused the request: `limit` per `window_secs` of `class` (or, with
+    /// `window_secs` 0, `limit` at once); another may go in `retry_after_ms`.
+    #[error("too many {class} requests; retry later")]
+    RateLimited {
+        class: &'static str,
+        limit: u32,
+        window_secs: u32,
+        retry_after_ms: u64,
+    },
     /// Cluster mode: this server does not hold the lease of the chat's shard (any more).
     #[error("the chat is on another server or moving between servers; retry")]
     Moved,

@@ -69,6 +69,15 @@ pub trait Ownership: Send + Sync + 'static {
     fn new_chat_id(&self) -> Option<ChatId>;
 }
 
+/// Per-user limits on replies (the server's rate limits): how often a user may start one, and
+/// how many may run at once. The pass is held until the reply's model call ends.
+pub trait ReplyGate: Send + Sync + 'static {
+    fn admit(&self, user: UserId) -> Result<ReplyPass, crate::error::ChatError>;
+}
+
+/// Held while a reply runs; dropping it frees the user's place.
+pub type ReplyPass = Box<dyn Send + Sync>;
+
 /// The metadata changes of one write-behind batch, already coalesced (latest version per row).
 #[derive(Debug, Default, Clone)]
 pub struct MetaBatch {

@@ -10,6 +10,7 @@ use super::body::Json;
 use crate::auth::{Accounts, AuthUser, Session};
 use crate::domain::{Email, Password, Username};
 use crate::error::{ApiError, Code, ErrorBody};
+use crate::rate_limit::AuthAttempt;
 
 /// A new account: an email, a username, or both (seed 002's clients send only a username).
 /// Either one logs in; an email, when given, is unique, and so is a username.
@@ -108,6 +109,7 @@ impl Registered {
 #[utoipa::path(post, path = "/api/v1/auth/register", operation_id = "register", tag = "auth", request_body = RegisterRequest,
     responses((status = 201, body = Registered), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn register(
+    _: AuthAttempt,
     accounts: web::Data<Accounts>,
     body: Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -119,6 +121,7 @@ pub async fn register(
 #[utoipa::path(post, path = "/api/v1/auth/login", operation_id = "log_in", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
 pub async fn login(
+    attempt: AuthAttempt,
     accounts: web::Data<Accounts>,
     body: Either<Json<LoginRequest>, web::Form<LoginRequest>>,
 ) -> Result<web::Json<TokenResponse>, ApiError> {
@@ -131,7 +134,7 @@ pub async fn login(
         .as_deref()
         .or(body.username.as_deref())
         .ok_or_else(|| ApiError::new(Code::ValidationFailed, "give `email` or `username`"))?;
-    let session = accounts.login(login, &body.password).await?;
+    let session = accounts.login(attempt.ip, login, &body.password).await?;
     Ok(web::Json(session.into()))
 }
 
@@ -139,10 +142,13 @@ pub async fn login(
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
 pub async fn token(
+    attempt: AuthAttempt,
     accounts: web::Data<Accounts>,
     form: web::Form<TokenForm>,
 ) -> Result<web::Json<TokenResponse>, ApiError> {
-    let session = accounts.login(&form.username, &form.password).await?;
+    let session = accounts
+        .login(attempt.ip, &form.username, &form.password)
+        .await?;
     Ok(web::Json(session.into()))
 }
 

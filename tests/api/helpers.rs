@@ -85,6 +85,19 @@ pub fn settings(data_dir: PathBuf) -> Settings {
     s.storage.sqlite_synchronous = arbor::config::SqliteSync::Normal;
     s.storage.durable_retry_ms = 300;
     s.auth.bcrypt_cost = 4;
+    // Tests register, log in and write far faster than any person; `rate_limits.rs` tests the
+    // limits themselves.
+    s.rate_limits = arbor::config::RateLimitSettings {
+        reads_per_minute: 0,
+        writes_per_minute: 0,
+        replies_per_minute: 0,
+        imports_per_minute: 0,
+        auth_per_minute: 0,
+        concurrent_replies: 0,
+        failed_logins_per_ip: 0,
+        failed_logins_per_account: 0,
+        ..Default::default()
+    };
     s.auth.jwt_secret = serde_json::from_value(json!(JWT_SECRET)).unwrap();
     s.actors.arbiters = 2;
     if backend() == Backend::PostgresMongo {

@@ -25,6 +25,7 @@ mod operations;
 mod outage;
 mod persistence;
 mod provider;
+mod rate_limits;
 mod seed_000;
 mod seed_001;
 mod seed_002;

@@ -9,7 +9,7 @@ use super::Liveness;
 use crate::error::ChatError;
 use crate::generation::{Generation, Generations};
 use crate::model::{Branch, BranchId, ChatId, ChatMeta, ChatRow, Message, MessageId, UserId};
-use crate::ports::{Fence, MessageStore, MetadataStore, Ownership, Turn};
+use crate::ports::{Fence, MessageStore, MetadataStore, Ownership, ReplyGate, Turn};
 use crate::tree::Tree;
 use crate::views::{EditView, MessageView, RegenerateView, SendView};
 use crate::writer::{committed, CommitTicket, WriteOp, WriterHandle};
@@ -22,6 +22,8 @@ pub struct ChatRuntime {
     pub generations: Arc<Generations>,
     /// Cluster mode: the shard leases this server holds. `None`: every chat is this server's.
     pub ownership: Option<Arc<dyn Ownership>>,
+    /// Per-user limits on replies. `None`: none.
+    pub replies: Option<Arc<dyn ReplyGate>>,
     /// The actors alive, kept by the registry; each leaves it when dropped.
     pub(crate) live: Arc<Liveness>,
     /// Bytes of written pages each thread keeps (`pages`); set by the registry.
@@ -41,6 +43,7 @@ impl ChatRuntime {
             messages,
             generations,
             ownership: None,
+            replies: None,
             live: Arc::default(),
             page_cache_bytes: 0,
         }
@@ -49,6 +52,12 @@ impl ChatRuntime {
     /// Cluster mode: chats are served and changed only under this server's shard leases.
     pub fn with_ownership(mut self, ownership: Arc<dyn Ownership>) -> Self {
         self.ownership = Some(ownership);
+        self
+    }
+
+    /// Replies start only as often, and run only as many at once per user, as `gate` allows.
+    pub fn with_reply_gate(mut self, gate: Arc<dyn ReplyGate>) -> Self {
+        self.replies = Some(gate);
         self
     }
 

@@ -72,6 +72,8 @@ pub struct LlmJob {
     generation: Arc<Generation>,
     done: oneshot::Sender<JobOutcome>,
     queued: Instant,
+    /// The user's place among their running replies (`ports::ReplyGate`), freed with the job.
+    _pass: Option<crate::ports::ReplyPass>,
 }
 
 /// One provider's instruments (every series carries a `provider` label).
@@ -308,6 +310,7 @@ impl ModelRef {
             Ok(permit) => Ok(Admission {
                 model: self,
                 permit,
+                pass: None,
             }),
             Err(_) => {
                 provider
@@ -325,6 +328,8 @@ impl ModelRef {
 pub struct Admission {
     pub model: ModelRef,
     permit: mpsc::OwnedPermit<LlmJob>,
+    /// Set by the registry when a `ReplyGate` admitted the user.
+    pub pass: Option<crate::ports::ReplyPass>,
 }
 
 impl Admission {
@@ -344,6 +349,7 @@ impl Admission {
             generation,
             done,
             queued: Instant::now(),
+            _pass: self.pass,
         });
         outcome
     }
@@ -588,11 +594,13 @@ impl Actor for LlmWorker {
 }
 
 async fn run(provider: Arc<Provider>, job: LlmJob) {
+    // `_pass` lives to the end of the call: the user's place is freed with it.
     let LlmJob {
         request,
         generation,
         done,
         queued,
+        _pass,
     } = job;
     let stats = &provider.stats;
     let started = Instant::now();

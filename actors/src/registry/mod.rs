@@ -362,7 +362,7 @@ impl Chats {
     ) -> Result<Sent, ChatError> {
         let admission = req
             .reply
-            .then(|| self.admit(req.model.as_deref()))
+            .then(|| self.admit(user, req.model.as_deref()))
             .transpose()?;
         let msg = AddMessages {
             user,
@@ -460,7 +460,7 @@ impl Chats {
     ) -> Result<Edited, ChatError> {
         let admission = req
             .reply
-            .then(|| self.admit(req.model.as_deref()))
+            .then(|| self.admit(user, req.model.as_deref()))
             .transpose()?;
         let msg = Edit {
             user,
@@ -489,7 +489,7 @@ impl Chats {
         name: Option<String>,
         model: Option<&str>,
     ) -> Result<Regenerated, ChatError> {
-        let admission = self.admit(model)?;
+        let admission = self.admit(user, model)?;
         let msg = Regenerate {
             user,
             message,

@@ -15,9 +15,16 @@ use crate::ports::{CompletionRequest, Usage};
 use crate::writer::{AckMode, CommitTicket};
 
 impl Chats {
-    /// Resolves a model and reserves a place in its provider's queue.
-    pub(super) fn admit(&self, model: Option<&str>) -> Result<Admission, ChatError> {
-        Ok(self.inner.llm.resolve(model)?.admit()?)
+    /// Takes the user's place among their replies (`ReplyGate`), resolves a model and reserves
+    /// a place in its provider's queue.
+    pub(super) fn admit(&self, user: UserId, model: Option<&str>) -> Result<Admission, ChatError> {
+        let pass = match &self.inner.rt.replies {
+            Some(gate) => Some(gate.admit(user)?),
+            None => None,
+        };
+        let mut admission = self.inner.llm.resolve(model)?.admit()?;
+        admission.pass = pass;
+        Ok(admission)
     }
 
     /// Settles a change that may have started a reply, and sets the reply going with its

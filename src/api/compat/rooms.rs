@@ -58,6 +58,7 @@ pub struct SignupRequest {
     responses((status = 200, description = "The new account", body = Envelope<UserData>),
         (status = 409, body = ErrorBody)))]
 pub async fn signup(
+    _: crate::rate_limit::AuthAttempt,
     accounts: web::Data<Accounts>,
     body: Json<SignupRequest>,
 ) -> Result<HttpResponse, ApiError> {
