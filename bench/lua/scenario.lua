@@ -4,6 +4,7 @@
 --   fork       POST /api/v1/chats/{id}/branches  {"message_index": 0}
 --              (also fork_20, fork_1k, fork_10k: the same on 64 chats of that many messages)
 --   reply      POST /api/v1/chats/{id}/messages  {"content", "reply": true, "stream": true}
+--   login_flood POST /api/v1/auth/login  {"email", "password"}  (a wrong password: bench/fair.sh)
 --   ceiling    GET  /                                                     (the trivial handler)
 --   ceiling_body GET /body?bytes=$BENCH_BODY_BYTES     (the trivial handler, a static body)
 --   ceiling_actor GET /actor/{id}?bytes=...  (token check + one actor round trip + that body)
@@ -27,7 +28,7 @@ end
 function init(args)
   math.randomseed(os.time() * 1000 + (id or 0))
   local actor = scenario == "ceiling_actor" or scenario == "ceiling_local"
-  if scenario:sub(1, 7) ~= "ceiling" or actor then
+  if (scenario:sub(1, 7) ~= "ceiling" and scenario ~= "login_flood") or actor then
     token, chats = common.load()
   end
   if actor then
@@ -55,6 +56,9 @@ end
 function request()
   if scenario == "ceiling" then
     return wrk.format("GET", "/")
+  elseif scenario == "login_flood" then
+    return wrk.format("POST", "/api/v1/auth/login", { ["Content-Type"] = "application/json" },
+      '{"email":"bench-flood@example.com","password":"not-the-password"}')
   elseif scenario == "ceiling_body" then
     return wrk.format("GET", body_path)
   elseif scenario == "ceiling_actor" or scenario == "ceiling_local" then
