@@ -224,13 +224,11 @@ impl PasswordHasher {
             let next = next.clone();
             std::thread::Builder::new()
                 .name(format!("arbor-hash-{i}"))
-                .spawn(move || {
-                    loop {
-                        let job = next.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => break,
-                        }
+                .spawn(move || loop {
+                    let job = next.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => break,
                     }
                 })?;
         }

@@ -183,6 +183,9 @@ pub struct ActorSettings {
     /// KiB of written message pages each thread hosting chat actors keeps, to answer a page
     /// read again while its chat is unchanged without writing it again; 0 turns it off.
     pub page_cache_kib: usize,
+    /// Idempotency keys each chat remembers (its newest keyed sends'): a retry with a key older
+    /// than that many newer keyed sends of its chat is a new send.
+    pub idempotency_keys_per_chat: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -374,6 +377,9 @@ pub struct RateLimitSettings {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Keys (users, addresses) each limiter tracks at most.
     pub max_tracked: usize,
+    /// Sign-up and login refusals (429, and 503 `auth_busy`) are answered after this long: a
+    /// client flooding logins waits on a timer instead of spinning on the server's CPU.
+    pub refusal_delay_ms: u64,
 }
 
 impl Default for RateLimitSettings {
@@ -465,6 +471,7 @@ impl Default for Settings {
                 placement: ActorPlacement::Local,
                 arbiters: 0,
                 page_cache_kib: 8192,
+                idempotency_keys_per_chat: 1024,
             },
             limits: LimitSettings {
                 max_body_bytes: 256 * 1024,
@@ -521,6 +528,7 @@ impl Default for Settings {
                 client_ip_header: "x-forwarded-for".into(),
                 trusted_proxies: Vec::new(),
                 max_tracked: 100_000,
+                refusal_delay_ms: 1000,
             },
             cluster: ClusterSettings {
                 enabled: false,

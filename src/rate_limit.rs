@@ -201,6 +201,7 @@ pub struct RateLimits {
     trusted_proxies: Vec<IpAddr>,
     client_ip_header: Option<HeaderName>,
     max_tracked: usize,
+    refusal_delay: Duration,
     /// `arbor_rate_limited_total{class}`.
     pub refused: IntCounterVec,
 }
@@ -244,6 +245,7 @@ impl RateLimits {
                 )?),
             },
             max_tracked: bound,
+            refusal_delay: Duration::from_millis(settings.refusal_delay_ms),
             refused,
         }))
     }
@@ -445,15 +447,33 @@ impl ReplyGate for RateLimits {
 }
 
 /// A sign-up, login or token request: the client's address, admitted by its per-IP limit
-/// (extracted first, so a refusal costs no body parsing and no password hashing).
+/// (extracted first, so a refusal costs no body parsing and no password hashing). Refusals are
+/// answered after `refusal_delay_ms`: a flooding client waits on a timer, and a closed-loop
+/// flood of `C` connections costs `C` cheap answers a second.
 pub struct AuthAttempt {
     pub ip: IpAddr,
     pub limits: Option<Arc<RateLimits>>,
 }
 
+impl AuthAttempt {
+    /// `result`, answered after the refusal delay when it is a refusal (429, 503 `auth_busy`).
+    pub async fn slowly<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+        if let (Err(error), Some(limits)) = (&result, &self.limits) {
+            if is_refusal(error) && !limits.refusal_delay.is_zero() {
+                tokio::time::sleep(limits.refusal_delay).await;
+            }
+        }
+        result
+    }
+}
+
+fn is_refusal(error: &ApiError) -> bool {
+    matches!(error.code(), "rate_limited" | "auth_busy")
+}
+
 impl FromRequest for AuthAttempt {
     type Error = ApiError;
-    type Future = std::future::Ready<Result<Self, ApiError>>;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let limits = req
@@ -470,7 +490,13 @@ impl FromRequest for AuthAttempt {
             Some(l) => l.check_auth(ip),
             None => Ok(()),
         };
-        std::future::ready(admitted.map(|()| Self { ip, limits }))
+        let attempt = Self { ip, limits };
+        Box::pin(async move {
+            match admitted {
+                Ok(()) => Ok(attempt),
+                Err(error) => attempt.slowly(Err(error)).await,
+            }
+        })
     }
 }
 
@@ -500,6 +526,7 @@ mod tests {
             client_ip_header: "x-forwarded-for".into(),
             trusted_proxies: vec!["10.0.0.1".parse().unwrap()],
             max_tracked: 3,
+            refusal_delay_ms: 0,
         }
     }
 

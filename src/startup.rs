@@ -354,6 +354,7 @@ fn start_chats(
             settings.llm.max_retained_generations.max(1),
         )),
     );
+    runtime = runtime.with_idempotency_keys(actors.idempotency_keys_per_chat);
     if let Some(cluster) = cluster {
         runtime = runtime.with_ownership(cluster);
     }

@@ -109,11 +109,13 @@ impl Registered {
 #[utoipa::path(post, path = "/api/v1/auth/register", operation_id = "register", tag = "auth", request_body = RegisterRequest,
     responses((status = 201, body = Registered), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn register(
-    _: AuthAttempt,
+    attempt: AuthAttempt,
     accounts: web::Data<Accounts>,
     body: Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let registered = Registered::create(&accounts, body.into_inner()).await?;
+    let registered = attempt
+        .slowly(Registered::create(&accounts, body.into_inner()).await)
+        .await?;
     Ok(HttpResponse::Created().json(registered))
 }
 
@@ -134,7 +136,9 @@ pub async fn login(
         .as_deref()
         .or(body.username.as_deref())
         .ok_or_else(|| ApiError::new(Code::ValidationFailed, "give `email` or `username`"))?;
-    let session = accounts.login(attempt.ip, login, &body.password).await?;
+    let session = attempt
+        .slowly(accounts.login(attempt.ip, login, &body.password).await)
+        .await?;
     Ok(web::Json(session.into()))
 }
 
@@ -146,8 +150,12 @@ pub async fn token(
     accounts: web::Data<Accounts>,
     form: web::Form<TokenForm>,
 ) -> Result<web::Json<TokenResponse>, ApiError> {
-    let session = accounts
-        .login(attempt.ip, &form.username, &form.password)
+    let session = attempt
+        .slowly(
+            accounts
+                .login(attempt.ip, &form.username, &form.password)
+                .await,
+        )
         .await?;
     Ok(web::Json(session.into()))
 }

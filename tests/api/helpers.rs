@@ -96,6 +96,7 @@ pub fn settings(data_dir: PathBuf) -> Settings {
         concurrent_replies: 0,
         failed_logins_per_ip: 0,
         failed_logins_per_account: 0,
+        refusal_delay_ms: 0,
         ..Default::default()
     };
     s.auth.jwt_secret = serde_json::from_value(json!(JWT_SECRET)).unwrap();

@@ -322,3 +322,43 @@ async fn a_page_read_again_shows_every_change() {
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     assert_eq!(app.path(&u, &chat, Some(&main)).await, ["one", "two"]);
 }
+
+/// A chat remembers the keys of its newest `actors.idempotency_keys_per_chat` keyed sends, in
+/// memory and after a reload: an older key is a new send, a recent one still replays.
+#[actix_web::test]
+async fn a_chat_remembers_only_its_newest_idempotency_keys() {
+    let app = spawn_with(|s| s.actors.idempotency_keys_per_chat = 3).await;
+    let u = app.register("u@example.com").await;
+    let chat = id(&app.create_chat(&u, "c").await);
+    let send = |key: String| {
+        app.client
+            .post(app.url(&format!("/api/v1/chats/{chat}/messages")))
+            .bearer_auth(&u.token)
+            .header("Idempotency-Key", key.clone())
+            .json(&json!({"content": key, "response": "ok"}))
+            .send()
+    };
+    for n in 0..5 {
+        assert_eq!(
+            send(format!("k{n}")).await.unwrap().status(),
+            StatusCode::CREATED
+        );
+    }
+    assert_eq!(app.path(&u, &chat, None).await.len(), 10);
+    // k4 is among the newest three: replayed, nothing added.
+    send("k4".into()).await.unwrap();
+    assert_eq!(app.path(&u, &chat, None).await.len(), 10);
+    // After a reload the chat keeps the newest three again.
+    assert!(
+        app.chats
+            .evict(arbor_actors::model::ChatId::from_uuid(
+                chat.parse().unwrap()
+            ))
+            .await
+    );
+    send("k3".into()).await.unwrap();
+    assert_eq!(app.path(&u, &chat, None).await.len(), 10);
+    // k0 was forgotten: the same key is a new send.
+    send("k0".into()).await.unwrap();
+    assert_eq!(app.path(&u, &chat, None).await.len(), 12);
+}

@@ -23,6 +23,7 @@ fn limits(tweak: impl FnOnce(&mut RateLimitSettings)) -> impl FnOnce(&mut Settin
             concurrent_replies: 0,
             failed_logins_per_ip: 0,
             failed_logins_per_account: 0,
+            refusal_delay_ms: 0,
             ..RateLimitSettings::default()
         };
         tweak(&mut s.rate_limits);
@@ -91,6 +92,7 @@ async fn writes_and_reads_trip_at_their_rates_per_user() {
 async fn sign_ups_and_logins_are_limited_per_client_address() {
     let app = spawn_with(limits(|l| {
         l.auth_per_minute = 3;
+        l.refusal_delay_ms = 300;
         l.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
     }))
     .await;
@@ -100,7 +102,13 @@ async fn sign_ups_and_logins_are_limited_per_client_address() {
         let res = app.post_anon("/api/v1/auth/login", login.clone()).await;
         assert_eq!(res.status(), StatusCode::OK);
     }
+    // The refusal is answered after `refusal_delay_ms`: a flooding client waits.
+    let started = Instant::now();
     let res = app.post_anon("/api/v1/auth/login", login.clone()).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "answered at once"
+    );
     assert_limited(res, "auth", 3, Some(60)).await;
     // Behind a trusted proxy each client is its own address; the proxy's own entries are
     // skipped, the nearest other one counts.

@@ -258,6 +258,7 @@ impl ChatCore {
                     commit: commit.clone(),
                     awaiting_reply: generation.is_some(),
                 },
+                self.rt.idempotency_keys,
             );
         }
         let messages = ids

@@ -28,6 +28,8 @@ pub struct ChatRuntime {
     pub(crate) live: Arc<Liveness>,
     /// Bytes of written pages each thread keeps (`pages`); set by the registry.
     pub(crate) page_cache_bytes: usize,
+    /// Idempotency keys a chat remembers at most (its newest sends').
+    pub idempotency_keys: usize,
 }
 
 impl ChatRuntime {
@@ -46,12 +48,20 @@ impl ChatRuntime {
             replies: None,
             live: Arc::default(),
             page_cache_bytes: 0,
+            idempotency_keys: 1024,
         }
     }
 
     /// Cluster mode: chats are served and changed only under this server's shard leases.
     pub fn with_ownership(mut self, ownership: Arc<dyn Ownership>) -> Self {
         self.ownership = Some(ownership);
+        self
+    }
+
+    /// A chat remembers the idempotency keys of its newest `keys` sends: a retry must come
+    /// before that many newer keyed sends of the chat.
+    pub fn with_idempotency_keys(mut self, keys: usize) -> Self {
+        self.idempotency_keys = keys.max(1);
         self
     }
 
@@ -141,8 +151,33 @@ impl IdemMap {
         self.0.as_mut()?.get_mut(key)
     }
 
-    pub(crate) fn insert(&mut self, key: Arc<str>, entry: IdemEntry) {
-        self.0.get_or_insert_default().insert(key, entry);
+    /// Records a send under `key`, keeping at most `cap` keys: past it the oldest send's key
+    /// (by its first message's id, which is time-ordered) goes, unless its reply still runs.
+    pub(crate) fn insert(&mut self, key: Arc<str>, entry: IdemEntry, cap: usize) {
+        let map = self.0.get_or_insert_default();
+        map.insert(key, entry);
+        Self::trim_map(map, cap);
+    }
+
+    /// Keeps the newest `cap` keys (a restored chat may hold more).
+    pub(crate) fn trim(&mut self, cap: usize) {
+        if let Some(map) = &mut self.0 {
+            Self::trim_map(map, cap);
+        }
+    }
+
+    fn trim_map(map: &mut HashMap<Arc<str>, IdemEntry>, cap: usize) {
+        while map.len() > cap.max(1) {
+            let oldest = map
+                .iter()
+                .filter(|(_, e)| !e.awaiting_reply)
+                .min_by_key(|(_, e)| e.messages.first().copied())
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(key) => map.remove(&key),
+                None => break,
+            };
+        }
     }
 
     pub(crate) fn retain(&mut self, keep: impl FnMut(&Arc<str>, &mut IdemEntry) -> bool) {
@@ -258,7 +293,9 @@ pub async fn load_chat(
             messages = rt.messages.load_chat(id).await.map_err(storage_error)?;
         }
     }
-    ChatState::restore(meta, branches, messages).map(Some)
+    let (mut state, orphans) = ChatState::restore(meta, branches, messages)?;
+    state.idem.trim(rt.idempotency_keys);
+    Ok(Some((state, orphans)))
 }
 
 pub(crate) fn storage_error(e: crate::ports::StoreError) -> ChatError {

@@ -58,7 +58,7 @@ pub struct SignupRequest {
     responses((status = 200, description = "The new account", body = Envelope<UserData>),
         (status = 409, body = ErrorBody)))]
 pub async fn signup(
-    _: crate::rate_limit::AuthAttempt,
+    attempt: crate::rate_limit::AuthAttempt,
     accounts: web::Data<Accounts>,
     body: Json<SignupRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -72,7 +72,9 @@ pub async fn signup(
         username,
         password,
     };
-    let registered = Registered::create(&accounts, body).await?;
+    let registered = attempt
+        .slowly(Registered::create(&accounts, body).await)
+        .await?;
     Ok(envelope(
         "User created successfully",
         UserData {
