@@ -87,7 +87,19 @@ pub fn settings(data_dir: PathBuf) -> Settings {
     s.auth.bcrypt_cost = 4;
     // Tests register, log in and write far faster than any person; `rate_limits.rs` tests the
     // limits themselves.
-    s.rate_limits = arbor::config::RateLimitSettings {
+    s.rate_limits = no_rate_limits();
+    s.auth.jwt_secret = serde_json::from_value(json!(JWT_SECRET)).unwrap();
+    s.actors.arbiters = 2;
+    if backend() == Backend::PostgresMongo {
+        use_postgres(&mut s, &postgres_url());
+        use_mongodb(&mut s, &mongodb_url());
+    }
+    s
+}
+
+/// Every rate limit off, refusals answered at once.
+pub fn no_rate_limits() -> arbor::config::RateLimitSettings {
+    arbor::config::RateLimitSettings {
         reads_per_minute: 0,
         writes_per_minute: 0,
         replies_per_minute: 0,
@@ -98,14 +110,7 @@ pub fn settings(data_dir: PathBuf) -> Settings {
         failed_logins_per_account: 0,
         refusal_delay_ms: 0,
         ..Default::default()
-    };
-    s.auth.jwt_secret = serde_json::from_value(json!(JWT_SECRET)).unwrap();
-    s.actors.arbiters = 2;
-    if backend() == Backend::PostgresMongo {
-        use_postgres(&mut s, &postgres_url());
-        use_mongodb(&mut s, &mongodb_url());
     }
-    s
 }
 
 pub async fn spawn_app() -> TestApp {

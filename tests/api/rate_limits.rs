@@ -14,18 +14,7 @@ use crate::provider::*;
 
 fn limits(tweak: impl FnOnce(&mut RateLimitSettings)) -> impl FnOnce(&mut Settings) {
     move |s: &mut Settings| {
-        s.rate_limits = RateLimitSettings {
-            reads_per_minute: 0,
-            writes_per_minute: 0,
-            replies_per_minute: 0,
-            imports_per_minute: 0,
-            auth_per_minute: 0,
-            concurrent_replies: 0,
-            failed_logins_per_ip: 0,
-            failed_logins_per_account: 0,
-            refusal_delay_ms: 0,
-            ..RateLimitSettings::default()
-        };
+        s.rate_limits = no_rate_limits();
         tweak(&mut s.rate_limits);
     }
 }
