@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::model::{
-    Branch, BranchId, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord,
+    Branch, BranchId, ChatId, ChatMeta, GenerationId, Message, MessageId, Role, UserId, UserRecord,
 };
 
 /// What a store can say went wrong. Only `Unavailable` (connection lost, timeout, server down) is
@@ -146,6 +146,38 @@ pub struct Stores {
     pub unified: Option<Arc<dyn BatchStore>>,
 }
 
+/// The usage a provider reported for one reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRecord {
+    /// One row per generation: a reply retried upstream is recorded once.
+    pub generation: GenerationId,
+    pub user: UserId,
+    pub chat: ChatId,
+    /// `provider/model`.
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// How usage is summed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroup {
+    Model,
+    Chat,
+    /// The UTC day, `YYYY-MM-DD`.
+    Day,
+}
+
+/// One group's sums.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageSum {
+    pub key: String,
+    pub replies: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
 /// Users, chats and branches.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
@@ -172,6 +204,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// the same transaction and fails with [`StoreError::Fenced`] naming the stale shards;
     /// one that keeps none (no cluster mode) ignores them.
     async fn apply(&self, batch: &MetaBatch) -> Result<(), StoreError>;
+    /// Records a reply's usage; a second record of the same generation changes nothing.
+    async fn record_usage(&self, usage: &UsageRecord) -> Result<(), StoreError>;
+    /// A user's usage in `[from, to)`, summed by `group`, in key order.
+    async fn usage(
+        &self,
+        user: UserId,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        group: UsageGroup,
+    ) -> Result<Vec<UsageSum>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

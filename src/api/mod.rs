@@ -17,6 +17,7 @@ pub mod methods;
 pub mod models;
 pub mod segments;
 pub mod sse;
+pub mod usage;
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Deserializer};
@@ -47,6 +48,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
         .service(resource("/auth/token", vec![post().to(auth::token)]))
         .service(resource("/auth/me", vec![get().to(auth::me)]))
         .service(resource("/models", vec![get().to(models::list)]))
+        .service(resource("/usage", vec![get().to(usage::usage)]))
         .service(resource("/admin/stats", vec![get().to(admin::stats)]))
         .service(resource("/admin/cluster", vec![get().to(admin::cluster)]))
         .service(resource("/admin/actors", vec![get().to(admin::actors)]))

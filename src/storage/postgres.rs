@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arbor_actors::model::{Branch, BranchId, ChatId, ChatMeta, MessageId, UserId, UserRecord};
-use arbor_actors::ports::{Fence, MetaBatch, MetadataStore, StoreError};
+use arbor_actors::ports::{
+    Fence, MetaBatch, MetadataStore, StoreError, UsageGroup, UsageRecord, UsageSum,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
@@ -627,6 +629,72 @@ impl MetadataStore for PostgresStore {
             true => Ok(()),
             false => Err(StoreError::Fenced(stale)),
         }
+    }
+
+    async fn record_usage(&self, usage: &UsageRecord) -> Result<(), StoreError> {
+        let usage = usage.clone();
+        self.pooled(move |pool| async move {
+            sqlx::query(
+                "INSERT INTO usage (generation_id, user_id, chat_id, model, prompt_tokens,
+                                    completion_tokens, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (generation_id) DO NOTHING",
+            )
+            .bind(usage.generation.as_uuid())
+            .bind(usage.user.as_uuid())
+            .bind(usage.chat.as_uuid())
+            .bind(&usage.model)
+            .bind(i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX))
+            .bind(i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX))
+            .bind(usage.at)
+            .execute(&pool)
+            .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        user: UserId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        group: UsageGroup,
+    ) -> Result<Vec<UsageSum>, StoreError> {
+        let key = match group {
+            UsageGroup::Model => "model",
+            UsageGroup::Chat => "chat_id::text",
+            UsageGroup::Day => "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+        };
+        let rows = self
+            .pooled(move |pool| async move {
+                sqlx::query(&format!(
+                    "SELECT {key} AS key, COUNT(*)::int8 AS replies,
+                            SUM(prompt_tokens)::int8 AS prompt,
+                            SUM(completion_tokens)::int8 AS completion
+                     FROM usage WHERE user_id = $1 AND created_at >= $2 AND created_at < $3
+                     GROUP BY 1 ORDER BY 1"
+                ))
+                .bind(user.as_uuid())
+                .bind(from)
+                .bind(to)
+                .fetch_all(&pool)
+                .await
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let number = |column: &str| -> Result<u64, StoreError> {
+                    let n: i64 = get(row, column)?;
+                    Ok(u64::try_from(n).unwrap_or(0))
+                };
+                Ok(UsageSum {
+                    key: get(row, "key")?,
+                    replies: number("replies")?,
+                    prompt_tokens: number("prompt")?,
+                    completion_tokens: number("completion")?,
+                })
+            })
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use arbor_actors::model::{Branch, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord};
 use arbor_actors::ports::{
     Batch, BatchStore, MessageDeletes, MessageStore, MetaBatch, MetadataStore, StoreError,
+    UsageGroup, UsageRecord, UsageSum,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -165,6 +166,11 @@ fn store_error(e: sqlx::Error) -> StoreError {
 fn time(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, StoreError> {
     row.try_get(column)
         .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+/// Usage times as fixed-width RFC 3339 UTC text (microseconds), which sorts as time.
+fn usage_time(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
 fn text(row: &SqliteRow, column: &str) -> Result<String, StoreError> {
@@ -400,6 +406,67 @@ impl MetadataStore for SqliteStore {
 
     async fn apply(&self, batch: &MetaBatch) -> Result<(), StoreError> {
         self.transaction(|q| push_meta(q, batch)).await
+    }
+
+    async fn record_usage(&self, usage: &UsageRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO usage (generation_id, user_id, chat_id, model, prompt_tokens,
+                                completion_tokens, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (generation_id) DO NOTHING",
+        )
+        .bind(usage.generation.to_string())
+        .bind(usage.user.to_string())
+        .bind(usage.chat.to_string())
+        .bind(&usage.model)
+        .bind(i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX))
+        .bind(i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX))
+        .bind(usage_time(usage.at))
+        .execute(&self.writes)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        user: UserId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        group: UsageGroup,
+    ) -> Result<Vec<UsageSum>, StoreError> {
+        let key = match group {
+            UsageGroup::Model => "model",
+            UsageGroup::Chat => "chat_id",
+            UsageGroup::Day => "substr(created_at, 1, 10)",
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {key} AS key, COUNT(*) AS replies, SUM(prompt_tokens) AS prompt,
+                    SUM(completion_tokens) AS completion
+             FROM usage WHERE user_id = ? AND created_at >= ? AND created_at < ?
+             GROUP BY {key} ORDER BY {key}"
+        ))
+        .bind(user.to_string())
+        .bind(usage_time(from))
+        .bind(usage_time(to))
+        .fetch_all(&self.reads)
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let number = |column: &str| -> Result<u64, StoreError> {
+                    let n: i64 = row
+                        .try_get(column)
+                        .map_err(|e| StoreError::Corrupt(format!("usage.{column}: {e}")))?;
+                    Ok(u64::try_from(n).unwrap_or(0))
+                };
+                Ok(UsageSum {
+                    key: text(row, "key")?,
+                    replies: number("replies")?,
+                    prompt_tokens: number("prompt")?,
+                    completion_tokens: number("completion")?,
+                })
+            })
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

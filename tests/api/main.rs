@@ -33,4 +33,5 @@ mod seed_003;
 mod seed_004;
 #[macro_use]
 mod stores;
+mod usage;
 mod writer;

@@ -164,6 +164,23 @@ impl Chats {
         }
     }
 
+    /// Records what the provider reported for a stored reply, once per generation. Best
+    /// effort: the reply stands whether or not its usage could be recorded.
+    async fn record_usage(&self, chat: ChatId, generation: &Generation, usage: Usage) {
+        let record = crate::ports::UsageRecord {
+            generation: generation.id,
+            user: generation.owner,
+            chat,
+            model: generation.model.to_string(),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            at: crate::model::now(),
+        };
+        if let Err(error) = self.inner.rt.metadata.record_usage(&record).await {
+            tracing::warn!(%error, generation = %generation.id, "recording a reply's usage failed");
+        }
+    }
+
     /// Stores a reply (complete, or partial and marked incomplete when cancelled).
     async fn store_reply(
         &self,
@@ -183,8 +200,12 @@ impl Chats {
             .rt
             .generations
             .release(generation.id, chat, generation.branch);
+        let message = stored?;
+        if let Some(usage) = usage {
+            self.record_usage(chat, generation, usage).await;
+        }
         Ok(StoredReply {
-            message: stored?,
+            message,
             usage,
             cancelled,
         })
