@@ -30,8 +30,7 @@ use actix_web::dev::Payload;
 use actix_web::http::header::HeaderName;
 use actix_web::{web, FromRequest, HttpRequest};
 use arbor_actors::model::UserId;
-use arbor_actors::ports::{ReplyGate, ReplyPass};
-use arbor_actors::ChatError;
+use arbor_actors::ports::{ReplyGate, ReplyPass, ReplyRefused};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
@@ -407,13 +406,13 @@ impl Drop for Running {
 impl ReplyGate for RateLimits {
     /// Checks how many of the user's replies run first, so a refusal for that costs no place
     /// in the rate.
-    fn admit(&self, user: UserId) -> Result<ReplyPass, ChatError> {
+    fn admit(&self, user: UserId) -> Result<ReplyPass, ReplyRefused> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if self.concurrent > 0 && running.get(&user).copied().unwrap_or(0) >= self.concurrent {
             self.refused
                 .with_label_values(&[Class::ConcurrentReplies.name()])
                 .inc();
-            return Err(ChatError::RateLimited {
+            return Err(ReplyRefused {
                 class: Class::ConcurrentReplies.name(),
                 limit: self.concurrent,
                 window_secs: 0,
@@ -427,7 +426,7 @@ impl ReplyGate for RateLimits {
                     .with_label_values(&[Class::Replies.name()])
                     .inc();
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return Err(ChatError::RateLimited {
+                return Err(ReplyRefused {
                     class: Class::Replies.name(),
                     limit: replies.per_minute,
                     window_secs: 60,
@@ -576,7 +575,7 @@ mod tests {
         let first = limits.admit(user).unwrap();
         assert!(matches!(
             limits.admit(user),
-            Err(ChatError::RateLimited {
+            Err(ReplyRefused {
                 class: "concurrent_replies",
                 ..
             })
@@ -586,7 +585,7 @@ mod tests {
         drop(_second);
         assert!(matches!(
             limits.admit(user),
-            Err(ChatError::RateLimited {
+            Err(ReplyRefused {
                 class: "replies",
                 ..
             })

@@ -2,7 +2,7 @@
 //! stable error code.
 
 use crate::model::{BranchId, MessageId};
-use crate::ports::LlmError;
+use crate::ports::{LlmError, ReplyRefused};
 use crate::tree::TreeError;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -90,6 +90,17 @@ impl From<LlmError> for ChatError {
                 detail: message,
             },
             LlmError::Timeout => ChatError::UpstreamTimeout,
+        }
+    }
+}
+
+impl From<ReplyRefused> for ChatError {
+    fn from(r: ReplyRefused) -> Self {
+        Self::RateLimited {
+            class: r.class,
+            limit: r.limit,
+            window_secs: r.window_secs,
+            retry_after_ms: r.retry_after_ms,
         }
     }
 }

@@ -72,7 +72,17 @@ pub trait Ownership: Send + Sync + 'static {
 /// Per-user limits on replies (the server's rate limits): how often a user may start one, and
 /// how many may run at once. The pass is held until the reply's model call ends.
 pub trait ReplyGate: Send + Sync + 'static {
-    fn admit(&self, user: UserId) -> Result<ReplyPass, crate::error::ChatError>;
+    fn admit(&self, user: UserId) -> Result<ReplyPass, ReplyRefused>;
+}
+
+/// Why a reply was not admitted: `limit` per `window_secs` of `class` (or, with `window_secs`
+/// 0, `limit` at once); another may start in `retry_after_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyRefused {
+    pub class: &'static str,
+    pub limit: u32,
+    pub window_secs: u32,
+    pub retry_after_ms: u64,
 }
 
 /// Held while a reply runs; dropping it frees the user's place.
