@@ -41,12 +41,8 @@ done
 . scripts/need.sh
 need_packages "wrk:command -v wrk >/dev/null" "nginx-light:test -x /usr/sbin/nginx"
 
-if [ -n "${BENCH_BIN:-}" ]; then
-    BIN=$BENCH_BIN
-else
-    cargo build --release --quiet -p arbor -p arbor-bench --bin arbor --bin arbor-bench
-    BIN=target/release
-fi
+. bench/common.sh
+bench_binaries
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/arbor-cluster-bench.XXXXXX")
 NODE_PIDS=()
 NGINX_PID_FILE=""
@@ -61,7 +57,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 scripts/mongodb.sh setup
 PG_URL=$(scripts/postgres.sh start "$WORK/postgres")
@@ -146,17 +141,6 @@ settle() {
 
 seed() { # seed BASE STATE
     "$BIN/arbor-bench" seed --base "$1" --chats "$CHATS" --pairs "$PAIRS" --concurrency 64 --out "$2" >&2
-}
-
-# load BASE SCENARIO STATE CONNECTIONS: one wrk run; sets rps, p50_ms, p99_ms, bad.
-load() {
-    local line
-    line=$(BENCH_SCENARIO=$2 BENCH_STATE=$3 wrk -t"$THREADS" -c"$4" -d"${DURATION}s" \
-        -s bench/lua/scenario.lua "$1" 2>"$WORK/wrk.err" | grep '^BENCH' || true)
-    [ -n "$line" ] || { cat "$WORK/wrk.err" >&2; echo "wrk failed" >&2; exit 1; }
-    eval "${line#BENCH }"
-    rps=$(awk -v r="$requests" -v e="$errors" -v n="$non2xx" -v s="$seconds" 'BEGIN { printf "%d", (r - e - n) / s }')
-    bad=$((errors + non2xx))
 }
 
 # Busy and total jiffies of the whole machine.

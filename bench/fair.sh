@@ -23,12 +23,8 @@ while [ $# -gt 0 ]; do
 done
 . scripts/need.sh
 need_packages "wrk:command -v wrk >/dev/null"
-if [ -n "${BENCH_BIN:-}" ]; then
-    BIN=$BENCH_BIN
-else
-    cargo build --release --quiet -p arbor -p arbor-bench --bin arbor --bin arbor-bench
-    BIN=target/release
-fi
+. bench/common.sh
+bench_binaries
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/arbor-fair-bench.XXXXXX")
 PIDS=()
 cleanup() {
@@ -37,19 +33,8 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 export BENCH_LUA_DIR="$PWD/bench/lua" BENCH_THREADS="$THREADS"
 FAILED=0
-
-# load BASE SCENARIO CONNECTIONS DURATION: sets rps, p50_ms, p99_ms, requests, non2xx.
-load() {
-    local line
-    line=$(BENCH_SCENARIO=$2 BENCH_STATE=${STATE:-} wrk -t"$THREADS" -c"$3" -d"${4}s" \
-        -s bench/lua/scenario.lua "$1" 2>"$WORK/wrk.err" | grep '^BENCH' || true)
-    [ -n "$line" ] || { cat "$WORK/wrk.err" >&2; echo "wrk failed" >&2; exit 1; }
-    eval "${line#BENCH }"
-    rps=$(awk -v r="$requests" -v e="$errors" -v n="$non2xx" -v s="$seconds" 'BEGIN { printf "%d", (r - e - n) / s }')
-}
 
 echo
 echo "fair use bench: chats=$CHATS duration=${DURATION}s bcrypt_cost=12 commit $(git rev-parse --short HEAD)"
@@ -83,7 +68,7 @@ TOML
     base="http://127.0.0.1:$port"
     "$BIN/arbor-bench" seed --base "$base" --chats "$CHATS" --pairs "$PAIRS" --concurrency 64 --out "$dir/state" >&2
     STATE="$dir/state"
-    load "$base" add_pair 32 "$DURATION"
+    load "$base" add_pair "$STATE" 32
     alone=$rps
     printf '| %-11s | %-18s | %9s | %7s | %7s | -\n' "$mode" "add_pair alone" "$rps" "$p50_ms" "$p99_ms"
     # The flood runs a little longer than the measurement it surrounds.
@@ -91,7 +76,7 @@ TOML
         2>/dev/null | grep '^BENCH' > "$dir/flood.txt" || true ) &
     flood=$!
     sleep 1
-    load "$base" add_pair 32 "$DURATION"
+    load "$base" add_pair "$STATE" 32
     wait "$flood" || true
     flood_line=$(cat "$dir/flood.txt")
     flood_rate=$(awk -v l="${flood_line#BENCH }" 'BEGIN { n = split(l, kv, " "); for (i = 1; i <= n; i++) { split(kv[i], p, "="); v[p[1]] = p[2] }

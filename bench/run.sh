@@ -96,14 +96,9 @@ target() {
     esac
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-if [ -n "${BENCH_BIN:-}" ]; then
-    BIN=$BENCH_BIN
-else
-    cargo build --release --quiet -p arbor -p arbor-bench --bin arbor --bin arbor-bench
-    BIN=target/release
-fi
+. bench/common.sh
+bench_binaries
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/arbor-bench.XXXXXX")
 PIDS=()
 cleanup() {

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use actix_web::dev::Payload;
-use actix_web::{http::header, web, FromRequest, HttpRequest};
+use actix_web::http::{header, Method};
+use actix_web::{web, FromRequest, HttpRequest};
 use anyhow::Context;
 use arbor_actors::model::{UserId, UserRecord};
 use arbor_actors::ports::MetadataStore;
@@ -452,15 +453,10 @@ impl FromRequest for AuthUser {
 
     /// Authenticates, then counts the request against the user's read or write limit.
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req).and_then(|user| {
-            let limits = req
-                .app_data::<web::Data<Accounts>>()
-                .and_then(|a| a.limits.clone());
-            if let Some(limits) = limits {
-                let read = matches!(
-                    *req.method(),
-                    actix_web::http::Method::GET | actix_web::http::Method::HEAD
-                );
+        ready(accounts(req).and_then(|accounts| {
+            let user = accounts.authenticate(req)?;
+            if let Some(limits) = &accounts.limits {
+                let read = matches!(*req.method(), Method::GET | Method::HEAD);
                 limits.check_request(user.0, read)?;
             }
             Ok(user)
@@ -468,31 +464,41 @@ impl FromRequest for AuthUser {
     }
 }
 
+fn accounts(req: &HttpRequest) -> Result<&web::Data<Accounts>, ApiError> {
+    req.app_data::<web::Data<Accounts>>()
+        .ok_or_else(|| ApiError::internal("accounts not configured"))
+}
+
 /// The caller's identity from the bearer token (no store access).
 pub fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
-    let accounts = req
-        .app_data::<web::Data<Accounts>>()
-        .ok_or_else(|| ApiError::internal("accounts not configured"))?;
-    let value = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::new(Code::MissingToken, "send Authorization: Bearer <token>"))?;
-    // Bytes, then UTF-8: `HeaderValue::to_str` checks the ~180 bytes of a token one at a time
-    // (5% of a read's instructions), `from_utf8` a word at a time. A header value holds no
-    // control characters but tab, which `trim_ascii` removes at the ends, and a token with
-    // one inside fails as any malformed token does.
-    let bytes = value.as_bytes();
-    let token = bytes
-        .strip_prefix(b"Bearer ")
-        .or_else(|| bytes.strip_prefix(b"bearer "))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-        .and_then(|t| std::str::from_utf8(t).ok())
-        .ok_or_else(|| ApiError::new(Code::MissingToken, "send Authorization: Bearer <token>"))?;
-    if let Some(user) = accounts.api_token_user(token) {
-        return Ok(AuthUser(user));
+    accounts(req)?.authenticate(req)
+}
+
+impl Accounts {
+    /// The caller's identity from the bearer token of `req` (no store access).
+    fn authenticate(&self, req: &HttpRequest) -> Result<AuthUser, ApiError> {
+        let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::new(Code::MissingToken, "send Authorization: Bearer <token>")
+        })?;
+        // Bytes, then UTF-8: `HeaderValue::to_str` checks the ~180 bytes of a token one at a time
+        // (5% of a read's instructions), `from_utf8` a word at a time. A header value holds no
+        // control characters but tab, which `trim_ascii` removes at the ends, and a token with
+        // one inside fails as any malformed token does.
+        let bytes = value.as_bytes();
+        let token = bytes
+            .strip_prefix(b"Bearer ")
+            .or_else(|| bytes.strip_prefix(b"bearer "))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .ok_or_else(|| {
+                ApiError::new(Code::MissingToken, "send Authorization: Bearer <token>")
+            })?;
+        if let Some(user) = self.api_token_user(token) {
+            return Ok(AuthUser(user));
+        }
+        self.tokens.verify(token).map(AuthUser)
     }
-    accounts.tokens.verify(token).map(AuthUser)
 }
 
 #[cfg(test)]

@@ -282,11 +282,6 @@ impl Application {
         self.member.leave().await;
         self.connections.close().await;
     }
-
-    /// Cluster mode: this node's part (tests and the admin surface read it).
-    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.as_ref().map(|(cluster, _)| cluster)
-    }
 }
 
 /// Cluster mode, after the last flush: stops renewing and hands every lease over.

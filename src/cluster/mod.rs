@@ -87,7 +87,7 @@ pub enum Route {
     /// This node holds the chat's lease.
     Here,
     /// Another live node does, reachable at this address.
-    Forward { node: Uuid, address: Arc<str> },
+    Forward { address: Arc<str> },
     /// Nobody can serve it now (the shard is moving, or its owner died and the lease has not
     /// been taken over yet).
     Wait,
@@ -330,16 +330,15 @@ impl Cluster {
         }
         let view = self.view();
         let shard = &view.shards[usize::from(shard_of(chat))];
-        match shard.state {
-            Holding::Held if self.leases_valid() => Route::Here,
-            Holding::Held | Holding::Leaving => Route::Wait,
-            Holding::Other => match (&shard.lease.owner, &shard.address) {
-                (Some((node, _)), Some(address)) if *node != self.id => Route::Forward {
-                    node: *node,
+        match (shard.state, &shard.lease.owner, &shard.address) {
+            // Held but no longer trusted (a renewal is overdue), or being handed over.
+            (Holding::Held | Holding::Leaving, _, _) => Route::Wait,
+            (Holding::Other, Some((node, _)), Some(address)) if *node != self.id => {
+                Route::Forward {
                     address: address.clone(),
-                },
-                _ => Route::Wait,
-            },
+                }
+            }
+            (Holding::Other, _, _) => Route::Wait,
         }
     }
 

@@ -100,7 +100,7 @@ pub async fn route(
     loop {
         match cluster.route(chat) {
             Route::Here => return local(&cluster, req, body, next).await,
-            Route::Forward { address, .. } if hops < cluster.settings.max_hops => {
+            Route::Forward { address } if hops < cluster.settings.max_hops => {
                 let bytes = match body.take() {
                     Some(bytes) => bytes,
                     None => match read_body(&mut req).await {

@@ -170,3 +170,20 @@ pub fn describe(settings: &Settings) -> String {
     };
     format!("metadata: {metadata}; messages: {messages}")
 }
+
+/// One group of a usage query, from the sums a store read (negative sums cannot occur; they
+/// would read as 0).
+pub(crate) fn usage_sum(
+    key: String,
+    replies: i64,
+    prompt: i64,
+    completion: i64,
+) -> arbor_actors::ports::UsageSum {
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    arbor_actors::ports::UsageSum {
+        key,
+        replies: count(replies),
+        prompt_tokens: count(prompt),
+        completion_tokens: count(completion),
+    }
+}

@@ -683,16 +683,12 @@ impl MetadataStore for PostgresStore {
             .await?;
         rows.iter()
             .map(|row| {
-                let number = |column: &str| -> Result<u64, StoreError> {
-                    let n: i64 = get(row, column)?;
-                    Ok(u64::try_from(n).unwrap_or(0))
-                };
-                Ok(UsageSum {
-                    key: get(row, "key")?,
-                    replies: number("replies")?,
-                    prompt_tokens: number("prompt")?,
-                    completion_tokens: number("completion")?,
-                })
+                Ok(super::usage_sum(
+                    get(row, "key")?,
+                    get(row, "replies")?,
+                    get(row, "prompt")?,
+                    get(row, "completion")?,
+                ))
             })
             .collect()
     }

@@ -453,18 +453,16 @@ impl MetadataStore for SqliteStore {
         .map_err(store_error)?;
         rows.iter()
             .map(|row| {
-                let number = |column: &str| -> Result<u64, StoreError> {
-                    let n: i64 = row
-                        .try_get(column)
-                        .map_err(|e| StoreError::Corrupt(format!("usage.{column}: {e}")))?;
-                    Ok(u64::try_from(n).unwrap_or(0))
+                let number = |column: &str| -> Result<i64, StoreError> {
+                    row.try_get(column)
+                        .map_err(|e| StoreError::Corrupt(format!("usage.{column}: {e}")))
                 };
-                Ok(UsageSum {
-                    key: text(row, "key")?,
-                    replies: number("replies")?,
-                    prompt_tokens: number("prompt")?,
-                    completion_tokens: number("completion")?,
-                })
+                Ok(super::usage_sum(
+                    text(row, "key")?,
+                    number("replies")?,
+                    number("prompt")?,
+                    number("completion")?,
+                ))
             })
             .collect()
     }

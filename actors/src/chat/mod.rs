@@ -125,6 +125,16 @@ impl ChatActor {
         }
     }
 
+    /// Stops once everything the writer holds is flushed (this chat's writes among it); the
+    /// mailbox waits meanwhile.
+    fn flush_and_stop(&mut self, ctx: &mut Context<Self>) {
+        let barrier = self.core.rt.writer.barrier();
+        ctx.wait(barrier.into_actor(self).map(|_, act, ctx| {
+            act.core.handle.probe().mark_flushed();
+            ctx.stop();
+        }));
+    }
+
     /// Replaces the in-memory state with the stored one, once everything queued is flushed.
     /// The mailbox waits meanwhile. In cluster mode only under the same shard lease as before:
     /// otherwise the actor stops, and the chat activates anew wherever its lease is.
@@ -204,11 +214,7 @@ impl Handler<Evict> for ChatActor {
     type Result = ();
 
     fn handle(&mut self, _: Evict, ctx: &mut Self::Context) {
-        let barrier = self.core.rt.writer.barrier();
-        ctx.wait(barrier.into_actor(self).map(|_, act, ctx| {
-            act.core.handle.probe().mark_flushed();
-            ctx.stop();
-        }));
+        self.flush_and_stop(ctx);
     }
 }
 
@@ -226,11 +232,7 @@ impl Handler<WriteFailed> for ChatActor {
                 .handle
                 .probe()
                 .set_evict_reason(EvictReason::Moved);
-            let barrier = self.core.rt.writer.barrier();
-            ctx.wait(barrier.into_actor(self).map(|_, act, ctx| {
-                act.core.handle.probe().mark_flushed();
-                ctx.stop();
-            }));
+            self.flush_and_stop(ctx);
             return;
         }
         tracing::warn!(chat = %self.core.state.tree.chat(), "a write of this chat failed; reloading it from the store");
