@@ -53,6 +53,7 @@ pub struct Settings {
     pub membership: MembershipSettings,
     pub cluster: ClusterSettings,
     pub rate_limits: RateLimitSettings,
+    pub quotas: QuotaSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -388,6 +389,29 @@ impl Default for RateLimitSettings {
     }
 }
 
+/// Token quotas (`src/quota.rs`): tokens per user per UTC calendar period. An admin can set a
+/// user's own quota (`PUT /api/v1/admin/users/{user}/quota`, `arbor quota set`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaSettings {
+    /// Prompt and completion tokens a user may use per period; 0: no quota by default.
+    pub tokens_per_period: u64,
+    pub period: crate::quota::QuotaPeriod,
+}
+
+impl Default for QuotaSettings {
+    fn default() -> Self {
+        Settings::default().quotas
+    }
+}
+
+impl QuotaSettings {
+    /// The default quota; `None`: none.
+    pub fn default_tokens(&self) -> Option<u64> {
+        (self.tokens_per_period > 0).then_some(self.tokens_per_period)
+    }
+}
+
 /// Cluster mode (`src/cluster/`): several servers on one set of stores, each chat owned by
 /// the holder of its shard's lease.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -529,6 +553,10 @@ impl Default for Settings {
                 trusted_proxies: Vec::new(),
                 max_tracked: 100_000,
                 refusal_delay_ms: 1000,
+            },
+            quotas: QuotaSettings {
+                tokens_per_period: 0,
+                period: crate::quota::QuotaPeriod::Month,
             },
             cluster: ClusterSettings {
                 enabled: false,

@@ -65,6 +65,8 @@ make_error_codes! {
     MessageNotFound = NOT_FOUND, "message_not_found";
     BranchNotFound = NOT_FOUND, "branch_not_found";
     GenerationNotFound = NOT_FOUND, "generation_not_found";
+    /// Admin: no account has that id, email or username.
+    UserNotFound = NOT_FOUND, "user_not_found";
     /// Admin: the chat is not resident.
     ActorNotFound = NOT_FOUND, "actor_not_found";
     /// No such endpoint; also admin routes for non-admins.
@@ -112,6 +114,9 @@ make_error_codes! {
     /// Over a rate limit (`[rate_limits]`); `Retry-After`, `RateLimit-Policy` and `RateLimit`
     /// say which and when.
     RateLimited = TOO_MANY_REQUESTS, "rate_limited";
+    /// The caller's token quota for the period (`[quotas]`, or their own) is used up;
+    /// `Retry-After` says when the next period starts.
+    QuotaExceeded = TOO_MANY_REQUESTS, "quota_exceeded";
     /// Every password-hashing thread is busy and its queue is full; retry.
     AuthBusy = SERVICE_UNAVAILABLE, "auth_busy";
     /// Cluster mode: the chat's shard is moving between servers, or its owner cannot be
@@ -307,6 +312,21 @@ impl From<ChatError> for ApiError {
                     *window_secs,
                     std::time::Duration::from_millis(*retry_after_ms),
                 );
+            }
+            ChatError::QuotaExceeded {
+                limit, resets_at, ..
+            } => {
+                let wait = (*resets_at - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or_default();
+                let secs = wait.as_secs().max(1);
+                let mut error = Self::new(Code::QuotaExceeded, e.to_string());
+                error.limit = Some(Box::new(RateLimitHeaders {
+                    retry_after_secs: secs,
+                    policy: format!("\"tokens\";q={limit}"),
+                    state: format!("\"tokens\";r=0;t={secs}"),
+                }));
+                return error;
             }
             ChatError::UnknownModel(_) => Code::UnknownModel,
             ChatError::LlmOverloaded => Code::LlmOverloaded,

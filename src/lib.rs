@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod llm;
 pub mod membership;
 pub mod metrics;
+pub mod quota;
 pub mod rate_limit;
 pub mod startup;
 pub mod storage;

@@ -32,6 +32,21 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Manage users' token quotas (`[quotas]` is the default).
+    Quota {
+        #[command(subcommand)]
+        action: QuotaAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuotaAction {
+    /// Show the account's quota and its usage this period.
+    Show { user: String },
+    /// Give the account its own quota: a number of tokens a period, or `unlimited`.
+    Set { user: String, tokens: String },
+    /// Put the account back on the configured default.
+    Reset { user: String },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +98,12 @@ async fn main() -> anyhow::Result<()> {
                 None => anyhow::bail!("no account has the username {email}"),
             }
         }
+        Command::Quota { action } => {
+            let (stores, connections) = arbor::storage::open(&settings).await?;
+            let result = quota(&settings, &stores, action).await;
+            connections.close().await;
+            result
+        }
         Command::Migrate => {
             let (_, connections) = arbor::storage::open(&settings).await?;
             connections.close().await;
@@ -90,4 +111,56 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `arbor quota ...`: changes the account's quota (unless shown) and prints it.
+async fn quota(
+    settings: &Settings,
+    stores: &arbor_actors::ports::Stores,
+    action: QuotaAction,
+) -> anyhow::Result<()> {
+    use arbor_actors::ports::QuotaSetting;
+    let (login, setting) = match action {
+        QuotaAction::Show { user } => (user, None),
+        QuotaAction::Reset { user } => (user, Some(QuotaSetting::Default)),
+        QuotaAction::Set { user, tokens } => {
+            let setting = match tokens.trim() {
+                "unlimited" => QuotaSetting::Unlimited,
+                n => QuotaSetting::Tokens(n.parse().with_context(|| {
+                    format!("tokens must be a number or `unlimited`, not {n:?}")
+                })?),
+            };
+            (user, Some(setting))
+        }
+    };
+    let account = match login.parse() {
+        Ok(id) => stores.metadata.user_by_id(id).await?,
+        Err(_) => stores.metadata.user_by_login(&login).await?,
+    }
+    .with_context(|| format!("no account has the id, email or username {login}"))?;
+    if let Some(setting) = setting {
+        stores.metadata.set_quota(account.id, setting).await?;
+    }
+    let quotas = arbor::quota::Quotas::new(
+        stores.metadata.clone(),
+        settings.quotas.default_tokens(),
+        settings.quotas.period,
+    );
+    let status = quotas.status(account.id).await?;
+    let limit = status
+        .limit
+        .map_or_else(|| "no quota".to_owned(), |n| format!("{n} tokens"));
+    let source = match status.source {
+        arbor::quota::QuotaSource::Default => "the default",
+        arbor::quota::QuotaSource::User => "its own",
+    };
+    println!(
+        "{login} ({}): {limit} a {} ({source}); {} used since {}, resets at {}",
+        account.id,
+        format!("{:?}", status.period).to_lowercase(),
+        status.used,
+        status.period_start,
+        status.resets_at.to_rfc3339(),
+    );
+    Ok(())
 }

@@ -25,6 +25,7 @@ use crate::error::extractors;
 use crate::lifecycle::{self, Lifecycle};
 use crate::membership::{Member, MemberStatus};
 use crate::metrics::Metrics;
+use crate::quota::Quotas;
 use crate::rate_limit::RateLimits;
 use crate::storage::{self, Connections, Stores};
 use crate::telemetry;
@@ -139,7 +140,19 @@ impl Application {
             .await
             .context("auth.api_tokens")?;
         let llm = Arc::new(crate::llm::start_pool(&settings.llm)?);
-        let chats = start_chats(&settings, &stores, llm, cluster.clone(), limits.clone());
+        let quotas = Arc::new(Quotas::new(
+            stores.metadata.clone(),
+            settings.quotas.default_tokens(),
+            settings.quotas.period,
+        ));
+        let chats = start_chats(
+            &settings,
+            &stores,
+            llm,
+            cluster.clone(),
+            limits.clone(),
+            quotas.clone(),
+        );
         // Cluster mode: the first renewal (and the claims it makes) before anything is served.
         let leases = match &cluster {
             Some(cluster) => Some(cluster.start(chats.clone()).await),
@@ -159,6 +172,7 @@ impl Application {
                         .unwrap_or_default();
                     extra.push(Box::new(limits.refused.clone()));
                     extra.push(Box::new(hasher.rejected.clone()));
+                    extra.push(Box::new(quotas.refused.clone()));
                     extra
                 },
             )
@@ -180,6 +194,7 @@ impl Application {
             membership,
             cluster,
             limits,
+            quotas,
         };
         let server = serve(listener, &settings, shared)?;
         tracing::info!(
@@ -321,6 +336,7 @@ fn start_chats(
     llm: Arc<LlmPool>,
     cluster: Option<Arc<Cluster>>,
     limits: Arc<RateLimits>,
+    quotas: Arc<Quotas>,
 ) -> Chats {
     let storage = &settings.storage;
     let writer = WriterHandle::spawn(
@@ -357,6 +373,8 @@ fn start_chats(
     if replies.replies_per_minute > 0 || replies.concurrent_replies > 0 {
         runtime = runtime.with_reply_gate(limits);
     }
+    // Users without a default quota may still have their own: the gate always asks.
+    runtime = runtime.with_quotas(quotas);
     Chats::start(
         runtime,
         RegistryConfig {
@@ -389,6 +407,7 @@ struct Shared {
     membership: Arc<MemberStatus>,
     cluster: Option<Arc<Cluster>>,
     limits: Arc<RateLimits>,
+    quotas: Arc<Quotas>,
 }
 
 fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::Result<Server> {
@@ -401,8 +420,10 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
         membership,
         cluster,
         limits: rate_limits,
+        quotas,
     } = shared;
     let rate_limits = web::Data::from(rate_limits);
+    let quotas = web::Data::from(quotas);
     let clustered = cluster.is_some();
     let cluster = cluster.map(web::Data::from);
     let metrics = web::Data::from(metrics);
@@ -461,6 +482,7 @@ fn serve(listener: TcpListener, settings: &Settings, shared: Shared) -> anyhow::
             .app_data(lifecycle.clone())
             .app_data(membership.clone())
             .app_data(rate_limits.clone())
+            .app_data(quotas.clone())
             .app_data(admin.clone())
             .app_data(metrics_settings.clone())
             .configure(|cfg| api::routes(cfg, metrics_here))

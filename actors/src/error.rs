@@ -2,7 +2,7 @@
 //! stable error code.
 
 use crate::model::{BranchId, MessageId};
-use crate::ports::{LlmError, ReplyRefused};
+use crate::ports::{LlmError, QuotaRefused, ReplyRefused};
 use crate::tree::TreeError;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -41,6 +41,13 @@ pub enum ChatError {
         limit: u32,
         window_secs: u32,
         retry_after_ms: u64,
+    },
+    /// The user's token quota for the period is used up.
+    #[error("the token quota of {limit} tokens for this period is used up ({used} used)")]
+    QuotaExceeded {
+        limit: u64,
+        used: u64,
+        resets_at: chrono::DateTime<chrono::Utc>,
     },
     /// Cluster mode: this server does not hold the lease of the chat's shard (any more).
     #[error("the chat is on another server or moving between servers; retry")]
@@ -101,6 +108,23 @@ impl From<ReplyRefused> for ChatError {
             limit: r.limit,
             window_secs: r.window_secs,
             retry_after_ms: r.retry_after_ms,
+        }
+    }
+}
+
+impl From<QuotaRefused> for ChatError {
+    fn from(r: QuotaRefused) -> Self {
+        match r {
+            QuotaRefused::Exceeded {
+                limit,
+                used,
+                resets_at,
+            } => Self::QuotaExceeded {
+                limit,
+                used,
+                resets_at,
+            },
+            QuotaRefused::Unavailable => Self::StorageUnavailable,
         }
     }
 }

@@ -88,6 +88,36 @@ pub struct ReplyRefused {
 /// Held while a reply runs; dropping it frees the user's place.
 pub type ReplyPass = Box<dyn Send + Sync>;
 
+/// Per-user token quotas: asked before a reply is admitted (before the provider is called). A
+/// reply that runs past the quota finishes and is counted; the next one is refused.
+#[async_trait]
+pub trait QuotaGate: Send + Sync + 'static {
+    async fn check(&self, user: UserId) -> Result<(), QuotaRefused>;
+}
+
+/// Why a quota refused a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaRefused {
+    /// `used` of `limit` tokens this period; the period ends at `resets_at`.
+    Exceeded {
+        limit: u64,
+        used: u64,
+        resets_at: chrono::DateTime<chrono::Utc>,
+    },
+    /// The usage could not be read.
+    Unavailable,
+}
+
+/// A user's own token quota, set by an admin over the configured default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaSetting {
+    /// The configured default applies.
+    Default,
+    Unlimited,
+    /// At most this many tokens (prompt and completion) a period.
+    Tokens(u64),
+}
+
 /// The metadata changes of one write-behind batch, already coalesced (latest version per row).
 #[derive(Debug, Default, Clone)]
 pub struct MetaBatch {
@@ -177,6 +207,8 @@ pub enum UsageGroup {
     Chat,
     /// The UTC day, `YYYY-MM-DD`.
     Day,
+    /// The user's id.
+    User,
 }
 
 /// One group's sums.
@@ -214,12 +246,21 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// the same transaction and fails with [`StoreError::Fenced`] naming the stale shards;
     /// one that keeps none (no cluster mode) ignores them.
     async fn apply(&self, batch: &MetaBatch) -> Result<(), StoreError>;
-    /// Records a reply's usage; a second record of the same generation changes nothing.
+    /// Records a reply's usage, and adds it to its user's total for its UTC day; a second
+    /// record of the same generation changes nothing.
     async fn record_usage(&self, usage: &UsageRecord) -> Result<(), StoreError>;
-    /// A user's usage in `[from, to)`, summed by `group`, in key order.
-    async fn usage(
+    /// A user's quota setting and the tokens they used from the UTC day `since` on.
+    async fn quota_usage(
         &self,
         user: UserId,
+        since: chrono::NaiveDate,
+    ) -> Result<(QuotaSetting, u64), StoreError>;
+    async fn set_quota(&self, user: UserId, quota: QuotaSetting) -> Result<(), StoreError>;
+    /// A user's usage (everyone's with `None`) in `[from, to)`, summed by `group`, in key
+    /// order.
+    async fn usage(
+        &self,
+        user: Option<UserId>,
         from: chrono::DateTime<chrono::Utc>,
         to: chrono::DateTime<chrono::Utc>,
         group: UsageGroup,

@@ -29,6 +29,7 @@ use crate::config::LimitSettings;
         branches::set_active,
         health::health, health::ready,
         admin::actors, admin::actor, admin::evict, admin::stats, admin::cluster,
+        usage::admin_usage, usage::get_quota, usage::set_quota, usage::reset_quota,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorDetail,

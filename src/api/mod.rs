@@ -50,6 +50,15 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
         .service(resource("/models", vec![get().to(models::list)]))
         .service(resource("/usage", vec![get().to(usage::usage)]))
         .service(resource("/admin/stats", vec![get().to(admin::stats)]))
+        .service(resource("/admin/usage", vec![get().to(usage::admin_usage)]))
+        .service(resource(
+            "/admin/users/{user}/quota",
+            vec![
+                get().to(usage::get_quota),
+                put().to(usage::set_quota),
+                delete().to(usage::reset_quota),
+            ],
+        ))
         .service(resource("/admin/cluster", vec![get().to(admin::cluster)]))
         .service(resource("/admin/actors", vec![get().to(admin::actors)]))
         .service(resource(

@@ -187,3 +187,21 @@ pub(crate) fn usage_sum(
         completion_tokens: count(completion),
     }
 }
+
+/// A `quotas` row as a setting: no row is the default, a NULL quota none at all.
+pub(crate) fn quota_setting(set: bool, tokens: Option<i64>) -> arbor_actors::ports::QuotaSetting {
+    use arbor_actors::ports::QuotaSetting;
+    match (set, tokens) {
+        (false, _) => QuotaSetting::Default,
+        (true, None) => QuotaSetting::Unlimited,
+        (true, Some(n)) => QuotaSetting::Tokens(n.max(0).unsigned_abs()),
+    }
+}
+
+/// The `quotas.tokens` of a setting (NULL for none, and for the default, which has no row).
+pub(crate) fn quota_tokens(quota: arbor_actors::ports::QuotaSetting) -> Option<i64> {
+    match quota {
+        arbor_actors::ports::QuotaSetting::Tokens(n) => Some(i64::try_from(n).unwrap_or(i64::MAX)),
+        _ => None,
+    }
+}

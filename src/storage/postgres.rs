@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use arbor_actors::model::{Branch, BranchId, ChatId, ChatMeta, MessageId, UserId, UserRecord};
 use arbor_actors::ports::{
-    Fence, MetaBatch, MetadataStore, StoreError, UsageGroup, UsageRecord, UsageSum,
+    Fence, MetaBatch, MetadataStore, QuotaSetting, StoreError, UsageGroup, UsageRecord, UsageSum,
 };
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 use uuid::Uuid;
@@ -633,11 +633,19 @@ impl MetadataStore for PostgresStore {
 
     async fn record_usage(&self, usage: &UsageRecord) -> Result<(), StoreError> {
         let usage = usage.clone();
+        // One statement: the day's total grows only by a record that is new.
         self.pooled(move |pool| async move {
             sqlx::query(
-                "INSERT INTO usage (generation_id, user_id, chat_id, model, prompt_tokens,
-                                    completion_tokens, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (generation_id) DO NOTHING",
+                "WITH new AS (
+                     INSERT INTO usage (generation_id, user_id, chat_id, model, prompt_tokens,
+                                        completion_tokens, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (generation_id) DO NOTHING
+                     RETURNING user_id, created_at, prompt_tokens + completion_tokens AS tokens)
+                 INSERT INTO usage_daily (user_id, day, replies, tokens)
+                 SELECT user_id, (created_at AT TIME ZONE 'UTC')::date, 1, tokens FROM new
+                 ON CONFLICT (user_id, day) DO UPDATE
+                 SET replies = usage_daily.replies + 1,
+                     tokens = usage_daily.tokens + excluded.tokens",
             )
             .bind(usage.generation.as_uuid())
             .bind(usage.user.as_uuid())
@@ -653,9 +661,59 @@ impl MetadataStore for PostgresStore {
         Ok(())
     }
 
-    async fn usage(
+    async fn quota_usage(
         &self,
         user: UserId,
+        since: NaiveDate,
+    ) -> Result<(QuotaSetting, u64), StoreError> {
+        let row = self
+            .pooled(move |pool| async move {
+                sqlx::query(
+                    "SELECT EXISTS (SELECT 1 FROM quotas WHERE user_id = $1) AS set_,
+                            (SELECT tokens FROM quotas WHERE user_id = $1) AS quota,
+                            (SELECT COALESCE(SUM(tokens), 0)::int8 FROM usage_daily
+                             WHERE user_id = $1 AND day >= $2) AS used",
+                )
+                .bind(user.as_uuid())
+                .bind(since)
+                .fetch_one(&pool)
+                .await
+            })
+            .await?;
+        let setting = super::quota_setting(get(&row, "set_")?, get(&row, "quota")?);
+        let used: i64 = get(&row, "used")?;
+        Ok((setting, used.max(0).unsigned_abs()))
+    }
+
+    async fn set_quota(&self, user: UserId, quota: QuotaSetting) -> Result<(), StoreError> {
+        self.pooled(move |pool| async move {
+            let user = user.as_uuid();
+            match quota {
+                QuotaSetting::Default => {
+                    sqlx::query("DELETE FROM quotas WHERE user_id = $1")
+                        .bind(user)
+                        .execute(&pool)
+                        .await
+                }
+                QuotaSetting::Unlimited | QuotaSetting::Tokens(_) => {
+                    sqlx::query(
+                        "INSERT INTO quotas (user_id, tokens) VALUES ($1, $2)
+                     ON CONFLICT (user_id) DO UPDATE SET tokens = excluded.tokens",
+                    )
+                    .bind(user)
+                    .bind(super::quota_tokens(quota))
+                    .execute(&pool)
+                    .await
+                }
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        user: Option<UserId>,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         group: UsageGroup,
@@ -664,6 +722,7 @@ impl MetadataStore for PostgresStore {
             UsageGroup::Model => "model",
             UsageGroup::Chat => "chat_id::text",
             UsageGroup::Day => "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+            UsageGroup::User => "user_id::text",
         };
         let rows = self
             .pooled(move |pool| async move {
@@ -671,10 +730,11 @@ impl MetadataStore for PostgresStore {
                     "SELECT {key} AS key, COUNT(*)::int8 AS replies,
                             SUM(prompt_tokens)::int8 AS prompt,
                             SUM(completion_tokens)::int8 AS completion
-                     FROM usage WHERE user_id = $1 AND created_at >= $2 AND created_at < $3
+                     FROM usage WHERE ($1::uuid IS NULL OR user_id = $1)
+                                      AND created_at >= $2 AND created_at < $3
                      GROUP BY 1 ORDER BY 1"
                 ))
-                .bind(user.as_uuid())
+                .bind(user.map(|u| *u.as_uuid()))
                 .bind(from)
                 .bind(to)
                 .fetch_all(&pool)

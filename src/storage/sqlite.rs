@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use arbor_actors::model::{Branch, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord};
 use arbor_actors::ports::{
-    Batch, BatchStore, MessageDeletes, MessageStore, MetaBatch, MetadataStore, StoreError,
-    UsageGroup, UsageRecord, UsageSum,
+    Batch, BatchStore, MessageDeletes, MessageStore, MetaBatch, MetadataStore, QuotaSetting,
+    StoreError, UsageGroup, UsageRecord, UsageSum,
 };
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -409,27 +409,83 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn record_usage(&self, usage: &UsageRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO usage (generation_id, user_id, chat_id, model, prompt_tokens,
-                                completion_tokens, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (generation_id) DO NOTHING",
+        // The day's total grows only when the record is new (`changes()` of the insert).
+        let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let generation = usage.generation.to_string();
+        let user = usage.user.to_string();
+        let at = usage_time(usage.at);
+        self.transaction(|q| {
+            q.push(
+                "INSERT INTO usage (generation_id, user_id, chat_id, model, prompt_tokens,
+                                    completion_tokens, created_at) VALUES (",
+            );
+            q.separated(", ")
+                .push_bind(generation.clone())
+                .push_bind(user.clone())
+                .push_bind(usage.chat.to_string())
+                .push_bind(usage.model.clone())
+                .push_bind(clamp(usage.prompt_tokens))
+                .push_bind(clamp(usage.completion_tokens))
+                .push_bind(at.clone());
+            q.push(") ON CONFLICT (generation_id) DO NOTHING;\n");
+            q.push("INSERT INTO usage_daily (user_id, day, replies, tokens) SELECT ")
+                .push_bind(user)
+                .push(", substr(")
+                .push_bind(at)
+                .push(", 1, 10), 1, ")
+                .push_bind(clamp(tokens))
+                .push(
+                    " WHERE changes() = 1 ON CONFLICT (user_id, day) DO UPDATE
+                      SET replies = replies + 1, tokens = tokens + excluded.tokens;\n",
+                );
+        })
+        .await
+    }
+
+    async fn quota_usage(
+        &self,
+        user: UserId,
+        since: NaiveDate,
+    ) -> Result<(QuotaSetting, u64), StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM quotas WHERE user_id = ?1) AS set_,
+                    (SELECT tokens FROM quotas WHERE user_id = ?1) AS quota,
+                    (SELECT COALESCE(SUM(tokens), 0) FROM usage_daily
+                     WHERE user_id = ?1 AND day >= ?2) AS used",
         )
-        .bind(usage.generation.to_string())
-        .bind(usage.user.to_string())
-        .bind(usage.chat.to_string())
-        .bind(&usage.model)
-        .bind(i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX))
-        .bind(i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX))
-        .bind(usage_time(usage.at))
-        .execute(&self.writes)
+        .bind(user.to_string())
+        .bind(since.format("%Y-%m-%d").to_string())
+        .fetch_one(&self.reads)
         .await
         .map_err(store_error)?;
+        let number = |column: &str| -> Result<Option<i64>, StoreError> {
+            row.try_get(column)
+                .map_err(|e| StoreError::Corrupt(format!("quota {column}: {e}")))
+        };
+        let setting = super::quota_setting(number("set_")? == Some(1), number("quota")?);
+        Ok((setting, number("used")?.unwrap_or(0).max(0).unsigned_abs()))
+    }
+
+    async fn set_quota(&self, user: UserId, quota: QuotaSetting) -> Result<(), StoreError> {
+        let query = match quota {
+            QuotaSetting::Default => {
+                sqlx::query("DELETE FROM quotas WHERE user_id = ?1").bind(user.to_string())
+            }
+            QuotaSetting::Unlimited | QuotaSetting::Tokens(_) => sqlx::query(
+                "INSERT INTO quotas (user_id, tokens) VALUES (?1, ?2)
+                 ON CONFLICT (user_id) DO UPDATE SET tokens = excluded.tokens",
+            )
+            .bind(user.to_string())
+            .bind(super::quota_tokens(quota)),
+        };
+        query.execute(&self.writes).await.map_err(store_error)?;
         Ok(())
     }
 
     async fn usage(
         &self,
-        user: UserId,
+        user: Option<UserId>,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         group: UsageGroup,
@@ -438,14 +494,16 @@ impl MetadataStore for SqliteStore {
             UsageGroup::Model => "model",
             UsageGroup::Chat => "chat_id",
             UsageGroup::Day => "substr(created_at, 1, 10)",
+            UsageGroup::User => "user_id",
         };
         let rows = sqlx::query(&format!(
             "SELECT {key} AS key, COUNT(*) AS replies, SUM(prompt_tokens) AS prompt,
                     SUM(completion_tokens) AS completion
-             FROM usage WHERE user_id = ? AND created_at >= ? AND created_at < ?
+             FROM usage WHERE (?1 IS NULL OR user_id = ?1) AND created_at >= ?2
+                              AND created_at < ?3
              GROUP BY {key} ORDER BY {key}"
         ))
-        .bind(user.to_string())
+        .bind(user.map(|u| u.to_string()))
         .bind(usage_time(from))
         .bind(usage_time(to))
         .fetch_all(&self.reads)

@@ -116,7 +116,7 @@ async fn a_generation_is_recorded_once() {
     let sums = stores
         .metadata
         .usage(
-            record.user,
+            Some(record.user),
             record.at - day,
             record.at + day,
             UsageGroup::Model,
@@ -132,5 +132,192 @@ async fn a_generation_is_recorded_once() {
         ),
         (1, 7, 5)
     );
+    // The day's total, which quotas read, counted it once too; a quota set and reset.
+    use arbor_actors::ports::QuotaSetting;
+    let today = record.at.date_naive();
+    let metadata = stores.metadata.clone();
+    let quota = |s| {
+        let metadata = metadata.clone();
+        async move { metadata.quota_usage(record.user, s).await.unwrap() }
+    };
+    assert_eq!(quota(today).await, (QuotaSetting::Default, 12));
+    assert_eq!(quota(today.succ_opt().unwrap()).await.1, 0);
+    for setting in [
+        QuotaSetting::Tokens(5),
+        QuotaSetting::Unlimited,
+        QuotaSetting::Default,
+    ] {
+        stores
+            .metadata
+            .set_quota(record.user, setting)
+            .await
+            .unwrap();
+        assert_eq!(quota(today).await, (setting, 12));
+    }
     connections.close().await;
+}
+
+/// A reply (`reply: true` on a send, an edit or a regeneration), JSON or streamed.
+async fn reply(app: &TestApp, user: &User, chat: &str, stream: bool) -> reqwest::Response {
+    app.post(
+        user,
+        &format!("/api/v1/chats/{chat}/messages"),
+        json!({"content": "count me", "reply": true, "model": "echo", "stream": stream}),
+    )
+    .await
+}
+
+/// The quota is checked before the provider is called: the reply that crosses it finishes and
+/// counts, streamed or not; the next is refused with `quota_exceeded`, and nothing is stored.
+#[actix_web::test]
+async fn a_quota_refuses_the_reply_after_the_one_that_used_it_up() {
+    let app = spawn_with(|s| {
+        s.admin.emails = vec!["boss@example.com".into()];
+        s.quotas.tokens_per_period = 1;
+        s.quotas.period = arbor::quota::QuotaPeriod::Day;
+    })
+    .await;
+    let boss = app.register("boss@example.com").await;
+    let u = app.register("metered@example.com").await;
+    let chat = id(&app.create_chat(&u, "metered").await);
+
+    // Streamed: it runs past the one-token quota, finishes, and is counted.
+    let res = reply(&app, &u, &chat, true).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let events = res.text().await.unwrap();
+    assert!(events.contains("event: assistant_message"), "{events}");
+    let view = usage(&app, &u, "").await;
+    let used = view["total"]["total_tokens"].as_u64().unwrap();
+    assert!(used > 1, "{view}");
+    assert_eq!(view["quota"]["limit"], 1);
+    assert_eq!(view["quota"]["used"], used);
+    assert_eq!(view["quota"]["source"], "default");
+    assert_eq!(view["quota"]["period"], "day");
+
+    // Then every way of asking for a reply is refused, before anything is stored.
+    let before = app.path(&u, &chat, None).await;
+    for stream in [false, true] {
+        let res = reply(&app, &u, &chat, stream).await;
+        assert_eq!(res.headers()["ratelimit-policy"], "\"tokens\";q=1");
+        let wait: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=86_400).contains(&wait), "{wait}");
+        assert_error(res, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded").await;
+    }
+    let res = app.get(&u, &format!("/api/v1/chats/{chat}/messages")).await;
+    let page = json_with(res, StatusCode::OK).await;
+    let first = page["messages"][0]["id"].as_str().unwrap().to_owned();
+    let res = app
+        .post(
+            &u,
+            &format!("/api/v1/chats/{chat}/messages/{first}/regenerate"),
+            json!({"model": "echo"}),
+        )
+        .await;
+    assert_error(res, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded").await;
+    let res = app
+        .post(
+            &u,
+            &format!("/api/v1/chats/{chat}/messages/{first}/edit"),
+            json!({"content": "again", "reply": true, "model": "echo"}),
+        )
+        .await;
+    assert_error(res, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded").await;
+    assert_eq!(app.path(&u, &chat, None).await, before);
+    assert_eq!(
+        app.tree(&u, &chat).await["branches"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Sends without a reply are not metered.
+    let res = app
+        .post(
+            &u,
+            &format!("/api/v1/chats/{chat}/messages"),
+            json!({"content": "note", "response": "noted"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+
+    // An admin lifts it for this user: their own quota, then none, then the default again.
+    let quota = format!("/api/v1/admin/users/{}/quota", "metered@example.com");
+    let res = app.put(&boss, &quota, json!({"tokens": 1_000_000})).await;
+    let status = json_with(res, StatusCode::OK).await;
+    assert_eq!(
+        (status["limit"].as_u64(), &status["source"]),
+        (Some(1_000_000), &json!("user"))
+    );
+    assert_eq!(
+        reply(&app, &u, &chat, false).await.status(),
+        StatusCode::CREATED
+    );
+    let res = app.put(&boss, &quota, json!({"tokens": null})).await;
+    assert_eq!(json_with(res, StatusCode::OK).await["limit"], Value::Null);
+    assert_eq!(
+        reply(&app, &u, &chat, false).await.status(),
+        StatusCode::CREATED
+    );
+    let res = app.delete(&boss, &quota).await;
+    assert_eq!(json_with(res, StatusCode::OK).await["source"], "default");
+    let res = reply(&app, &u, &chat, false).await;
+    assert_error(res, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded").await;
+
+    // Only admins see the quota routes; an unknown user is named as such.
+    let res = app.put(&u, &quota, json!({"tokens": null})).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let res = app
+        .get(&boss, "/api/v1/admin/users/nobody@example.com/quota")
+        .await;
+    assert_error(res, StatusCode::NOT_FOUND, "user_not_found").await;
+    let res = app.put(&boss, &quota, json!({"tokens": -1})).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// The admin view sums everyone's usage by user; users see only their own.
+#[actix_web::test]
+async fn admins_see_usage_across_users() {
+    let app = spawn_with(|s| s.admin.emails = vec!["ops@example.com".into()]).await;
+    let ops = app.register("ops@example.com").await;
+    let (a, b) = (
+        app.register("a@example.com").await,
+        app.register("b@example.com").await,
+    );
+    for (user, replies) in [(&a, 2), (&b, 1)] {
+        let chat = id(&app.create_chat(user, "c").await);
+        for _ in 0..replies {
+            assert_eq!(
+                reply(&app, user, &chat, false).await.status(),
+                StatusCode::CREATED
+            );
+        }
+    }
+    let res = app.get(&ops, "/api/v1/admin/usage").await;
+    let view = json_with(res, StatusCode::OK).await;
+    assert_eq!(view["group_by"], "user");
+    let mut replies: Vec<(String, u64)> = view["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["key"].as_str().unwrap().to_owned(),
+                g["replies"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    replies.sort();
+    let mut expected = vec![(a.id.clone(), 2), (b.id.clone(), 1)];
+    expected.sort();
+    assert_eq!(replies, expected, "{view}");
+    assert_eq!(view["total"]["replies"], 3);
+    assert!(view.get("quota").is_none());
+    let res = app.get(&a, "/api/v1/admin/usage").await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let res = app.get(&a, "/api/v1/usage?group_by=user").await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
 }

@@ -9,7 +9,7 @@ use super::Liveness;
 use crate::error::ChatError;
 use crate::generation::{Generation, Generations};
 use crate::model::{Branch, BranchId, ChatId, ChatMeta, ChatRow, Message, MessageId, UserId};
-use crate::ports::{Fence, MessageStore, MetadataStore, Ownership, ReplyGate, Turn};
+use crate::ports::{Fence, MessageStore, MetadataStore, Ownership, QuotaGate, ReplyGate, Turn};
 use crate::tree::Tree;
 use crate::views::{EditView, MessageView, RegenerateView, SendView};
 use crate::writer::{committed, CommitTicket, WriteOp, WriterHandle};
@@ -24,6 +24,8 @@ pub struct ChatRuntime {
     pub ownership: Option<Arc<dyn Ownership>>,
     /// Per-user limits on replies. `None`: none.
     pub replies: Option<Arc<dyn ReplyGate>>,
+    /// Per-user token quotas. `None`: none.
+    pub quotas: Option<Arc<dyn QuotaGate>>,
     /// The actors alive, kept by the registry; each leaves it when dropped.
     pub(crate) live: Arc<Liveness>,
     /// Bytes of written pages each thread keeps (`pages`); set by the registry.
@@ -46,6 +48,7 @@ impl ChatRuntime {
             generations,
             ownership: None,
             replies: None,
+            quotas: None,
             live: Arc::default(),
             page_cache_bytes: 0,
             idempotency_keys: 1024,
@@ -68,6 +71,12 @@ impl ChatRuntime {
     /// Replies start only as often, and run only as many at once per user, as `gate` allows.
     pub fn with_reply_gate(mut self, gate: Arc<dyn ReplyGate>) -> Self {
         self.replies = Some(gate);
+        self
+    }
+
+    /// Replies are refused once their user's token quota is used up.
+    pub fn with_quotas(mut self, quotas: Arc<dyn QuotaGate>) -> Self {
+        self.quotas = Some(quotas);
         self
     }
 

@@ -360,10 +360,10 @@ impl Chats {
         chat: ChatId,
         req: SendRequest,
     ) -> Result<Sent, ChatError> {
-        let admission = req
-            .reply
-            .then(|| self.admit(user, req.model.as_deref()))
-            .transpose()?;
+        let admission = match req.reply {
+            true => Some(self.admit_reply(user, req.model.as_deref()).await?),
+            false => None,
+        };
         let msg = AddMessages {
             user,
             branch: req.branch,
@@ -458,10 +458,10 @@ impl Chats {
         message: MessageId,
         req: EditRequest,
     ) -> Result<Edited, ChatError> {
-        let admission = req
-            .reply
-            .then(|| self.admit(user, req.model.as_deref()))
-            .transpose()?;
+        let admission = match req.reply {
+            true => Some(self.admit_reply(user, req.model.as_deref()).await?),
+            false => None,
+        };
         let msg = Edit {
             user,
             message,
@@ -489,7 +489,7 @@ impl Chats {
         name: Option<String>,
         model: Option<&str>,
     ) -> Result<Regenerated, ChatError> {
-        let admission = self.admit(user, model)?;
+        let admission = self.admit_reply(user, model).await?;
         let msg = Regenerate {
             user,
             message,

@@ -15,6 +15,19 @@ use crate::ports::{CompletionRequest, Usage};
 use crate::writer::{AckMode, CommitTicket};
 
 impl Chats {
+    /// Admits a reply: the user's token quota first (nothing is taken by asking), then
+    /// [`Self::admit`].
+    pub(super) async fn admit_reply(
+        &self,
+        user: UserId,
+        model: Option<&str>,
+    ) -> Result<Admission, ChatError> {
+        if let Some(quotas) = &self.inner.rt.quotas {
+            quotas.check(user).await?;
+        }
+        self.admit(user, model)
+    }
+
     /// Takes the user's place among their replies (`ReplyGate`), resolves a model and reserves
     /// a place in its provider's queue.
     pub(super) fn admit(&self, user: UserId, model: Option<&str>) -> Result<Admission, ChatError> {
