@@ -200,6 +200,11 @@ pub struct LimitSettings {
     pub max_description_chars: usize,
     pub default_page_size: usize,
     pub max_page_size: usize,
+    /// Feedback on a message: at most this many tags, each at most so many characters, and a
+    /// comment of at most so many characters.
+    pub max_feedback_tags: usize,
+    pub max_feedback_tag_chars: usize,
+    pub max_feedback_comment_chars: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -506,6 +511,9 @@ impl Default for Settings {
                 max_description_chars: 2_000,
                 default_page_size: 50,
                 max_page_size: 200,
+                max_feedback_tags: 16,
+                max_feedback_tag_chars: 64,
+                max_feedback_comment_chars: 4000,
             },
             auth: AuthSettings {
                 jwt_secret: Secret::default(),

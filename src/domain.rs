@@ -164,6 +164,53 @@ fn long_text(
     Ok(Some(text.to_owned()))
 }
 
+/// Feedback as a client sends it, checked against `limits`: tags trimmed, non-empty, without
+/// duplicates or control characters; a comment without NUL (an empty one is none).
+pub fn feedback(
+    rating: arbor_actors::model::Rating,
+    tags: Vec<String>,
+    comment: Option<String>,
+    limits: &crate::config::LimitSettings,
+) -> Result<arbor_actors::model::Feedback, ApiError> {
+    let invalid = |message: String| ApiError::new(Code::InvalidFeedback, message);
+    if tags.len() > limits.max_feedback_tags {
+        return Err(invalid(format!(
+            "at most {} tags",
+            limits.max_feedback_tags
+        )));
+    }
+    let mut kept: Vec<String> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let tag = tag.trim();
+        let chars = tag.chars().count();
+        if chars == 0 || chars > limits.max_feedback_tag_chars || tag.chars().any(char::is_control)
+        {
+            return Err(invalid(format!(
+                "a tag is 1 to {} characters, without control characters",
+                limits.max_feedback_tag_chars
+            )));
+        }
+        if !kept.iter().any(|t| t == tag) {
+            kept.push(tag.to_owned());
+        }
+    }
+    let comment = comment.filter(|c| !c.trim().is_empty());
+    if let Some(c) = &comment {
+        if c.chars().count() > limits.max_feedback_comment_chars || c.contains('\0') {
+            return Err(invalid(format!(
+                "a comment is at most {} characters, without NUL",
+                limits.max_feedback_comment_chars
+            )));
+        }
+    }
+    Ok(arbor_actors::model::Feedback {
+        rating,
+        tags: kept,
+        comment,
+        updated_at: arbor_actors::model::now(),
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -104,6 +104,9 @@ make_error_codes! {
     InvalidIdempotencyKey = UNPROCESSABLE_ENTITY, "invalid_idempotency_key";
     UnknownModel = UNPROCESSABLE_ENTITY, "unknown_model";
     InvalidLastEventId = UNPROCESSABLE_ENTITY, "invalid_last_event_id";
+    /// Feedback is only for assistant messages.
+    FeedbackNotAllowed = UNPROCESSABLE_ENTITY, "feedback_not_allowed";
+    InvalidFeedback = UNPROCESSABLE_ENTITY, "invalid_feedback";
     /// Details are only in the server log.
     InternalError = INTERNAL_SERVER_ERROR, "internal_error";
     /// The model provider failed; `upstream_status` holds its HTTP status.
@@ -297,6 +300,7 @@ impl From<ChatError> for ApiError {
             ChatError::GenerationInProgress => Code::GenerationInProgress,
             ChatError::IdempotencyMismatch => Code::IdempotencyKeyReused,
             ChatError::Invalid(_) => Code::ValidationFailed,
+            ChatError::NotRateable(_) => Code::FeedbackNotAllowed,
             ChatError::Overloaded => Code::Overloaded,
             ChatError::StorageUnavailable => Code::StorageUnavailable,
             ChatError::Moved => Code::ChatMoved,

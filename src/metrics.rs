@@ -573,6 +573,7 @@ impl Metrics {
             generations_running: rt.generations.running().len(),
             process: ProcessStats::read(),
             history,
+            feedback: Vec::new(),
         }
     }
 
@@ -607,6 +608,17 @@ pub struct RuntimeStats {
     pub process: ProcessStats,
     /// Once-a-second samples, oldest first (`admin.history_secs` of them at most).
     pub history: Vec<Sample>,
+    /// Feedback on assistant messages, per model, from the metadata store (every node's).
+    pub feedback: Vec<FeedbackView>,
+}
+
+/// One model's feedback.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FeedbackView {
+    /// The rated messages' model; `null` for messages without one.
+    pub model: Option<String>,
+    pub up: u64,
+    pub down: u64,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

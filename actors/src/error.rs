@@ -29,6 +29,9 @@ pub enum ChatError {
     IdempotencyMismatch,
     #[error("{0}")]
     Invalid(String),
+    /// Feedback is for assistant messages.
+    #[error("message {0} is not an assistant message; only replies take feedback")]
+    NotRateable(MessageId),
     #[error("the chat is overloaded; retry later")]
     Overloaded,
     #[error("storage is unavailable")]

@@ -75,6 +75,10 @@ pub fn page(tree: &Tree, branch: BranchId, page: &Page<'_>) -> Result<Vec<u8>, s
         number(&mut out, sibling_count);
         out.extend_from_slice(b",\"children_count\":");
         number(&mut out, tree.children_count(node));
+        if let Some(feedback) = tree.feedback(node) {
+            out.extend_from_slice(b",\"feedback\":");
+            through_serde_json(&mut out, feedback)?;
+        }
         out.push(b'}');
         previous = Some((id, text));
     }

@@ -154,6 +154,68 @@ impl FromStr for Role {
 #[error("unknown role")]
 pub struct UnknownRole;
 
+/// A rating of an assistant message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Rating {
+    Up,
+    Down,
+}
+
+impl Rating {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Rating::Up => "up",
+            Rating::Down => "down",
+        }
+    }
+}
+
+impl FromStr for Rating {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "up" => Ok(Rating::Up),
+            "down" => Ok(Rating::Down),
+            _ => Err(UnknownRole),
+        }
+    }
+}
+
+/// The chat owner's feedback on an assistant message: the only part of a message that
+/// changes after it is made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Feedback {
+    pub rating: Rating,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub comment: Option<String>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Feedback {
+    /// Heap bytes its strings take.
+    pub fn bytes(&self) -> usize {
+        self.tags.iter().map(String::len).sum::<usize>()
+            + self.comment.as_ref().map_or(0, String::len)
+    }
+}
+
+/// A feedback row of the metadata store: set (`feedback` present) or taken back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeedbackRow {
+    pub message: MessageId,
+    pub chat: ChatId,
+    pub user: UserId,
+    /// The rated message's model, for sums per model.
+    pub model: Option<Arc<str>>,
+    pub feedback: Option<Arc<Feedback>>,
+}
+
 /// An immutable message node. Text is behind `Arc` so reads hand out clones without copying.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Message {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::model::{
-    Branch, BranchId, ChatId, ChatMeta, GenerationId, Message, MessageId, Role, UserId, UserRecord,
+    Branch, BranchId, ChatId, ChatMeta, Feedback, FeedbackRow, GenerationId, Message, MessageId,
+    Role, UserId, UserRecord,
 };
 
 /// What a store can say went wrong. Only `Unavailable` (connection lost, timeout, server down) is
@@ -128,7 +129,10 @@ pub struct MetaBatch {
     /// Each branch with the chat version that produced it.
     pub branches: Vec<(Branch, i64)>,
     pub deleted_branches: Vec<BranchId>,
+    /// Deleting a chat deletes its branches and its feedback rows too.
     pub deleted_chats: Vec<ChatId>,
+    /// Feedback set (upserted) or taken back (deleted), the latest per message.
+    pub feedback: Vec<FeedbackRow>,
 }
 
 impl MetaBatch {
@@ -137,6 +141,7 @@ impl MetaBatch {
             && self.branches.is_empty()
             && self.deleted_branches.is_empty()
             && self.deleted_chats.is_empty()
+            && self.feedback.is_empty()
     }
 }
 
@@ -220,6 +225,23 @@ pub struct UsageSum {
     pub completion_tokens: u64,
 }
 
+/// A chat's metadata as stored: its row, its branches, and the feedback on its messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredChat {
+    pub meta: ChatMeta,
+    pub branches: Vec<Branch>,
+    pub feedback: Vec<(MessageId, Arc<Feedback>)>,
+}
+
+/// Feedback summed for one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedbackSum {
+    /// The rated messages' model (`None`: messages without one).
+    pub model: Option<String>,
+    pub up: u64,
+    pub down: u64,
+}
+
 /// Users, chats and branches.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
@@ -233,7 +255,7 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// no user has that login.
     async fn set_admin(&self, email: &str, admin: bool) -> Result<Option<UserRecord>, StoreError>;
     /// A chat's row and its branches.
-    async fn load_chat(&self, id: ChatId) -> Result<Option<(ChatMeta, Vec<Branch>)>, StoreError>;
+    async fn load_chat(&self, id: ChatId) -> Result<Option<StoredChat>, StoreError>;
     /// A user's chats, newest first, strictly older than `before` when given.
     async fn list_chats(
         &self,
@@ -256,6 +278,8 @@ pub trait MetadataStore: Send + Sync + 'static {
         since: chrono::NaiveDate,
     ) -> Result<(QuotaSetting, u64), StoreError>;
     async fn set_quota(&self, user: UserId, quota: QuotaSetting) -> Result<(), StoreError>;
+    /// Feedback on every chat's messages, summed per model.
+    async fn feedback_by_model(&self) -> Result<Vec<FeedbackSum>, StoreError>;
     /// A user's usage (everyone's with `None`) in `[from, to)`, summed by `group`, in key
     /// order.
     async fn usage(

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::model::{
-    BranchId, ChatId, ChatMeta, ChatRow, GenerationId, GenerationStatus, MessageId, Role,
+    BranchId, ChatId, ChatMeta, ChatRow, Feedback, GenerationId, GenerationStatus, MessageId, Role,
 };
 use crate::tree::{BranchRef, Node, Page, Tree};
 
@@ -34,6 +34,10 @@ pub struct MessageView {
     pub sibling_index: usize,
     pub sibling_count: usize,
     pub children_count: usize,
+    /// The chat owner's rating of an assistant message; absent when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::model::Feedback>))]
+    pub feedback: Option<Arc<Feedback>>,
 }
 
 impl MessageView {
@@ -51,6 +55,7 @@ impl MessageView {
             sibling_index,
             sibling_count,
             children_count: tree.children_count(node),
+            feedback: tree.feedback(node).cloned(),
         }
     }
 }

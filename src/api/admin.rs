@@ -16,7 +16,7 @@ use crate::cluster::Cluster;
 use crate::config::{AdminSettings, MetricsSettings};
 use crate::error::{ApiError, Code, ErrorBody};
 use crate::membership::MemberStatus;
-use crate::metrics::{Metrics, RuntimeStats, CONTENT_TYPE};
+use crate::metrics::{FeedbackView, Metrics, RuntimeStats, CONTENT_TYPE};
 
 /// An authenticated admin: an account listed in `admin.emails` or granted the role with
 /// `arbor admin grant`. Anyone else gets 404 `not_found`.
@@ -146,8 +146,24 @@ pub async fn evict(
 #[utoipa::path(get, path = "/api/v1/admin/stats", operation_id = "get_runtime_stats", tag = "admin",
     security(("bearer" = [])), responses((status = 200, body = RuntimeStats), (status = 404, body = ErrorBody,
         description = "Not an admin (or no token), or no such resident actor")))]
-pub async fn stats(_: Admin, metrics: web::Data<Metrics>) -> web::Json<RuntimeStats> {
-    web::Json(metrics.runtime_stats())
+pub async fn stats(
+    _: Admin,
+    metrics: web::Data<Metrics>,
+    stores: web::Data<arbor_actors::ports::Stores>,
+) -> Result<web::Json<RuntimeStats>, ApiError> {
+    let mut stats = metrics.runtime_stats();
+    stats.feedback = stores
+        .metadata
+        .feedback_by_model()
+        .await?
+        .into_iter()
+        .map(|f| FeedbackView {
+            model: f.model,
+            up: f.up,
+            down: f.down,
+        })
+        .collect();
+    Ok(web::Json(stats))
 }
 
 /// One server in the membership table.

@@ -14,7 +14,9 @@ use utoipa::openapi::security::{
 use utoipa::{Modify, OpenApi};
 
 use super::openapi::{add_links, link, merge, parameter, Link};
-use super::{admin, auth, branches, chats, compat, generations, health, messages, models, usage};
+use super::{
+    admin, auth, branches, chats, compat, feedback, generations, health, messages, models, usage,
+};
 use crate::config::LimitSettings;
 
 #[derive(OpenApi)]
@@ -24,7 +26,7 @@ use crate::config::LimitSettings;
         auth::register, auth::login, auth::token, auth::me,
         chats::create, chats::list, chats::get, chats::update, chats::delete,
         messages::send, messages::list, messages::get, messages::edit, messages::regenerate,
-        messages::tree, generations::get, generations::events, generations::cancel, models::list, usage::usage,
+        messages::tree, feedback::set, feedback::delete, generations::get, generations::events, generations::cancel, models::list, usage::usage,
         branches::create, branches::list, branches::get, branches::rename, branches::delete,
         branches::set_active,
         health::health, health::ready,

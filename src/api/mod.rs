@@ -8,6 +8,7 @@ pub mod chats;
 pub mod compat;
 pub mod doc_pages;
 pub mod docs;
+pub mod feedback;
 mod openapi;
 
 pub mod generations;
@@ -114,6 +115,10 @@ fn chat_routes(chats: SegmentScope) -> SegmentScope {
         .resource(
             "/{chat_id}/messages/{message_id}",
             vec![get().to(messages::get)],
+        )
+        .resource(
+            "/{chat_id}/messages/{message_id}/feedback",
+            vec![put().to(feedback::set), delete().to(feedback::delete)],
         )
         .resource(
             "/{chat_id}/messages/{message_id}/edit",

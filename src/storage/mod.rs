@@ -8,8 +8,8 @@ pub mod sqlite;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use arbor_actors::model::{Branch, ChatMeta};
-use arbor_actors::ports::{BatchStore, MessageStore, MetadataStore, StoreError};
+use arbor_actors::model::{Branch, ChatMeta, Feedback, MessageId, Rating};
+use arbor_actors::ports::{BatchStore, MessageStore, MetadataStore, StoreError, StoredChat};
 
 use crate::config::{MessageBackend, MetadataBackend, Settings};
 use crate::membership::MembershipStore;
@@ -32,12 +32,14 @@ pub(crate) fn parse_metadata(
 }
 
 /// Folds the rows of `chats LEFT JOIN branches` (one query) into the chat and its branches;
-/// `branch` gives `None` for the row of a chat without branches.
+/// `branch` gives `None` for the row of a chat without branches. `feedback` reads the chat's
+/// feedback rows, aggregated into a JSON array on every row (`FeedbackJson`).
 pub(crate) fn fold_chat_rows<R>(
     rows: &[R],
     chat: impl Fn(&R) -> Result<ChatMeta, StoreError>,
     branch: impl Fn(&R) -> Result<Option<Branch>, StoreError>,
-) -> Result<Option<(ChatMeta, Vec<Branch>)>, StoreError> {
+    feedback: impl Fn(&R) -> Result<String, StoreError>,
+) -> Result<Option<StoredChat>, StoreError> {
     let Some(first) = rows.first() else {
         return Ok(None);
     };
@@ -45,7 +47,43 @@ pub(crate) fn fold_chat_rows<R>(
     for row in rows {
         branches.extend(branch(row)?);
     }
-    Ok(Some((chat(first)?, branches)))
+    Ok(Some(StoredChat {
+        meta: chat(first)?,
+        branches,
+        feedback: parse_feedback(&feedback(first)?)?,
+    }))
+}
+
+/// One feedback row as the load query aggregates it into JSON.
+#[derive(serde::Deserialize)]
+struct FeedbackJson {
+    m: MessageId,
+    r: Rating,
+    t: Vec<String>,
+    c: Option<String>,
+    u: chrono::DateTime<chrono::Utc>,
+}
+
+fn parse_feedback(json: &str) -> Result<Vec<(MessageId, Arc<Feedback>)>, StoreError> {
+    let rows: Vec<FeedbackJson> =
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("feedback: {e}")))?;
+    Ok(rows
+        .into_iter()
+        .map(|f| {
+            let feedback = Feedback {
+                rating: f.r,
+                tags: f.t,
+                comment: f.c,
+                updated_at: f.u,
+            };
+            (f.m, Arc::new(feedback))
+        })
+        .collect())
+}
+
+/// A feedback row's tags, as the JSON array the stores keep.
+pub(crate) fn feedback_tags(feedback: &Feedback) -> String {
+    serde_json::Value::from(feedback.tags.clone()).to_string()
 }
 
 pub use arbor_actors::ports::Stores;

@@ -9,9 +9,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arbor_actors::model::{Branch, BranchId, ChatId, ChatMeta, MessageId, UserId, UserRecord};
+use arbor_actors::model::{
+    Branch, BranchId, ChatId, ChatMeta, Feedback, FeedbackRow, MessageId, UserId, UserRecord,
+};
 use arbor_actors::ports::{
-    Fence, MetaBatch, MetadataStore, QuotaSetting, StoreError, UsageGroup, UsageRecord, UsageSum,
+    FeedbackSum, Fence, MetaBatch, MetadataStore, QuotaSetting, StoreError, StoredChat, UsageGroup,
+    UsageRecord, UsageSum,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -370,8 +373,60 @@ WITH by_id AS (
     DELETE FROM branches WHERE id = ANY($1::uuid[])
 ), by_chat AS (
     DELETE FROM branches WHERE chat_id = ANY($2::uuid[])
+), feedback_by_chat AS (
+    DELETE FROM feedback WHERE chat_id = ANY($2::uuid[])
 )
 DELETE FROM chats WHERE id = ANY($2::uuid[])";
+
+/// Feedback taken back (`$1`) and set (the rest, one array per column).
+const FEEDBACK: &str = "
+WITH taken_back AS (
+    DELETE FROM feedback WHERE message_id = ANY($1::uuid[])
+)
+INSERT INTO feedback (message_id, chat_id, user_id, model, rating, tags, comment, updated_at)
+SELECT m, c, u, model, r, t::jsonb, note, at
+FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::timestamptz[]) AS f(m, c, u, model, r, t, note, at)
+ON CONFLICT (message_id) DO UPDATE SET rating = excluded.rating, tags = excluded.tags,
+    comment = excluded.comment, updated_at = excluded.updated_at";
+
+/// The statement that writes a batch's feedback rows ([`FEEDBACK`]).
+fn feedback_statement(
+    rows: &[FeedbackRow],
+) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let (set, taken_back): (Vec<&FeedbackRow>, Vec<&FeedbackRow>) =
+        rows.iter().partition(|r| r.feedback.is_some());
+    let set: Vec<(&FeedbackRow, &Feedback)> = set
+        .into_iter()
+        .filter_map(|r| Some((r, r.feedback.as_deref()?)))
+        .collect();
+    sqlx::query(FEEDBACK)
+        .bind(uuids(&taken_back, |r| *r.message.as_uuid()))
+        .bind(uuids(&set, |(r, _)| *r.message.as_uuid()))
+        .bind(uuids(&set, |(r, _)| *r.chat.as_uuid()))
+        .bind(uuids(&set, |(r, _)| *r.user.as_uuid()))
+        .bind(
+            set.iter()
+                .map(|(r, _)| r.model.as_deref().map(str::to_owned))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            set.iter()
+                .map(|(_, f)| f.rating.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            set.iter()
+                .map(|(_, f)| super::feedback_tags(f))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            set.iter()
+                .map(|(_, f)| f.comment.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(set.iter().map(|(_, f)| f.updated_at).collect::<Vec<_>>())
+}
 
 fn uuids<T>(items: &[T], id: impl Fn(&T) -> Uuid) -> Vec<Uuid> {
     items.iter().map(id).collect()
@@ -441,19 +496,25 @@ impl MetadataStore for PostgresStore {
         row.as_ref().map(user_from).transpose()
     }
 
-    async fn load_chat(&self, id: ChatId) -> Result<Option<(ChatMeta, Vec<Branch>)>, StoreError> {
-        // One query: the chat row repeated on each of its branches.
+    async fn load_chat(&self, id: ChatId) -> Result<Option<StoredChat>, StoreError> {
+        // One query: the chat row repeated on each of its branches, with its feedback rows as
+        // one JSON array (`[]` for none).
         let rows = self
             .pooled(|pool| async move {
                 sqlx::query(
-                    "SELECT c.id, c.owner_id, c.title, c.system_prompt, c.description,
+                    "WITH fb AS (
+                         SELECT COALESCE(jsonb_agg(jsonb_build_object('m', message_id,
+                                    'r', rating, 't', tags, 'c', comment, 'u', updated_at)),
+                                    '[]')::text AS fb
+                         FROM feedback WHERE chat_id = $1)
+                     SELECT c.id, c.owner_id, c.title, c.system_prompt, c.description,
                             c.active_branch_id,
                             c.created_at, c.updated_at, c.version,
                             b.id AS b_id, b.chat_id AS b_chat_id, b.name AS b_name,
                             b.head_id AS b_head_id, b.forked_from_id AS b_forked_from_id,
                             b.created_at AS b_created_at, b.updated_at AS b_updated_at,
-                            b.fallback_id AS b_fallback_id
-                     FROM chats c LEFT JOIN branches b ON b.chat_id = c.id
+                            b.fallback_id AS b_fallback_id, fb.fb
+                     FROM chats c CROSS JOIN fb LEFT JOIN branches b ON b.chat_id = c.id
                      WHERE c.id = $1 ORDER BY b.id",
                 )
                 .bind(id.as_uuid())
@@ -461,12 +522,15 @@ impl MetadataStore for PostgresStore {
                 .await
             })
             .await?;
-        fold_chat_rows(&rows, chat_from, |row| {
-            match get::<Option<Uuid>>(row, "b_id")?.is_some() {
+        fold_chat_rows(
+            &rows,
+            chat_from,
+            |row| match get::<Option<Uuid>>(row, "b_id")?.is_some() {
                 true => branch_from(row).map(Some),
                 false => Ok(None),
-            }
-        })
+            },
+            |row| get(row, "fb"),
+        )
     }
 
     async fn list_chats(
@@ -567,7 +631,9 @@ impl MetadataStore for PostgresStore {
         let delete = sqlx::query(DELETE)
             .bind(uuids(&batch.deleted_branches, |b| *b.as_uuid()))
             .bind(uuids(&batch.deleted_chats, |c| *c.as_uuid()));
-        if !upserts && !deletes && fences.is_empty() {
+        let rated = !batch.feedback.is_empty();
+        let feedback = feedback_statement(&batch.feedback);
+        if !upserts && !deletes && !rated && fences.is_empty() {
             return Ok(());
         }
         let stale = self
@@ -580,11 +646,11 @@ impl MetadataStore for PostgresStore {
                 // One statement is atomic on its own; more need a transaction. Fences are
                 // checked in it, holding their lease rows (`FOR SHARE`) until the commit: a
                 // takeover, which updates the row, waits for the commit or comes before it.
-                match (upserts, deletes, fences.is_empty()) {
-                    (true, false, true) => {
+                match (upserts, deletes, fences.is_empty(), rated) {
+                    (true, false, true, false) => {
                         upsert.execute(&mut conn).await?;
                     }
-                    (true, false, false) => {
+                    (true, false, false, false) => {
                         for row in upsert.fetch_all(&mut conn).await? {
                             let shard: i32 = row.try_get("shard")?;
                             stale.push(Fence {
@@ -593,11 +659,14 @@ impl MetadataStore for PostgresStore {
                             });
                         }
                     }
-                    (false, true, true) => {
+                    (false, true, true, false) => {
                         delete.execute(&mut conn).await?;
                     }
+                    (false, false, true, true) => {
+                        feedback.execute(&mut conn).await?;
+                    }
                     // Fences alone (a batch of message deletions): checked on their own.
-                    (false, false, false) => {
+                    (false, false, false, false) => {
                         stale = stale_fences(&mut conn, fences).await?;
                     }
                     _ => {
@@ -611,6 +680,9 @@ impl MetadataStore for PostgresStore {
                             }
                             if deletes {
                                 delete.execute(&mut *tx).await?;
+                            }
+                            if rated {
+                                feedback.execute(&mut *tx).await?;
                             }
                             tx.commit().await?;
                         } else {
@@ -709,6 +781,32 @@ impl MetadataStore for PostgresStore {
         })
         .await?;
         Ok(())
+    }
+
+    async fn feedback_by_model(&self) -> Result<Vec<FeedbackSum>, StoreError> {
+        let rows = self
+            .pooled(|pool| async move {
+                sqlx::query(
+                    "SELECT model, COUNT(*) FILTER (WHERE rating = 'up') AS up,
+                            COUNT(*) FILTER (WHERE rating = 'down') AS down
+                     FROM feedback GROUP BY model ORDER BY model",
+                )
+                .fetch_all(&pool)
+                .await
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let count = |column: &str| -> Result<u64, StoreError> {
+                    Ok(get::<i64>(row, column)?.max(0).unsigned_abs())
+                };
+                Ok(FeedbackSum {
+                    model: get(row, "model")?,
+                    up: count("up")?,
+                    down: count("down")?,
+                })
+            })
+            .collect()
     }
 
     async fn usage(

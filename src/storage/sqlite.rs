@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use arbor_actors::model::{Branch, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord};
 use arbor_actors::ports::{
-    Batch, BatchStore, MessageDeletes, MessageStore, MetaBatch, MetadataStore, QuotaSetting,
-    StoreError, UsageGroup, UsageRecord, UsageSum,
+    Batch, BatchStore, FeedbackSum, MessageDeletes, MessageStore, MetaBatch, MetadataStore,
+    QuotaSetting, StoreError, StoredChat, UsageGroup, UsageRecord, UsageSum,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -361,27 +361,35 @@ impl MetadataStore for SqliteStore {
         row.as_ref().map(user_from).transpose()
     }
 
-    async fn load_chat(&self, id: ChatId) -> Result<Option<(ChatMeta, Vec<Branch>)>, StoreError> {
-        // One query: the chat row repeated on each of its branches.
+    async fn load_chat(&self, id: ChatId) -> Result<Option<StoredChat>, StoreError> {
+        // One query: the chat row repeated on each of its branches, with its feedback rows as
+        // one JSON array (`[]` for none).
         let rows = sqlx::query(
-            "SELECT c.id, c.owner_id, c.title, c.system_prompt, c.description, c.active_branch_id, c.created_at,
+            "WITH fb AS (
+                 SELECT json_group_array(json_object('m', message_id, 'r', rating,
+                            't', json(tags), 'c', comment, 'u', updated_at)) AS fb
+                 FROM feedback WHERE chat_id = ?1)
+             SELECT c.id, c.owner_id, c.title, c.system_prompt, c.description, c.active_branch_id, c.created_at,
                     c.updated_at, c.version,
                     b.id AS b_id, b.chat_id AS b_chat_id, b.name AS b_name, b.head_id AS b_head_id,
                     b.forked_from_id AS b_forked_from_id, b.created_at AS b_created_at,
-                    b.updated_at AS b_updated_at, b.fallback_id AS b_fallback_id
-             FROM chats c LEFT JOIN branches b ON b.chat_id = c.id
-             WHERE c.id = ? ORDER BY b.id",
+                    b.updated_at AS b_updated_at, b.fallback_id AS b_fallback_id, fb.fb
+             FROM chats c CROSS JOIN fb LEFT JOIN branches b ON b.chat_id = c.id
+             WHERE c.id = ?1 ORDER BY b.id",
         )
         .bind(id.to_string())
         .fetch_all(&self.reads)
         .await
         .map_err(store_error)?;
-        fold_chat_rows(&rows, chat_from, |row| {
-            match opt_text(row, "b_id")?.is_some() {
+        fold_chat_rows(
+            &rows,
+            chat_from,
+            |row| match opt_text(row, "b_id")?.is_some() {
                 true => branch_from(row).map(Some),
                 false => Ok(None),
-            }
-        })
+            },
+            |row| text(row, "fb"),
+        )
     }
 
     async fn list_chats(
@@ -481,6 +489,31 @@ impl MetadataStore for SqliteStore {
         };
         query.execute(&self.writes).await.map_err(store_error)?;
         Ok(())
+    }
+
+    async fn feedback_by_model(&self) -> Result<Vec<FeedbackSum>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT model, SUM(rating = 'up') AS up, SUM(rating = 'down') AS down
+             FROM feedback GROUP BY model ORDER BY model",
+        )
+        .fetch_all(&self.reads)
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let count = |column: &str| -> Result<u64, StoreError> {
+                    let n: i64 = row
+                        .try_get(column)
+                        .map_err(|e| StoreError::Corrupt(format!("feedback {column}: {e}")))?;
+                    Ok(n.max(0).unsigned_abs())
+                };
+                Ok(FeedbackSum {
+                    model: opt_text(row, "model")?,
+                    up: count("up")?,
+                    down: count("down")?,
+                })
+            })
+            .collect()
     }
 
     async fn usage(
@@ -649,8 +682,38 @@ fn push_meta(q: &mut QueryBuilder<'_, Sqlite>, batch: &MetaBatch) {
         push_ids(q, chunk);
         q.push(";\n");
     }
+    for row in &batch.feedback {
+        match &row.feedback {
+            Some(f) => {
+                q.push(
+                    "INSERT INTO feedback (message_id, chat_id, user_id, model, rating, tags,
+                     comment, updated_at) VALUES (",
+                );
+                q.separated(", ")
+                    .push_bind(row.message.to_string())
+                    .push_bind(row.chat.to_string())
+                    .push_bind(row.user.to_string())
+                    .push_bind(row.model.as_deref().map(str::to_owned))
+                    .push_bind(f.rating.as_str())
+                    .push_bind(super::feedback_tags(f))
+                    .push_bind(f.comment.clone())
+                    .push_bind(usage_time(f.updated_at));
+                q.push(
+                    ") ON CONFLICT (message_id) DO UPDATE SET rating = excluded.rating,
+                      tags = excluded.tags, comment = excluded.comment,
+                      updated_at = excluded.updated_at;\n",
+                );
+            }
+            None => {
+                q.push("DELETE FROM feedback WHERE message_id = ")
+                    .push_bind(row.message.to_string())
+                    .push(";\n");
+            }
+        }
+    }
     for chunk in batch.deleted_chats.chunks(CHUNK) {
         for table in [
+            "DELETE FROM feedback WHERE chat_id IN (",
             "DELETE FROM branches WHERE chat_id IN (",
             "DELETE FROM chats WHERE id IN (",
         ] {

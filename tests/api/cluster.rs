@@ -843,7 +843,7 @@ async fn a_commit_under_a_stale_epoch_is_refused_and_the_rest_of_its_batch_commi
     assert_eq!(writer.stats.fenced_writes.get(), 1);
 
     for (shard, meta, _, messages) in &chats {
-        let (stored, branches) = stores.metadata.load_chat(meta.id).await.unwrap().unwrap();
+        let (stored, branches) = parts(stores.metadata.load_chat(meta.id).await.unwrap().unwrap());
         let all = stores.messages.load_chat(meta.id).await.unwrap();
         assert_eq!(
             all.len(),

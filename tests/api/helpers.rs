@@ -413,3 +413,13 @@ pub fn send_request(content: &str, reply: bool) -> arbor_actors::SendRequest {
         idempotency_key: None,
     }
 }
+
+/// A loaded chat's row and branches (its feedback aside).
+pub fn parts(
+    stored: arbor_actors::ports::StoredChat,
+) -> (
+    arbor_actors::model::ChatMeta,
+    Vec<arbor_actors::model::Branch>,
+) {
+    (stored.meta, stored.branches)
+}

@@ -15,6 +15,7 @@ mod contract;
 mod doc_pages;
 mod durability;
 mod errors;
+mod feedback;
 mod helpers;
 mod isolation;
 mod llm;

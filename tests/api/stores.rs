@@ -15,7 +15,7 @@ use arbor_actors::model::{
 use arbor_actors::ports::{MessageDeletes, MessageStore, MetaBatch, MetadataStore, StoreError};
 use serde_json::json;
 
-use crate::helpers::{mongodb_url, postgres_url, unique_name};
+use crate::helpers::{mongodb_url, parts, postgres_url, unique_name};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -310,7 +310,7 @@ async fn chats_and_branches_round_trip(store: Arc<dyn MetadataStore>) {
         })
         .await
         .unwrap();
-    let (loaded, mut branches) = store.load_chat(meta.id).await.unwrap().unwrap();
+    let (loaded, mut branches) = parts(store.load_chat(meta.id).await.unwrap().unwrap());
     assert_eq!(loaded, meta);
     branches.sort_by_key(|b| b.id);
     assert_eq!(branches, vec![main, side]);
@@ -352,7 +352,7 @@ async fn an_older_version_never_overwrites_a_newer_one(store: Arc<dyn MetadataSt
         })
         .await
         .unwrap();
-    let (loaded, branches) = store.load_chat(meta.id).await.unwrap().unwrap();
+    let (loaded, branches) = parts(store.load_chat(meta.id).await.unwrap().unwrap());
     assert_eq!(loaded, newer);
     assert_eq!(branches, vec![newer_branch]);
 }
@@ -386,7 +386,7 @@ async fn deletions_remove_rows(store: Arc<dyn MetadataStore>) {
         .await
         .unwrap();
     assert_eq!(
-        store.load_chat(meta.id).await.unwrap().unwrap().1,
+        store.load_chat(meta.id).await.unwrap().unwrap().branches,
         vec![main]
     );
     store
@@ -399,7 +399,7 @@ async fn deletions_remove_rows(store: Arc<dyn MetadataStore>) {
     assert!(store.load_chat(meta.id).await.unwrap().is_none());
     // The other chat is untouched.
     assert_eq!(
-        store.load_chat(other.id).await.unwrap(),
+        store.load_chat(other.id).await.unwrap().map(parts),
         Some((other, vec![other_main]))
     );
     assert_eq!(store.list_chats(owner, 10, None).await.unwrap().len(), 1);
@@ -413,7 +413,7 @@ async fn a_batch_is_idempotent_and_spans_many_chats(store: Arc<dyn MetadataStore
     store.apply(&b).await.unwrap(); // a retried batch
     for (meta, branch) in chats.iter().step_by(97) {
         assert_eq!(
-            store.load_chat(meta.id).await.unwrap(),
+            store.load_chat(meta.id).await.unwrap().map(parts),
             Some((meta.clone(), vec![branch.clone()]))
         );
     }
@@ -626,6 +626,7 @@ mod unified_sqlite {
         let (loaded, branches) = MetadataStore::load_chat(&store, meta.id)
             .await
             .unwrap()
+            .map(parts)
             .unwrap();
         assert_eq!(loaded, meta);
         assert_eq!(branches.len(), 1);

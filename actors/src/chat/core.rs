@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use super::*;
 use crate::error::ChatError;
 use crate::json;
-use crate::model::{Branch, BranchId, GenerationId, Message, MessageId, Role};
+use crate::model::{Branch, BranchId, FeedbackRow, GenerationId, Message, MessageId, Role};
 use crate::pages::{self, PageKey};
 use crate::ports::Turn;
 use crate::views::{
@@ -469,6 +469,32 @@ impl ChatCore {
         self.message_view(msg.id)
     }
 
+    pub(super) fn set_feedback(
+        &mut self,
+        msg: SetFeedback,
+    ) -> Result<Applied<MessageView>, ChatError> {
+        let tree = &self.state.tree;
+        let node = tree.node(msg.message)?;
+        if node.role() != Role::Assistant {
+            return Err(ChatError::NotRateable(msg.message));
+        }
+        let model = tree.model(node).cloned();
+        let slot = reserve(&self.rt)?;
+        let feedback = msg.feedback.map(Arc::new);
+        self.state
+            .tree
+            .set_feedback(msg.message, feedback.clone())?;
+        let row = FeedbackRow {
+            message: msg.message,
+            chat: self.state.tree.chat(),
+            user: msg.user,
+            model,
+            feedback,
+        };
+        let commit = self.write(slot, vec![WriteOp::Feedback(row)]);
+        Ok(Applied::new(self.message_view(msg.message)?, commit))
+    }
+
     pub(super) fn get_tree(&mut self, _: GetTree) -> Result<TreeView, ChatError> {
         let tree = &self.state.tree;
         let nodes: Vec<TreeNodeView> = tree
@@ -599,6 +625,13 @@ impl ChatCore {
             return Err(ChatError::GenerationInProgress);
         }
         let slot = reserve(&self.rt)?;
+        let rated: Vec<MessageId> = self
+            .state
+            .tree
+            .all_feedback()
+            .iter()
+            .map(|(m, _)| *m)
+            .collect();
         let removed = self.state.tree.delete_branch(msg.id)?;
         let count = removed.len();
         if !removed.is_empty() {
@@ -609,6 +642,22 @@ impl ChatCore {
                 .retain(|_, e| e.messages.iter().all(|m| tree.node(*m).is_ok()));
         }
         let mut ops = vec![self.touch_meta(), WriteOp::DeleteBranch(msg.id)];
+        // Feedback on pruned messages goes with them.
+        let tree = &self.state.tree;
+        ops.extend(
+            rated
+                .into_iter()
+                .filter(|m| tree.node(*m).is_err())
+                .map(|message| {
+                    WriteOp::Feedback(FeedbackRow {
+                        message,
+                        chat: tree.chat(),
+                        user: msg.user,
+                        model: None,
+                        feedback: None,
+                    })
+                }),
+        );
         if !removed.is_empty() {
             ops.push(WriteOp::DeleteMessages(removed));
         }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::error::ChatError;
-use crate::model::{BranchId, GenerationId, MessageId, Role, UserId};
+use crate::model::{BranchId, Feedback, GenerationId, MessageId, Role, UserId};
 use crate::views::{BranchDeletedView, BranchView, ChatView, MessagePage, MessageView, TreeView};
 
 macro_rules! chat_messages {
@@ -85,6 +85,9 @@ chat_messages! {
     ListMessagesJson { branch: Option<BranchId>, limit: usize, before: Option<MessageId> }
         -> Bytes => list_messages_json;
     GetMessage { id: MessageId } -> MessageView => get_message;
+    /// Sets (or, with `None`, takes back) the owner's feedback on an assistant message.
+    SetFeedback { message: MessageId, feedback: Option<Feedback> }
+        -> Applied<MessageView> => set_feedback;
     GetTree {} -> TreeView => get_tree;
     /// Creates a branch whose head is an existing message.
     Fork { from: ForkPoint, name: Option<String>, activate: bool } -> Applied<BranchView> => fork;

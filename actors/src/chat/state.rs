@@ -9,7 +9,9 @@ use super::Liveness;
 use crate::error::ChatError;
 use crate::generation::{Generation, Generations};
 use crate::model::{Branch, BranchId, ChatId, ChatMeta, ChatRow, Message, MessageId, UserId};
-use crate::ports::{Fence, MessageStore, MetadataStore, Ownership, QuotaGate, ReplyGate, Turn};
+use crate::ports::{
+    Fence, MessageStore, MetadataStore, Ownership, QuotaGate, ReplyGate, StoredChat, Turn,
+};
 use crate::tree::Tree;
 use crate::views::{EditView, MessageView, RegenerateView, SendView};
 use crate::writer::{committed, CommitTicket, WriteOp, WriterHandle};
@@ -291,7 +293,12 @@ pub async fn load_chat(
 ) -> Result<Option<(ChatState, Vec<MessageId>)>, ChatError> {
     let (meta, messages) =
         futures_util::future::join(rt.metadata.load_chat(id), rt.messages.load_chat(id)).await;
-    let Some((meta, branches)) = meta.map_err(storage_error)? else {
+    let Some(StoredChat {
+        meta,
+        branches,
+        feedback,
+    }) = meta.map_err(storage_error)?
+    else {
         return Ok(None);
     };
     let mut messages = messages.map_err(storage_error)?;
@@ -303,6 +310,11 @@ pub async fn load_chat(
         }
     }
     let (mut state, orphans) = ChatState::restore(meta, branches, messages)?;
+    // Feedback on a message that is gone (pruned by a write whose row deletions failed) is
+    // left out.
+    for (message, feedback) in feedback {
+        let _ = state.tree.set_feedback(message, Some(feedback));
+    }
     state.idem.trim(rt.idempotency_keys);
     Ok(Some((state, orphans)))
 }

@@ -32,7 +32,7 @@ use crate::error::ChatError;
 use crate::generation::Generation;
 use crate::inspect::EvictReason;
 use crate::llm::LlmPool;
-use crate::model::{BranchId, ChatId, GenerationId, MessageId, Role, UserId};
+use crate::model::{BranchId, ChatId, Feedback, GenerationId, MessageId, Role, UserId};
 use crate::views::*;
 use crate::writer::{AckMode, WriteError};
 
@@ -427,6 +427,28 @@ impl Chats {
         id: MessageId,
     ) -> Result<MessageView, ChatError> {
         self.call(chat, GetMessage { user, id }).await
+    }
+
+    /// Sets (or, with `None`, takes back) the owner's feedback on an assistant message.
+    pub async fn set_feedback(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        message: MessageId,
+        feedback: Option<Feedback>,
+    ) -> Result<MessageView, ChatError> {
+        let rating = feedback.as_ref().map_or("withdrawn", |f| f.rating.as_str());
+        let msg = SetFeedback {
+            user,
+            message,
+            feedback,
+        };
+        let applied = self.write(chat, msg).await?;
+        let view = self.settle(applied).await?;
+        let stats = self.stats();
+        let model = stats.feedback_model(view.model.as_deref());
+        stats.feedback.with_label_values(&[model, rating]).inc();
+        Ok(view)
     }
 
     pub async fn tree(&self, user: UserId, chat: ChatId) -> Result<TreeView, ChatError> {

@@ -29,7 +29,16 @@ pub struct RegistryStats {
     pub evictions: IntCounterVec,
     /// Stored messages no branch reaches, deleted on activation.
     pub orphans: IntCounter,
+    /// Feedback given, by the rated message's model and `rating` (`up`, `down`, or
+    /// `withdrawn`). See [`Self::feedback_model`].
+    pub feedback: IntCounterVec,
+    /// The model labels `feedback` has used: at most [`FEEDBACK_MODELS`].
+    feedback_models: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Distinct model labels of `arbor_feedback_total`; later models count as `other` (a message's
+/// model is whatever its provider or client reported, so it is not a bounded set).
+pub const FEEDBACK_MODELS: usize = 64;
 
 impl Default for RegistryStats {
     fn default() -> Self {
@@ -61,6 +70,13 @@ impl Default for RegistryStats {
                 LATENCY_BUCKETS,
             ),
             evictions,
+            feedback: counter_vec(
+                "arbor_feedback_total",
+                "Feedback on assistant messages, by the message's model and the rating (up, down, withdrawn).",
+                &[],
+                &["model", "rating"],
+            ),
+            feedback_models: Default::default(),
             orphans: counter(
                 "arbor_chat_orphan_messages_deleted_total",
                 "Stored messages no branch reached (left by a batch whose metadata was refused or failed), deleted when their chat activated.",
@@ -71,6 +87,26 @@ impl Default for RegistryStats {
 }
 
 impl RegistryStats {
+    /// The label a message's model takes on `arbor_feedback_total`: `none` without one, the
+    /// model while fewer than [`FEEDBACK_MODELS`] are in use, `other` after.
+    pub fn feedback_model<'a>(&self, model: Option<&'a str>) -> &'a str {
+        let Some(model) = model else {
+            return "none";
+        };
+        let mut seen = self
+            .feedback_models
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(model) {
+            return model;
+        }
+        if seen.len() < FEEDBACK_MODELS {
+            seen.insert(model.to_owned());
+            return model;
+        }
+        "other"
+    }
+
     /// Evictions so far, by reason.
     pub fn evictions_by_reason(&self) -> Vec<(&'static str, u64)> {
         EvictReason::ALL
@@ -93,6 +129,7 @@ impl crate::metrics::Instruments for RegistryStats {
             self.activation_seconds,
             self.evictions,
             self.orphans,
+            self.feedback,
         ]
     }
 }

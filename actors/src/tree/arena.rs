@@ -293,6 +293,15 @@ impl Tree {
             rare.extras.retain(|e| !gone(e));
             rare.created
                 .retain(|(id, _)| sorted.binary_search(id).is_err());
+            let freed: usize = rare
+                .feedback
+                .iter()
+                .filter(|(id, _)| sorted.binary_search(id).is_ok())
+                .map(|(_, f)| f.bytes())
+                .sum();
+            rare.extra_bytes -= freed;
+            rare.feedback
+                .retain(|(id, _)| sorted.binary_search(id).is_err());
             if rare.is_empty() {
                 self.rare = None;
             }

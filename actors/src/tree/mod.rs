@@ -28,7 +28,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use thin_vec::ThinVec;
 
-use crate::model::{Branch, BranchId, ChatId, Message, MessageId, Role};
+use crate::model::{Branch, BranchId, ChatId, Feedback, Message, MessageId, Role};
 
 mod arena;
 mod paths;
@@ -298,11 +298,16 @@ struct Rare {
     /// Creation times that are not their message's id's, by id (messages made elsewhere, or
     /// before ids carried them).
     created: Vec<(MessageId, DateTime<Utc>)>,
+    /// The owner's feedback on assistant messages, by id.
+    feedback: Vec<(MessageId, Arc<Feedback>)>,
 }
 
 impl Rare {
     fn is_empty(&self) -> bool {
-        self.extras.is_empty() && self.by_id.is_empty() && self.created.is_empty()
+        self.extras.is_empty()
+            && self.by_id.is_empty()
+            && self.created.is_empty()
+            && self.feedback.is_empty()
     }
 }
 
@@ -467,6 +472,50 @@ impl Tree {
         self.extra(node)?.idempotency_key.as_ref()
     }
 
+    /// The owner's feedback on a message.
+    pub fn feedback<'a>(&'a self, node: &Node) -> Option<&'a Arc<Feedback>> {
+        let all = self.rare.as_ref().map_or(&[][..], |r| &r.feedback);
+        if all.is_empty() {
+            return None;
+        }
+        let at = all.binary_search_by(|(id, _)| id.cmp(&node.id)).ok()?;
+        Some(&all[at].1)
+    }
+
+    /// Sets (or, with `None`, takes back) the feedback on a message of this tree.
+    pub fn set_feedback(
+        &mut self,
+        id: MessageId,
+        feedback: Option<Arc<Feedback>>,
+    ) -> Result<(), TreeError> {
+        self.find(id).ok_or(TreeError::MessageNotFound(id))?;
+        let rare = self.rare.get_or_insert_default();
+        let at = rare.feedback.binary_search_by(|(m, _)| m.cmp(&id));
+        let old = match (at, feedback) {
+            (Ok(at), Some(new)) => Some(std::mem::replace(&mut rare.feedback[at].1, new.clone())),
+            (Ok(at), None) => Some(rare.feedback.remove(at).1),
+            (Err(at), Some(new)) => {
+                rare.feedback.insert(at, (id, new));
+                None
+            }
+            (Err(_), None) => None,
+        };
+        let added = rare
+            .feedback
+            .binary_search_by(|(m, _)| m.cmp(&id))
+            .map_or(0, |at| rare.feedback[at].1.bytes());
+        rare.extra_bytes = rare.extra_bytes + added - old.map_or(0, |f| f.bytes());
+        if rare.is_empty() {
+            self.rare = None;
+        }
+        Ok(())
+    }
+
+    /// The messages that have feedback, with it, in id order.
+    pub fn all_feedback(&self) -> &[(MessageId, Arc<Feedback>)] {
+        self.rare.as_ref().map_or(&[], |r| &r.feedback)
+    }
+
     /// Where a node's content starts and ends in the text: it ends where the next node's starts.
     /// Empty for a node of another tree whose id this one does not hold.
     fn text_span(&self, node: &Node) -> (usize, usize) {
@@ -553,6 +602,7 @@ impl Tree {
                 + r.by_id.capacity() * size_of::<Idx>()
                 + r.extras.capacity() * size_of::<Extra>()
                 + r.created.capacity() * size_of::<(MessageId, DateTime<Utc>)>()
+                + r.feedback.capacity() * size_of::<(MessageId, Arc<Feedback>)>()
                 + r.extra_bytes
         });
         let branches =

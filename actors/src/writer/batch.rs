@@ -12,7 +12,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::model::{Branch, BranchId, ChatId, ChatMeta, Message, MessageId};
+use crate::model::{Branch, BranchId, ChatId, ChatMeta, FeedbackRow, Message, MessageId};
 use crate::ports::{Batch, MessageDeletes, MetaBatch, StoreError, Stores};
 
 use super::*;
@@ -443,6 +443,7 @@ pub(super) fn coalesce<'a>(writes: impl Iterator<Item = &'a ChatWrite>) -> Coale
     let mut inserts: Vec<Message> = Vec::new();
     let mut chats: HashMap<ChatId, ChatMeta> = HashMap::new();
     let mut branches: HashMap<BranchId, (Branch, i64)> = HashMap::new();
+    let mut feedback: HashMap<MessageId, FeedbackRow> = HashMap::new();
     let mut meta = MetaBatch::default();
     let mut deletes = MessageDeletes::default();
     let mut fences = BTreeSet::new();
@@ -473,10 +474,14 @@ pub(super) fn coalesce<'a>(writes: impl Iterator<Item = &'a ChatWrite>) -> Coale
                     chats.remove(id);
                     branches.retain(|_, (b, _)| b.chat_id != *id);
                     inserts.retain(|m| m.chat_id != *id);
+                    feedback.retain(|_, f| f.chat != *id);
                     meta.deleted_chats.push(*id);
                     deletes.chats.push(*id);
                 }
                 WriteOp::DeleteMessages(ids) => deletes.messages.extend_from_slice(ids),
+                WriteOp::Feedback(row) => {
+                    feedback.insert(row.message, row.clone());
+                }
             }
         }
     }
@@ -487,6 +492,7 @@ pub(super) fn coalesce<'a>(writes: impl Iterator<Item = &'a ChatWrite>) -> Coale
     meta.fences = fences.into_iter().collect();
     meta.chats = chats.into_values().collect();
     meta.branches = branches.into_values().collect();
+    meta.feedback = feedback.into_values().collect();
     Coalesced {
         batch: Batch {
             inserts,

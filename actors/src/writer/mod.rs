@@ -33,7 +33,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::model::{Branch, BranchId, ChatId, ChatMeta, Message, MessageId};
+use crate::model::{Branch, BranchId, ChatId, ChatMeta, FeedbackRow, Message, MessageId};
 use crate::ports::{Fence, Stores};
 
 mod batch;
@@ -100,6 +100,8 @@ pub enum WriteOp {
     DeleteChat(ChatId),
     InsertMessage(Message),
     DeleteMessages(Vec<MessageId>),
+    /// Feedback on a message set or taken back (a metadata row).
+    Feedback(FeedbackRow),
 }
 
 impl WriteOp {

@@ -95,6 +95,7 @@ mod tests {
                     sibling_index: 0,
                     sibling_count: 1,
                     children_count: 0,
+                    feedback: None,
                 };
                 parent = Some(id);
                 view
