@@ -205,6 +205,10 @@ pub struct LimitSettings {
     pub max_feedback_tags: usize,
     pub max_feedback_tag_chars: usize,
     pub max_feedback_comment_chars: usize,
+    /// Share links a chat may have at once.
+    pub max_shares_per_chat: usize,
+    /// Messages a share link's snapshot may hold.
+    pub max_share_messages: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -376,6 +380,9 @@ pub struct RateLimitSettings {
     pub failed_logins_per_ip: u32,
     /// Failed logins per account from one client IP in a window.
     pub failed_logins_per_account: u32,
+    /// Per client IP: share-link lookups that found nothing, in a window; then 429 until it
+    /// ends (tokens cannot be enumerated).
+    pub share_misses_per_ip: u32,
     pub failure_window_secs: u64,
     /// Where trusted proxies put the client's address (`""`: never read).
     pub client_ip_header: String,
@@ -514,6 +521,8 @@ impl Default for Settings {
                 max_feedback_tags: 16,
                 max_feedback_tag_chars: 64,
                 max_feedback_comment_chars: 4000,
+                max_shares_per_chat: 100,
+                max_share_messages: 10_000,
             },
             auth: AuthSettings {
                 jwt_secret: Secret::default(),
@@ -556,6 +565,7 @@ impl Default for Settings {
                 concurrent_replies: 4,
                 failed_logins_per_ip: 30,
                 failed_logins_per_account: 5,
+                share_misses_per_ip: 20,
                 failure_window_secs: 300,
                 client_ip_header: "x-forwarded-for".into(),
                 trusted_proxies: Vec::new(),

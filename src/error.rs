@@ -65,6 +65,8 @@ make_error_codes! {
     MessageNotFound = NOT_FOUND, "message_not_found";
     BranchNotFound = NOT_FOUND, "branch_not_found";
     GenerationNotFound = NOT_FOUND, "generation_not_found";
+    /// No share link has that token (or id), or it was revoked.
+    ShareNotFound = NOT_FOUND, "share_not_found";
     /// Admin: no account has that id, email or username.
     UserNotFound = NOT_FOUND, "user_not_found";
     /// Admin: the chat is not resident.
@@ -80,6 +82,8 @@ make_error_codes! {
     LastBranch = CONFLICT, "last_branch";
     GenerationInProgress = CONFLICT, "generation_in_progress";
     ChatFull = CONFLICT, "chat_full";
+    /// The chat has `limits.max_shares_per_chat` share links already.
+    TooManyShares = CONFLICT, "too_many_shares";
     PayloadTooLarge = PAYLOAD_TOO_LARGE, "payload_too_large";
     UnsupportedMediaType = UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type";
     ValidationFailed = UNPROCESSABLE_ENTITY, "validation_failed";
@@ -107,6 +111,8 @@ make_error_codes! {
     /// Feedback is only for assistant messages.
     FeedbackNotAllowed = UNPROCESSABLE_ENTITY, "feedback_not_allowed";
     InvalidFeedback = UNPROCESSABLE_ENTITY, "invalid_feedback";
+    /// The snapshot would hold more than `limits.max_share_messages` messages.
+    ShareTooLarge = UNPROCESSABLE_ENTITY, "share_too_large";
     /// Details are only in the server log.
     InternalError = INTERNAL_SERVER_ERROR, "internal_error";
     /// The model provider failed; `upstream_status` holds its HTTP status.

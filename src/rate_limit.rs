@@ -49,6 +49,7 @@ pub enum Class {
     Auth,
     FailedLogins,
     ConcurrentReplies,
+    ShareMisses,
 }
 
 impl Class {
@@ -60,6 +61,7 @@ impl Class {
             Self::Auth => "auth",
             Self::FailedLogins => "failed_logins",
             Self::ConcurrentReplies => "concurrent_replies",
+            Self::ShareMisses => "share_misses",
         }
     }
 }
@@ -195,6 +197,7 @@ pub struct RateLimits {
     auth: Option<Limiter<IpAddr>>,
     failed_by_ip: Option<Failures<IpAddr>>,
     failed_by_account: Option<Failures<(String, IpAddr)>>,
+    share_misses: Option<Failures<IpAddr>>,
     concurrent: u32,
     running: Arc<Mutex<HashMap<UserId, u32>>>,
     trusted_proxies: Vec<IpAddr>,
@@ -212,7 +215,7 @@ impl RateLimits {
         let refused = IntCounterVec::new(
             Opts::new(
                 "arbor_rate_limited_total",
-                "Requests refused with 429 rate_limited, by class: reads, writes, replies, auth (per client IP), failed_logins, concurrent_replies.",
+                "Requests refused with 429 rate_limited, by class: reads, writes, replies, auth (per client IP), failed_logins, concurrent_replies, share_misses.",
             ),
             &["class"],
         )?;
@@ -223,6 +226,7 @@ impl RateLimits {
             Class::Auth,
             Class::FailedLogins,
             Class::ConcurrentReplies,
+            Class::ShareMisses,
         ] {
             refused.with_label_values(&[class.name()]);
         }
@@ -234,6 +238,7 @@ impl RateLimits {
             auth: Limiter::new(Class::Auth, settings.auth_per_minute),
             failed_by_ip: Failures::new(settings.failed_logins_per_ip, window, bound),
             failed_by_account: Failures::new(settings.failed_logins_per_account, window, bound),
+            share_misses: Failures::new(settings.share_misses_per_ip, window, bound),
             concurrent: settings.concurrent_replies,
             running: Arc::default(),
             trusted_proxies: settings.trusted_proxies.clone(),
@@ -297,6 +302,28 @@ impl RateLimits {
         ))
     }
 
+    /// Before a share link is looked up: refused while `ip` has used up its misses.
+    pub fn check_share(&self, ip: IpAddr) -> Result<(), ApiError> {
+        let Some(misses) = &self.share_misses else {
+            return Ok(());
+        };
+        let Some(wait) = misses.blocked(&ip) else {
+            return Ok(());
+        };
+        self.refused
+            .with_label_values(&[Class::ShareMisses.name()])
+            .inc();
+        let window = u32::try_from(misses.window.as_secs()).unwrap_or(u32::MAX);
+        Err(refusal(Class::ShareMisses, misses.max, window, wait))
+    }
+
+    /// A share link lookup from `ip` found nothing.
+    pub fn share_missed(&self, ip: IpAddr) {
+        if let Some(misses) = &self.share_misses {
+            misses.failed(ip);
+        }
+    }
+
     /// A login from `ip` as `login` failed (or, `ok`, succeeded: that account's count from this
     /// address starts again).
     pub fn login_outcome(&self, ip: IpAddr, login: &str, ok: bool) {
@@ -356,6 +383,9 @@ impl RateLimits {
             f.sweep();
         }
         if let Some(f) = &self.failed_by_account {
+            f.sweep();
+        }
+        if let Some(f) = &self.share_misses {
             f.sweep();
         }
     }
@@ -521,6 +551,7 @@ mod tests {
             concurrent_replies: 1,
             failed_logins_per_ip: 4,
             failed_logins_per_account: 2,
+            share_misses_per_ip: 3,
             failure_window_secs: 60,
             client_ip_header: "x-forwarded-for".into(),
             trusted_proxies: vec!["10.0.0.1".parse().unwrap()],

@@ -242,6 +242,23 @@ pub struct FeedbackSum {
     pub down: u64,
 }
 
+/// A share link as stored: the snapshot it shows, under the SHA-256 of its token (the token
+/// itself is never stored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShareRecord {
+    pub id: uuid::Uuid,
+    pub token_hash: [u8; 32],
+    pub chat: ChatId,
+    pub owner: UserId,
+    /// `branch` or `tree`.
+    pub scope: String,
+    pub branch: BranchId,
+    pub messages: u32,
+    /// The `SharedChat` as JSON; `None` when only the summary was read.
+    pub snapshot: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// Users, chats and branches.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
@@ -280,6 +297,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn set_quota(&self, user: UserId, quota: QuotaSetting) -> Result<(), StoreError>;
     /// Feedback on every chat's messages, summed per model.
     async fn feedback_by_model(&self) -> Result<Vec<FeedbackSum>, StoreError>;
+    async fn create_share(&self, share: &ShareRecord) -> Result<(), StoreError>;
+    /// The share whose token hashes to `token_hash`, snapshot included.
+    async fn share_by_token(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<ShareRecord>, StoreError>;
+    /// A chat's shares, newest first, without their snapshots.
+    async fn list_shares(&self, chat: ChatId) -> Result<Vec<ShareRecord>, StoreError>;
+    /// Deletes one of a chat's shares; `false` if the chat has no such share.
+    async fn delete_share(&self, chat: ChatId, id: uuid::Uuid) -> Result<bool, StoreError>;
     /// A user's usage (everyone's with `None`) in `[from, to)`, summed by `group`, in key
     /// order.
     async fn usage(

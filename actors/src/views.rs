@@ -296,3 +296,99 @@ pub struct BranchDeletedView {
     pub deleted_message_count: usize,
     pub active_branch_id: BranchId,
 }
+
+/// What a share link shows: a snapshot of one branch's path, or of the whole tree, as it was
+/// when the link was made. It holds no owner, no system prompt, no metadata and no feedback.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SharedChat {
+    pub title: Option<String>,
+    pub scope: ShareScope,
+    /// The shared branch (`branch` scope), or the branch that was active (`tree` scope).
+    pub branch_id: BranchId,
+    /// `branch`: the path from the root to the branch's head; `tree`: every message, in
+    /// creation order (a parent before its children).
+    pub messages: Vec<SharedMessage>,
+    /// `branch`: the shared branch; `tree`: every branch.
+    pub branches: Vec<SharedBranch>,
+}
+
+/// Whether a share shows one branch's path or the whole tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ShareScope {
+    #[default]
+    Branch,
+    Tree,
+}
+
+impl ShareScope {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ShareScope::Branch => "branch",
+            ShareScope::Tree => "tree",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SharedMessage {
+    pub id: MessageId,
+    pub parent_id: Option<MessageId>,
+    pub role: Role,
+    pub content: String,
+    pub model: Option<String>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SharedBranch {
+    pub id: BranchId,
+    pub name: String,
+    pub head_id: Option<MessageId>,
+}
+
+impl SharedChat {
+    /// A snapshot of `tree`: the path of `branch` (`Branch` scope) or everything (`Tree`).
+    pub fn of(
+        title: Option<String>,
+        tree: &Tree,
+        branch: BranchId,
+        scope: ShareScope,
+    ) -> Result<Self, crate::tree::TreeError> {
+        let message = |node: &Node| SharedMessage {
+            id: node.id(),
+            parent_id: tree.parent_id(node),
+            role: node.role(),
+            content: tree.content(node).to_owned(),
+            model: tree.model(node).map(|m| m.to_string()),
+            created_at: tree.created_at(node),
+        };
+        let shared = |b: &BranchRef| SharedBranch {
+            id: b.id,
+            name: b.name.to_string(),
+            head_id: b.head,
+        };
+        let (messages, branches) = match scope {
+            ShareScope::Branch => (
+                tree.path(branch)?.into_iter().map(message).collect(),
+                vec![shared(tree.branch(branch)?)],
+            ),
+            ShareScope::Tree => (
+                tree.nodes().map(message).collect(),
+                tree.branches().iter().map(shared).collect(),
+            ),
+        };
+        Ok(Self {
+            title,
+            scope,
+            branch_id: branch,
+            messages,
+            branches,
+        })
+    }
+}

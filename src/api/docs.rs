@@ -15,7 +15,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::openapi::{add_links, link, merge, parameter, Link};
 use super::{
-    admin, auth, branches, chats, compat, feedback, generations, health, messages, models, usage,
+    admin, auth, branches, chats, compat, feedback, generations, health, messages, models, shares,
+    usage,
 };
 use crate::config::LimitSettings;
 
@@ -26,7 +27,8 @@ use crate::config::LimitSettings;
         auth::register, auth::login, auth::token, auth::me,
         chats::create, chats::list, chats::get, chats::update, chats::delete,
         messages::send, messages::list, messages::get, messages::edit, messages::regenerate,
-        messages::tree, feedback::set, feedback::delete, generations::get, generations::events, generations::cancel, models::list, usage::usage,
+        messages::tree, feedback::set, feedback::delete, shares::create, shares::list,
+        shares::revoke, shares::shared, shares::import, generations::get, generations::events, generations::cancel, models::list, usage::usage,
         branches::create, branches::list, branches::get, branches::rename, branches::delete,
         branches::set_active,
         health::health, health::ready,
@@ -40,7 +42,8 @@ use crate::config::LimitSettings;
     modifiers(&Security),
     tags(
         (name = "auth"), (name = "chats"), (name = "messages"), (name = "branches"), (name = "generations"),
-        (name = "models"), (name = "usage", description = "Token usage as the providers reported it."), (name = "operations"),
+        (name = "models"), (name = "usage", description = "Token usage as the providers reported it."),
+        (name = "shares", description = "Read-only links to a snapshot of a conversation."), (name = "operations"),
         (name = "admin", description = "Admins only; anyone else gets 404."),
     )
 )]

@@ -17,6 +17,7 @@ pub mod messages;
 pub mod methods;
 pub mod models;
 pub mod segments;
+pub mod shares;
 pub mod sse;
 pub mod usage;
 
@@ -50,6 +51,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
         .service(resource("/auth/me", vec![get().to(auth::me)]))
         .service(resource("/models", vec![get().to(models::list)]))
         .service(resource("/usage", vec![get().to(usage::usage)]))
+        .service(resource(
+            "/shared/{token}/import",
+            vec![post().to(shares::import)],
+        ))
         .service(resource("/admin/stats", vec![get().to(admin::stats)]))
         .service(resource("/admin/usage", vec![get().to(usage::admin_usage)]))
         .service(resource(
@@ -74,6 +79,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
     if metrics {
         cfg.service(resource("/metrics", vec![get().to(admin::metrics)]));
     }
+    cfg.service(resource("/shared/{token}", vec![get().to(shares::shared)]));
     cfg.service(resource("/health", vec![get().to(health::health)]))
         .service(resource("/ready", vec![get().to(health::ready)]))
         .service(resource("/admin", vec![get().to(admin::page)]))
@@ -115,6 +121,14 @@ fn chat_routes(chats: SegmentScope) -> SegmentScope {
         .resource(
             "/{chat_id}/messages/{message_id}",
             vec![get().to(messages::get)],
+        )
+        .resource(
+            "/{chat_id}/shares",
+            vec![post().to(shares::create), get().to(shares::list)],
+        )
+        .resource(
+            "/{chat_id}/shares/{share_id}",
+            vec![delete().to(shares::revoke)],
         )
         .resource(
             "/{chat_id}/messages/{message_id}/feedback",

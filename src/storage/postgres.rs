@@ -13,8 +13,8 @@ use arbor_actors::model::{
     Branch, BranchId, ChatId, ChatMeta, Feedback, FeedbackRow, MessageId, UserId, UserRecord,
 };
 use arbor_actors::ports::{
-    FeedbackSum, Fence, MetaBatch, MetadataStore, QuotaSetting, StoreError, StoredChat, UsageGroup,
-    UsageRecord, UsageSum,
+    FeedbackSum, Fence, MetaBatch, MetadataStore, QuotaSetting, ShareRecord, StoreError,
+    StoredChat, UsageGroup, UsageRecord, UsageSum,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -375,6 +375,8 @@ WITH by_id AS (
     DELETE FROM branches WHERE chat_id = ANY($2::uuid[])
 ), feedback_by_chat AS (
     DELETE FROM feedback WHERE chat_id = ANY($2::uuid[])
+), shares_by_chat AS (
+    DELETE FROM shares WHERE chat_id = ANY($2::uuid[])
 )
 DELETE FROM chats WHERE id = ANY($2::uuid[])";
 
@@ -426,6 +428,27 @@ fn feedback_statement(
                 .collect::<Vec<_>>(),
         )
         .bind(set.iter().map(|(_, f)| f.updated_at).collect::<Vec<_>>())
+}
+
+fn share_from(row: &PgRow, with_snapshot: bool) -> Result<ShareRecord, StoreError> {
+    let hash: Vec<u8> = get(row, "token_hash")?;
+    let messages: i32 = get(row, "messages")?;
+    Ok(ShareRecord {
+        id: get(row, "id")?,
+        token_hash: hash
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("shares.token_hash: not 32 bytes".into()))?,
+        chat: ChatId::from_uuid(get(row, "chat_id")?),
+        owner: UserId::from_uuid(get(row, "owner_id")?),
+        scope: get(row, "scope")?,
+        branch: BranchId::from_uuid(get(row, "branch_id")?),
+        messages: u32::try_from(messages).unwrap_or(0),
+        snapshot: match with_snapshot {
+            true => Some(get(row, "snapshot")?),
+            false => None,
+        },
+        created_at: get(row, "created_at")?,
+    })
 }
 
 fn uuids<T>(items: &[T], id: impl Fn(&T) -> Uuid) -> Vec<Uuid> {
@@ -781,6 +804,75 @@ impl MetadataStore for PostgresStore {
         })
         .await?;
         Ok(())
+    }
+
+    async fn create_share(&self, share: &ShareRecord) -> Result<(), StoreError> {
+        let share = share.clone();
+        self.pooled(move |pool| async move {
+            sqlx::query(
+                "INSERT INTO shares (id, token_hash, chat_id, owner_id, scope, branch_id,
+                                     messages, snapshot, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(share.id)
+            .bind(share.token_hash.to_vec())
+            .bind(share.chat.as_uuid())
+            .bind(share.owner.as_uuid())
+            .bind(&share.scope)
+            .bind(share.branch.as_uuid())
+            .bind(i32::try_from(share.messages).unwrap_or(i32::MAX))
+            .bind(share.snapshot.clone().unwrap_or_default())
+            .bind(share.created_at)
+            .execute(&pool)
+            .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn share_by_token(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<ShareRecord>, StoreError> {
+        let hash = token_hash.to_vec();
+        let row = self
+            .pooled(move |pool| async move {
+                sqlx::query("SELECT * FROM shares WHERE token_hash = $1")
+                    .bind(hash)
+                    .fetch_optional(&pool)
+                    .await
+            })
+            .await?;
+        row.as_ref().map(|r| share_from(r, true)).transpose()
+    }
+
+    async fn list_shares(&self, chat: ChatId) -> Result<Vec<ShareRecord>, StoreError> {
+        let rows = self
+            .pooled(move |pool| async move {
+                sqlx::query(
+                    "SELECT id, token_hash, chat_id, owner_id, scope, branch_id, messages,
+                            created_at
+                     FROM shares WHERE chat_id = $1 ORDER BY id DESC",
+                )
+                .bind(chat.as_uuid())
+                .fetch_all(&pool)
+                .await
+            })
+            .await?;
+        rows.iter().map(|r| share_from(r, false)).collect()
+    }
+
+    async fn delete_share(&self, chat: ChatId, id: Uuid) -> Result<bool, StoreError> {
+        let done = self
+            .pooled(move |pool| async move {
+                sqlx::query("DELETE FROM shares WHERE chat_id = $1 AND id = $2")
+                    .bind(chat.as_uuid())
+                    .bind(id)
+                    .execute(&pool)
+                    .await
+            })
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn feedback_by_model(&self) -> Result<Vec<FeedbackSum>, StoreError> {

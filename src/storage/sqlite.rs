@@ -8,7 +8,7 @@ use std::time::Duration;
 use arbor_actors::model::{Branch, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord};
 use arbor_actors::ports::{
     Batch, BatchStore, FeedbackSum, MessageDeletes, MessageStore, MetaBatch, MetadataStore,
-    QuotaSetting, StoreError, StoredChat, UsageGroup, UsageRecord, UsageSum,
+    QuotaSetting, ShareRecord, StoreError, StoredChat, UsageGroup, UsageRecord, UsageSum,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -171,6 +171,35 @@ fn time(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, StoreError> {
 /// Usage times as fixed-width RFC 3339 UTC text (microseconds), which sorts as time.
 fn usage_time(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn share_from(row: &SqliteRow, with_snapshot: bool) -> Result<ShareRecord, StoreError> {
+    let corrupt =
+        |column: &str, e: sqlx::Error| StoreError::Corrupt(format!("shares.{column}: {e}"));
+    let hash: Vec<u8> = row
+        .try_get("token_hash")
+        .map_err(|e| corrupt("token_hash", e))?;
+    let created: String = text(row, "created_at")?;
+    Ok(ShareRecord {
+        id: parse_id("shares.id", &text(row, "id")?)?,
+        token_hash: hash
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("shares.token_hash: not 32 bytes".into()))?,
+        chat: parse_id("shares.chat_id", &text(row, "chat_id")?)?,
+        owner: parse_id("shares.owner_id", &text(row, "owner_id")?)?,
+        scope: text(row, "scope")?,
+        branch: parse_id("shares.branch_id", &text(row, "branch_id")?)?,
+        messages: row
+            .try_get("messages")
+            .map_err(|e| corrupt("messages", e))?,
+        snapshot: match with_snapshot {
+            true => Some(text(row, "snapshot")?),
+            false => None,
+        },
+        created_at: DateTime::parse_from_rfc3339(&created)
+            .map_err(|e| StoreError::Corrupt(format!("shares.created_at: {e}")))?
+            .with_timezone(&Utc),
+    })
 }
 
 fn text(row: &SqliteRow, column: &str) -> Result<String, StoreError> {
@@ -491,6 +520,61 @@ impl MetadataStore for SqliteStore {
         Ok(())
     }
 
+    async fn create_share(&self, share: &ShareRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO shares (id, token_hash, chat_id, owner_id, scope, branch_id, messages,
+                                 snapshot, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(share.id.to_string())
+        .bind(share.token_hash.to_vec())
+        .bind(share.chat.to_string())
+        .bind(share.owner.to_string())
+        .bind(&share.scope)
+        .bind(share.branch.to_string())
+        .bind(share.messages)
+        .bind(share.snapshot.clone().unwrap_or_default())
+        .bind(usage_time(share.created_at))
+        .execute(&self.writes)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn share_by_token(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<ShareRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM shares WHERE token_hash = ?")
+            .bind(token_hash.to_vec())
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(|r| share_from(r, true)).transpose()
+    }
+
+    async fn list_shares(&self, chat: ChatId) -> Result<Vec<ShareRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, token_hash, chat_id, owner_id, scope, branch_id, messages, created_at
+             FROM shares WHERE chat_id = ? ORDER BY id DESC",
+        )
+        .bind(chat.to_string())
+        .fetch_all(&self.reads)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(|r| share_from(r, false)).collect()
+    }
+
+    async fn delete_share(&self, chat: ChatId, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM shares WHERE chat_id = ? AND id = ?")
+            .bind(chat.to_string())
+            .bind(id.to_string())
+            .execute(&self.writes)
+            .await
+            .map_err(store_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn feedback_by_model(&self) -> Result<Vec<FeedbackSum>, StoreError> {
         let rows = sqlx::query(
             "SELECT model, SUM(rating = 'up') AS up, SUM(rating = 'down') AS down
@@ -713,6 +797,7 @@ fn push_meta(q: &mut QueryBuilder<'_, Sqlite>, batch: &MetaBatch) {
     }
     for chunk in batch.deleted_chats.chunks(CHUNK) {
         for table in [
+            "DELETE FROM shares WHERE chat_id IN (",
             "DELETE FROM feedback WHERE chat_id IN (",
             "DELETE FROM branches WHERE chat_id IN (",
             "DELETE FROM chats WHERE id IN (",

@@ -108,6 +108,7 @@ pub fn no_rate_limits() -> arbor::config::RateLimitSettings {
         concurrent_replies: 0,
         failed_logins_per_ip: 0,
         failed_logins_per_account: 0,
+        share_misses_per_ip: 0,
         refusal_delay_ms: 0,
         ..Default::default()
     }

@@ -32,6 +32,7 @@ mod seed_001;
 mod seed_002;
 mod seed_003;
 mod seed_004;
+mod shares;
 #[macro_use]
 mod stores;
 mod usage;

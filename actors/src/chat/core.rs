@@ -14,7 +14,7 @@ use crate::pages::{self, PageKey};
 use crate::ports::Turn;
 use crate::views::{
     BranchDeletedView, BranchView, ChatView, EditView, MessagePage, MessageView, RegenerateView,
-    SendView, TreeNodeView, TreeView,
+    SendView, SharedChat, TreeNodeView, TreeView,
 };
 use crate::writer::{ChatWrite, CommitTicket, Slot, WriteOp};
 
@@ -493,6 +493,12 @@ impl ChatCore {
         };
         let commit = self.write(slot, vec![WriteOp::Feedback(row)]);
         Ok(Applied::new(self.message_view(msg.message)?, commit))
+    }
+
+    pub(super) fn snapshot(&mut self, msg: Snapshot) -> Result<SharedChat, ChatError> {
+        let branch = self.resolve_branch(msg.branch)?;
+        let title = self.state.row.title().map(str::to_owned);
+        Ok(SharedChat::of(title, &self.state.tree, branch, msg.scope)?)
     }
 
     pub(super) fn get_tree(&mut self, _: GetTree) -> Result<TreeView, ChatError> {

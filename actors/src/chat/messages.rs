@@ -11,7 +11,10 @@ use bytes::Bytes;
 use super::*;
 use crate::error::ChatError;
 use crate::model::{BranchId, Feedback, GenerationId, MessageId, Role, UserId};
-use crate::views::{BranchDeletedView, BranchView, ChatView, MessagePage, MessageView, TreeView};
+use crate::views::{
+    BranchDeletedView, BranchView, ChatView, MessagePage, MessageView, ShareScope, SharedChat,
+    TreeView,
+};
 
 macro_rules! chat_messages {
     ($(
@@ -89,6 +92,8 @@ chat_messages! {
     SetFeedback { message: MessageId, feedback: Option<Feedback> }
         -> Applied<MessageView> => set_feedback;
     GetTree {} -> TreeView => get_tree;
+    /// A snapshot for a share link: a branch's path (the active one by default), or the tree.
+    Snapshot { branch: Option<BranchId>, scope: ShareScope } -> SharedChat => snapshot;
     /// Creates a branch whose head is an existing message.
     Fork { from: ForkPoint, name: Option<String>, activate: bool } -> Applied<BranchView> => fork;
     /// Creates a sibling of a message with new content, on a new branch.

@@ -32,8 +32,9 @@ use crate::error::ChatError;
 use crate::generation::Generation;
 use crate::inspect::EvictReason;
 use crate::llm::LlmPool;
-use crate::model::{BranchId, ChatId, Feedback, GenerationId, MessageId, Role, UserId};
+use crate::model::{BranchId, ChatId, ChatMeta, Feedback, GenerationId, MessageId, Role, UserId};
 use crate::views::*;
+use crate::writer::WriteOp;
 use crate::writer::{AckMode, WriteError};
 
 #[derive(Debug, Clone)]
@@ -291,6 +292,91 @@ impl Chats {
             value: view,
             commit,
         })
+        .await
+    }
+
+    /// A new chat of `owner` holding a whole tree at once (an import): `branches` and
+    /// `messages` (their chat ids are set here) must form a valid tree whose branches all
+    /// reach their heads, with `active` among them. Stored in one write, all or nothing.
+    pub async fn import(&self, owner: UserId, import: ImportedChat) -> Result<ChatView, ChatError> {
+        let rt = &self.inner.rt;
+        let id = match &rt.ownership {
+            Some(ownership) => ownership.new_chat_id().ok_or(ChatError::Moved)?,
+            None => ChatId::new(),
+        };
+        let fence = rt.fence(id)?;
+        let ImportedChat {
+            new,
+            mut branches,
+            active,
+            mut messages,
+        } = import;
+        let now = crate::model::now();
+        for b in &mut branches {
+            b.chat_id = id;
+        }
+        for m in &mut messages {
+            m.chat_id = id;
+        }
+        let meta = ChatMeta {
+            id,
+            owner,
+            title: new.title,
+            system_prompt: new.system_prompt,
+            description: new.description,
+            active_branch: active,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        let mut ops: Vec<WriteOp> = Vec::with_capacity(1 + branches.len() + messages.len());
+        ops.push(WriteOp::UpsertChat(meta.clone()));
+        ops.extend(branches.iter().map(|b| WriteOp::UpsertBranch(b.clone(), 1)));
+        ops.extend(messages.iter().cloned().map(WriteOp::InsertMessage));
+        let count = messages.len();
+        let (state, left_out) = ChatState::restore(meta, branches, messages)
+            .map_err(|_| ChatError::Invalid("the imported tree is not valid".into()))?;
+        if !left_out.is_empty() || state.tree.message_count() != count {
+            return Err(ChatError::Invalid(
+                "every imported message must be on a branch's path".into(),
+            ));
+        }
+        let view = ChatView::of(&state.row, &state.tree);
+        rt.writer.room().await;
+        let slot = rt.writer.reserve().ok_or(ChatError::Overloaded)?;
+        let handle = self.spawn(id, state, fence);
+        let commit = slot.send(crate::writer::ChatWrite {
+            chat: id,
+            generation: 0,
+            fence,
+            ops,
+            owner: Some(handle.write_owner()),
+        });
+        self.inner.cache.insert(id, handle).await;
+        self.settle(Applied {
+            value: view,
+            commit,
+        })
+        .await
+    }
+
+    /// A snapshot of a chat for a share link: a branch's path (the active one by default), or
+    /// the whole tree.
+    pub async fn snapshot(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        branch: Option<BranchId>,
+        scope: ShareScope,
+    ) -> Result<SharedChat, ChatError> {
+        self.call(
+            chat,
+            Snapshot {
+                user,
+                branch,
+                scope,
+            },
+        )
         .await
     }
 
