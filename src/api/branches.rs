@@ -20,6 +20,7 @@ use crate::error::{ApiError, Code, ErrorBody};
 pub struct CreateBranch {
     pub from_message_id: Option<MessageId>,
     pub from_branch_id: Option<BranchId>,
+    #[serde(default, deserialize_with = "crate::api::integral")]
     pub message_index: Option<usize>,
     pub name: Option<String>,
     /// Make the new branch active (default false).

@@ -373,6 +373,21 @@ fn add_limits(doc: &mut Value, limits: &LimitSettings) {
     ] {
         merge(doc.pointer_mut(&format!("{schemas}/{field}")), limit);
     }
+    // Feedback: what `domain::feedback` accepts.
+    let control = r"\x00-\x1F\x7F-\x9F";
+    let tag = json!({
+        "type": "string",
+        "maxLength": limits.max_feedback_tag_chars,
+        "pattern": format!("^[^{control}]*[^{control}{SPACE}][^{control}]*$"),
+    });
+    merge(
+        doc.pointer_mut(&format!("{schemas}/SetFeedback/properties/tags")),
+        &json!({"maxItems": limits.max_feedback_tags, "items": tag}),
+    );
+    merge(
+        doc.pointer_mut(&format!("{schemas}/SetFeedback/properties/comment")),
+        &text(limits.max_feedback_comment_chars, &no_nul),
+    );
     // Registration: what `domain::{Email, Username, Password}` always accept (they take a
     // little more: surrounding spaces, and non-ASCII passwords and addresses).
     for (field, limit) in [

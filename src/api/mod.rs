@@ -181,3 +181,58 @@ where
 {
     Option::<T>::deserialize(de).map(Some)
 }
+
+/// A non-negative integer field that may be written as an integral float (`3.0`): JSON Schema
+/// calls that an integer too, and clients that go through floating point send it.
+pub fn integral<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(de)? else {
+        return Ok(None);
+    };
+    let whole = number.as_u64().or_else(|| {
+        let f = number.as_f64()?;
+        // Every u64 up to 2^64 is below this float; `as` saturates past it.
+        (f >= 0.0 && f.fract() == 0.0 && f < 18_446_744_073_709_551_616.0).then_some(f as u64)
+    });
+    whole
+        .and_then(|n| T::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("expected a non-negative integer, not {number}")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default, deserialize_with = "super::integral")]
+        n: Option<u8>,
+    }
+
+    fn n(json: &str) -> Result<Option<u8>, String> {
+        serde_json::from_str::<Body>(json)
+            .map(|b| b.n)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn integers_may_be_written_as_integral_floats() {
+        assert_eq!(n(r#"{"n": 3}"#), Ok(Some(3)));
+        assert_eq!(n(r#"{"n": 3.0}"#), Ok(Some(3)));
+        assert_eq!(n(r#"{"n": null}"#), Ok(None));
+        assert_eq!(n(r#"{}"#), Ok(None));
+        for bad in [
+            r#"{"n": 3.5}"#,
+            r#"{"n": -1}"#,
+            r#"{"n": 256}"#,
+            r#"{"n": "3"}"#,
+            r#"{"n": 1e300}"#,
+        ] {
+            assert!(n(bad).is_err(), "{bad}");
+        }
+    }
+}

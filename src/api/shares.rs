@@ -96,7 +96,7 @@ fn digest(token: &str) -> [u8; 32] {
 /// Share a branch's path (or the whole tree) as it is now.
 #[utoipa::path(post, path = "/api/v1/chats/{chat_id}/shares", operation_id = "create_share",
     tag = "shares", security(("bearer" = [])), params(("chat_id" = ChatId, Path)),
-    request_body(content = CreateShare, description = "Optional"),
+    request_body(content = Option<CreateShare>),
     responses((status = 201, body = CreatedShare), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create(

@@ -182,6 +182,7 @@ async fn summed(
 #[serde(deny_unknown_fields)]
 pub struct SetQuota {
     /// Tokens a period (0: no replies at all); `null`: no quota for this user.
+    #[serde(default, deserialize_with = "crate::api::integral")]
     pub tokens: Option<u64>,
 }
 

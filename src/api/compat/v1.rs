@@ -447,6 +447,7 @@ pub struct CreateBranch {
     pub chat_id: Option<ChatId>,
     pub parent_chat_id: Option<ChatId>,
     pub branch_id: Option<BranchId>,
+    #[serde(default, deserialize_with = "crate::api::integral")]
     pub message_index: Option<usize>,
     pub message_id: Option<MessageId>,
     pub parent_message_id: Option<MessageId>,
