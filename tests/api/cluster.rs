@@ -966,3 +966,112 @@ async fn cluster_mode_refuses_what_it_cannot_run_on() {
     );
     alone.stop().await;
 }
+
+/// Quotas, feedback and share links across nodes: each lives in the shared stores or with the
+/// chat's owner, so every node enforces and shows the same.
+#[actix_web::test]
+async fn quotas_feedback_and_share_links_hold_across_nodes() {
+    let cluster = Cluster::start(2).await;
+    let client = test_client();
+    let (a, b) = (cluster.base(0), cluster.base(1));
+    let admin = register(&client, &b, ADMIN).await;
+    let user = register(&client, &a, "fair@example.com").await;
+    let call = |method: reqwest::Method, url: String, token: &str, body: Option<Value>| {
+        let mut req = client.request(method, url).bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    use reqwest::Method;
+    let on_a = create_chat(&client, &a, &user, "owned by a").await;
+    let on_b = create_chat(&client, &b, &user, "owned by b").await;
+
+    // A one-token quota set through node b: the first reply (through b, forwarded to a)
+    // finishes and counts; then both nodes refuse, whichever owns the chat.
+    let quota = format!("{b}/api/v1/admin/users/fair@example.com/quota");
+    let res = call(Method::PUT, quota, &admin, Some(json!({"tokens": 1}))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let reply = json!({"content": "count me", "reply": true});
+    let res = call(
+        Method::POST,
+        format!("{b}/api/v1/chats/{on_a}/messages"),
+        &user,
+        Some(reply.clone()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert!(res.headers().contains_key("x-arbor-forwarded-by"));
+    let sent: Value = res.json().await.unwrap();
+    let answer = sent["messages"][1]["id"].as_str().unwrap().to_owned();
+    for (base, chat) in [(&a, &on_a), (&b, &on_b), (&a, &on_b)] {
+        let url = format!("{base}/api/v1/chats/{chat}/messages");
+        let res = call(Method::POST, url, &user, Some(reply.clone())).await;
+        assert_error(res, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded").await;
+    }
+
+    // Feedback given through b lands with a's actor and shows from both nodes.
+    let url = format!("{b}/api/v1/chats/{on_a}/messages/{answer}/feedback");
+    let res = call(Method::PUT, url, &user, Some(json!({"rating": "up"}))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    for base in [&a, &b] {
+        let url = format!("{base}/api/v1/chats/{on_a}/messages/{answer}");
+        let message: Value = call(Method::GET, url, &user, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(message["feedback"]["rating"], "up", "via {base}");
+        let stats: Value = call(
+            Method::GET,
+            format!("{base}/api/v1/admin/stats"),
+            &admin,
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(stats["feedback"][0]["up"], 1, "via {base}");
+    }
+
+    // A link made through b (the snapshot comes from a's actor) is served by both nodes, is
+    // imported through b, and once revoked through a is gone from both.
+    let url = format!("{b}/api/v1/chats/{on_a}/shares");
+    let res = call(Method::POST, url, &user, Some(json!({}))).await;
+    let share: Value = json_with(res, StatusCode::CREATED).await;
+    let token = share["token"].as_str().unwrap();
+    for base in [&a, &b] {
+        let res = client
+            .get(format!("{base}/shared/{token}"))
+            .send()
+            .await
+            .unwrap();
+        let shown: Value = json_with(res, StatusCode::OK).await;
+        assert_eq!(shown["messages"][0]["content"], "count me", "via {base}");
+    }
+    let other = register(&client, &b, "recipient@example.com").await;
+    let res = call(
+        Method::POST,
+        format!("{b}/api/v1/shared/{token}/import"),
+        &other,
+        Some(json!({})),
+    )
+    .await;
+    let copy = id(&json_with(res, StatusCode::CREATED).await);
+    assert_eq!(path(&client, &a, &other, &copy).await.len(), 2);
+    let share_id = share["id"].as_str().unwrap();
+    let url = format!("{a}/api/v1/chats/{on_a}/shares/{share_id}");
+    assert_eq!(
+        call(Method::DELETE, url, &user, None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    for base in [&a, &b] {
+        let res = client
+            .get(format!("{base}/shared/{token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, StatusCode::NOT_FOUND, "share_not_found").await;
+    }
+}
