@@ -133,6 +133,9 @@ pub struct MetaBatch {
     pub deleted_chats: Vec<ChatId>,
     /// Feedback set (upserted) or taken back (deleted), the latest per message.
     pub feedback: Vec<FeedbackRow>,
+    /// Replies' reported usage: each recorded once per generation (a repeat changes nothing),
+    /// and added to its user's day.
+    pub usage: Vec<UsageRecord>,
 }
 
 impl MetaBatch {
@@ -142,6 +145,7 @@ impl MetaBatch {
             && self.deleted_branches.is_empty()
             && self.deleted_chats.is_empty()
             && self.feedback.is_empty()
+            && self.usage.is_empty()
     }
 }
 
@@ -286,8 +290,15 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// one that keeps none (no cluster mode) ignores them.
     async fn apply(&self, batch: &MetaBatch) -> Result<(), StoreError>;
     /// Records a reply's usage, and adds it to its user's total for its UTC day; a second
-    /// record of the same generation changes nothing.
-    async fn record_usage(&self, usage: &UsageRecord) -> Result<(), StoreError>;
+    /// record of the same generation changes nothing. (Replies record theirs through the
+    /// writer, in the batch that stores them: `MetaBatch::usage`.)
+    async fn record_usage(&self, usage: &UsageRecord) -> Result<(), StoreError> {
+        let batch = MetaBatch {
+            usage: vec![usage.clone()],
+            ..MetaBatch::default()
+        };
+        self.apply(&batch).await
+    }
     /// A user's quota setting and the tokens they used from the UTC day `since` on.
     async fn quota_usage(
         &self,

@@ -392,6 +392,48 @@ FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text
 ON CONFLICT (message_id) DO UPDATE SET rating = excluded.rating, tags = excluded.tags,
     comment = excluded.comment, updated_at = excluded.updated_at";
 
+/// Replies' usage, one array per column: each record once per generation, and a new one
+/// added to its user's day.
+const USAGE: &str = "
+WITH new AS (
+    INSERT INTO usage (generation_id, user_id, chat_id, model, prompt_tokens, completion_tokens,
+                       created_at)
+    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int8[], $6::int8[],
+                         $7::timestamptz[])
+    ON CONFLICT (generation_id) DO NOTHING
+    RETURNING user_id, (created_at AT TIME ZONE 'UTC')::date AS day,
+              prompt_tokens + completion_tokens AS tokens
+)
+INSERT INTO usage_daily (user_id, day, replies, tokens)
+SELECT user_id, day, COUNT(*), SUM(tokens) FROM new GROUP BY user_id, day
+ON CONFLICT (user_id, day) DO UPDATE
+SET replies = usage_daily.replies + excluded.replies, tokens = usage_daily.tokens + excluded.tokens";
+
+/// The statement that records a batch's usage ([`USAGE`]).
+fn usage_statement(
+    records: &[UsageRecord],
+) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    sqlx::query(USAGE)
+        .bind(uuids(records, |r| *r.generation.as_uuid()))
+        .bind(uuids(records, |r| *r.user.as_uuid()))
+        .bind(uuids(records, |r| *r.chat.as_uuid()))
+        .bind(records.iter().map(|r| r.model.clone()).collect::<Vec<_>>())
+        .bind(
+            records
+                .iter()
+                .map(|r| clamp(r.prompt_tokens))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            records
+                .iter()
+                .map(|r| clamp(r.completion_tokens))
+                .collect::<Vec<_>>(),
+        )
+        .bind(records.iter().map(|r| r.at).collect::<Vec<_>>())
+}
+
 /// The statement that writes a batch's feedback rows ([`FEEDBACK`]).
 fn feedback_statement(
     rows: &[FeedbackRow],
@@ -654,8 +696,11 @@ impl MetadataStore for PostgresStore {
         let delete = sqlx::query(DELETE)
             .bind(uuids(&batch.deleted_branches, |b| *b.as_uuid()))
             .bind(uuids(&batch.deleted_chats, |c| *c.as_uuid()));
-        let rated = !batch.feedback.is_empty();
+        // Feedback and usage rows go in the transaction's path: `rated` joins it.
+        let rated = !batch.feedback.is_empty() || !batch.usage.is_empty();
         let feedback = feedback_statement(&batch.feedback);
+        let usage = usage_statement(&batch.usage);
+        let (has_feedback, has_usage) = (!batch.feedback.is_empty(), !batch.usage.is_empty());
         if !upserts && !deletes && !rated && fences.is_empty() {
             return Ok(());
         }
@@ -685,9 +730,7 @@ impl MetadataStore for PostgresStore {
                     (false, true, true, false) => {
                         delete.execute(&mut conn).await?;
                     }
-                    (false, false, true, true) => {
-                        feedback.execute(&mut conn).await?;
-                    }
+
                     // Fences alone (a batch of message deletions): checked on their own.
                     (false, false, false, false) => {
                         stale = stale_fences(&mut conn, fences).await?;
@@ -704,8 +747,11 @@ impl MetadataStore for PostgresStore {
                             if deletes {
                                 delete.execute(&mut *tx).await?;
                             }
-                            if rated {
+                            if has_feedback {
                                 feedback.execute(&mut *tx).await?;
+                            }
+                            if has_usage {
+                                usage.execute(&mut *tx).await?;
                             }
                             tx.commit().await?;
                         } else {
@@ -724,36 +770,6 @@ impl MetadataStore for PostgresStore {
             true => Ok(()),
             false => Err(StoreError::Fenced(stale)),
         }
-    }
-
-    async fn record_usage(&self, usage: &UsageRecord) -> Result<(), StoreError> {
-        let usage = usage.clone();
-        // One statement: the day's total grows only by a record that is new.
-        self.pooled(move |pool| async move {
-            sqlx::query(
-                "WITH new AS (
-                     INSERT INTO usage (generation_id, user_id, chat_id, model, prompt_tokens,
-                                        completion_tokens, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (generation_id) DO NOTHING
-                     RETURNING user_id, created_at, prompt_tokens + completion_tokens AS tokens)
-                 INSERT INTO usage_daily (user_id, day, replies, tokens)
-                 SELECT user_id, (created_at AT TIME ZONE 'UTC')::date, 1, tokens FROM new
-                 ON CONFLICT (user_id, day) DO UPDATE
-                 SET replies = usage_daily.replies + 1,
-                     tokens = usage_daily.tokens + excluded.tokens",
-            )
-            .bind(usage.generation.as_uuid())
-            .bind(usage.user.as_uuid())
-            .bind(usage.chat.as_uuid())
-            .bind(&usage.model)
-            .bind(i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX))
-            .bind(i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX))
-            .bind(usage.at)
-            .execute(&pool)
-            .await
-        })
-        .await?;
-        Ok(())
     }
 
     async fn quota_usage(

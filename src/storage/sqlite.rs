@@ -8,7 +8,7 @@ use std::time::Duration;
 use arbor_actors::model::{Branch, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord};
 use arbor_actors::ports::{
     Batch, BatchStore, FeedbackSum, MessageDeletes, MessageStore, MetaBatch, MetadataStore,
-    QuotaSetting, ShareRecord, StoreError, StoredChat, UsageGroup, UsageRecord, UsageSum,
+    QuotaSetting, ShareRecord, StoreError, StoredChat, UsageGroup, UsageSum,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -445,41 +445,6 @@ impl MetadataStore for SqliteStore {
         self.transaction(|q| push_meta(q, batch)).await
     }
 
-    async fn record_usage(&self, usage: &UsageRecord) -> Result<(), StoreError> {
-        // The day's total grows only when the record is new (`changes()` of the insert).
-        let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
-        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let generation = usage.generation.to_string();
-        let user = usage.user.to_string();
-        let at = usage_time(usage.at);
-        self.transaction(|q| {
-            q.push(
-                "INSERT INTO usage (generation_id, user_id, chat_id, model, prompt_tokens,
-                                    completion_tokens, created_at) VALUES (",
-            );
-            q.separated(", ")
-                .push_bind(generation.clone())
-                .push_bind(user.clone())
-                .push_bind(usage.chat.to_string())
-                .push_bind(usage.model.clone())
-                .push_bind(clamp(usage.prompt_tokens))
-                .push_bind(clamp(usage.completion_tokens))
-                .push_bind(at.clone());
-            q.push(") ON CONFLICT (generation_id) DO NOTHING;\n");
-            q.push("INSERT INTO usage_daily (user_id, day, replies, tokens) SELECT ")
-                .push_bind(user)
-                .push(", substr(")
-                .push_bind(at)
-                .push(", 1, 10), 1, ")
-                .push_bind(clamp(tokens))
-                .push(
-                    " WHERE changes() = 1 ON CONFLICT (user_id, day) DO UPDATE
-                      SET replies = replies + 1, tokens = tokens + excluded.tokens;\n",
-                );
-        })
-        .await
-    }
-
     async fn quota_usage(
         &self,
         user: UserId,
@@ -794,6 +759,36 @@ fn push_meta(q: &mut QueryBuilder<'_, Sqlite>, batch: &MetaBatch) {
                     .push(";\n");
             }
         }
+    }
+    // A day's total grows only by a record that is new (`changes()` of its insert).
+    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    for usage in &batch.usage {
+        let at = usage_time(usage.at);
+        q.push(
+            "INSERT INTO usage (generation_id, user_id, chat_id, model, prompt_tokens,
+                                completion_tokens, created_at) VALUES (",
+        );
+        q.separated(", ")
+            .push_bind(usage.generation.to_string())
+            .push_bind(usage.user.to_string())
+            .push_bind(usage.chat.to_string())
+            .push_bind(usage.model.clone())
+            .push_bind(clamp(usage.prompt_tokens))
+            .push_bind(clamp(usage.completion_tokens))
+            .push_bind(at.clone());
+        q.push(") ON CONFLICT (generation_id) DO NOTHING;\n");
+        q.push("INSERT INTO usage_daily (user_id, day, replies, tokens) SELECT ")
+            .push_bind(usage.user.to_string())
+            .push(", substr(")
+            .push_bind(at)
+            .push(", 1, 10), 1, ")
+            .push_bind(clamp(
+                usage.prompt_tokens.saturating_add(usage.completion_tokens),
+            ))
+            .push(
+                " WHERE changes() = 1 ON CONFLICT (user_id, day) DO UPDATE
+                  SET replies = replies + 1, tokens = tokens + excluded.tokens;\n",
+            );
     }
     for chunk in batch.deleted_chats.chunks(CHUNK) {
         for table in [

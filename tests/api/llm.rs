@@ -969,6 +969,7 @@ async fn storing_the_same_reply_twice_stores_it_once() {
         model: "stub/stub".into(),
         metadata: std::sync::Arc::new(json!({ "generation_id": generation })),
         idempotency_key: None,
+        usage: None,
     };
     let generation = GenerationId::new();
     let first = t.app.chats.call(chat, reply(generation)).await.unwrap();

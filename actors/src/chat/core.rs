@@ -346,6 +346,7 @@ impl ChatCore {
         self.state.tree.append(msg.branch, reply)?;
         ops.push(self.touch_meta());
         ops.push(self.branch_row(msg.branch)?);
+        ops.extend(msg.usage.map(|usage| WriteOp::Usage(*usage)));
         let commit = self.write(slot, ops);
         if let Some(entry) = msg
             .idempotency_key

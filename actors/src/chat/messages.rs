@@ -61,7 +61,8 @@ chat_messages! {
         reply: Option<ReplySpec>,
         idempotency_key: Option<Arc<str>>,
     } -> Applied<SendOutcome> => add_messages;
-    /// Stores a generated reply as the child of the message it answers.
+    /// Stores a generated reply as the child of the message it answers, and the usage its
+    /// provider reported (in the same write).
     CompleteGeneration {
         generation: GenerationId,
         branch: BranchId,
@@ -70,6 +71,7 @@ chat_messages! {
         model: Arc<str>,
         metadata: Arc<serde_json::Value>,
         idempotency_key: Option<Arc<str>>,
+        usage: Option<Box<crate::ports::UsageRecord>>,
     } -> Applied<MessageView> => complete_generation;
     /// Releases a branch whose reply failed.
     AbortGeneration {

@@ -11,7 +11,7 @@ use crate::error::ChatError;
 use crate::generation::{Generation, StoredReply};
 use crate::llm::{Admission, JobOutcome};
 use crate::model::{ChatId, UserId};
-use crate::ports::{CompletionRequest, Usage};
+use crate::ports::{CompletionRequest, Usage, UsageRecord};
 use crate::writer::{AckMode, CommitTicket};
 
 impl Chats {
@@ -169,28 +169,24 @@ impl Chats {
             model: Arc::from(model),
             metadata: Arc::new(metadata),
             idempotency_key: job.idempotency_key.clone(),
+            // Committed with the reply, in its batch: once per generation, and before the
+            // reply is acknowledged, so the next reply's quota check sees it.
+            usage: usage.map(|usage| {
+                Box::new(UsageRecord {
+                    generation: generation.id,
+                    user: generation.owner,
+                    chat: generation.chat,
+                    model: generation.model.to_string(),
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    at: crate::model::now(),
+                })
+            }),
         };
         Ending::Store {
             msg,
             usage,
             cancelled: incomplete,
-        }
-    }
-
-    /// Records what the provider reported for a stored reply, once per generation. Best
-    /// effort: the reply stands whether or not its usage could be recorded.
-    async fn record_usage(&self, chat: ChatId, generation: &Generation, usage: Usage) {
-        let record = crate::ports::UsageRecord {
-            generation: generation.id,
-            user: generation.owner,
-            chat,
-            model: generation.model.to_string(),
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            at: crate::model::now(),
-        };
-        if let Err(error) = self.inner.rt.metadata.record_usage(&record).await {
-            tracing::warn!(%error, generation = %generation.id, "recording a reply's usage failed");
         }
     }
 
@@ -214,9 +210,6 @@ impl Chats {
             .generations
             .release(generation.id, chat, generation.branch);
         let message = stored?;
-        if let Some(usage) = usage {
-            self.record_usage(chat, generation, usage).await;
-        }
         Ok(StoredReply {
             message,
             usage,

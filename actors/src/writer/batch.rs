@@ -482,6 +482,7 @@ pub(super) fn coalesce<'a>(writes: impl Iterator<Item = &'a ChatWrite>) -> Coale
                 WriteOp::Feedback(row) => {
                     feedback.insert(row.message, row.clone());
                 }
+                WriteOp::Usage(record) => meta.usage.push(record.clone()),
             }
         }
     }

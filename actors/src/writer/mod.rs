@@ -102,6 +102,8 @@ pub enum WriteOp {
     DeleteMessages(Vec<MessageId>),
     /// Feedback on a message set or taken back (a metadata row).
     Feedback(FeedbackRow),
+    /// A reply's reported usage (metadata rows: the record and its user's day).
+    Usage(crate::ports::UsageRecord),
 }
 
 impl WriteOp {
