@@ -409,6 +409,9 @@ pub struct QuotaSettings {
     /// Prompt and completion tokens a user may use per period; 0: no quota by default.
     pub tokens_per_period: u64,
     pub period: crate::quota::QuotaPeriod,
+    /// How long a server trusts a user's quota setting it read: an admin's change made on
+    /// another server, or with `arbor quota`, applies here within this time.
+    pub settings_ttl_ms: u64,
 }
 
 impl Default for QuotaSettings {
@@ -575,6 +578,7 @@ impl Default for Settings {
             quotas: QuotaSettings {
                 tokens_per_period: 0,
                 period: crate::quota::QuotaPeriod::Month,
+                settings_ttl_ms: 2000,
             },
             cluster: ClusterSettings {
                 enabled: false,

@@ -140,10 +140,11 @@ impl Application {
             .await
             .context("auth.api_tokens")?;
         let llm = Arc::new(crate::llm::start_pool(&settings.llm)?);
-        let quotas = Arc::new(Quotas::new(
+        let quotas = Arc::new(Quotas::with_settings_ttl(
             stores.metadata.clone(),
             settings.quotas.default_tokens(),
             settings.quotas.period,
+            Duration::from_millis(settings.quotas.settings_ttl_ms),
         ));
         let chats = start_chats(
             &settings,

@@ -94,6 +94,8 @@ pub type ReplyPass = Box<dyn Send + Sync>;
 #[async_trait]
 pub trait QuotaGate: Send + Sync + 'static {
     async fn check(&self, user: UserId) -> Result<(), QuotaRefused>;
+    /// A reply of `user`'s that used `tokens` was stored (before it is acknowledged).
+    async fn spent(&self, user: UserId, tokens: u64);
 }
 
 /// Why a quota refused a reply.

@@ -220,6 +220,7 @@ pub async fn set_quota(
         None => QuotaSetting::Unlimited,
     };
     stores.metadata.set_quota(user, setting).await?;
+    quotas.forget(user).await;
     Ok(web::Json(quotas.status(user).await?))
 }
 

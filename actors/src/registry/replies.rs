@@ -210,6 +210,10 @@ impl Chats {
             .generations
             .release(generation.id, chat, generation.branch);
         let message = stored?;
+        if let (Some(quotas), Some(usage)) = (&self.inner.rt.quotas, &usage) {
+            let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+            quotas.spent(generation.owner, tokens).await;
+        }
         Ok(StoredReply {
             message,
             usage,
