@@ -37,6 +37,7 @@ fn node_settings(dir: &Path, schema: &str, database: &str) -> Settings {
     s.cluster.lease_interval_ms = 200;
     s.cluster.move_wait_ms = 3000;
     s.admin.emails = vec![ADMIN.into()];
+    s.quotas.settings_ttl_ms = 300;
     s
 }
 
@@ -1004,6 +1005,11 @@ async fn quotas_feedback_and_share_links_hold_across_nodes() {
     assert!(res.headers().contains_key("x-arbor-forwarded-by"));
     let sent: Value = res.json().await.unwrap();
     let answer = sent["messages"][1]["id"].as_str().unwrap().to_owned();
+    // Node a stored the reply and counts it at once; node b reads it within the settings TTL.
+    let url = format!("{a}/api/v1/chats/{on_a}/messages");
+    let res = call(Method::POST, url, &user, Some(reply.clone())).await;
+    assert_error(res, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     for (base, chat) in [(&a, &on_a), (&b, &on_b), (&a, &on_b)] {
         let url = format!("{base}/api/v1/chats/{chat}/messages");
         let res = call(Method::POST, url, &user, Some(reply.clone())).await;
