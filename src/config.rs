@@ -209,6 +209,12 @@ pub struct LimitSettings {
     pub max_shares_per_chat: usize,
     /// Messages a share link's snapshot may hold.
     pub max_share_messages: usize,
+    /// An import's body (a chat, another product's export, a backup), in bytes.
+    pub max_import_bytes: usize,
+    /// Messages and branches one imported chat may hold, and chats one import may hold.
+    pub max_import_messages: usize,
+    pub max_import_branches: usize,
+    pub max_import_chats: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -370,7 +376,7 @@ pub struct RateLimitSettings {
     pub writes_per_minute: u32,
     /// Per user: requests that start a model reply, a minute.
     pub replies_per_minute: u32,
-    /// Per user: imports a minute (no import route yet).
+    /// Per user: imports a minute (a chat, another product's export, or a backup).
     pub imports_per_minute: u32,
     /// Per client IP: sign-ups, logins and token requests a minute.
     pub auth_per_minute: u32,
@@ -526,6 +532,10 @@ impl Default for Settings {
                 max_feedback_comment_chars: 4000,
                 max_shares_per_chat: 100,
                 max_share_messages: 10_000,
+                max_import_bytes: 64 << 20,
+                max_import_messages: 100_000,
+                max_import_branches: 10_000,
+                max_import_chats: 10_000,
             },
             auth: AuthSettings {
                 jwt_secret: Secret::default(),

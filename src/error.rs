@@ -82,6 +82,8 @@ make_error_codes! {
     LastBranch = CONFLICT, "last_branch";
     GenerationInProgress = CONFLICT, "generation_in_progress";
     ChatFull = CONFLICT, "chat_full";
+    /// An import kept ids that are stored already; ask for new ones (`new_ids=true`).
+    ImportIdConflict = CONFLICT, "import_id_conflict";
     /// The chat has `limits.max_shares_per_chat` share links already.
     TooManyShares = CONFLICT, "too_many_shares";
     PayloadTooLarge = PAYLOAD_TOO_LARGE, "payload_too_large";
@@ -111,6 +113,19 @@ make_error_codes! {
     /// Feedback is only for assistant messages.
     FeedbackNotAllowed = UNPROCESSABLE_ENTITY, "feedback_not_allowed";
     InvalidFeedback = UNPROCESSABLE_ENTITY, "invalid_feedback";
+    /// An import (`POST /api/v1/chats/import`) that is not a well-formed tree: each rule its
+    /// own code (README, "Export and import").
+    ImportUnsupportedFormat = UNPROCESSABLE_ENTITY, "import_unsupported_format";
+    ImportTooLarge = UNPROCESSABLE_ENTITY, "import_too_large";
+    ImportInvalidText = UNPROCESSABLE_ENTITY, "import_invalid_text";
+    ImportDuplicateId = UNPROCESSABLE_ENTITY, "import_duplicate_id";
+    ImportDanglingParent = UNPROCESSABLE_ENTITY, "import_dangling_parent";
+    ImportCycle = UNPROCESSABLE_ENTITY, "import_cycle";
+    ImportMultipleRoots = UNPROCESSABLE_ENTITY, "import_multiple_roots";
+    ImportHeadNotInTree = UNPROCESSABLE_ENTITY, "import_head_not_in_tree";
+    ImportUnreachableMessage = UNPROCESSABLE_ENTITY, "import_unreachable_message";
+    ImportActiveBranchMissing = UNPROCESSABLE_ENTITY, "import_active_branch_missing";
+    ImportNoBranches = UNPROCESSABLE_ENTITY, "import_no_branches";
     /// The snapshot would hold more than `limits.max_share_messages` messages.
     ShareTooLarge = UNPROCESSABLE_ENTITY, "share_too_large";
     /// Details are only in the server log.
@@ -307,6 +322,7 @@ impl From<ChatError> for ApiError {
             ChatError::IdempotencyMismatch => Code::IdempotencyKeyReused,
             ChatError::Invalid(_) => Code::ValidationFailed,
             ChatError::NotRateable(_) => Code::FeedbackNotAllowed,
+            ChatError::IdsTaken(_) => Code::ImportIdConflict,
             ChatError::Overloaded => Code::Overloaded,
             ChatError::StorageUnavailable => Code::StorageUnavailable,
             ChatError::Moved => Code::ChatMoved,
@@ -400,6 +416,26 @@ pub mod extractors {
 
     pub fn query(err: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
         ApiError::new(Code::InvalidQuery, format!("malformed query string: {err}")).into()
+    }
+}
+
+impl From<arbor_actors::portable::ImportError> for ApiError {
+    fn from(e: arbor_actors::portable::ImportError) -> Self {
+        use arbor_actors::portable::ImportError as E;
+        let code = match &e {
+            E::UnsupportedFormat(_) => Code::ImportUnsupportedFormat,
+            E::TooLarge(_) => Code::ImportTooLarge,
+            E::InvalidText(_) => Code::ImportInvalidText,
+            E::DuplicateId(_) => Code::ImportDuplicateId,
+            E::DanglingParent { .. } => Code::ImportDanglingParent,
+            E::Cycle(_) => Code::ImportCycle,
+            E::MultipleRoots(_) => Code::ImportMultipleRoots,
+            E::HeadNotInTree { .. } => Code::ImportHeadNotInTree,
+            E::Unreachable(_) => Code::ImportUnreachableMessage,
+            E::ActiveBranchMissing(_) => Code::ImportActiveBranchMissing,
+            E::NoBranches => Code::ImportNoBranches,
+        };
+        Self::new(code, e.to_string())
     }
 }
 

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod formats;
 pub mod lifecycle;
 pub mod llm;
 pub mod membership;

@@ -46,6 +46,7 @@ pub enum Class {
     Reads,
     Writes,
     Replies,
+    Imports,
     Auth,
     FailedLogins,
     ConcurrentReplies,
@@ -58,6 +59,7 @@ impl Class {
             Self::Reads => "reads",
             Self::Writes => "writes",
             Self::Replies => "replies",
+            Self::Imports => "imports",
             Self::Auth => "auth",
             Self::FailedLogins => "failed_logins",
             Self::ConcurrentReplies => "concurrent_replies",
@@ -194,6 +196,7 @@ pub struct RateLimits {
     reads: Option<Limiter<UserId>>,
     writes: Option<Limiter<UserId>>,
     replies: Option<Limiter<UserId>>,
+    imports: Option<Limiter<UserId>>,
     auth: Option<Limiter<IpAddr>>,
     failed_by_ip: Option<Failures<IpAddr>>,
     failed_by_account: Option<Failures<(String, IpAddr)>>,
@@ -215,7 +218,7 @@ impl RateLimits {
         let refused = IntCounterVec::new(
             Opts::new(
                 "arbor_rate_limited_total",
-                "Requests refused with 429 rate_limited, by class: reads, writes, replies, auth (per client IP), failed_logins, concurrent_replies, share_misses.",
+                "Requests refused with 429 rate_limited, by class: reads, writes, replies, imports, auth (per client IP), failed_logins, concurrent_replies, share_misses.",
             ),
             &["class"],
         )?;
@@ -223,6 +226,7 @@ impl RateLimits {
             Class::Reads,
             Class::Writes,
             Class::Replies,
+            Class::Imports,
             Class::Auth,
             Class::FailedLogins,
             Class::ConcurrentReplies,
@@ -235,6 +239,7 @@ impl RateLimits {
             reads: Limiter::new(Class::Reads, settings.reads_per_minute),
             writes: Limiter::new(Class::Writes, settings.writes_per_minute),
             replies: Limiter::new(Class::Replies, settings.replies_per_minute),
+            imports: Limiter::new(Class::Imports, settings.imports_per_minute),
             auth: Limiter::new(Class::Auth, settings.auth_per_minute),
             failed_by_ip: Failures::new(settings.failed_logins_per_ip, window, bound),
             failed_by_account: Failures::new(settings.failed_logins_per_account, window, bound),
@@ -258,6 +263,14 @@ impl RateLimits {
     pub fn check_request(&self, user: UserId, read: bool) -> Result<(), ApiError> {
         let limiter = if read { &self.reads } else { &self.writes };
         match limiter {
+            Some(limiter) => limiter.check(&user, &self.refused),
+            None => Ok(()),
+        }
+    }
+
+    /// An import (of a chat, another product's export, or a backup) by `user`.
+    pub fn check_import(&self, user: UserId) -> Result<(), ApiError> {
+        match &self.imports {
             Some(limiter) => limiter.check(&user, &self.refused),
             None => Ok(()),
         }
@@ -370,7 +383,7 @@ impl RateLimits {
 
     /// Forgets idle keys and holds each limiter within `max_tracked`; run periodically.
     pub fn sweep(&self) {
-        for limiter in [&self.reads, &self.writes, &self.replies]
+        for limiter in [&self.reads, &self.writes, &self.replies, &self.imports]
             .into_iter()
             .flatten()
         {
@@ -392,7 +405,7 @@ impl RateLimits {
 
     /// Keys tracked now, all limiters together (for tests and operators).
     pub fn tracked(&self) -> usize {
-        let users: usize = [&self.reads, &self.writes, &self.replies]
+        let users: usize = [&self.reads, &self.writes, &self.replies, &self.imports]
             .into_iter()
             .flatten()
             .map(Limiter::len)

@@ -29,6 +29,9 @@ pub enum ChatError {
     IdempotencyMismatch,
     #[error("{0}")]
     Invalid(String),
+    /// An import kept ids that are stored already (in another chat, or an earlier import).
+    #[error("{} of the document's ids are stored already (for example {}); import with new ids", .0.len(), .0.first().map(String::as_str).unwrap_or_default())]
+    IdsTaken(Vec<String>),
     /// Feedback is for assistant messages.
     #[error("message {0} is not an assistant message; only replies take feedback")]
     NotRateable(MessageId),

@@ -31,6 +31,7 @@ pub mod llm;
 pub mod metrics;
 pub mod model;
 mod pages;
+pub mod portable;
 pub mod ports;
 pub mod registry;
 mod rfc3339;

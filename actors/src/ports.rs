@@ -310,6 +310,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn set_quota(&self, user: UserId, quota: QuotaSetting) -> Result<(), StoreError>;
     /// Feedback on every chat's messages, summed per model.
     async fn feedback_by_model(&self) -> Result<Vec<FeedbackSum>, StoreError>;
+    /// Which of `ids` are stored branches (of any chat).
+    async fn existing_branches(&self, ids: &[BranchId]) -> Result<Vec<BranchId>, StoreError>;
     async fn create_share(&self, share: &ShareRecord) -> Result<(), StoreError>;
     /// The share whose token hashes to `token_hash`, snapshot included.
     async fn share_by_token(
@@ -340,6 +342,8 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn delete(&self, deletes: &MessageDeletes) -> Result<(), StoreError>;
     /// Every message of a chat, in id order.
     async fn load_chat(&self, chat: ChatId) -> Result<Vec<Message>, StoreError>;
+    /// Which of `ids` are stored (in any chat).
+    async fn existing(&self, ids: &[MessageId]) -> Result<Vec<MessageId>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

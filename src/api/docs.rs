@@ -15,8 +15,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::openapi::{add_links, link, merge, parameter, Link};
 use super::{
-    admin, auth, branches, chats, compat, feedback, generations, health, messages, models, shares,
-    usage,
+    admin, auth, branches, chats, compat, feedback, generations, health, messages, models,
+    portable, shares, usage,
 };
 use crate::config::LimitSettings;
 
@@ -28,7 +28,8 @@ use crate::config::LimitSettings;
         chats::create, chats::list, chats::get, chats::update, chats::delete,
         messages::send, messages::list, messages::get, messages::edit, messages::regenerate,
         messages::tree, feedback::set, feedback::delete, shares::create, shares::list,
-        shares::revoke, shares::shared, shares::import, generations::get, generations::events, generations::cancel, models::list, usage::usage,
+        shares::revoke, shares::shared, shares::import, portable::export, portable::import,
+        generations::get, generations::events, generations::cancel, models::list, usage::usage,
         branches::create, branches::list, branches::get, branches::rename, branches::delete,
         branches::set_active,
         health::health, health::ready,
@@ -43,7 +44,8 @@ use crate::config::LimitSettings;
     tags(
         (name = "auth"), (name = "chats"), (name = "messages"), (name = "branches"), (name = "generations"),
         (name = "models"), (name = "usage", description = "Token usage as the providers reported it."),
-        (name = "shares", description = "Read-only links to a snapshot of a conversation."), (name = "operations"),
+        (name = "shares", description = "Read-only links to a snapshot of a conversation."),
+        (name = "portability", description = "Export and import: Arbor's lossless format, ChatGPT's and Open WebUI's."), (name = "operations"),
         (name = "admin", description = "Admins only; anyone else gets 404."),
     )
 )]

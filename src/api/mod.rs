@@ -16,6 +16,7 @@ pub mod health;
 pub mod messages;
 pub mod methods;
 pub mod models;
+pub mod portable;
 pub mod segments;
 pub mod shares;
 pub mod sse;
@@ -40,7 +41,8 @@ use segments::SegmentScope;
 /// `/{chat_id}` routes, which would otherwise take them.
 pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
     let chats = SegmentScope::new("/api/v1", "/chats")
-        .resource("", vec![post().to(chats::create), get().to(chats::list)]);
+        .resource("", vec![post().to(chats::create), get().to(chats::list)])
+        .resource("/import", vec![post().to(portable::import)]);
     cfg.service(
         compat::v1_routes(
             web::scope("/api/v1").service(chat_routes(compat::v1_chat_routes(chats))),
@@ -122,6 +124,7 @@ fn chat_routes(chats: SegmentScope) -> SegmentScope {
             "/{chat_id}/messages/{message_id}",
             vec![get().to(messages::get)],
         )
+        .resource("/{chat_id}/export", vec![get().to(portable::export)])
         .resource(
             "/{chat_id}/shares",
             vec![post().to(shares::create), get().to(shares::list)],

@@ -12,8 +12,8 @@
 use std::net::IpAddr;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use arbor_actors::chat::{ImportedChat, NewChat};
 use arbor_actors::model::{Branch, BranchId, ChatId, Message, MessageId};
+use arbor_actors::portable::ImportedChat;
 use arbor_actors::ports::{ShareRecord, Stores};
 use arbor_actors::views::{ChatView, ShareScope, SharedChat};
 use arbor_actors::Chats;
@@ -312,12 +312,15 @@ fn imported(shared: SharedChat) -> ImportedChat {
         .or_else(|| branches.first().map(|b| b.id))
         .unwrap_or_else(BranchId::new);
     ImportedChat {
-        new: NewChat {
-            title: shared.title,
-            ..NewChat::default()
-        },
+        title: shared.title,
+        system_prompt: None,
+        description: None,
         branches,
         active,
         messages,
+        created_at: None,
+        updated_at: None,
+        feedback: Vec::new(),
+        keeps_ids: false,
     }
 }

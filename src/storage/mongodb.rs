@@ -262,6 +262,27 @@ impl MessageStore for MongoStore {
         Ok(())
     }
 
+    async fn existing(&self, wanted: &[MessageId]) -> Result<Vec<MessageId>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in wanted.chunks(DELETE_CHUNK) {
+            let filter = doc! { "_id": { "$in": ids(chunk, MessageId::as_uuid) } };
+            let docs = self
+                .bounded(async {
+                    let mut cursor = self.raw.find(filter).projection(doc! { "_id": 1 }).await?;
+                    let mut found = Vec::new();
+                    while cursor.advance().await? {
+                        found.push(opt_uuid(cursor.current(), "_id"));
+                    }
+                    Ok(found)
+                })
+                .await?;
+            for id in docs {
+                found.push(MessageId::from_uuid(required(id?, "_id")?));
+            }
+        }
+        Ok(found)
+    }
+
     async fn load_chat(&self, chat: ChatId) -> Result<Vec<Message>, StoreError> {
         let decoded = self
             .bounded(async {

@@ -822,6 +822,21 @@ impl MetadataStore for PostgresStore {
         Ok(())
     }
 
+    async fn existing_branches(&self, ids: &[BranchId]) -> Result<Vec<BranchId>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|b| *b.as_uuid()).collect();
+        let rows = self
+            .pooled(move |pool| async move {
+                sqlx::query("SELECT id FROM branches WHERE id = ANY($1)")
+                    .bind(ids)
+                    .fetch_all(&pool)
+                    .await
+            })
+            .await?;
+        rows.iter()
+            .map(|r| get(r, "id").map(BranchId::from_uuid))
+            .collect()
+    }
+
     async fn create_share(&self, share: &ShareRecord) -> Result<(), StoreError> {
         let share = share.clone();
         self.pooled(move |pool| async move {

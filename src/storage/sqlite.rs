@@ -5,7 +5,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arbor_actors::model::{Branch, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord};
+use arbor_actors::model::{
+    Branch, BranchId, ChatId, ChatMeta, Message, MessageId, Role, UserId, UserRecord,
+};
 use arbor_actors::ports::{
     Batch, BatchStore, FeedbackSum, MessageDeletes, MessageStore, MetaBatch, MetadataStore,
     QuotaSetting, ShareRecord, StoreError, StoredChat, UsageGroup, UsageSum,
@@ -485,6 +487,10 @@ impl MetadataStore for SqliteStore {
         Ok(())
     }
 
+    async fn existing_branches(&self, ids: &[BranchId]) -> Result<Vec<BranchId>, StoreError> {
+        existing(&self.reads, "branches", ids).await
+    }
+
     async fn create_share(&self, share: &ShareRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO shares (id, token_hash, chat_id, owner_id, scope, branch_id, messages,
@@ -616,6 +622,23 @@ impl MetadataStore for SqliteStore {
     }
 }
 
+/// Which of `ids` a table's `id` column holds.
+async fn existing<T: ToString + std::str::FromStr>(
+    pool: &sqlx::SqlitePool,
+    table: &str,
+    ids: &[T],
+) -> Result<Vec<T>, StoreError> {
+    let mut found = Vec::new();
+    for chunk in ids.chunks(CHUNK) {
+        let mut q = QueryBuilder::new(format!("SELECT id FROM {table} WHERE id IN ("));
+        push_ids(&mut q, chunk);
+        for row in q.build().fetch_all(pool).await.map_err(store_error)? {
+            found.push(parse_id(&format!("{table}.id"), &text(&row, "id")?)?);
+        }
+    }
+    Ok(found)
+}
+
 fn push_ids<T: ToString>(q: &mut QueryBuilder<'_, Sqlite>, ids: &[T]) {
     let mut list = q.separated(", ");
     for id in ids {
@@ -632,6 +655,10 @@ impl MessageStore for SqliteStore {
 
     async fn delete(&self, deletes: &MessageDeletes) -> Result<(), StoreError> {
         self.transaction(|q| push_message_deletes(q, deletes)).await
+    }
+
+    async fn existing(&self, ids: &[MessageId]) -> Result<Vec<MessageId>, StoreError> {
+        existing(&self.reads, "messages", ids).await
     }
 
     async fn load_chat(&self, chat: ChatId) -> Result<Vec<Message>, StoreError> {

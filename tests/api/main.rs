@@ -25,6 +25,7 @@ mod messages;
 mod operations;
 mod outage;
 mod persistence;
+mod portability;
 mod provider;
 mod rate_limits;
 mod seed_000;

@@ -124,6 +124,10 @@ impl MessageStore for SlowBigInserts {
         self.0.load_chat(chat).await
     }
 
+    async fn existing(&self, ids: &[MessageId]) -> Result<Vec<MessageId>, StoreError> {
+        self.0.existing(ids).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.0.ping().await
     }

@@ -496,6 +496,19 @@ impl ChatCore {
         Ok(Applied::new(self.message_view(msg.message)?, commit))
     }
 
+    pub(super) fn export(&mut self, _: Export) -> Result<crate::portable::ChatExport, ChatError> {
+        let row = &self.state.row;
+        let chat = crate::portable::ExportedChat {
+            id: self.state.tree.chat(),
+            title: row.title().map(str::to_owned),
+            system_prompt: row.system_prompt().map(str::to_owned),
+            description: row.description().map(str::to_owned),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        };
+        Ok(crate::portable::ChatExport::of(chat, &self.state.tree))
+    }
+
     pub(super) fn snapshot(&mut self, msg: Snapshot) -> Result<SharedChat, ChatError> {
         let branch = self.resolve_branch(msg.branch)?;
         let title = self.state.row.title().map(str::to_owned);

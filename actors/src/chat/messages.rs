@@ -94,6 +94,8 @@ chat_messages! {
     SetFeedback { message: MessageId, feedback: Option<Feedback> }
         -> Applied<MessageView> => set_feedback;
     GetTree {} -> TreeView => get_tree;
+    /// The chat as one `arbor.chat/1` document.
+    Export {} -> crate::portable::ChatExport => export;
     /// A snapshot for a share link: a branch's path (the active one by default), or the tree.
     Snapshot { branch: Option<BranchId>, scope: ShareScope } -> SharedChat => snapshot;
     /// Creates a branch whose head is an existing message.

@@ -339,15 +339,6 @@ pub struct NewChat {
     pub description: Option<String>,
 }
 
-/// A whole chat to create at once (`Chats::import`).
-#[derive(Debug, Clone)]
-pub struct ImportedChat {
-    pub new: NewChat,
-    pub branches: Vec<Branch>,
-    pub active: BranchId,
-    pub messages: Vec<Message>,
-}
-
 /// A change to a chat's settings: `None` leaves a field alone, `Some(None)` clears it.
 #[derive(Debug, Clone, Default)]
 pub struct ChatPatch {

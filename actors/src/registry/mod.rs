@@ -33,6 +33,7 @@ use crate::generation::Generation;
 use crate::inspect::EvictReason;
 use crate::llm::LlmPool;
 use crate::model::{BranchId, ChatId, ChatMeta, Feedback, GenerationId, MessageId, Role, UserId};
+use crate::portable::{ChatExport, ImportedChat};
 use crate::views::*;
 use crate::writer::WriteOp;
 use crate::writer::{AckMode, WriteError};
@@ -100,6 +101,8 @@ struct Inner {
     llm: Arc<LlmPool>,
     /// Set by `shutdown`: removals from then on are counted as `shutdown` evictions.
     shutting_down: Arc<AtomicBool>,
+    /// Held by an import that keeps its ids while it checks and claims them.
+    importing: tokio::sync::Mutex<()>,
 }
 
 /// A registry dropped without `shutdown` (a test's, an embedder's) takes its actors with it:
@@ -234,6 +237,7 @@ impl Chats {
             stats,
             llm,
             shutting_down,
+            importing: tokio::sync::Mutex::new(()),
         });
         let sweeper = Arc::downgrade(&inner);
         let interval = inner.config.sweep_interval;
@@ -306,11 +310,27 @@ impl Chats {
         };
         let fence = rt.fence(id)?;
         let ImportedChat {
-            new,
+            title,
+            system_prompt,
+            description,
             mut branches,
             active,
             mut messages,
+            created_at,
+            updated_at,
+            feedback,
+            keeps_ids,
         } = import;
+        // One import at a time checks and claims its ids (on this server).
+        let _claiming = match keeps_ids {
+            true => Some(self.inner.importing.lock().await),
+            false => None,
+        };
+        if keeps_ids {
+            let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
+            let branch_ids: Vec<BranchId> = branches.iter().map(|b| b.id).collect();
+            self.ids_free(&ids, &branch_ids).await?;
+        }
         let now = crate::model::now();
         for b in &mut branches {
             b.chat_id = id;
@@ -321,12 +341,12 @@ impl Chats {
         let meta = ChatMeta {
             id,
             owner,
-            title: new.title,
-            system_prompt: new.system_prompt,
-            description: new.description,
+            title,
+            system_prompt,
+            description,
             active_branch: active,
-            created_at: now,
-            updated_at: now,
+            created_at: created_at.unwrap_or(now),
+            updated_at: updated_at.unwrap_or(now),
             version: 1,
         };
         let mut ops: Vec<WriteOp> = Vec::with_capacity(1 + branches.len() + messages.len());
@@ -334,12 +354,25 @@ impl Chats {
         ops.extend(branches.iter().map(|b| WriteOp::UpsertBranch(b.clone(), 1)));
         ops.extend(messages.iter().cloned().map(WriteOp::InsertMessage));
         let count = messages.len();
-        let (state, left_out) = ChatState::restore(meta, branches, messages)
+        let (mut state, left_out) = ChatState::restore(meta, branches, messages)
             .map_err(|_| ChatError::Invalid("the imported tree is not valid".into()))?;
         if !left_out.is_empty() || state.tree.message_count() != count {
             return Err(ChatError::Invalid(
                 "every imported message must be on a branch's path".into(),
             ));
+        }
+        for (message, feedback) in feedback {
+            let feedback = Arc::new(feedback);
+            state.tree.set_feedback(message, Some(feedback.clone()))?;
+            let tree = &state.tree;
+            let model = tree.node(message).ok().and_then(|n| tree.model(n).cloned());
+            ops.push(WriteOp::Feedback(crate::model::FeedbackRow {
+                message,
+                chat: id,
+                user: owner,
+                model,
+                feedback: Some(feedback),
+            }));
         }
         let view = ChatView::of(&state.row, &state.tree);
         rt.writer.room().await;
@@ -358,6 +391,50 @@ impl Chats {
             commit,
         })
         .await
+    }
+
+    /// Refuses (`IdsTaken`) imports that keep ids some of which are stored already.
+    pub async fn check_ids_free(&self, imports: &[ImportedChat]) -> Result<(), ChatError> {
+        let kept = imports.iter().filter(|i| i.keeps_ids);
+        let messages: Vec<MessageId> = kept
+            .clone()
+            .flat_map(|i| i.messages.iter().map(|m| m.id))
+            .collect();
+        let branches: Vec<BranchId> = kept.flat_map(|i| i.branches.iter().map(|b| b.id)).collect();
+        self.ids_free(&messages, &branches).await
+    }
+
+    async fn ids_free(
+        &self,
+        messages: &[MessageId],
+        branches: &[BranchId],
+    ) -> Result<(), ChatError> {
+        let rt = &self.inner.rt;
+        let (taken, taken_branches) = futures_util::future::join(
+            rt.messages.existing(messages),
+            rt.metadata.existing_branches(branches),
+        )
+        .await;
+        let mut taken: Vec<String> = taken
+            .map_err(crate::chat::storage_error)?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        taken.extend(
+            taken_branches
+                .map_err(crate::chat::storage_error)?
+                .iter()
+                .map(ToString::to_string),
+        );
+        match taken.is_empty() {
+            true => Ok(()),
+            false => Err(ChatError::IdsTaken(taken)),
+        }
+    }
+
+    /// The chat as one `arbor.chat/1` document.
+    pub async fn export(&self, user: UserId, chat: ChatId) -> Result<ChatExport, ChatError> {
+        self.call(chat, Export { user }).await
     }
 
     /// A snapshot of a chat for a share link: a branch's path (the active one by default), or
