@@ -310,8 +310,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn set_quota(&self, user: UserId, quota: QuotaSetting) -> Result<(), StoreError>;
     /// Feedback on every chat's messages, summed per model.
     async fn feedback_by_model(&self) -> Result<Vec<FeedbackSum>, StoreError>;
-    /// Which of `ids` are stored branches (of any chat).
-    async fn existing_branches(&self, ids: &[BranchId]) -> Result<Vec<BranchId>, StoreError>;
+    /// Which of `ids` are stored branches (of any chat), each with its chat's owner.
+    async fn existing_branches(
+        &self,
+        ids: &[BranchId],
+    ) -> Result<Vec<(BranchId, UserId)>, StoreError>;
     async fn create_share(&self, share: &ShareRecord) -> Result<(), StoreError>;
     /// The share whose token hashes to `token_hash`, snapshot included.
     async fn share_by_token(

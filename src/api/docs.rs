@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::openapi::{add_links, link, merge, parameter, Link};
 use super::{
-    admin, auth, branches, chats, compat, feedback, generations, health, messages, models,
+    admin, auth, backup, branches, chats, compat, feedback, generations, health, messages, models,
     portable, shares, usage,
 };
 use crate::config::LimitSettings;
@@ -29,6 +29,7 @@ use crate::config::LimitSettings;
         messages::send, messages::list, messages::get, messages::edit, messages::regenerate,
         messages::tree, feedback::set, feedback::delete, shares::create, shares::list,
         shares::revoke, shares::shared, shares::import, portable::export, portable::import,
+        backup::backup, backup::restore,
         generations::get, generations::events, generations::cancel, models::list, usage::usage,
         branches::create, branches::list, branches::get, branches::rename, branches::delete,
         branches::set_active,

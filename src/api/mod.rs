@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod body;
 pub mod branches;
 pub mod chats;
@@ -53,6 +54,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
         .service(resource("/auth/me", vec![get().to(auth::me)]))
         .service(resource("/models", vec![get().to(models::list)]))
         .service(resource("/usage", vec![get().to(usage::usage)]))
+        .service(resource("/backup", vec![get().to(backup::backup)]))
+        .service(resource(
+            "/backup/restore",
+            vec![post().to(backup::restore)],
+        ))
         .service(resource(
             "/shared/{token}/import",
             vec![post().to(shares::import)],

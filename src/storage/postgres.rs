@@ -822,18 +822,29 @@ impl MetadataStore for PostgresStore {
         Ok(())
     }
 
-    async fn existing_branches(&self, ids: &[BranchId]) -> Result<Vec<BranchId>, StoreError> {
+    async fn existing_branches(
+        &self,
+        ids: &[BranchId],
+    ) -> Result<Vec<(BranchId, UserId)>, StoreError> {
         let ids: Vec<Uuid> = ids.iter().map(|b| *b.as_uuid()).collect();
         let rows = self
             .pooled(move |pool| async move {
-                sqlx::query("SELECT id FROM branches WHERE id = ANY($1)")
-                    .bind(ids)
-                    .fetch_all(&pool)
-                    .await
+                sqlx::query(
+                    "SELECT b.id, c.owner_id FROM branches b JOIN chats c ON c.id = b.chat_id
+                     WHERE b.id = ANY($1)",
+                )
+                .bind(ids)
+                .fetch_all(&pool)
+                .await
             })
             .await?;
         rows.iter()
-            .map(|r| get(r, "id").map(BranchId::from_uuid))
+            .map(|r| {
+                Ok((
+                    BranchId::from_uuid(get(r, "id")?),
+                    UserId::from_uuid(get(r, "owner_id")?),
+                ))
+            })
             .collect()
     }
 

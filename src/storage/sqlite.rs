@@ -487,8 +487,30 @@ impl MetadataStore for SqliteStore {
         Ok(())
     }
 
-    async fn existing_branches(&self, ids: &[BranchId]) -> Result<Vec<BranchId>, StoreError> {
-        existing(&self.reads, "branches", ids).await
+    async fn existing_branches(
+        &self,
+        ids: &[BranchId],
+    ) -> Result<Vec<(BranchId, UserId)>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            let mut q = QueryBuilder::new(
+                "SELECT b.id, c.owner_id FROM branches b JOIN chats c ON c.id = b.chat_id
+                 WHERE b.id IN (",
+            );
+            push_ids(&mut q, chunk);
+            for row in q
+                .build()
+                .fetch_all(&self.reads)
+                .await
+                .map_err(store_error)?
+            {
+                found.push((
+                    parse_id("branches.id", &text(&row, "id")?)?,
+                    parse_id("chats.owner_id", &text(&row, "owner_id")?)?,
+                ));
+            }
+        }
+        Ok(found)
     }
 
     async fn create_share(&self, share: &ShareRecord) -> Result<(), StoreError> {

@@ -606,3 +606,128 @@ async fn an_open_webui_export_imports_with_its_tree_and_exports_back() {
         ]
     );
 }
+
+async fn restore(app: &TestApp, user: &User, body: String) -> reqwest::Response {
+    test_client()
+        .post(app.url("/api/v1/backup/restore"))
+        .bearer_auth(&user.token)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A backup streams every chat as a line; a restore cut short by a bad line says how far it
+/// got, and run again finishes it without duplicating anything.
+#[actix_web::test]
+async fn a_backup_restores_and_an_interrupted_restore_resumes() {
+    let app = spawn_app().await;
+    let user = app.register("backed-up@example.com").await;
+    let mut originals = Vec::new();
+    for seed in 10..15 {
+        let chat = random_chat(&app, &user, seed).await;
+        originals.push(export(&app, &user, &chat, "arbor").await);
+    }
+    let res = app.get(&user, "/api/v1/backup").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "application/x-ndjson");
+    let stream = res.text().await.unwrap();
+    let lines: Vec<&str> = stream.lines().collect();
+    assert_eq!(lines.len(), 5);
+    let docs: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Newest first, each the chat's own export.
+    for (doc, original) in docs.iter().zip(originals.iter().rev()) {
+        assert_eq!(doc, original);
+    }
+    // Another account holds none of it; the chats are deleted and restored from the stream.
+    for doc in &docs {
+        let chat = doc["chat"]["id"].as_str().unwrap();
+        assert_eq!(
+            app.delete(&user, &format!("/api/v1/chats/{chat}"))
+                .await
+                .status(),
+            StatusCode::NO_CONTENT
+        );
+    }
+    assert_eq!(chat_count(&app, &user).await, 0);
+
+    // Cut short: three good lines, then a broken one.
+    let partial = format!(
+        "{}\n{}\n{}\n{{\"format\": \"arbor.chat/1\", \"chat\": \n{}\n",
+        lines[0], lines[1], lines[2], lines[3]
+    );
+    let res = restore(&app, &user, partial).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let stopped: Value = res.json().await.unwrap();
+    assert_eq!(
+        (
+            stopped["line"].as_u64(),
+            stopped["restored"].as_u64(),
+            stopped["skipped"].as_u64()
+        ),
+        (Some(4), Some(3), Some(0)),
+        "{stopped}"
+    );
+    assert_eq!(stopped["error"]["code"], "invalid_json");
+    assert_eq!(chat_count(&app, &user).await, 3);
+
+    // Run again with the whole stream: the rest is restored, nothing twice.
+    let res = restore(&app, &user, stream.clone()).await;
+    let done = json_with(res, StatusCode::OK).await;
+    assert_eq!(done, json!({"restored": 2, "skipped": 3}));
+    let res = restore(&app, &user, stream.clone()).await;
+    assert_eq!(
+        json_with(res, StatusCode::OK).await,
+        json!({"restored": 0, "skipped": 5})
+    );
+    assert_eq!(chat_count(&app, &user).await, 5);
+    let res = app.get(&user, "/api/v1/backup").await;
+    let mut again: Vec<Value> = res
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let key = |d: &Value| {
+        d["messages"][0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut expected = docs.clone();
+    for d in again.iter_mut().chain(expected.iter_mut()) {
+        d["chat"]["id"] = json!(null);
+    }
+    again.sort_by_key(key);
+    expected.sort_by_key(key);
+    assert_eq!(again, expected, "every chat exactly once, as it was");
+
+    // Someone else's backup of chats that exist is a conflict, named with its line.
+    let other = app.register("not-backed-up@example.com").await;
+    let res = restore(&app, &other, stream).await;
+    let refused: Value = res.json().await.unwrap();
+    assert_eq!(
+        (
+            refused["error"]["code"].as_str(),
+            refused["line"].as_u64(),
+            refused["restored"].as_u64()
+        ),
+        (Some("import_id_conflict"), Some(1), Some(0)),
+        "{refused}"
+    );
+    assert_eq!(chat_count(&app, &other).await, 0);
+    let res = restore(
+        &app,
+        &other,
+        format!("{}\n", serde_json::to_string(&valid()).unwrap()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = restore(&app, &user, "not json\n".into()).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+}

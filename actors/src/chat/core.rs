@@ -497,16 +497,7 @@ impl ChatCore {
     }
 
     pub(super) fn export(&mut self, _: Export) -> Result<crate::portable::ChatExport, ChatError> {
-        let row = &self.state.row;
-        let chat = crate::portable::ExportedChat {
-            id: self.state.tree.chat(),
-            title: row.title().map(str::to_owned),
-            system_prompt: row.system_prompt().map(str::to_owned),
-            description: row.description().map(str::to_owned),
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        };
-        Ok(crate::portable::ChatExport::of(chat, &self.state.tree))
+        Ok(super::exported(&self.state))
     }
 
     pub(super) fn snapshot(&mut self, msg: Snapshot) -> Result<SharedChat, ChatError> {

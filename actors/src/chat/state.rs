@@ -319,6 +319,20 @@ pub async fn load_chat(
     Ok(Some((state, orphans)))
 }
 
+/// A chat's state as one `arbor.chat/1` document.
+pub(crate) fn exported(state: &ChatState) -> crate::portable::ChatExport {
+    let row = &state.row;
+    let chat = crate::portable::ExportedChat {
+        id: state.tree.chat(),
+        title: row.title().map(str::to_owned),
+        system_prompt: row.system_prompt().map(str::to_owned),
+        description: row.description().map(str::to_owned),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    };
+    crate::portable::ChatExport::of(chat, &state.tree)
+}
+
 pub(crate) fn storage_error(e: crate::ports::StoreError) -> ChatError {
     tracing::error!(error = %e, "store read failed");
     ChatError::StorageUnavailable

@@ -424,7 +424,7 @@ impl Chats {
             taken_branches
                 .map_err(crate::chat::storage_error)?
                 .iter()
-                .map(ToString::to_string),
+                .map(|(id, _)| id.to_string()),
         );
         match taken.is_empty() {
             true => Ok(()),
@@ -435,6 +435,24 @@ impl Chats {
     /// The chat as one `arbor.chat/1` document.
     pub async fn export(&self, user: UserId, chat: ChatId) -> Result<ChatExport, ChatError> {
         self.call(chat, Export { user }).await
+    }
+
+    /// The chat as stored, as one `arbor.chat/1` document: read from the stores, not through
+    /// its actor, so any server can (a backup; cluster mode), and the chat is not activated.
+    /// Writes still queued here are not in it: call [`Self::flushed`] first.
+    pub async fn export_stored(&self, user: UserId, chat: ChatId) -> Result<ChatExport, ChatError> {
+        let Some((state, _)) = crate::chat::load_chat(&self.inner.rt, chat).await? else {
+            return Err(ChatError::ChatNotFound);
+        };
+        if state.row.owner != user {
+            return Err(ChatError::ChatNotFound);
+        }
+        Ok(crate::chat::exported(&state))
+    }
+
+    /// Once every write queued on this server so far has committed (or failed for good).
+    pub async fn flushed(&self) {
+        self.inner.rt.writer.barrier().await;
     }
 
     /// A snapshot of a chat for a share link: a branch's path (the active one by default), or
