@@ -102,6 +102,8 @@ make_error_codes! {
     InvalidUsername = UNPROCESSABLE_ENTITY, "invalid_username";
     InvalidLimit = UNPROCESSABLE_ENTITY, "invalid_limit";
     InvalidCursor = UNPROCESSABLE_ENTITY, "invalid_cursor";
+    /// A search without words, or over its limits.
+    InvalidSearch = UNPROCESSABLE_ENTITY, "invalid_search";
     MissingForkPoint = UNPROCESSABLE_ENTITY, "missing_fork_point";
     MissingChatId = UNPROCESSABLE_ENTITY, "missing_chat_id";
     MissingBranchId = UNPROCESSABLE_ENTITY, "missing_branch_id";

@@ -138,6 +138,32 @@ pub struct MetaBatch {
     /// Replies' reported usage: each recorded once per generation (a repeat changes nothing),
     /// and added to its user's day.
     pub usage: Vec<UsageRecord>,
+    /// The batch's new messages, for the full-text index (written in the same commit).
+    pub indexed: Vec<SearchDoc>,
+    /// Messages deleted by the batch, out of the index (deleted chats' go by chat).
+    pub unindexed: Vec<MessageId>,
+}
+
+/// A message as the full-text index keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchDoc {
+    pub message: MessageId,
+    pub chat: ChatId,
+    /// The chat's owner (from the batch's chat row; `None` if the batch has none, which the
+    /// store then looks up).
+    pub owner: Option<UserId>,
+    pub content: Arc<str>,
+}
+
+/// One full-text match, best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    pub message: MessageId,
+    pub chat: ChatId,
+    /// The content around the match, the matched words between `<mark>` and `</mark>`.
+    pub snippet: String,
+    /// The engine's relevance (higher is better).
+    pub rank: f64,
 }
 
 impl MetaBatch {
@@ -148,6 +174,8 @@ impl MetaBatch {
             && self.deleted_chats.is_empty()
             && self.feedback.is_empty()
             && self.usage.is_empty()
+            && self.indexed.is_empty()
+            && self.unindexed.is_empty()
     }
 }
 
@@ -308,6 +336,16 @@ pub trait MetadataStore: Send + Sync + 'static {
         since: chrono::NaiveDate,
     ) -> Result<(QuotaSetting, u64), StoreError>;
     async fn set_quota(&self, user: UserId, quota: QuotaSetting) -> Result<(), StoreError>;
+    /// `owner`'s messages (in `chat` only, when given) that match `query` (words, all of which
+    /// must match), best first: `limit` of them after skipping `offset`.
+    async fn search(
+        &self,
+        owner: UserId,
+        query: &str,
+        chat: Option<ChatId>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<SearchHit>, StoreError>;
     /// Feedback on every chat's messages, summed per model.
     async fn feedback_by_model(&self) -> Result<Vec<FeedbackSum>, StoreError>;
     /// Which of `ids` are stored branches (of any chat), each with its chat's owner.

@@ -392,3 +392,60 @@ impl SharedChat {
         })
     }
 }
+
+/// Where a message is in its chat: every branch whose path holds it, and a window of that path
+/// around it (for a search hit).
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Location {
+    /// Every branch whose path holds the message; the active one first when it does.
+    pub branches: Vec<LocatedBranch>,
+    /// Up to `window` messages before it on its path (from the root side), the message, and
+    /// up to `window` after it on the first branch above.
+    pub path: Vec<MessageView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct LocatedBranch {
+    pub id: BranchId,
+    pub name: String,
+    pub active: bool,
+}
+
+impl Location {
+    /// `message`'s place in `tree`, with `window` messages either side.
+    pub fn of(
+        tree: &Tree,
+        message: MessageId,
+        window: usize,
+    ) -> Result<Self, crate::tree::TreeError> {
+        tree.node(message)?;
+        let active = tree.active();
+        let mut branches: Vec<LocatedBranch> = tree
+            .branches()
+            .iter()
+            .filter(|b| tree.on_path(b, message))
+            .map(|b| LocatedBranch {
+                id: b.id,
+                name: b.name.to_string(),
+                active: b.id == active,
+            })
+            .collect();
+        branches.sort_by_key(|b| !b.active);
+        let path = match branches.first() {
+            Some(b) => {
+                let nodes = tree.path(b.id)?;
+                let at = nodes.iter().position(|n| n.id() == message).unwrap_or(0);
+                let from = at.saturating_sub(window);
+                let to = (at + window + 1).min(nodes.len());
+                nodes[from..to]
+                    .iter()
+                    .map(|n| MessageView::of(tree, n))
+                    .collect()
+            }
+            None => vec![MessageView::of(tree, tree.node(message)?)],
+        };
+        Ok(Self { branches, path })
+    }
+}

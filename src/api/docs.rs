@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi};
 use super::openapi::{add_links, link, merge, parameter, Link};
 use super::{
     admin, auth, backup, branches, chats, compat, feedback, generations, health, messages, models,
-    portable, shares, usage,
+    portable, search, shares, usage,
 };
 use crate::config::LimitSettings;
 
@@ -29,7 +29,7 @@ use crate::config::LimitSettings;
         messages::send, messages::list, messages::get, messages::edit, messages::regenerate,
         messages::tree, feedback::set, feedback::delete, shares::create, shares::list,
         shares::revoke, shares::shared, shares::import, portable::export, portable::import,
-        backup::backup, backup::restore,
+        backup::backup, backup::restore, search::search,
         generations::get, generations::events, generations::cancel, models::list, usage::usage,
         branches::create, branches::list, branches::get, branches::rename, branches::delete,
         branches::set_active,
@@ -46,6 +46,7 @@ use crate::config::LimitSettings;
         (name = "auth"), (name = "chats"), (name = "messages"), (name = "branches"), (name = "generations"),
         (name = "models"), (name = "usage", description = "Token usage as the providers reported it."),
         (name = "shares", description = "Read-only links to a snapshot of a conversation."),
+        (name = "search", description = "Full-text search over every branch, naming where each hit is."),
         (name = "portability", description = "Export and import: Arbor's lossless format, ChatGPT's and Open WebUI's."), (name = "operations"),
         (name = "admin", description = "Admins only; anyone else gets 404."),
     )

@@ -18,6 +18,7 @@ pub mod messages;
 pub mod methods;
 pub mod models;
 pub mod portable;
+pub mod search;
 pub mod segments;
 pub mod shares;
 pub mod sse;
@@ -55,6 +56,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
         .service(resource("/models", vec![get().to(models::list)]))
         .service(resource("/usage", vec![get().to(usage::usage)]))
         .service(resource("/backup", vec![get().to(backup::backup)]))
+        .service(resource("/search", vec![get().to(search::search)]))
         .service(resource(
             "/backup/restore",
             vec![post().to(backup::restore)],

@@ -13,7 +13,7 @@ use arbor_actors::model::{
     Branch, BranchId, ChatId, ChatMeta, Feedback, FeedbackRow, MessageId, UserId, UserRecord,
 };
 use arbor_actors::ports::{
-    FeedbackSum, Fence, MetaBatch, MetadataStore, QuotaSetting, ShareRecord, StoreError,
+    FeedbackSum, Fence, MetaBatch, MetadataStore, QuotaSetting, SearchHit, ShareRecord, StoreError,
     StoredChat, UsageGroup, UsageRecord, UsageSum,
 };
 use async_trait::async_trait;
@@ -312,7 +312,12 @@ const CHAT_COLUMNS: &str = "id, owner_id, title, system_prompt, description, act
 /// batch has any: a generic plan for an `id = ANY($1) OR chat_id = ANY($2)` delete may be a
 /// sequential scan of `branches`, which grows with every fork.
 const UPSERT: &str = "
-WITH upsert_chats AS (
+WITH search AS (
+    INSERT INTO search_docs (message_id, chat_id, owner_id, content)
+    SELECT m, c, COALESCE(o, (SELECT owner_id FROM chats WHERE id = c)), t
+    FROM UNNEST($19::uuid[], $20::uuid[], $21::uuid[], $22::text[]) AS d(m, c, o, t)
+    ON CONFLICT (message_id) DO NOTHING
+), upsert_chats AS (
     INSERT INTO chats (id, owner_id, title, system_prompt, active_branch_id, created_at,
                        updated_at, version, description)
     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[],
@@ -342,6 +347,12 @@ WITH held AS (
     SELECT f.shard, f.epoch FROM UNNEST($19::int4[], $20::int8[]) AS f(shard, epoch)
     LEFT JOIN held h ON h.shard = f.shard AND h.epoch = f.epoch
     WHERE h.shard IS NULL
+), search AS (
+    INSERT INTO search_docs (message_id, chat_id, owner_id, content)
+    SELECT m, c, COALESCE(o, (SELECT owner_id FROM chats WHERE id = c)), t
+    FROM UNNEST($21::uuid[], $22::uuid[], $23::uuid[], $24::text[]) AS d(m, c, o, t)
+    WHERE NOT EXISTS (SELECT 1 FROM stale)
+    ON CONFLICT (message_id) DO NOTHING
 ), upsert_chats AS (
     INSERT INTO chats (id, owner_id, title, system_prompt, active_branch_id, created_at,
                        updated_at, version, description)
@@ -366,10 +377,14 @@ WITH held AS (
 )
 SELECT shard, epoch FROM stale";
 
-/// Deleted branches ($1) and deleted chats with their branches ($2). Each condition gets its
-/// own index scan.
+/// Deleted branches ($1), deleted chats with their branches ($2), deleted messages out of the
+/// full-text index ($3). Each condition gets its own index scan.
 const DELETE: &str = "
-WITH by_id AS (
+WITH search_by_id AS (
+    DELETE FROM search_docs WHERE message_id = ANY($3::uuid[])
+), search_by_chat AS (
+    DELETE FROM search_docs WHERE chat_id = ANY($2::uuid[])
+), by_id AS (
     DELETE FROM branches WHERE id = ANY($1::uuid[])
 ), by_chat AS (
     DELETE FROM branches WHERE chat_id = ANY($2::uuid[])
@@ -624,8 +639,10 @@ impl MetadataStore for PostgresStore {
     async fn apply(&self, batch: &MetaBatch) -> Result<(), StoreError> {
         let chats = &batch.chats;
         let branches = &batch.branches;
-        let upserts = !chats.is_empty() || !branches.is_empty();
-        let deletes = !batch.deleted_branches.is_empty() || !batch.deleted_chats.is_empty();
+        let upserts = !chats.is_empty() || !branches.is_empty() || !batch.indexed.is_empty();
+        let deletes = !batch.deleted_branches.is_empty()
+            || !batch.deleted_chats.is_empty()
+            || !batch.unindexed.is_empty();
         let times = |f: fn(&ChatMeta) -> DateTime<Utc>| chats.iter().map(f).collect::<Vec<_>>();
         let branch_times = |f: fn(&Branch) -> DateTime<Utc>| {
             branches.iter().map(|(b, _)| f(b)).collect::<Vec<_>>()
@@ -693,9 +710,27 @@ impl MetadataStore for PostgresStore {
                 .bind(fences.iter().map(|f| f.epoch).collect::<Vec<_>>()),
             false => upsert,
         };
+        // The full-text index's new rows, after the fences (if any).
+        let indexed = &batch.indexed;
+        let upsert = upsert
+            .bind(uuids(indexed, |d| *d.message.as_uuid()))
+            .bind(uuids(indexed, |d| *d.chat.as_uuid()))
+            .bind(
+                indexed
+                    .iter()
+                    .map(|d| d.owner.map(|o| *o.as_uuid()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                indexed
+                    .iter()
+                    .map(|d| d.content.to_string())
+                    .collect::<Vec<_>>(),
+            );
         let delete = sqlx::query(DELETE)
             .bind(uuids(&batch.deleted_branches, |b| *b.as_uuid()))
-            .bind(uuids(&batch.deleted_chats, |c| *c.as_uuid()));
+            .bind(uuids(&batch.deleted_chats, |c| *c.as_uuid()))
+            .bind(uuids(&batch.unindexed, |m| *m.as_uuid()));
         // Feedback and usage rows go in the transaction's path: `rated` joins it.
         let rated = !batch.feedback.is_empty() || !batch.usage.is_empty();
         let feedback = feedback_statement(&batch.feedback);
@@ -915,6 +950,53 @@ impl MetadataStore for PostgresStore {
             })
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn search(
+        &self,
+        owner: UserId,
+        query: &str,
+        chat: Option<ChatId>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        let query = query.to_owned();
+        // The best `limit` by rank first; the snippets (`ts_headline` reads the whole text)
+        // only for those.
+        let rows = self
+            .pooled(move |pool| async move {
+                sqlx::query(
+                    "WITH q AS (SELECT websearch_to_tsquery('english', $2) AS q),
+                     best AS (
+                         SELECT d.message_id, d.chat_id, d.content, ts_rank(d.tsv, q.q) AS rank
+                         FROM search_docs d, q
+                         WHERE d.owner_id = $1 AND d.tsv @@ q.q
+                           AND ($3::uuid IS NULL OR d.chat_id = $3)
+                         ORDER BY rank DESC, d.message_id LIMIT $4 OFFSET $5)
+                     SELECT best.message_id, best.chat_id, best.rank::float8 AS rank,
+                            ts_headline('english', best.content, q.q,
+                                'StartSel=<mark>, StopSel=</mark>, MaxWords=24, MinWords=8, MaxFragments=1') AS snippet
+                     FROM best, q ORDER BY best.rank DESC, best.message_id",
+                )
+                .bind(owner.as_uuid())
+                .bind(query)
+                .bind(chat.map(|c| *c.as_uuid()))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+                .fetch_all(&pool)
+                .await
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SearchHit {
+                    message: MessageId::from_uuid(get(row, "message_id")?),
+                    chat: ChatId::from_uuid(get(row, "chat_id")?),
+                    snippet: get(row, "snippet")?,
+                    rank: get(row, "rank")?,
+                })
+            })
+            .collect()
     }
 
     async fn feedback_by_model(&self) -> Result<Vec<FeedbackSum>, StoreError> {

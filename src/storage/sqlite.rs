@@ -10,7 +10,7 @@ use arbor_actors::model::{
 };
 use arbor_actors::ports::{
     Batch, BatchStore, FeedbackSum, MessageDeletes, MessageStore, MetaBatch, MetadataStore,
-    QuotaSetting, ShareRecord, StoreError, StoredChat, UsageGroup, UsageSum,
+    QuotaSetting, SearchHit, ShareRecord, StoreError, StoredChat, UsageGroup, UsageSum,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -568,6 +568,46 @@ impl MetadataStore for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn search(
+        &self,
+        owner: UserId,
+        query: &str,
+        chat: Option<ChatId>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        let Some(matching) = fts_query(owner, query) else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT d.message_id, d.chat_id,
+                    snippet(search_fts, 0, '<mark>', '</mark>', '…', 16) AS snippet,
+                    -bm25(search_fts) AS rank
+             FROM search_fts JOIN search_docs d ON d.rowid = search_fts.rowid
+             WHERE search_fts MATCH ?1 AND (?2 IS NULL OR d.chat_id = ?2)
+             ORDER BY bm25(search_fts), d.message_id LIMIT ?3 OFFSET ?4",
+        )
+        .bind(matching)
+        .bind(chat.map(|c| c.to_string()))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.reads)
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(SearchHit {
+                    message: parse_id("search_docs.message_id", &text(row, "message_id")?)?,
+                    chat: parse_id("search_docs.chat_id", &text(row, "chat_id")?)?,
+                    snippet: text(row, "snippet")?,
+                    rank: row
+                        .try_get("rank")
+                        .map_err(|e| StoreError::Corrupt(format!("search rank: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
     async fn feedback_by_model(&self) -> Result<Vec<FeedbackSum>, StoreError> {
         let rows = sqlx::query(
             "SELECT model, SUM(rating = 'up') AS up, SUM(rating = 'down') AS down
@@ -659,6 +699,28 @@ async fn existing<T: ToString + std::str::FromStr>(
         }
     }
     Ok(found)
+}
+
+/// A user as one token of the full-text index's `owner` column.
+fn owner_token(user: UserId) -> String {
+    format!("u{}", user.as_uuid().simple())
+}
+
+/// A search's words as an FTS5 query: each a quoted term (so no word is read as syntax), all
+/// required, in the `content` column, for `owner`'s messages only.
+fn fts_query(owner: UserId, query: &str) -> Option<String> {
+    let terms: Vec<String> = query
+        .split(|c: char| c.is_whitespace() || c == '"')
+        .filter(|t| !t.is_empty())
+        .map(|t| format!("\"{t}\""))
+        .collect();
+    (!terms.is_empty()).then(|| {
+        format!(
+            "owner : \"{}\" AND content : ({})",
+            owner_token(owner),
+            terms.join(" AND ")
+        )
+    })
 }
 
 fn push_ids<T: ToString>(q: &mut QueryBuilder<'_, Sqlite>, ids: &[T]) {
@@ -809,6 +871,29 @@ fn push_meta(q: &mut QueryBuilder<'_, Sqlite>, batch: &MetaBatch) {
             }
         }
     }
+    // The full-text index: new messages in, deleted ones out (their chats' go below).
+    for chunk in batch.indexed.chunks(CHUNK) {
+        q.push("INSERT INTO search_docs (message_id, chat_id, owner, content) ");
+        q.push_values(chunk, |mut b, d| {
+            b.push_bind(d.message.to_string())
+                .push_bind(d.chat.to_string())
+                .push_bind(d.owner.map(owner_token))
+                .push_bind(d.content.to_string());
+        });
+        q.push(" ON CONFLICT (message_id) DO NOTHING;\n");
+        // A chat whose row is not in the batch: its owner from the stored row.
+        if chunk.iter().any(|d| d.owner.is_none()) {
+            q.push(
+                "UPDATE search_docs SET owner = (SELECT 'u' || replace(owner_id, '-', '')
+                 FROM chats WHERE chats.id = search_docs.chat_id) WHERE owner IS NULL;\n",
+            );
+        }
+    }
+    for chunk in batch.unindexed.chunks(CHUNK) {
+        q.push("DELETE FROM search_docs WHERE message_id IN (");
+        push_ids(q, chunk);
+        q.push(";\n");
+    }
     // A day's total grows only by a record that is new (`changes()` of its insert).
     let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     for usage in &batch.usage {
@@ -841,6 +926,7 @@ fn push_meta(q: &mut QueryBuilder<'_, Sqlite>, batch: &MetaBatch) {
     }
     for chunk in batch.deleted_chats.chunks(CHUNK) {
         for table in [
+            "DELETE FROM search_docs WHERE chat_id IN (",
             "DELETE FROM shares WHERE chat_id IN (",
             "DELETE FROM feedback WHERE chat_id IN (",
             "DELETE FROM branches WHERE chat_id IN (",

@@ -28,6 +28,7 @@ mod persistence;
 mod portability;
 mod provider;
 mod rate_limits;
+mod search;
 mod seed_000;
 mod seed_001;
 mod seed_002;

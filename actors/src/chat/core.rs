@@ -500,6 +500,14 @@ impl ChatCore {
         Ok(super::exported(&self.state))
     }
 
+    pub(super) fn locate(&mut self, msg: Locate) -> Result<crate::views::Location, ChatError> {
+        Ok(crate::views::Location::of(
+            &self.state.tree,
+            msg.message,
+            msg.window,
+        )?)
+    }
+
     pub(super) fn snapshot(&mut self, msg: Snapshot) -> Result<SharedChat, ChatError> {
         let branch = self.resolve_branch(msg.branch)?;
         let title = self.state.row.title().map(str::to_owned);

@@ -94,6 +94,8 @@ chat_messages! {
     SetFeedback { message: MessageId, feedback: Option<Feedback> }
         -> Applied<MessageView> => set_feedback;
     GetTree {} -> TreeView => get_tree;
+    /// Where a message is: the branches whose paths hold it, and the path around it.
+    Locate { message: MessageId, window: usize } -> crate::views::Location => locate;
     /// The chat as one `arbor.chat/1` document.
     Export {} -> crate::portable::ChatExport => export;
     /// A snapshot for a share link: a branch's path (the active one by default), or the tree.

@@ -450,6 +450,39 @@ impl Chats {
         Ok(crate::chat::exported(&state))
     }
 
+    /// Where a message is in its chat (a search hit): from its actor, or, when another server
+    /// owns the chat (cluster mode), from the stores.
+    pub async fn locate(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        message: MessageId,
+        window: usize,
+    ) -> Result<Location, ChatError> {
+        match self
+            .call(
+                chat,
+                Locate {
+                    user,
+                    message,
+                    window,
+                },
+            )
+            .await
+        {
+            Err(ChatError::Moved) => {
+                let Some((state, _)) = crate::chat::load_chat(&self.inner.rt, chat).await? else {
+                    return Err(ChatError::ChatNotFound);
+                };
+                if state.row.owner != user {
+                    return Err(ChatError::ChatNotFound);
+                }
+                Ok(Location::of(&state.tree, message, window)?)
+            }
+            other => other,
+        }
+    }
+
     /// Once every write queued on this server so far has committed (or failed for good).
     pub async fn flushed(&self) {
         self.inner.rt.writer.barrier().await;

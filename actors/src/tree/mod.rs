@@ -472,6 +472,16 @@ impl Tree {
         self.extra(node)?.idempotency_key.as_ref()
     }
 
+    /// Whether `message` is on `branch`'s path (O(log depth)).
+    pub fn on_path(&self, branch: &BranchRef, message: MessageId) -> bool {
+        let (Some(head), Some(at)) = (branch.head.and_then(|h| self.find(h)), self.find(message))
+        else {
+            return false;
+        };
+        let depth = self.at(at).depth();
+        self.at(head).depth() >= depth && self.ancestor_at(head, depth) == at
+    }
+
     /// The owner's feedback on a message.
     pub fn feedback<'a>(&'a self, node: &Node) -> Option<&'a Arc<Feedback>> {
         let all = self.rare.as_ref().map_or(&[][..], |r| &r.feedback);

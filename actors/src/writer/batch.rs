@@ -478,7 +478,10 @@ pub(super) fn coalesce<'a>(writes: impl Iterator<Item = &'a ChatWrite>) -> Coale
                     meta.deleted_chats.push(*id);
                     deletes.chats.push(*id);
                 }
-                WriteOp::DeleteMessages(ids) => deletes.messages.extend_from_slice(ids),
+                WriteOp::DeleteMessages(ids) => {
+                    deletes.messages.extend_from_slice(ids);
+                    meta.unindexed.extend_from_slice(ids);
+                }
                 WriteOp::Feedback(row) => {
                     feedback.insert(row.message, row.clone());
                 }
@@ -490,6 +493,16 @@ pub(super) fn coalesce<'a>(writes: impl Iterator<Item = &'a ChatWrite>) -> Coale
         let gone: std::collections::HashSet<_> = deletes.messages.iter().copied().collect();
         inserts.retain(|m| !gone.contains(&m.id));
     }
+    // The full-text index takes the batch's new messages, with their chats' owners.
+    meta.indexed = inserts
+        .iter()
+        .map(|m| crate::ports::SearchDoc {
+            message: m.id,
+            chat: m.chat_id,
+            owner: chats.get(&m.chat_id).map(|c| c.owner),
+            content: m.content.clone(),
+        })
+        .collect();
     meta.fences = fences.into_iter().collect();
     meta.chats = chats.into_values().collect();
     meta.branches = branches.into_values().collect();
