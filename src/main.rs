@@ -32,6 +32,9 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Index every stored message for search (PostgreSQL + MongoDB: the messages stored before
+    /// search existed). Safe to run again, and while the server runs.
+    Reindex,
     /// Manage users' token quotas (`[quotas]` is the default).
     Quota {
         #[command(subcommand)]
@@ -104,6 +107,14 @@ async fn main() -> anyhow::Result<()> {
             connections.close().await;
             result
         }
+        Command::Reindex => {
+            let (stores, connections) = arbor::storage::open(&settings).await?;
+            let result = reindex(&stores).await;
+            connections.close().await;
+            let (chats, messages) = result?;
+            println!("indexed {messages} messages of {chats} chats");
+            Ok(())
+        }
         Command::Migrate => {
             let (_, connections) = arbor::storage::open(&settings).await?;
             connections.close().await;
@@ -163,4 +174,38 @@ async fn quota(
         status.resets_at.to_rfc3339(),
     );
     Ok(())
+}
+
+/// `arbor reindex`: every chat's messages into the search index (rows already there are kept).
+async fn reindex(stores: &arbor_actors::ports::Stores) -> anyhow::Result<(usize, usize)> {
+    use arbor_actors::ports::{MetaBatch, SearchDoc};
+    let (mut chats, mut messages) = (0, 0);
+    let mut after = None;
+    loop {
+        let page = stores.metadata.all_chats(after, 200).await?;
+        let Some(last) = page.last() else {
+            return Ok((chats, messages));
+        };
+        after = Some(last.id);
+        for chat in &page {
+            let stored = stores.messages.load_chat(chat.id).await?;
+            for chunk in stored.chunks(1000) {
+                let batch = MetaBatch {
+                    indexed: chunk
+                        .iter()
+                        .map(|m| SearchDoc {
+                            message: m.id,
+                            chat: chat.id,
+                            owner: Some(chat.owner),
+                            content: m.content.clone(),
+                        })
+                        .collect(),
+                    ..MetaBatch::default()
+                };
+                stores.metadata.apply(&batch).await?;
+            }
+            chats += 1;
+            messages += stored.len();
+        }
+    }
 }

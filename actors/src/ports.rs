@@ -348,6 +348,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<Vec<SearchHit>, StoreError>;
     /// Feedback on every chat's messages, summed per model.
     async fn feedback_by_model(&self) -> Result<Vec<FeedbackSum>, StoreError>;
+    /// Every chat, of every owner, in id order after `after` (`arbor reindex`).
+    async fn all_chats(
+        &self,
+        after: Option<ChatId>,
+        limit: u32,
+    ) -> Result<Vec<ChatMeta>, StoreError>;
     /// Which of `ids` are stored branches (of any chat), each with its chat's owner.
     async fn existing_branches(
         &self,

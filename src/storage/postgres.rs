@@ -857,6 +857,26 @@ impl MetadataStore for PostgresStore {
         Ok(())
     }
 
+    async fn all_chats(
+        &self,
+        after: Option<ChatId>,
+        limit: u32,
+    ) -> Result<Vec<ChatMeta>, StoreError> {
+        let rows = self
+            .pooled(move |pool| async move {
+                sqlx::query(&format!(
+                    "SELECT {CHAT_COLUMNS} FROM chats WHERE ($1::uuid IS NULL OR id > $1)
+                     ORDER BY id LIMIT $2"
+                ))
+                .bind(after.map(|a| *a.as_uuid()))
+                .bind(i64::from(limit))
+                .fetch_all(&pool)
+                .await
+            })
+            .await?;
+        rows.iter().map(chat_from).collect()
+    }
+
     async fn existing_branches(
         &self,
         ids: &[BranchId],

@@ -487,6 +487,22 @@ impl MetadataStore for SqliteStore {
         Ok(())
     }
 
+    async fn all_chats(
+        &self,
+        after: Option<ChatId>,
+        limit: u32,
+    ) -> Result<Vec<ChatMeta>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CHAT_COLUMNS} FROM chats WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
+        ))
+        .bind(after.map(|a| a.to_string()))
+        .bind(limit)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(chat_from).collect()
+    }
+
     async fn existing_branches(
         &self,
         ids: &[BranchId],

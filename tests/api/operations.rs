@@ -761,3 +761,85 @@ async fn json_logs_carry_the_request_id_on_every_line_of_a_request() {
     }
     server.kill();
 }
+
+/// `arbor quota` sets, shows and resets a user's quota in the configured store; `arbor reindex`
+/// puts every stored message back in the search index.
+#[actix_web::test]
+async fn quota_and_reindex_from_the_command_line() {
+    let app = spawn_app().await;
+    let user = app.register("cli-user@example.com").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary::write_config(&app.settings, dir.path());
+    let run = |args: &[&str]| {
+        let out = binary::command(&config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&["quota", "set", "cli-user@example.com", "5000"]);
+    assert!(
+        ok && text.contains("5000 tokens a month (its own)"),
+        "{text}"
+    );
+    let usage: Value = app.get(&user, "/api/v1/usage").await.json().await.unwrap();
+    assert_eq!(usage["quota"]["limit"], 5000);
+    let (ok, text) = run(&["quota", "set", "cli-user@example.com", "unlimited"]);
+    assert!(ok && text.contains("no quota"), "{text}");
+    let (ok, text) = run(&["quota", "reset", "cli-user@example.com"]);
+    assert!(ok && text.contains("(the default)"), "{text}");
+    let (ok, text) = run(&["quota", "set", "cli-user@example.com", "lots"]);
+    assert!(!ok && text.contains("a number or `unlimited`"), "{text}");
+    let (ok, text) = run(&["quota", "show", "nobody@example.com"]);
+    assert!(!ok && text.contains("no account"), "{text}");
+
+    // Messages out of the index (as if stored before search existed), then reindexed.
+    let chat = id(&app.create_chat(&user, "old").await);
+    let res = app
+        .post(
+            &user,
+            &format!("/api/v1/chats/{chat}/messages"),
+            json!({"content": "archaeopteryx", "response": "a bird"}),
+        )
+        .await;
+    let sent: Value = res.json().await.unwrap();
+    async fn found(app: &TestApp, user: &User) -> usize {
+        let page: Value = app
+            .get(user, "/api/v1/search?q=archaeopteryx")
+            .await
+            .json()
+            .await
+            .unwrap();
+        page["hits"].as_array().unwrap().len()
+    }
+    assert_eq!(found(&app, &user).await, 1);
+    let (stores, connections) = arbor::storage::open(&app.settings).await.unwrap();
+    let ids = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let batch = arbor_actors::ports::MetaBatch {
+        unindexed: ids,
+        ..Default::default()
+    };
+    stores.metadata.apply(&batch).await.unwrap();
+    connections.close().await;
+    assert_eq!(found(&app, &user).await, 0);
+    let (ok, text) = run(&["reindex"]);
+    assert!(
+        ok && text.contains("indexed 2 messages of 1 chats"),
+        "{text}"
+    );
+    assert_eq!(found(&app, &user).await, 1);
+    let (ok, _) = run(&["reindex"]);
+    assert!(ok, "again: nothing twice");
+    assert_eq!(found(&app, &user).await, 1);
+}
