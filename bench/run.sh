@@ -27,7 +27,9 @@
 # activation (1,000-message chats), memory (100k idle chats of 10 messages), lag
 # (write-behind lag at 5,000 messages/s), page (the read path's own work: a page from a
 # resident chat's actor on the same thread, and its JSON; not in the default set;
-# --answer-bytes N gives its chats answers of N bytes of text like a model's).
+# --answer-bytes N gives its chats answers of N bytes of text like a model's); portable (import of
+# --portable-chats N chats of 10,000 messages, then their export) and search (--search-users N
+# accounts of 10 chats of 1,000 messages, then queries), not in the default set.
 # Default: every scenario. --memory-chats N sets the memory scenario's chat count, --lag-rate N
 # the lag scenario's messages per second (its target is at 5,000).
 # --profile DIR records `perf record --call-graph dwarf` of the server under load (Arbor, or the
@@ -55,6 +57,7 @@ cd "$(dirname "$0")/.."
 
 DURATION=10 CHATS=1000 PAIRS=10 CONNECTIONS=64 THREADS=2 BACKEND=sqlite ACK=durable
 MIN_FRACTION="" MEMORY_CHATS=100000 PROFILE="" ANSWER_BYTES=0 LAG_RATE=5000
+PORTABLE_CHATS=10 SEARCH_USERS=100
 SCENARIOS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -66,6 +69,8 @@ while [ $# -gt 0 ]; do
         --ack) ACK=$2; shift 2 ;;
         --min-fraction) MIN_FRACTION=$2; shift 2 ;;
         --memory-chats) MEMORY_CHATS=$2; shift 2 ;;
+        --portable-chats) PORTABLE_CHATS=$2; shift 2 ;;
+        --search-users) SEARCH_USERS=$2; shift 2 ;;
         --answer-bytes) ANSWER_BYTES=$2; shift 2 ;;
         --lag-rate) LAG_RATE=$2; shift 2 ;;
         --profile) PROFILE=$2; shift 2 ;;
@@ -320,7 +325,7 @@ wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$CEILING_PORT/" >/dev/n
 INPROC=()
 for scenario in "${SCENARIOS[@]}"; do
     case "$scenario" in
-        ttft|ack|activation|lag|memory|page) INPROC+=("$scenario"); continue ;;
+        ttft|ack|activation|lag|memory|page|portable|search) INPROC+=("$scenario"); continue ;;
     esac
     port=$ARBOR_PORT
     case "$scenario" in
@@ -431,6 +436,12 @@ run_inproc() {
         lag)
             "$BIN/arbor-bench" lag --config "$WORK/inproc.toml" --chats "$CHATS" --rate "$LAG_RATE" \
                 --seconds "$DURATION" ;;
+        portable)
+            "$BIN/arbor-bench" portable --config "$WORK/inproc.toml" --chats "$PORTABLE_CHATS" \
+                --messages 10000 --rounds 5 ;;
+        search)
+            "$BIN/arbor-bench" search --config "$WORK/inproc.toml" --users "$SEARCH_USERS" \
+                --chats 10 --messages 1000 --queries $((DURATION * 50)) ;;
         memory)
             "$BIN/arbor-bench" memory --config "$WORK/inproc.toml" --chats "$MEMORY_CHATS" --pairs 5
             "$BIN/arbor-bench" memory-floor --chats "$MEMORY_CHATS" ;;
@@ -470,6 +481,12 @@ for scenario in "${INPROC[@]}"; do
                 # Guarded on the median: a disk stall of the VM sends the p99 of 60 samples
                 # past ten times its limit on its own (BENCHMARKS.md, "Regression guard").
                 check_at_most activation_p50 "$(field p50_ms "$line")" 5 ;;
+            portable)
+                echo "| import: $(field imported "$line") messages in $(field chats "$line") chats of $(field export_messages "$line"), $(field import_msgs_per_s "$line") messages/s (the stores alone, one chat's rows in one call: messages $(field messages_store_per_s "$line")/s, search index $(field index_per_s "$line")/s); export of a $(field export_messages "$line")-message chat ($(field export_bytes "$line") B): p50 $(field export_p50_ms "$line") ms, p99 $(field export_p99_ms "$line") ms | target import ≥ 50,000 messages/s, export ≤ 50 ms"
+                check_at_most export_p50 "$(field export_p50_ms "$line")" 50 ;;
+            search)
+                echo "| search over $(field messages "$line") messages ($(field users "$line") users): the index's answer p50 $(field index_p50_ms "$line") ms, p99 $(field index_p99_ms "$line") ms; with each hit located in its chat p50 $(field whole_p50_ms "$line") ms, p99 $(field whole_p99_ms "$line") ms ($(field mean_hits "$line") hits a query) | target p50 ≤ 10, p99 ≤ 50"
+                check_at_most search_p50 "$(field whole_p50_ms "$line")" 10 ;;
             lag)
                 echo "| write-behind lag at $(field offered_msgs_per_s "$line") msg/s: p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms, $(field le_50ms "$line") within 50 ms | target p99 ≤ 50"
                 check_at_most lag_p99 "$(field p99_ms "$line")" 50 ;;

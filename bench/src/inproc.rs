@@ -37,7 +37,7 @@ fn settings(config: &Path, adjust: impl FnOnce(&mut Settings)) -> anyhow::Result
 
 /// Loads the configuration, lets `adjust` change it, builds the application and runs `body`
 /// on its chat registry inside an actix system; flushes every chat afterwards.
-fn with_chats<F, Fut>(
+pub(crate) fn with_chats<F, Fut>(
     config: &Path,
     adjust: impl FnOnce(&mut Settings),
     body: F,
@@ -57,7 +57,7 @@ where
 }
 
 /// A fresh account (written straight to the metadata store) to own the measured chats.
-async fn new_user(chats: &Chats) -> anyhow::Result<UserId> {
+pub(crate) async fn new_user(chats: &Chats) -> anyhow::Result<UserId> {
     let user = UserRecord {
         id: UserId::new(),
         email: Some(format!(

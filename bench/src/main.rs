@@ -14,6 +14,7 @@ mod floor;
 #[cfg(not(feature = "system-alloc"))]
 mod heap;
 mod inproc;
+mod portable;
 mod stats;
 mod ttft;
 
@@ -169,6 +170,32 @@ enum Command {
         #[arg(long, default_value_t = 200_000)]
         reads: usize,
     },
+    /// In-process: import CHATS chats of MESSAGES messages (messages/s), then export each
+    /// ROUNDS times (ms per export).
+    Portable {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        chats: usize,
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// In-process: USERS accounts of CHATS chats of MESSAGES messages each, then QUERIES
+    /// searches of a random user for a random word.
+    Search {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        #[arg(long, default_value_t = 10)]
+        chats: usize,
+        #[arg(long, default_value_t = 1000)]
+        messages: usize,
+        #[arg(long, default_value_t = 500)]
+        queries: usize,
+    },
     /// In-process: one lone question at a time; time from the send to its acknowledgement
     /// (in durable mode, its commit).
     Ack {
@@ -217,6 +244,19 @@ fn main() -> anyhow::Result<()> {
             rate,
             seconds,
         } => inproc::lag(&config, chats, rate, seconds),
+        Command::Portable {
+            config,
+            chats,
+            messages,
+            rounds,
+        } => portable::export_import(&config, chats, messages, rounds),
+        Command::Search {
+            config,
+            users,
+            chats,
+            messages,
+            queries,
+        } => portable::search(&config, users, chats, messages, queries),
         Command::Ack {
             config,
             chats,

@@ -1,8 +1,33 @@
--- Full-text search: each message's content with its chat and owner, written by the
--- write-behind writer in the batch's own transaction, and an FTS5 index over it kept by
--- triggers (external content: the text is stored once here). `owner` is the owner's id as one
--- token (`u` and 32 hex digits) that queries require, so one user's search reads only their
--- postings. Porter stemming, as PostgreSQL's `english` configuration.
+-- Full-text search, FTS5 with porter stemming (as PostgreSQL's `english`). Each indexed row
+-- carries its chat's owner as one token (`u` and 32 hex digits) that queries require, so one
+-- user's search reads only their postings.
+--
+-- When this file also holds the messages (the embedded default), the index is over the
+-- `messages` table itself (external content, kept by triggers): a message's text is stored once
+-- and indexed in the transaction that stores it. `messages.owner` is written with each batch.
+ALTER TABLE messages ADD COLUMN owner TEXT;
+UPDATE messages SET owner = (SELECT 'u' || replace(owner_id, '-', '') FROM chats
+                             WHERE chats.id = messages.chat_id);
+CREATE VIRTUAL TABLE message_fts USING fts5(
+    content, owner, content = 'messages', content_rowid = 'rowid',
+    tokenize = 'porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO message_fts (rowid, content, owner) VALUES (new.rowid, new.content, new.owner);
+END;
+CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO message_fts (message_fts, rowid, content, owner)
+        VALUES ('delete', old.rowid, old.content, old.owner);
+END;
+CREATE TRIGGER messages_fts_update AFTER UPDATE OF content, owner ON messages BEGIN
+    INSERT INTO message_fts (message_fts, rowid, content, owner)
+        VALUES ('delete', old.rowid, old.content, old.owner);
+    INSERT INTO message_fts (rowid, content, owner) VALUES (new.rowid, new.content, new.owner);
+END;
+INSERT INTO message_fts (message_fts) VALUES ('rebuild');
+
+-- When the messages live elsewhere (MongoDB), the batch's index rows come here, written by the
+-- write-behind writer in the metadata's own transaction.
 CREATE TABLE search_docs (
     rowid      INTEGER PRIMARY KEY,
     message_id TEXT NOT NULL UNIQUE,
@@ -27,8 +52,3 @@ CREATE TRIGGER search_docs_update AFTER UPDATE ON search_docs BEGIN
         VALUES ('delete', old.rowid, old.content, old.owner);
     INSERT INTO search_fts (rowid, content, owner) VALUES (new.rowid, new.content, new.owner);
 END;
--- What is stored already.
-INSERT INTO search_docs (message_id, chat_id, owner, content)
-    SELECT m.id, m.chat_id, 'u' || replace(c.owner_id, '-', ''), m.content
-    FROM messages m LEFT JOIN chats c ON c.id = m.chat_id
-    ORDER BY m.id;

@@ -172,7 +172,12 @@ pub async fn open(settings: &Settings) -> anyhow::Result<(Stores, Connections)> 
         }
     };
     let unified: Option<Arc<dyn BatchStore>> = match (storage.metadata, storage.messages) {
-        (MetadataBackend::Sqlite, MessageBackend::Sqlite) => Some(embedded()?),
+        (MetadataBackend::Sqlite, MessageBackend::Sqlite) => {
+            if let Some(sqlite) = &sqlite {
+                sqlite.holds_messages();
+            }
+            Some(embedded()?)
+        }
         _ => None,
     };
     Ok((

@@ -57,6 +57,9 @@ impl Drop for Script {
 pub struct SqliteStore {
     reads: SqlitePool,
     writes: SqlitePool,
+    /// Whether this file also holds the messages (`BatchStore`): then search reads the index
+    /// over the `messages` table, else the one over `search_docs`.
+    holds_messages: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SqliteStore {
@@ -110,7 +113,17 @@ impl SqliteStore {
         // A negative `cache_size` is in KiB.
         let read_options = options.pragma("cache_size", format!("-{}", read_cache_kib.max(1)));
         let reads = pool(4, read_options).await.with_context(opening)?;
-        Ok(Self { reads, writes })
+        Ok(Self {
+            reads,
+            writes,
+            holds_messages: Arc::default(),
+        })
+    }
+
+    /// This file holds the messages too (one database for both stores).
+    pub fn holds_messages(&self) {
+        self.holds_messages
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Runs the statements `build` appends as one transaction, sent to the write connection's
@@ -444,7 +457,11 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn apply(&self, batch: &MetaBatch) -> Result<(), StoreError> {
-        self.transaction(|q| push_meta(q, batch)).await
+        let holds_messages = self
+            .holds_messages
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.transaction(|q| push_meta(q, batch, holds_messages))
+            .await
     }
 
     async fn quota_usage(
@@ -595,14 +612,26 @@ impl MetadataStore for SqliteStore {
         let Some(matching) = fts_query(owner, query) else {
             return Ok(Vec::new());
         };
-        let rows = sqlx::query(
-            "SELECT d.message_id, d.chat_id,
+        let over_messages = "SELECT d.id AS message_id, d.chat_id,
+                    snippet(message_fts, 0, '<mark>', '</mark>', '…', 16) AS snippet,
+                    -bm25(message_fts) AS rank
+             FROM message_fts JOIN messages d ON d.rowid = message_fts.rowid
+             WHERE message_fts MATCH ?1 AND (?2 IS NULL OR d.chat_id = ?2)
+             ORDER BY bm25(message_fts), d.id LIMIT ?3 OFFSET ?4";
+        let over_docs = "SELECT d.message_id, d.chat_id,
                     snippet(search_fts, 0, '<mark>', '</mark>', '…', 16) AS snippet,
                     -bm25(search_fts) AS rank
              FROM search_fts JOIN search_docs d ON d.rowid = search_fts.rowid
              WHERE search_fts MATCH ?1 AND (?2 IS NULL OR d.chat_id = ?2)
-             ORDER BY bm25(search_fts), d.message_id LIMIT ?3 OFFSET ?4",
-        )
+             ORDER BY bm25(search_fts), d.message_id LIMIT ?3 OFFSET ?4";
+        let holds_messages = self
+            .holds_messages
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let rows = sqlx::query(if holds_messages {
+            over_messages
+        } else {
+            over_docs
+        })
         .bind(matching)
         .bind(chat.map(|c| c.to_string()))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -750,7 +779,9 @@ fn push_ids<T: ToString>(q: &mut QueryBuilder<'_, Sqlite>, ids: &[T]) {
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn insert(&self, messages: &[Message]) -> Result<(), StoreError> {
-        self.transaction(|q| push_messages(q, messages)).await
+        // The metadata is elsewhere (PostgreSQL), and so is the search index.
+        self.transaction(|q| push_messages(q, messages, &Default::default()))
+            .await
     }
 
     async fn delete(&self, deletes: &MessageDeletes) -> Result<(), StoreError> {
@@ -798,9 +829,17 @@ impl MessageStore for SqliteStore {
 #[async_trait]
 impl BatchStore for SqliteStore {
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        // The messages carry their chats' owners: the index over them (triggers) reads them.
+        let owners = batch
+            .meta
+            .indexed
+            .iter()
+            .filter_map(|d| Some((d.chat, d.owner?)))
+            .chain(batch.meta.chats.iter().map(|c| (c.id, c.owner)))
+            .collect();
         self.transaction(|q| {
-            push_messages(q, &batch.inserts);
-            push_meta(q, &batch.meta);
+            push_messages(q, &batch.inserts, &owners);
+            push_meta(q, &batch.meta, true);
             push_message_deletes(q, &batch.deletes);
         })
         .await
@@ -808,7 +847,9 @@ impl BatchStore for SqliteStore {
 }
 
 /// Appends the statements for the metadata rows of a batch.
-fn push_meta(q: &mut QueryBuilder<'_, Sqlite>, batch: &MetaBatch) {
+/// With `holds_messages`, the messages' own index (over `messages`) is the search index, and
+/// `MetaBatch::indexed` / `unindexed` are not written to `search_docs`.
+fn push_meta(q: &mut QueryBuilder<'_, Sqlite>, batch: &MetaBatch, holds_messages: bool) {
     for chunk in batch.chats.chunks(CHUNK) {
         q.push(format!("INSERT INTO chats ({CHAT_COLUMNS}) "));
         q.push_values(chunk, |mut b, c| {
@@ -888,7 +929,11 @@ fn push_meta(q: &mut QueryBuilder<'_, Sqlite>, batch: &MetaBatch) {
         }
     }
     // The full-text index: new messages in, deleted ones out (their chats' go below).
-    for chunk in batch.indexed.chunks(CHUNK) {
+    let (indexed, unindexed) = match holds_messages {
+        true => (&[][..], &[][..]),
+        false => (&batch.indexed[..], &batch.unindexed[..]),
+    };
+    for chunk in indexed.chunks(CHUNK) {
         q.push("INSERT INTO search_docs (message_id, chat_id, owner, content) ");
         q.push_values(chunk, |mut b, d| {
             b.push_bind(d.message.to_string())
@@ -905,7 +950,7 @@ fn push_meta(q: &mut QueryBuilder<'_, Sqlite>, batch: &MetaBatch) {
             );
         }
     }
-    for chunk in batch.unindexed.chunks(CHUNK) {
+    for chunk in unindexed.chunks(CHUNK) {
         q.push("DELETE FROM search_docs WHERE message_id IN (");
         push_ids(q, chunk);
         q.push(";\n");
@@ -956,11 +1001,15 @@ fn push_meta(q: &mut QueryBuilder<'_, Sqlite>, batch: &MetaBatch) {
 }
 
 /// Appends the statements for message inserts (idempotent by id).
-fn push_messages(q: &mut QueryBuilder<'_, Sqlite>, messages: &[Message]) {
+fn push_messages(
+    q: &mut QueryBuilder<'_, Sqlite>,
+    messages: &[Message],
+    owners: &std::collections::HashMap<ChatId, UserId>,
+) {
     for chunk in messages.chunks(CHUNK) {
         q.push(
             "INSERT INTO messages (id, chat_id, parent_id, role, content, model, metadata,
-             idempotency_key, created_at) ",
+             idempotency_key, created_at, owner) ",
         );
         q.push_values(chunk, |mut b, m| {
             b.push_bind(m.id.to_string())
@@ -971,7 +1020,8 @@ fn push_messages(q: &mut QueryBuilder<'_, Sqlite>, messages: &[Message]) {
                 .push_bind(m.model.as_deref().map(str::to_owned))
                 .push_bind(m.metadata.as_ref().map(|v| v.to_string()))
                 .push_bind(m.idempotency_key.as_deref().map(str::to_owned))
-                .push_bind(m.created_at);
+                .push_bind(m.created_at)
+                .push_bind(owners.get(&m.chat_id).map(|o| owner_token(*o)));
         });
         q.push(" ON CONFLICT (id) DO NOTHING;\n");
     }
