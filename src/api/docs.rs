@@ -448,9 +448,26 @@ fn add_limits(doc: &mut Value, limits: &LimitSettings) {
         ]}),
     );
     let page = json!({"minimum": 1, "maximum": limits.max_page_size});
-    for path in ["/api/v1/chats", "/api/v1/chats/{chat_id}/messages"] {
+    for path in [
+        "/api/v1/chats",
+        "/api/v1/chats/{chat_id}/messages",
+        "/api/v1/search",
+    ] {
         merge(parameter(doc, path, "get", "limit"), &page);
     }
+    // A search has words (`search::MAX_QUERY_CHARS` at most), a window of 0 to 10, and a
+    // cursor it gave.
+    let words = json!({"maxLength": super::search::MAX_QUERY_CHARS,
+                       "pattern": format!(r"^[^\x00]*[^\x00{SPACE}][^\x00]*$")});
+    merge(parameter(doc, "/api/v1/search", "get", "q"), &words);
+    merge(
+        parameter(doc, "/api/v1/search", "get", "window"),
+        &json!({"minimum": 0, "maximum": 10}),
+    );
+    merge(
+        parameter(doc, "/api/v1/search", "get", "cursor"),
+        &json!({"pattern": "^[0-9]{1,18}$"}),
+    );
     merge(
         parameter(doc, "/api/v1/admin/actors", "get", "limit"),
         &json!({"minimum": 1, "maximum": admin::MAX_ACTOR_PAGE}),

@@ -16,7 +16,7 @@ use crate::config::LimitSettings;
 use crate::error::{ApiError, Code, ErrorBody};
 
 /// Characters a query may have.
-const MAX_QUERY_CHARS: usize = 500;
+pub const MAX_QUERY_CHARS: usize = 500;
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct SearchQuery {

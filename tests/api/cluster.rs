@@ -1080,4 +1080,52 @@ async fn quotas_feedback_and_share_links_hold_across_nodes() {
             .unwrap();
         assert_error(res, StatusCode::NOT_FOUND, "share_not_found").await;
     }
+
+    // Search from either node finds the message in a's chat, naming its branch (node b reads
+    // the chat from the stores); export through b is a's document; a backup through b holds
+    // both chats; an import through b is searchable from a.
+    for base in [&a, &b] {
+        let url = format!("{base}/api/v1/search?q=count");
+        let found: Value = call(Method::GET, url, &user, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let hits = found["hits"].as_array().unwrap();
+        assert!(
+            hits.iter().any(|h| h["chat_id"] == on_a.as_str()),
+            "via {base}: {found}"
+        );
+        assert_eq!(hits[0]["branches"][0]["name"], "main", "via {base}");
+    }
+    let url = format!("{b}/api/v1/chats/{on_a}/export");
+    let exported: Value = call(Method::GET, url, &user, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(exported["chat"]["id"], on_a.as_str());
+    let backup = call(Method::GET, format!("{b}/api/v1/backup"), &user, None).await;
+    let backup = backup.text().await.unwrap();
+    assert_eq!(backup.lines().count(), 2, "{backup}");
+    let url = format!("{b}/api/v1/chats/import?new_ids=true");
+    let res = call(Method::POST, url, &other, Some(exported)).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let url = format!("{a}/api/v1/search?q=count");
+    let found: Value = call(Method::GET, url, &other, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let chats: std::collections::HashSet<&str> = found["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["chat_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        chats.len(),
+        2,
+        "the imported share's copy and the import: {found}"
+    );
 }
