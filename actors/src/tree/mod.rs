@@ -365,27 +365,48 @@ impl Tree {
         };
         messages.sort_by_key(|m| m.id);
         let mut pruned = Vec::new();
-        let mut pending = messages;
-        loop {
-            let before = pending.len();
-            let mut deferred = Vec::new();
-            for message in pending {
-                let id = message.id;
-                match message.parent_id {
-                    Some(p) if tree.find(p).is_none() => deferred.push(message),
-                    _ => match tree.attach(message) {
-                        Ok(()) => {}
-                        Err(TreeError::Full) => return Err(TreeError::Full),
-                        Err(_) => pruned.push(id),
-                    },
-                }
-            }
-            pending = deferred;
-            if pending.is_empty() || pending.len() == before {
-                break;
+        // In id order a parent comes before its children (ids are time-ordered), so one pass
+        // attaches everything; messages whose parent comes later (ids made elsewhere: an
+        // import of another product's tree) wait for it, and are attached under it as soon as
+        // it is, in O(n) however the ids are ordered.
+        let mut waiting: std::collections::HashMap<MessageId, Vec<Message>> = Default::default();
+        for message in messages {
+            let id = message.id;
+            match message.parent_id {
+                Some(p) if tree.find(p).is_none() => waiting.entry(p).or_default().push(message),
+                _ => match tree.attach(message) {
+                    Ok(()) => {}
+                    Err(TreeError::Full) => return Err(TreeError::Full),
+                    Err(_) => pruned.push(id),
+                },
             }
         }
-        pruned.extend(pending.into_iter().map(|m| m.id));
+        let mut ready: Vec<Message> = Vec::new();
+        let attached: Vec<MessageId> = waiting
+            .keys()
+            .filter(|p| tree.find(**p).is_some())
+            .copied()
+            .collect();
+        for parent in attached {
+            ready.extend(waiting.remove(&parent).unwrap_or_default());
+        }
+        // Siblings attach in id order (each list is in id order; the stack takes its last).
+        ready.reverse();
+        while let Some(message) = ready.pop() {
+            let id = message.id;
+            match tree.attach(message) {
+                Ok(()) => {
+                    if let Some(mut children) = waiting.remove(&id) {
+                        children.reverse();
+                        ready.extend(children);
+                    }
+                }
+                Err(TreeError::Full) => return Err(TreeError::Full),
+                Err(_) => pruned.push(id),
+            }
+        }
+        // Whatever still waits never reaches a root (a missing parent, or a cycle).
+        pruned.extend(waiting.into_values().flatten().map(|m| m.id));
         let mut reset_branches = Vec::new();
         for (i, fallback) in fallbacks.into_iter().enumerate() {
             let Some(head) = tree.branches[i].head else {

@@ -690,3 +690,53 @@ fn restore_moves_a_missing_head_back_to_its_fallback() {
     let restored = Tree::restore(vec![row], f.main, stored).unwrap();
     assert_eq!(restored.tree.head(f.main).unwrap(), None);
 }
+
+/// Ids in the opposite order of the tree (every child's id below its parent's, as random ids
+/// from another product can be): restore attaches every message, each under its parent, in one
+/// pass over them and a walk down from what attached.
+#[test]
+fn restore_attaches_children_whose_ids_come_before_their_parents() {
+    let chat = ChatId::new();
+    let n = 5000;
+    let mut ids: Vec<MessageId> = (0..n).map(|_| MessageId::new()).collect();
+    ids.reverse(); // the root has the greatest id
+    let messages: Vec<Message> = (0..n)
+        .map(|i| {
+            let mut m = msg(chat, (i > 0).then(|| ids[i - 1]), &format!("m{i}"));
+            m.id = ids[i];
+            m
+        })
+        .collect();
+    // A sibling of the third message, and a message whose parent never landed.
+    let mut sibling = msg(chat, Some(ids[1]), "sibling");
+    sibling.id = MessageId::new();
+    let orphan = msg(chat, Some(MessageId::new()), "orphan");
+    let mut all = messages.clone();
+    all.push(sibling.clone());
+    all.push(orphan.clone());
+    let main = branch(chat, "main", Some(ids[n - 1]));
+    let side = branch(chat, "side", Some(sibling.id));
+    let active = main.id;
+    let restored = Tree::restore(vec![main.clone(), side.clone()], active, all).unwrap();
+    assert_eq!(restored.pruned, vec![orphan.id]);
+    let t = restored.tree;
+    assert_eq!(t.message_count(), n + 1);
+    let path: Vec<String> = t
+        .path(main.id)
+        .unwrap()
+        .into_iter()
+        .map(|node| t.content(node).to_owned())
+        .collect();
+    assert_eq!(path.len(), n);
+    assert_eq!(
+        (path[0].as_str(), path[n - 1].as_str()),
+        ("m0", format!("m{}", n - 1).as_str())
+    );
+    let side_path: Vec<&str> = t
+        .path(side.id)
+        .unwrap()
+        .into_iter()
+        .map(|node| t.content(node))
+        .collect();
+    assert_eq!(side_path, ["m0", "m1", "sibling"]);
+}
