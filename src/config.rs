@@ -420,6 +420,21 @@ pub struct QuotaSettings {
     pub settings_ttl_ms: u64,
 }
 
+impl LimitSettings {
+    /// What one imported chat may hold (`arbor_actors::portable::ChatExport::check`).
+    pub fn import_limits(&self) -> arbor_actors::portable::ImportLimits {
+        arbor_actors::portable::ImportLimits {
+            max_messages: self.max_import_messages,
+            max_branches: self.max_import_branches,
+            max_message_chars: self.max_message_chars,
+            max_title_chars: self.max_title_chars,
+            max_branch_name_chars: self.max_branch_name_chars,
+            max_system_prompt_chars: self.max_system_prompt_chars,
+            max_description_chars: self.max_description_chars,
+        }
+    }
+}
+
 impl Default for QuotaSettings {
     fn default() -> Self {
         Settings::default().quotas

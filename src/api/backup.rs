@@ -140,15 +140,7 @@ pub async fn restore(
     ) {
         return Err(ApiError::unsupported_media_type("application/x-ndjson"));
     }
-    let import_limits = ImportLimits {
-        max_messages: limits.max_import_messages,
-        max_branches: limits.max_import_branches,
-        max_message_chars: limits.max_message_chars,
-        max_title_chars: limits.max_title_chars,
-        max_branch_name_chars: limits.max_branch_name_chars,
-        max_system_prompt_chars: limits.max_system_prompt_chars,
-        max_description_chars: limits.max_description_chars,
-    };
+    let import_limits = limits.import_limits();
     let mut progress = Restored {
         restored: 0,
         skipped: 0,

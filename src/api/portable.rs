@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use arbor_actors::model::ChatId;
-use arbor_actors::portable::{ChatExport, ImportError, ImportLimits};
+use arbor_actors::portable::{ChatExport, ImportError};
 use arbor_actors::views::ChatView;
 use arbor_actors::Chats;
 use futures_util::StreamExt;
@@ -142,15 +142,7 @@ pub async fn import(
         ))
         .into());
     }
-    let import_limits = ImportLimits {
-        max_messages: limits.max_import_messages,
-        max_branches: limits.max_import_branches,
-        max_message_chars: limits.max_message_chars,
-        max_title_chars: limits.max_title_chars,
-        max_branch_name_chars: limits.max_branch_name_chars,
-        max_system_prompt_chars: limits.max_system_prompt_chars,
-        max_description_chars: limits.max_description_chars,
-    };
+    let import_limits = limits.import_limits();
     // Every document checked, and no id in two of them, before anything is stored.
     let mut seen = HashSet::new();
     let mut ready = Vec::with_capacity(documents.len());

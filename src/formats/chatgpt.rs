@@ -15,13 +15,11 @@
 use std::collections::{HashMap, HashSet};
 
 use arbor_actors::model::{MessageId, Role};
-use arbor_actors::portable::{
-    ChatExport, ExportedChat, ExportedMessage, ImportError, MessageStatus, FORMAT,
-};
+use arbor_actors::portable::{ChatExport, ExportedMessage, ImportError, MessageStatus};
 use chrono::Utc;
 use serde_json::{json, Map, Value};
 
-use super::{branches, children, malformed, message_id, seconds, time};
+use super::{children, malformed, message_id, seconds, time};
 
 const ROOT: &str = "client-created-root";
 
@@ -115,7 +113,6 @@ fn conversation(value: Value) -> Result<ChatExport, ImportError> {
             created,
         ));
     }
-    messages.sort_by_key(|m| m.id);
     let current = match conversation.get("current_node").and_then(Value::as_str) {
         // The current node, or its nearest ancestor with a message.
         Some(node) => match nodes.get(node) {
@@ -125,25 +122,17 @@ fn conversation(value: Value) -> Result<ChatExport, ImportError> {
         },
         None => None,
     };
-    let (branches, active) = branches(&scope, &messages, current, updated);
     let title = conversation
         .get("title")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    Ok(ChatExport {
-        format: FORMAT.to_owned(),
-        chat: ExportedChat {
-            id: arbor_actors::model::ChatId::new(),
-            title,
-            system_prompt: None,
-            description: None,
-            created_at: created,
-            updated_at: updated,
-        },
-        active_branch_id: active,
-        branches,
+    Ok(super::document(
+        &scope,
+        title,
+        (created, updated),
         messages,
-    })
+        current,
+    ))
 }
 
 /// One node's message.

@@ -9,7 +9,9 @@ pub mod openwebui;
 use std::collections::{HashMap, HashSet};
 
 use arbor_actors::model::{BranchId, MessageId};
-use arbor_actors::portable::{ExportedBranch, ExportedMessage, ImportError};
+use arbor_actors::portable::{
+    ChatExport, ExportedBranch, ExportedChat, ExportedMessage, ImportError, FORMAT,
+};
 use chrono::{DateTime, TimeZone, Utc};
 use sha2::{Digest, Sha256};
 
@@ -96,6 +98,33 @@ pub(crate) fn branches(
     let active = out[0].id;
     out.sort_by_key(|b| b.id);
     (out, active)
+}
+
+/// A product's conversation as a chat document: its messages, one branch a leaf (`current`'s
+/// active), no system prompt or description (neither product has a field for them).
+pub(crate) fn document(
+    scope: &str,
+    title: Option<String>,
+    (created, updated): (DateTime<Utc>, DateTime<Utc>),
+    mut messages: Vec<ExportedMessage>,
+    current: Option<MessageId>,
+) -> ChatExport {
+    messages.sort_by_key(|m| m.id);
+    let (branches, active) = branches(scope, &messages, current, updated);
+    ChatExport {
+        format: FORMAT.to_owned(),
+        chat: ExportedChat {
+            id: arbor_actors::model::ChatId::new(),
+            title,
+            system_prompt: None,
+            description: None,
+            created_at: created,
+            updated_at: updated,
+        },
+        active_branch_id: active,
+        branches,
+        messages,
+    }
 }
 
 /// Each message's children, in id order.

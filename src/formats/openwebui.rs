@@ -11,13 +11,11 @@
 //! Export writes a chat back in the same shape, from that metadata where it has it.
 
 use arbor_actors::model::{MessageId, Role};
-use arbor_actors::portable::{
-    ChatExport, ExportedChat, ExportedMessage, ImportError, MessageStatus, FORMAT,
-};
+use arbor_actors::portable::{ChatExport, ExportedMessage, ImportError, MessageStatus};
 use chrono::Utc;
 use serde_json::{json, Map, Value};
 
-use super::{branches, children, malformed, message_id, seconds, time};
+use super::{children, malformed, message_id, seconds, time};
 
 /// Fields a message's own columns hold; the rest is kept in its metadata.
 const OWN: [&str; 7] = [
@@ -126,31 +124,22 @@ fn chat(value: Value) -> Result<ChatExport, ImportError> {
             feedback: None,
         });
     }
-    messages.sort_by_key(|m| m.id);
     let current: Option<MessageId> = history
         .and_then(|h| h.get("currentId"))
         .and_then(Value::as_str)
         .map(|c| message_id(&scope, c));
-    let (branches, active) = branches(&scope, &messages, current, updated);
     let title = outer
         .get("title")
         .or_else(|| inner.get("title"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    Ok(ChatExport {
-        format: FORMAT.to_owned(),
-        chat: ExportedChat {
-            id: arbor_actors::model::ChatId::new(),
-            title,
-            system_prompt: None,
-            description: None,
-            created_at: created,
-            updated_at: updated,
-        },
-        active_branch_id: active,
-        branches,
+    Ok(super::document(
+        &scope,
+        title,
+        (created, updated),
         messages,
-    })
+        current,
+    ))
 }
 
 /// A chat in Open WebUI's shape: a one-chat export (a list, as Open WebUI writes it).

@@ -275,14 +275,22 @@ impl Chats {
         };
         let fence = rt.fence(id)?;
         let (state, ops) = ChatState::create(id, owner, new);
+        self.start_new(id, state, fence, ops).await
+    }
+
+    /// Starts the actor of a chat made here (created or imported) and writes its rows (`ops`,
+    /// the first write of the chat): answers once they are stored.
+    async fn start_new(
+        &self,
+        id: ChatId,
+        state: ChatState,
+        fence: Option<crate::ports::Fence>,
+        ops: Vec<WriteOp>,
+    ) -> Result<ChatView, ChatError> {
         let view = ChatView::of(&state.row, &state.tree);
-        self.inner.rt.writer.room().await;
-        let slot = self
-            .inner
-            .rt
-            .writer
-            .reserve()
-            .ok_or(ChatError::Overloaded)?;
+        let writer = &self.inner.rt.writer;
+        writer.room().await;
+        let slot = writer.reserve().ok_or(ChatError::Overloaded)?;
         let handle = self.spawn(id, state, fence);
         let commit = slot.send(crate::writer::ChatWrite {
             chat: id,
@@ -374,23 +382,7 @@ impl Chats {
                 feedback: Some(feedback),
             }));
         }
-        let view = ChatView::of(&state.row, &state.tree);
-        rt.writer.room().await;
-        let slot = rt.writer.reserve().ok_or(ChatError::Overloaded)?;
-        let handle = self.spawn(id, state, fence);
-        let commit = slot.send(crate::writer::ChatWrite {
-            chat: id,
-            generation: 0,
-            fence,
-            ops,
-            owner: Some(handle.write_owner()),
-        });
-        self.inner.cache.insert(id, handle).await;
-        self.settle(Applied {
-            value: view,
-            commit,
-        })
-        .await
+        self.start_new(id, state, fence, ops).await
     }
 
     /// Refuses (`IdsTaken`) imports that keep ids some of which are stored already.
