@@ -5,9 +5,8 @@
 
 use actix_web::web;
 use arbor_actors::model::{ChatId, MessageId};
-use arbor_actors::ports::Stores;
 use arbor_actors::views::{LocatedBranch, MessageView};
-use arbor_actors::{ChatError, Chats};
+use arbor_actors::Chats;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -63,7 +62,6 @@ pub struct SearchResults {
     responses((status = 200, body = SearchResults), (status = 422, body = ErrorBody)))]
 pub async fn search(
     chats: web::Data<Chats>,
-    stores: web::Data<Stores>,
     limits: web::Data<LimitSettings>,
     user: AuthUser,
     query: web::Query<SearchQuery>,
@@ -89,28 +87,19 @@ pub async fn search(
             "window is 0 to 10 messages",
         ));
     }
-    let mut found = stores
-        .metadata
-        .search(user.0, q, query.chat_id, limit + 1, offset)
-        .await?;
-    let next_cursor = (found.len() > limit).then(|| (offset + limit).to_string());
-    found.truncate(limit);
-    let mut hits = Vec::with_capacity(found.len());
-    for hit in found {
-        let location = match chats.locate(user.0, hit.chat, hit.message, window).await {
-            Ok(location) => location,
-            // Indexed in a commit its chat's actor has not caught up with, or gone since.
-            Err(ChatError::MessageNotFound(_) | ChatError::ChatNotFound) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        hits.push(SearchHitView {
+    let page = (limit, offset);
+    let (found, more) = chats.search(user.0, q, query.chat_id, page, window).await?;
+    let next_cursor = more.then(|| (offset + limit).to_string());
+    let hits = found
+        .into_iter()
+        .map(|(hit, location)| SearchHitView {
             chat_id: hit.chat,
             message_id: hit.message,
             snippet: hit.snippet,
             rank: hit.rank,
             branches: location.branches,
             path: location.path,
-        });
-    }
+        })
+        .collect();
     Ok(web::Json(SearchResults { hits, next_cursor }))
 }

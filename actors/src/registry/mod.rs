@@ -442,6 +442,38 @@ impl Chats {
         Ok(crate::chat::exported(&state))
     }
 
+    /// Full-text search over `user`'s chats (one, with `chat`): `limit` of the store's ranked
+    /// hits after `offset`, each located in its chat (`Self::locate`), and whether more follow.
+    /// A hit its chat does not hold (indexed by a commit its actor has not caught up with, or
+    /// deleted since) is left out.
+    pub async fn search(
+        &self,
+        user: UserId,
+        query: &str,
+        chat: Option<ChatId>,
+        (limit, offset): (usize, usize),
+        window: usize,
+    ) -> Result<(Vec<(crate::ports::SearchHit, Location)>, bool), ChatError> {
+        let mut found = self
+            .inner
+            .rt
+            .metadata
+            .search(user, query, chat, limit + 1, offset)
+            .await
+            .map_err(crate::chat::storage_error)?;
+        let more = found.len() > limit;
+        found.truncate(limit);
+        let mut hits = Vec::with_capacity(found.len());
+        for hit in found {
+            match self.locate(user, hit.chat, hit.message, window).await {
+                Ok(location) => hits.push((hit, location)),
+                Err(ChatError::MessageNotFound(_) | ChatError::ChatNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((hits, more))
+    }
+
     /// Where a message is in its chat (a search hit): from its actor, or, when another server
     /// owns the chat (cluster mode), from the stores.
     pub async fn locate(
